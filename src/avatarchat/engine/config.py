@@ -1,0 +1,132 @@
+"""YAML configuration: one section per stage plus ``session``.
+
+    session: {system_prompt: "...", history_turns: 3, language: en}
+    vad: {handler: silero, end_ms: 500}
+    asr: {handler: whisper, model: tiny.en}
+    llm: {handler: local}
+    tts: {handler: hibari}
+
+Strings may use ``${NAME}`` and ``${NAME:-default}``. Everything is validated before any
+model loads; errors name the file, the key path and the allowed values.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from avatarchat.engine.handler import STAGES, HandlerOptions, SessionSettings, handlers_for
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+TOP_LEVEL_KEYS = ("session", *STAGES)
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+class ConfigError(ValueError):
+    """A config problem, already phrased for the user: ``file: key.path: what is wrong``."""
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    stage: str
+    handler: str
+    options: HandlerOptions
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    session: SessionSettings
+    stages: dict[str, StageConfig] = field(default_factory=dict)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read, substitute and validate a config file (the embedded default if ``path`` is None)."""
+    file = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot read it ({exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+    return parse_config(raw, str(file))
+
+
+def parse_config(raw: Any, source: str = "<config>") -> Config:
+    """Validate an already-parsed YAML document."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections ({', '.join(TOP_LEVEL_KEYS)})")
+    raw = _substitute(raw, source, "")
+    unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ConfigError(f"{source}: {unknown[0]}: unknown section; allowed: {', '.join(TOP_LEVEL_KEYS)}")
+    session = _validate(SessionSettings, raw.get("session") or {}, source, "session")
+    stages = {}
+    for stage in STAGES:
+        section = raw.get(stage)
+        if section is None:
+            raise ConfigError(f"{source}: {stage}: missing section; every config needs {', '.join(STAGES)}")
+        stages[stage] = _stage(stage, section, source)
+    return Config(source, session, stages)
+
+
+def _stage(stage: str, section: Any, source: str) -> StageConfig:
+    available = handlers_for(stage)
+    if not isinstance(section, dict) or "handler" not in section:
+        raise ConfigError(
+            f"{source}: {stage}.handler: missing; allowed: {', '.join(sorted(available))}"
+        )
+    options = dict(section)
+    name = options.pop("handler")
+    if name not in available:
+        raise ConfigError(
+            f"{source}: {stage}.handler: unknown handler {name!r}; allowed: {', '.join(sorted(available))}"
+        )
+    cls = available[name]
+    return StageConfig(stage, name, _validate(cls.Options, options, source, stage))
+
+
+def _validate(model: type[HandlerOptions], data: Any, source: str, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix}: must be a mapping of options")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        path = ".".join([prefix, *(str(p) for p in err["loc"])])
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(sorted(model.model_fields)) or "(none)"
+            raise ConfigError(f"{source}: {path}: unknown key; allowed: {allowed}") from None
+        raise ConfigError(f"{source}: {path}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+def _substitute(node: Any, source: str, path: str) -> Any:
+    if isinstance(node, dict):
+        return {k: _substitute(v, source, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, source, f"{path}[{i}]") for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def repl(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        value = os.environ.get(name)
+        if value is None or (value == "" and default is not None):
+            if default is None:
+                raise ConfigError(f"{source}: {path}: environment variable {name} is not set (use ${{{name}:-default}})")
+            return default
+        return value
+
+    return _ENV.sub(repl, node)

@@ -1,0 +1,136 @@
+"""Typed events: everything that flows through a session's pipeline.
+
+Events flow one way, from the first stage (VAD) to the last (TTS, later the avatar) and out
+to the session's consumer. A stage transforms the events it ``accepts`` and passes every
+other event on untouched, so a new stage never needs to know about events it does not use.
+
+Every event of a user turn and its reply carries the turn id. Audio that belongs to no
+turn yet (raw microphone input) has ``turn = NO_TURN``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+NO_TURN = -1
+
+
+def now() -> float:
+    """The one clock of the engine (monotonic seconds) used by every timing mark."""
+    return time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    turn: int
+
+
+# --- user side -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UserAudio(Event):
+    """A chunk of microphone audio: mono float32 in [-1, 1] at ``sample_rate``."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted(Event):
+    """The VAD heard the user start speaking; ``turn`` is the new turn."""
+
+    at: float = field(default_factory=now)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechEnded(Event):
+    """The user stopped: the whole utterance (with pre-roll) at 16 kHz mono.
+
+    ``speech_end`` is when the last voiced audio was heard, ``at`` when the VAD decided;
+    the difference is the hangover.
+    """
+
+    audio: np.ndarray
+    speech_end: float
+    at: float = field(default_factory=now)
+
+
+@dataclass(frozen=True, slots=True)
+class UserTranscript(Event):
+    text: str
+    final: bool = True
+
+
+# --- reply side ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyText(Event):
+    """A delta of the reply text as the LLM streams it."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class PhonemeTiming:
+    """One phoneme of the reply audio; times are seconds from the chunk's first sample."""
+
+    phoneme: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyAudio(Event):
+    """A chunk of reply speech with the text it says and its phoneme timings.
+
+    ``offset`` is where the chunk starts on the reply's own timeline (seconds from the
+    first sample of the reply): the single clock that audio and video share downstream.
+    """
+
+    samples: np.ndarray
+    sample_rate: int
+    offset: float
+    text: str
+    phonemes: tuple[PhonemeTiming, ...] = ()
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyEnd(Event):
+    """The reply of ``turn`` is complete. Each stage flushes what it holds, then passes it on."""
+
+    text: str = ""
+
+
+# --- control and diagnostics ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TurnCancelled(Event):
+    """The session dropped ``turn``: no more events of it will come out."""
+
+    reason: str = "interrupted"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent(Event):
+    """A stage failed on ``turn``; the session goes on with the next turn."""
+
+    stage: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class TimingMark(Event):
+    """A named instant of a turn (``speech_end``, ``asr_final``, ``llm_first_token``…)."""
+
+    name: str
+    at: float = field(default_factory=now)

@@ -1,0 +1,192 @@
+"""A session: one conversation, a chain of stages joined by asyncio queues.
+
+Each stage runs as one task. It takes events from its input queue; those its handler
+accepts are handled (one at a time, in order), all others are passed on. The output of
+the last stage is the session's output, read with ``events()``.
+
+Cancelling a turn is an engine operation: ``cancel_turn`` marks the turn dead, cancels the
+handler calls working on it in every stage at once, asks each handler to drop what it
+buffered, and emits ``TurnCancelled``. Events of a dead turn still in a queue are dropped
+where they are found, so nothing of it comes out afterwards.
+
+A handler that raises ends its turn with an ``ErrorEvent`` and a ``TurnCancelled``; the
+session and its other turns go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import aclosing
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from avatarchat.engine.events import (
+    NO_TURN,
+    ErrorEvent,
+    Event,
+    ReplyEnd,
+    TurnCancelled,
+    UserTranscript,
+)
+from avatarchat.engine.handler import Handler, SessionInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Stage:
+    handler: Handler[Any]
+    ctx: Any
+    inbox: asyncio.Queue[Event]
+    outbox: asyncio.Queue[Event]
+    task: asyncio.Task[None] | None = None
+    busy_turn: int = NO_TURN
+    busy: asyncio.Task[None] | None = None
+
+
+class Session:
+    """One user's conversation over shared handlers. Use ``async with`` or ``start``/``close``."""
+
+    def __init__(self, handlers: Sequence[Handler[Any]], info: SessionInfo) -> None:
+        self.info = info
+        info.new_turn = self.new_turn
+        self._handlers = list(handlers)
+        self._stages: list[_Stage] = []
+        self._output: asyncio.Queue[Event] = asyncio.Queue()
+        self._cancelled: set[int] = set()
+        self._open_turns: set[int] = set()
+        self._last_turn = 0
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        inbox: asyncio.Queue[Event] = asyncio.Queue()
+        self._input = inbox
+        for i, handler in enumerate(self._handlers):
+            last = i == len(self._handlers) - 1
+            outbox: asyncio.Queue[Event] = self._output if last else asyncio.Queue()
+            stage = _Stage(handler, handler.create_context(self.info), inbox, outbox)
+            stage.task = asyncio.create_task(self._run(stage), name=f"stage-{handler.stage}")
+            self._stages.append(stage)
+            inbox = outbox
+
+    async def close(self) -> None:
+        """Stop every stage task and close the handler contexts. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [t for s in self._stages for t in (s.busy, s.task) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for stage in self._stages:
+            try:
+                stage.handler.close_context(stage.ctx)
+            except Exception:  # a broken close must not keep the other contexts open
+                log.exception("closing %s context failed", stage.handler.name)
+
+    async def __aenter__(self) -> Session:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- input -------------------------------------------------------------------------
+
+    def new_turn(self) -> int:
+        """Allocate the id of a new user turn."""
+        self._last_turn += 1
+        self._open_turns.add(self._last_turn)
+        return self._last_turn
+
+    def push(self, event: Event) -> None:
+        """Feed an event to the first stage (microphone audio, a typed message…)."""
+        if self._closed:
+            raise RuntimeError("session is closed")
+        self._input.put_nowait(event)
+
+    def say(self, text: str) -> int:
+        """Start a turn from typed text (skips VAD and ASR); returns its id."""
+        turn = self.new_turn()
+        self.push(UserTranscript(turn, text, final=True))
+        return turn
+
+    # -- output ------------------------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Everything the session emits, in order, without events of cancelled turns."""
+        while True:
+            event = await self._output.get()
+            if self._is_dead(event):
+                continue
+            if isinstance(event, ReplyEnd | TurnCancelled):
+                self._open_turns.discard(event.turn)
+            yield event
+
+    # -- cancellation ----------------------------------------------------------------
+
+    def cancel_turn(self, turn: int, reason: str = "interrupted") -> bool:
+        """Stop ``turn`` in every stage at once. Returns False if it had already ended."""
+        if turn in self._cancelled or turn not in self._open_turns:
+            return False
+        self._cancelled.add(turn)
+        for stage in self._stages:
+            if stage.busy is not None and stage.busy_turn == turn:
+                stage.busy.cancel()
+            try:
+                stage.handler.cancel_turn(stage.ctx, turn)
+            except Exception:
+                log.exception("%s.cancel_turn failed", stage.handler.name)
+        # Straight to the output: it must not wait behind the dead turn's queued events.
+        self._output.put_nowait(TurnCancelled(turn, reason))
+        return True
+
+    def interrupt(self, reason: str = "interrupted") -> list[int]:
+        """Cancel every turn still in flight (barge-in, the interrupt button)."""
+        return [t for t in sorted(self._open_turns) if self.cancel_turn(t, reason)]
+
+    @property
+    def open_turns(self) -> frozenset[int]:
+        return frozenset(self._open_turns)
+
+    def _is_dead(self, event: Event) -> bool:
+        return event.turn in self._cancelled and not isinstance(event, TurnCancelled | ErrorEvent)
+
+    # -- the stage loop --------------------------------------------------------------
+
+    async def _run(self, stage: _Stage) -> None:
+        handler = stage.handler
+        while True:
+            event = await stage.inbox.get()
+            if self._is_dead(event):
+                continue
+            if not isinstance(event, handler.accepts) or isinstance(event, handler.forwards):
+                stage.outbox.put_nowait(event)
+            if not isinstance(event, handler.accepts):
+                continue
+            stage.busy_turn = event.turn
+            stage.busy = asyncio.create_task(self._handle(stage, event))
+            try:
+                # asyncio.wait does not raise when `busy` alone is cancelled by cancel_turn.
+                await asyncio.wait({stage.busy})
+            finally:
+                stage.busy, stage.busy_turn = None, NO_TURN
+
+    async def _handle(self, stage: _Stage, event: Event) -> None:
+        try:
+            async with aclosing(stage.handler.handle(stage.ctx, event)) as outputs:
+                async for out in outputs:
+                    if not self._is_dead(out):
+                        stage.outbox.put_nowait(out)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("%s handler %r failed on turn %s", stage.handler.stage, stage.handler.name, event.turn)
+            message = f"{stage.handler.stage} ({stage.handler.name}): {type(exc).__name__}: {exc}"
+            self._output.put_nowait(ErrorEvent(event.turn, stage.handler.stage, message))
+            if event.turn != NO_TURN:
+                self.cancel_turn(event.turn, reason="error")

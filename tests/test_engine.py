@@ -1,0 +1,146 @@
+"""The engine with fake handlers: event order, pass-through, turn cancellation, error
+isolation and the event-loop lag guarantee."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+from avatarchat.engine.events import (
+    ErrorEvent,
+    Event,
+    ReplyAudio,
+    ReplyEnd,
+    ReplyText,
+    TimingMark,
+    TurnCancelled,
+    UserAudio,
+)
+from avatarchat.engine.handler import SessionInfo
+from avatarchat.engine.loop_probe import LoopLagProbe
+from avatarchat.engine.session import Session
+from tests.fakes import FakeLLM, FakeTTS
+
+
+async def collect_turn(session: Session, turn: int, timeout: float = 5.0) -> list[Event]:
+    """Every output event up to the end of ``turn`` (ReplyEnd or TurnCancelled)."""
+    out: list[Event] = []
+
+    async def run() -> None:
+        async for ev in session.events():
+            out.append(ev)
+            if ev.turn == turn and isinstance(ev, ReplyEnd | TurnCancelled):
+                return
+
+    await asyncio.wait_for(run(), timeout)
+    return out
+
+
+def kinds(events: list[Event]) -> list[str]:
+    return [type(e).__name__ for e in events]
+
+
+async def test_events_flow_in_order_through_the_stages() -> None:
+    async with Session([FakeLLM(), FakeTTS()], SessionInfo("s")) as session:
+        turn = session.say("hi")
+        events = await collect_turn(session, turn)
+    assert kinds(events) == [
+        "TimingMark", "ReplyText", "ReplyAudio", "ReplyText", "ReplyAudio", "ReplyText", "ReplyAudio", "ReplyEnd",
+    ]
+    assert all(e.turn == turn for e in events)
+    assert [e.text for e in events if isinstance(e, ReplyAudio)] == ["Hello", " there", "."]
+
+
+async def test_events_a_stage_does_not_accept_pass_through_unchanged() -> None:
+    async with Session([FakeLLM(), FakeTTS()], SessionInfo("s")) as session:
+        audio = UserAudio(-1, np.zeros(160, np.float32), 16000)
+        session.push(audio)
+        first = await asyncio.wait_for(anext(session.events()), 1)
+    assert first is audio
+
+
+async def test_cancel_turn_stops_every_stage_and_nothing_of_it_comes_out() -> None:
+    llm = FakeLLM(words=[f"w{i} " for i in range(50)], delay=0.02)
+    async with Session([llm, FakeTTS()], SessionInfo("s")) as session:
+        turn = session.say("tell me a long story")
+        seen: list[Event] = []
+        async for ev in session.events():
+            seen.append(ev)
+            if isinstance(ev, ReplyAudio):
+                assert session.cancel_turn(turn)
+                break
+        after = await collect_turn(session, turn)
+        # The dead turn is over: only its TurnCancelled comes out, then silence.
+        assert kinds(after) == ["TurnCancelled"]
+        assert after[0].reason == "interrupted"  # type: ignore[attr-defined]
+        assert llm.closed_generators == 1 and llm.cancelled_turns == [turn]
+        assert not session.cancel_turn(turn), "cancelling twice is a no-op"
+        # The session keeps working: the next turn is answered in full.
+        llm.words, llm.delay = ["ok"], 0.0
+        nxt = session.say("again")
+        events = await collect_turn(session, nxt)
+    assert nxt == turn + 1
+    assert kinds(events)[-1] == "ReplyEnd"
+    assert not any(isinstance(e, ReplyText) and e.turn == turn for e in events)
+
+
+async def test_interrupt_cancels_all_open_turns() -> None:
+    async with Session([FakeLLM(delay=0.5), FakeTTS()], SessionInfo("s")) as session:
+        t1 = session.say("one")
+        await asyncio.sleep(0.01)
+        assert session.interrupt() == [t1]
+        events = await collect_turn(session, t1)
+        assert session.open_turns == frozenset()
+    assert kinds(events) == ["TurnCancelled"] or kinds(events)[-1] == "TurnCancelled"
+
+
+async def test_a_failing_handler_ends_only_its_turn_with_an_error() -> None:
+    llm = FakeLLM(words=["fine ", "boom ", "never"])
+    async with Session([llm, FakeTTS(fail_on="boom")], SessionInfo("s")) as session:
+        turn = session.say("hi")
+        events = await collect_turn(session, turn)
+        errors = [e for e in events if isinstance(e, ErrorEvent)]
+        assert len(errors) == 1 and errors[0].stage == "tts" and "boom" in errors[0].message
+        assert isinstance(events[-1], TurnCancelled) and events[-1].reason == "error"
+        assert not any(isinstance(e, ReplyText) and e.text == "never" for e in events)
+        llm.words = ["still ", "here"]
+        nxt = session.say("again")
+        events = await collect_turn(session, nxt)
+    assert [e.text for e in events if isinstance(e, ReplyAudio)] == ["still ", "here"]
+
+
+async def test_sessions_do_not_share_state() -> None:
+    llm = FakeLLM()
+    async with Session([llm, FakeTTS()], SessionInfo("a")) as a, Session([llm, FakeTTS()], SessionInfo("b")) as b:
+        ta, tb = a.say("from a"), b.say("from b")
+        await collect_turn(a, ta)
+        await collect_turn(b, tb)
+        assert a._stages[0].ctx["heard"] == ["from a"]
+        assert b._stages[0].ctx["heard"] == ["from b"]
+
+
+async def test_blocking_model_calls_do_not_stall_the_loop() -> None:
+    tts = FakeTTS(block_s=0.15)  # each chunk blocks its executor thread for 150 ms
+    async with LoopLagProbe() as probe, Session([FakeLLM(), tts], SessionInfo("s")) as session:
+        await collect_turn(session, session.say("hi"))
+    assert len(probe.lags) > 20
+    assert probe.max_lag < 0.020, f"event loop stalled {probe.max_lag * 1000:.1f} ms"
+
+
+async def test_the_lag_probe_sees_a_stall() -> None:
+    # The negative control: the probe must catch a blocking call made on the loop itself.
+    async with LoopLagProbe() as probe:
+        await asyncio.sleep(0.02)
+        time.sleep(0.1)
+        await asyncio.sleep(0.02)
+    assert probe.max_lag > 0.08
+
+
+async def test_timing_marks_carry_the_turn() -> None:
+    async with Session([FakeLLM(), FakeTTS()], SessionInfo("s")) as session:
+        turn = session.say("hi")
+        events = await collect_turn(session, turn)
+    marks = [e for e in events if isinstance(e, TimingMark)]
+    assert [m.name for m in marks] == ["llm_first_token"] and marks[0].turn == turn
