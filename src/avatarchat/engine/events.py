@@ -105,9 +105,13 @@ class ReplyAudio(Event):
 
 @dataclass(frozen=True, slots=True)
 class ReplyEnd(Event):
-    """The reply of ``turn`` is complete. Each stage flushes what it holds, then passes it on."""
+    """The reply of ``turn`` is complete. Each stage flushes what it holds, then passes it on.
+
+    ``truncated``: the LLM stopped at its token cap, so the text may end mid-sentence.
+    """
 
     text: str = ""
+    truncated: bool = False
 
 
 # --- control and diagnostics ------------------------------------------------------------

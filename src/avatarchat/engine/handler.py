@@ -44,10 +44,9 @@ class HandlerLoadError(RuntimeError):
 class SessionSettings(HandlerOptions):
     """The ``session:`` section of the config, shared by every handler of a session."""
 
-    system_prompt: str = (
-        "You are Ava, a friendly digital human. You talk with people by voice. "
-        "Answer in one or two short, plain sentences."
-    )
+    # Measured on SmolLM2-135M: a plain assistant persona gets more facts right than a
+    # chatty "digital human" one, which drifted into French for questions about France.
+    system_prompt: str = "You are a helpful AI assistant named Ava. Keep your answers short."
     #: How many earlier exchanges (user + reply) the LLM sees.
     history_turns: int = Field(default=3, ge=0, le=50)
     language: str = "en"

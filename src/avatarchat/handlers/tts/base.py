@@ -1,0 +1,126 @@
+"""The streaming TTS stage: reply text deltas in, one audio chunk per clause out.
+
+``StreamingTTS`` does the streaming, cleaning and timekeeping once for every engine; an
+engine subclass only loads its model and turns one clean clause into samples and phoneme
+timings (``synthesize``, blocking, run in an executor).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from avatarchat.engine.events import (
+    Event,
+    PhonemeTiming,
+    ReplyAudio,
+    ReplyEnd,
+    ReplyText,
+    TimingMark,
+)
+from avatarchat.engine.handler import Handler, OptionsT, SessionInfo, run_blocking
+from avatarchat.handlers.tts.text import ClauseSplitter, clean_for_speech
+
+Synthesis = tuple[np.ndarray, tuple[PhonemeTiming, ...]]
+
+
+@dataclass
+class _TurnState:
+    """What the stage holds for one reply being spoken."""
+
+    splitter: ClauseSplitter = field(default_factory=ClauseSplitter)
+    offset: float = 0.0  # seconds of reply audio emitted so far: the next chunk's offset
+    spoke: bool = False  # whether a ReplyAudio of this turn went out (for tts_first_audio)
+    cancelled: bool = False
+
+
+@dataclass
+class TTSContext:
+    """Per-session state: one ``_TurnState`` per reply in progress."""
+
+    session: SessionInfo
+    turns: dict[int, _TurnState] = field(default_factory=dict)
+
+
+class StreamingTTS(Handler[OptionsT]):
+    """Speaks ``ReplyText`` deltas clause by clause; passes ``ReplyEnd`` on after the last audio.
+
+    Promises, per turn: a ``TimingMark(turn, "tts_first_audio")`` right before the first
+    ``ReplyAudio``; ``ReplyAudio`` chunks in text order, each with the clean clause it
+    says, its phoneme timings (seconds from the chunk's first sample) and its ``offset``
+    on the reply's timeline, contiguous (each chunk starts where the previous ended);
+    then the ``ReplyEnd``. Clauses that clean to nothing (emoji, hashtags) make no audio.
+    After ``cancel_turn`` nothing more of that turn comes out.
+    """
+
+    stage: ClassVar[str] = "tts"
+    accepts: ClassVar[tuple[type[Event], ...]] = (ReplyText, ReplyEnd)
+    # The reply text goes on to the client as it streams; ReplyEnd is passed on after the flush.
+    forwards: ClassVar[tuple[type[Event], ...]] = (ReplyText,)
+    #: Samples per second of what ``synthesize`` returns.
+    sample_rate: ClassVar[int]
+
+    @abstractmethod
+    def synthesize(self, text: str) -> Synthesis:
+        """Blocking: ``text`` (one clean clause) → (mono float32 samples at ``sample_rate``,
+        phoneme timings in seconds from the first sample). Must be safe to call from
+        several executor threads at once."""
+
+    @abstractmethod
+    def models(self) -> list[Any]:
+        """The ``ModelFile``s this engine loads."""
+
+    def create_context(self, session: SessionInfo) -> TTSContext:
+        return TTSContext(session)
+
+    async def handle(self, ctx: TTSContext, event: Event) -> AsyncIterator[Event]:
+        if isinstance(event, ReplyText):
+            state = ctx.turns.setdefault(event.turn, _TurnState())
+            for clause in state.splitter.feed(event.text):
+                async for out in self._speak(state, event.turn, clause):
+                    yield out
+        elif isinstance(event, ReplyEnd):
+            state = ctx.turns.get(event.turn)
+            if state is not None:
+                clauses = state.splitter.flush()
+                if isinstance(event, ReplyEnd) and event.truncated and state.spoke and clauses:
+                    # The LLM hit its token cap: a half sentence after a spoken one sounds
+                    # broken, so it is not said (the text still reaches the client).
+                    if not clauses[-1].rstrip().endswith((".", "!", "?", "…")):
+                        clauses.pop()
+                for clause in clauses:
+                    async for out in self._speak(state, event.turn, clause):
+                        yield out
+                ctx.turns.pop(event.turn, None)
+                if state.cancelled:
+                    return
+            yield event
+
+    async def _speak(self, state: _TurnState, turn: int, raw: str) -> AsyncIterator[Event]:
+        text = clean_for_speech(raw)
+        if not text or state.cancelled:
+            return
+        samples, phonemes = await run_blocking(self.synthesize, text)
+        # The turn may have been cancelled while the executor worked; its result is dropped.
+        if state.cancelled or len(samples) == 0:
+            return
+        if not state.spoke:
+            state.spoke = True
+            yield TimingMark(turn, "tts_first_audio")
+        chunk = ReplyAudio(turn, samples, self.sample_rate, state.offset, text=text, phonemes=phonemes)
+        state.offset += chunk.duration
+        yield chunk
+
+    def cancel_turn(self, ctx: TTSContext, turn: int) -> None:
+        state = ctx.turns.pop(turn, None)
+        if state is not None:
+            state.cancelled = True
+
+    def close_context(self, ctx: TTSContext) -> None:
+        for state in ctx.turns.values():
+            state.cancelled = True
+        ctx.turns.clear()

@@ -1,0 +1,183 @@
+"""Text between the LLM and the TTS: cleaning for speech and an incremental clause splitter.
+
+``clean_for_speech`` turns one clause of LLM output into what a voice should say: no emoji,
+no markdown markers, no hashtags, single spaces. ``ClauseSplitter`` cuts the streamed reply
+into clauses as soon as each is known to be complete, so the TTS can start on the first
+clause while the LLM is still writing the rest.
+
+The splitter works on the raw text and the cleaner on each clause, so that split decisions
+see the punctuation exactly as the LLM wrote it. Cleaning therefore never relies on a
+markdown span being whole: markers are removed one by one, not matched in pairs.
+"""
+
+from __future__ import annotations
+
+import re
+
+# --- cleaning -----------------------------------------------------------------------------
+
+_EMOJI = re.compile(
+    "["
+    "\U0001f000-\U0001faff"  # emoticons, pictographs, transport, flags, supplemental symbols
+    "\u2600-\u27bf"  # miscellaneous symbols and dingbats (☀ ✅ ❤)
+    "\u2b00-\u2bff"  # arrows and stars (⭐)
+    "\u2190-\u21ff"  # arrows
+    "\ufe0e\ufe0f\u200d\u20e3"  # variation selectors, zero-width joiner, keycap
+    "\U000e0020-\U000e007f"  # tag characters (subdivision flags)
+    "]+"
+)
+_EMOTICON = re.compile(r"(?<!\w)[:;=][-']?[()\[\]DPp/\\|*]+(?!\w)")
+_CODE_FENCE = re.compile(r"```[\w+-]*")
+_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+_URL = re.compile(r"\bhttps?://\S+|\bwww\.\S+")
+_LINE_MARKUP = re.compile(r"^[ \t]*(?:#{1,6}[ \t]+|>[ \t]?|[-*+•][ \t]+|\d{1,3}[.)][ \t]+)", re.M)
+_HASHTAG_NUMBER = re.compile(r"(?<![\w&])#(\d)")
+_HASHTAG = re.compile(r"(?<![\w&])#\w+")
+_EMPHASIS = re.compile(r"[*~`|]+|(?<!\w)_+|_+(?!\w)")
+_INNER_UNDERSCORE = re.compile(r"(?<=\w)_(?=\w)")
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?…])")
+_SPACE = re.compile(r"\s+")
+_SPOKEN = re.compile(r"\w")
+
+
+def clean_for_speech(text: str) -> str:
+    """What a voice should say for ``text``: one line, no markup; "" when nothing is speakable.
+
+    Removes emoji and text emoticons, code fences and backticks, emphasis markers
+    (``**bold**``, ``*italics*``, ``_x_``, ``~~x~~``), headings, quote marks and list
+    bullets at line starts, URLs, and hashtags; ``[text](url)`` becomes ``text``.
+    Hashtags are removed whole, not read as their word: small LLMs append clusters of
+    them ("#Friendly #AI") that carry no meaning in speech, and a CamelCase tag would be
+    read as one odd word anyway. ``#1`` is kept as "number 1". A result without any
+    letter or digit (a lone "!" left by an emoji) is "", so no audio is made for it.
+    """
+    text = _EMOJI.sub(" ", text)
+    text = _EMOTICON.sub(" ", text)
+    text = _CODE_FENCE.sub(" ", text)
+    text = _LINK.sub(r"\1", text)
+    text = _URL.sub(" ", text)
+    text = _LINE_MARKUP.sub("", text)
+    text = _HASHTAG_NUMBER.sub(r"number \1", text)
+    text = _HASHTAG.sub(" ", text)
+    text = _EMPHASIS.sub("", text)
+    text = _INNER_UNDERSCORE.sub(" ", text)  # snake_case reads as two words
+    text = _SPACE.sub(" ", text).strip()
+    text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
+    return text if _SPOKEN.search(text) else ""
+
+
+# --- splitting ----------------------------------------------------------------------------
+
+_SENTENCE_END = ".!?…"
+_CLAUSE_END = ",;:—"
+# Closing marks that may sit between the punctuation and the space: 'He said "no." Then'.
+_CLOSERS = "\"'”’)]*_`"
+#: Words that end with a period without ending the sentence (compared in lower case).
+ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof st sr jr vs e.g i.e cf approx fig inc ltd co mt gen gov sen rep "
+    "capt lt col sgt no dept est".split()
+)
+
+
+class ClauseSplitter:
+    """Cuts streamed text into clauses; feeding it in any pieces gives the same clauses.
+
+    A clause ends:
+
+    * at a newline (list items and headings are separate units);
+    * after ``. ! ? …`` (plus closing quotes/brackets) followed by whitespace and a word
+      that does not start in lower case — not after an abbreviation ("Dr. Smith", "e.g."),
+      an initial ("J. Smith") or a list number ("1. First"); decimals ("3.5") and times
+      have no space after the point, so they never split;
+    * after ``, ; : —`` followed by whitespace (``—`` also without), but only once the
+      clause holds ``first_min_words`` words for the first clause of the reply (start the
+      voice early), ``min_words`` for later ones (audio is already playing, and longer
+      clauses get better intonation);
+    * at the first space after ``max_words`` words when no punctuation came (run-ons).
+
+    A sentence end is decided only once the next non-space character is known, so a
+    clause is emitted one token after its punctuation at the latest. ``flush`` returns the
+    rest. Clauses are stripped and never empty.
+    """
+
+    def __init__(self, first_min_words: int = 4, min_words: int = 8, max_words: int = 30) -> None:
+        self.first_min_words = first_min_words
+        self.min_words = min_words
+        self.max_words = max_words
+        self._pending = ""
+        self._emitted = 0
+
+    def feed(self, delta: str) -> list[str]:
+        """Add streamed text; return the clauses it completed (possibly none)."""
+        self._pending += delta
+        out: list[str] = []
+        while (cut := self._find_cut(self._pending)) is not None:
+            clause = self._pending[:cut].strip()
+            self._pending = self._pending[cut:].lstrip()
+            if clause:
+                out.append(clause)
+                self._emitted += 1
+        return out
+
+    def flush(self) -> list[str]:
+        """The remainder as a final clause (if any text is left); the splitter is then empty."""
+        rest, self._pending = self._pending.strip(), ""
+        if not rest:
+            return []
+        self._emitted += 1
+        return [rest]
+
+    def _find_cut(self, text: str) -> int | None:
+        """Index just past the first complete clause, or None until more text is needed."""
+        n = len(text)
+        min_words = self.first_min_words if self._emitted == 0 else self.min_words
+        words, in_word = 0, False  # words begun in text[:i + 1]
+        for i, ch in enumerate(text):
+            if not ch.isspace() and not in_word:
+                words += 1
+            in_word = not ch.isspace()
+            if ch == "\n":
+                if text[:i].strip():
+                    return i
+            elif ch in _SENTENCE_END:
+                j = i + 1
+                while j < n and (text[j] in _SENTENCE_END or text[j] in _CLOSERS):
+                    j += 1
+                if j == n:
+                    return None  # the next characters decide
+                if not text[j].isspace():
+                    continue  # "3.5", "e.g", "?!" inside a run
+                k = j
+                while k < n and text[k].isspace():
+                    k += 1
+                if k == n:
+                    return None
+                if self._ends_sentence(text, i, j, text[k]):
+                    return j
+            elif ch in _CLAUSE_END:
+                j = i + 1
+                while j < n and text[j] in _CLOSERS:
+                    j += 1
+                if j == n:
+                    return None
+                if (ch == "—" or text[j].isspace()) and words >= min_words:
+                    return j
+            elif ch.isspace() and words >= self.max_words:
+                return i
+        return None
+
+    @staticmethod
+    def _ends_sentence(text: str, i: int, j: int, next_char: str) -> bool:
+        if next_char.islower():
+            return False  # "e.g. the", "wait... what"
+        if text[i:j].rstrip(_CLOSERS) != ".":
+            return True  # "!", "?", "…", "..."
+        words = text[:i].split()
+        word = words[-1].lstrip("(\"'“‘*_") if words else ""
+        if word.lower() in ABBREVIATIONS:
+            return False
+        if len(word) == 1 and word.isalpha() and word.isupper():
+            return False  # an initial: "J. Smith"
+        if word.isdigit() and len(words) == 1:
+            return False  # a list number: "1. First"
+        return True

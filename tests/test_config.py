@@ -1,0 +1,92 @@
+"""Config validation: every mistake is caught before any model loads, with the file,
+the key path and the allowed values in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from avatarchat.cli.main import main
+from avatarchat.engine.config import DEFAULT_CONFIG, ConfigError, load_config
+
+GOOD = """
+session: {history_turns: 2}
+vad: {handler: silero}
+asr: {handler: whisper}
+llm: {handler: local}
+tts: {handler: hibari}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def error_of(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    return str(info.value)
+
+
+def test_the_embedded_default_is_valid() -> None:
+    config = load_config()
+    assert config.path == str(DEFAULT_CONFIG)
+    assert {s: c.handler for s, c in config.stages.items()} == {
+        "vad": "silero", "asr": "whisper", "llm": "local", "tts": "hibari",
+    }
+    assert config.stages["llm"].options.threads == 1  # type: ignore[attr-defined]
+
+
+def test_an_unknown_handler_names_the_key_and_the_choices(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, GOOD.replace("handler: hibari", "handler: kokoro"))
+    assert "c.yaml: tts.handler: unknown handler 'kokoro'" in msg
+    assert "espeak" in msg and "hibari" in msg
+
+
+def test_an_unknown_key_names_the_path_and_the_allowed_keys(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, GOOD.replace("{handler: local}", "{handler: local, temprature: 0.3}"))
+    assert "llm.temprature: unknown key" in msg and "temperature" in msg
+
+
+def test_a_wrong_type_names_the_path_and_the_value(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, GOOD.replace("{history_turns: 2}", "{history_turns: many}"))
+    assert "session.history_turns" in msg and "'many'" in msg
+
+
+def test_a_wrong_literal_lists_the_allowed_values(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, GOOD.replace("{handler: whisper}", "{handler: whisper, model: large}"))
+    assert "asr.model" in msg and "tiny.en" in msg and "base" in msg
+
+
+def test_missing_and_unknown_sections(tmp_path: Path) -> None:
+    assert "tts: missing section" in error_of(tmp_path, GOOD.replace("tts: {handler: hibari}", ""))
+    assert "avatar2: unknown section" in error_of(tmp_path, GOOD + "avatar2: {}\n")
+    assert "not valid YAML" in error_of(tmp_path, "vad: [unclosed")
+    assert "top level must be a mapping" in error_of(tmp_path, "- a\n- b\n")
+
+
+def test_environment_substitution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AVATAR_TEST_PROMPT", "Be brief.")
+    monkeypatch.delenv("AVATAR_TEST_UNSET", raising=False)
+    text = GOOD.replace(
+        "{history_turns: 2}",
+        '{system_prompt: "${AVATAR_TEST_PROMPT}", language: "${AVATAR_TEST_UNSET:-de}"}',
+    )
+    config = load_config(write(tmp_path, text))
+    assert config.session.system_prompt == "Be brief." and config.session.language == "de"
+    msg = error_of(tmp_path, GOOD.replace("{history_turns: 2}", '{language: "${AVATAR_TEST_UNSET}"}'))
+    assert "session.language: environment variable AVATAR_TEST_UNSET is not set" in msg
+
+
+def test_check_config_cli_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = write(tmp_path, GOOD.replace("handler: silero", "handler: nope"))
+    assert main(["check-config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("avatarchat: error: ") and "vad.handler" in err
+    assert main(["check-config", str(write(tmp_path, GOOD))]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert main(["check-config", str(tmp_path / "missing.yaml")]) == 2
+    assert "no such config file" in capsys.readouterr().err

@@ -1,0 +1,260 @@
+"""The LLM stage: the ChatLLM base (scripted, fast) and both handlers on the real SmolLM2 model.
+
+Every server these tests start listens on 127.0.0.1 only and is stopped at teardown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import socket
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from avatarchat.engine.events import ErrorEvent, Event, ReplyEnd, ReplyText, TimingMark, TurnCancelled, UserTranscript
+from avatarchat.engine.handler import HandlerOptions, SessionInfo, SessionSettings
+from avatarchat.engine.session import Session
+from avatarchat.handlers.llm.base import FALLBACK_REPLY, ChatContext, ChatLLM, Message, complete_sentences
+from avatarchat.handlers.llm.local import SMOLLM2_135M, LocalLLM
+from avatarchat.handlers.llm.openai_compatible import OpenAICompatibleLLM
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+async def turn_events(session: Session, turn: int, timeout: float = 30.0) -> list[Event]:
+    """Events of ``turn`` until its ReplyEnd or TurnCancelled."""
+    out: list[Event] = []
+
+    async def collect() -> None:
+        async for event in session.events():
+            if event.turn != turn:
+                continue
+            out.append(event)
+            if isinstance(event, ReplyEnd | TurnCancelled):
+                return
+
+    await asyncio.wait_for(collect(), timeout)
+    return out
+
+
+def texts(events: list[Event]) -> list[str]:
+    return [e.text for e in events if isinstance(e, ReplyText)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# --- the base, with a scripted model ------------------------------------------------------
+
+
+class Scripted(ChatLLM[HandlerOptions]):
+    name = "scripted"
+
+    def __init__(self, replies: list[list[str]]) -> None:
+        super().__init__(HandlerOptions())
+        self.replies = replies
+        self.requests: list[list[Message]] = []
+
+    async def stream(self, ctx: ChatContext, messages: list[Message]) -> AsyncIterator[str]:
+        self.requests.append(messages)
+        for delta in self.replies.pop(0):
+            await asyncio.sleep(0)
+            yield delta
+
+
+async def test_base_events_history_and_fallback() -> None:
+    llm = Scripted([["  ", " Hello", " there."], [" ", ""], ["Three."]])
+    info = SessionInfo("t", SessionSettings(system_prompt="Be brief.", history_turns=1))
+    async with Session([llm], info) as session:
+        session.push(UserTranscript(session.new_turn(), "partial", final=False))
+        events = await turn_events(session, session.say("Hi"))
+        kinds = [type(e).__name__ if not isinstance(e, TimingMark) else e.name for e in events]
+        # The transcript is forwarded first, so the client shows what was heard.
+        assert kinds == ["UserTranscript", "llm_start", "llm_first_token", "ReplyText", "ReplyText", "ReplyEnd"]
+        assert texts(events) == ["Hello", " there."] and events[-1].text == "Hello there."
+
+        events = await turn_events(session, session.say("Again"))
+        assert texts(events) == [FALLBACK_REPLY] and events[-1].text == FALLBACK_REPLY
+
+        empty = session.say("   ")
+        assert await turn_events(session, empty) == [UserTranscript(empty, "   "), ReplyEnd(empty, "")]
+
+        await turn_events(session, session.say("Third"))
+    # history_turns=1: the third request saw only the second exchange; nothing for the partial.
+    assert len(llm.requests) == 3
+    assert llm.requests[2] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Again"},
+        {"role": "assistant", "content": FALLBACK_REPLY},
+        {"role": "user", "content": "Third"},
+    ]
+
+
+def test_record_interrupted() -> None:
+    llm = Scripted([])
+    ctx = llm.create_context(SessionInfo("t", SessionSettings(history_turns=2)))
+    llm.record_interrupted(ctx, "Tell me a story", "Once upon a time ")
+    llm.record_interrupted(ctx, "Stop", "")
+    assert list(ctx.history) == [("Tell me a story", "Once upon a time [interrupted]"), ("Stop", "[interrupted]")]
+
+
+# --- the local handler on the real model ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_llm() -> LocalLLM:
+    # Temperature 0: the history test checks what the model says.
+    llm = LocalLLM(LocalLLM.Options(temperature=0.0))
+    llm.load()
+    return llm
+
+
+@pytest.mark.slow
+async def test_local_streams_an_answer(local_llm: LocalLLM) -> None:
+    async with Session([local_llm], SessionInfo("t")) as session:
+        events = await turn_events(session, session.say("What is the capital of France?"))
+    deltas = texts(events)
+    assert len(deltas) >= 2 and "".join(deltas).strip()
+    assert isinstance(events[-1], ReplyEnd) and events[-1].text == "".join(deltas)
+    marks = [e.name for e in events if isinstance(e, TimingMark)]
+    assert marks == ["llm_start", "llm_first_token"]
+    first_text = next(i for i, e in enumerate(events) if isinstance(e, ReplyText))
+    before = events[first_text - 1]
+    assert isinstance(before, TimingMark) and before.name == "llm_first_token"
+
+
+@pytest.mark.slow
+async def test_local_history_is_bounded_and_carries_over(local_llm: LocalLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    requests: list[list[Message]] = []
+    real_stream = local_llm.stream
+
+    def spy(ctx: ChatContext, messages: list[Message]) -> AsyncIterator[str]:
+        requests.append(messages)
+        return real_stream(ctx, messages)
+
+    monkeypatch.setattr(local_llm, "stream", spy)
+    prompt = "You are a helpful assistant. Answer in one short sentence."
+    info = SessionInfo("t", SessionSettings(system_prompt=prompt, history_turns=2))
+    questions = ["My name is Tom.", "What is my name?", "Say hello.", "Say goodbye."]
+    answers = []
+    async with Session([local_llm], info) as session:
+        for q in questions:
+            events = await turn_events(session, session.say(q))
+            end = events[-1]
+            # A reply cut at the token cap is remembered up to its last full sentence.
+            answers.append(complete_sentences(end.text) if end.truncated else end.text)
+    # SmolLM2-135M cannot be relied on to answer "Tom" (measured: it names itself), so
+    # the carry-over is checked in what the model is sent, not in what it says.
+    users = [[m["content"] for m in r if m["role"] == "user"] for r in requests]
+    assert users[1] == questions[:2]
+    # history_turns=2: the fourth request has the 2nd and 3rd exchanges, not the 1st.
+    assert users[3] == questions[1:4]
+    assert len(requests[3]) == 1 + 2 * 2 + 1
+    assert [m["content"] for m in requests[3] if m["role"] == "assistant"] == [a.strip() for a in answers[1:3]]
+
+
+@pytest.mark.slow
+async def test_local_cancel_stops_generation(local_llm: LocalLLM) -> None:
+    info = SessionInfo("t", SessionSettings(history_turns=3))
+    async with Session([local_llm], info) as session:
+        turn = session.say("Tell me a very long story about a dragon.")
+        seen: list[Event] = []
+        async for event in session.events():
+            seen.append(event)
+            if isinstance(event, ReplyText):
+                break
+        assert local_llm.active_generations() == 1
+        t0 = time.monotonic()
+        assert session.cancel_turn(turn)
+        after = await turn_events(session, turn, timeout=2.0)
+        assert after == [TurnCancelled(turn, "interrupted")]  # no more ReplyText of the turn
+        while local_llm.active_generations() and time.monotonic() - t0 < 2.0:
+            await asyncio.sleep(0.005)
+        stopped_after = time.monotonic() - t0
+        assert local_llm.active_generations() == 0
+        assert stopped_after < 0.5, f"generation went on {stopped_after:.3f} s after cancel"
+        print(f"llama.cpp thread returned {stopped_after * 1000:.0f} ms after cancel_turn")
+
+        # The cancelled reply is not history; the session answers the next turn.
+        events = await turn_events(session, session.say("Hello!"))
+        assert texts(events)
+        ctx = session._stages[0].ctx  # white-box: check what the LLM remembers
+        assert [u for u, _ in ctx.history] == ["Hello!"]
+        assert ctx.asked == {turn: "Tell me a very long story about a dragon."}
+
+
+# --- openai_compatible against llama.cpp's own HTTP server -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def llm_server() -> Iterator[str]:
+    """xllamacpp's OpenAI-compatible server for the same GGUF, on a free loopback port."""
+    import xllamacpp
+
+    port = free_port()
+    params = xllamacpp.CommonParams()
+    params.model.path = str(SMOLLM2_135M.locate())
+    params.n_ctx = 1024
+    params.n_parallel = 1
+    params.cpuparams.n_threads = 1
+    params.cpuparams_batch.n_threads = 1
+    params.verbosity = 0
+    params.hostnames = ["127.0.0.1"]
+    params.port = port
+    server: Any = xllamacpp.Server(params)
+    url = server.listening_address
+    assert url == f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    yield url
+    del server  # the Server's destructor stops the HTTP listener
+    gc.collect()
+    assert not port_open(port), "the test LLM server still listens after teardown"
+
+
+@pytest.mark.slow
+async def test_openai_compatible_streams(llm_server: str) -> None:
+    llm = OpenAICompatibleLLM(OpenAICompatibleLLM.Options(api_url=f"{llm_server}/v1", model="smollm2", max_tokens=30))
+    llm.load()
+    async with Session([llm], SessionInfo("t")) as session:
+        events = await turn_events(session, session.say("What is the capital of France?"))
+    deltas = texts(events)
+    assert len(deltas) >= 2 and "".join(deltas).strip()
+    assert isinstance(events[-1], ReplyEnd) and events[-1].text == "".join(deltas)
+
+
+async def test_openai_compatible_unreachable_server_is_an_error_naming_the_url() -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"  # bound then closed: nothing listens there
+    llm = OpenAICompatibleLLM(OpenAICompatibleLLM.Options(api_url=url, timeout_s=5))
+    llm.load()  # works offline: contacts nothing
+    async with Session([llm], SessionInfo("t")) as session:
+        first = session.say("Hello?")
+        events = await turn_events(session, first, timeout=10)
+        errors = [e for e in events if isinstance(e, ErrorEvent)]
+        assert len(errors) == 1 and url in errors[0].message and errors[0].stage == "llm"
+        assert isinstance(events[-1], TurnCancelled)
+        # The session goes on: the next turn is handled (and fails the same clear way).
+        events = await turn_events(session, session.say("Still there?"), timeout=10)
+        assert any(isinstance(e, ErrorEvent) and url in e.message for e in events)
+        empty = session.say("")
+        assert await turn_events(session, empty) == [UserTranscript(empty, ""), ReplyEnd(empty, "")]

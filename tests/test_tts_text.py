@@ -1,0 +1,128 @@
+"""Text cleaning for speech and the streaming clause splitter."""
+
+from __future__ import annotations
+
+import pytest
+
+from avatarchat.handlers.tts.text import ClauseSplitter, clean_for_speech
+
+REPLY = (
+    "Hello there! I met Dr. Smith yesterday, e.g. at the clinic. Pi is about 3.14, and honestly, "
+    "that is a fairly long clause to say here; yes. **Great** idea 🎉! #AI #Friendly\n"
+    "- first item\n"
+    "1. Second item\n"
+    "Wait... What? It costs $3,500 at 7:30 pm. J. K. Rowling wrote it. Ok."
+)
+
+
+def split_whole(text: str) -> list[str]:
+    s = ClauseSplitter()
+    return s.feed(text) + s.flush()
+
+
+def split_chars(text: str) -> list[str]:
+    s = ClauseSplitter()
+    return [c for ch in text for c in s.feed(ch)] + s.flush()
+
+
+def test_streaming_char_by_char_equals_whole_text() -> None:
+    assert split_chars(REPLY) == split_whole(REPLY)
+
+
+@pytest.mark.parametrize("size", [2, 3, 5, 7, 11])
+def test_streaming_in_token_sized_pieces_equals_whole_text(size: int) -> None:
+    s = ClauseSplitter()
+    pieces = [REPLY[i : i + size] for i in range(0, len(REPLY), size)]
+    assert [c for p in pieces for c in s.feed(p)] + s.flush() == split_whole(REPLY)
+
+
+def test_splits_at_sentence_ends_and_newlines() -> None:
+    assert split_whole(REPLY) == [
+        "Hello there!",
+        "I met Dr. Smith yesterday, e.g. at the clinic.",
+        "Pi is about 3.14, and honestly, that is a fairly long clause to say here;",
+        "yes.",
+        "**Great** idea 🎉!",
+        "#AI #Friendly",
+        "- first item",
+        "1. Second item",
+        "Wait...",
+        "What?",
+        "It costs $3,500 at 7:30 pm.",
+        "J. K. Rowling wrote it.",
+        "Ok.",
+    ]
+
+
+def test_abbreviations_initials_and_decimals_do_not_split() -> None:
+    for text in ["Ask Dr. Smith about it.", "Fruit, e.g. apples, is good.", "It is 3.5 metres.", "Mr. J. Doe came."]:
+        assert split_whole(text) == [text]
+
+
+def test_lowercase_after_a_period_continues_the_sentence() -> None:
+    assert split_whole("Use a tool etc. and then rest. Fine.") == ["Use a tool etc. and then rest.", "Fine."]
+
+
+def test_first_clause_is_emitted_early_later_ones_are_longer() -> None:
+    s = ClauseSplitter(first_min_words=4, min_words=8)
+    out = s.feed("Well, I think so, yes, and the weather today, as you know, is lovely, so let us go. ")
+    # "Well," is too short; "Well, I think so," reaches 4 words.
+    assert out[0] == "Well, I think so,"
+    assert out[1] == "yes, and the weather today, as you know,"
+    assert s.flush() == ["is lovely, so let us go."]
+
+
+def test_sentence_end_waits_for_the_next_word() -> None:
+    s = ClauseSplitter()
+    assert s.feed("Hello there.") == []
+    assert s.feed(" ") == []
+    assert s.feed("H") == ["Hello there."]
+    assert s.flush() == ["H"]
+
+
+def test_run_on_text_is_cut_after_max_words() -> None:
+    words = " ".join(f"w{i}" for i in range(25))
+    s = ClauseSplitter(max_words=10)
+    out = s.feed(words) + s.flush()
+    assert [len(c.split()) for c in out] == [10, 10, 5]
+    assert " ".join(out) == words
+
+
+def test_flush_empties_and_ignores_whitespace() -> None:
+    s = ClauseSplitter()
+    assert s.feed("   \n  ") == []
+    assert s.flush() == []
+    s.feed("Tail without end")
+    assert s.flush() == ["Tail without end"]
+    assert s.flush() == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "spoken"),
+    [
+        ("**Great** idea 🎉!", "Great idea!"),
+        ("I love it 😀👍🏽 so much ❤️.", "I love it so much."),
+        ("Family 👨‍👩‍👧 and flags 🇩🇪 too.", "Family and flags too."),
+        ("That is *really* _nice_ and ~~bad~~.", "That is really nice and bad."),
+        ("Run `pip install x` now.", "Run pip install x now."),
+        ("## Heading here", "Heading here"),
+        ("- a bullet point", "a bullet point"),
+        ("* another bullet", "another bullet"),
+        ("2) numbered item", "numbered item"),
+        ("> quoted text", "quoted text"),
+        ("See [the docs](https://example.com/x) now.", "See the docs now."),
+        ("Visit https://example.com today.", "Visit today."),
+        ("Have a great day! #Friendly #AI", "Have a great day!"),
+        ("I love #python a lot.", "I love a lot."),
+        ("We are #1 here.", "We are number 1 here."),
+        ("Nice one :) really :-D", "Nice one really"),
+        ("my_variable_name is set", "my variable name is set"),
+        ("  lots   of\n\tspace  ", "lots of space"),
+        ("Pi is 3.14, and 7:30 (8) works.", "Pi is 3.14, and 7:30 (8) works."),
+        ("#AI #Friendly", ""),
+        ("🎉🎉!", ""),
+        ("—", ""),
+    ],
+)
+def test_clean_for_speech(raw: str, spoken: str) -> None:
+    assert clean_for_speech(raw) == spoken
