@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from avatarchat.engine.handler import STAGES, HandlerOptions, SessionSettings, handlers_for
+from avatarchat.engine.handler import OPTIONAL_STAGES, STAGES, HandlerOptions, SessionSettings, handlers_for
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 TOP_LEVEL_KEYS = ("session", *STAGES)
@@ -76,8 +76,11 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
     stages = {}
     for stage in STAGES:
         section = raw.get(stage)
+        if section is None and stage in OPTIONAL_STAGES:
+            continue
         if section is None:
-            raise ConfigError(f"{source}: {stage}: missing section; every config needs {', '.join(STAGES)}")
+            required = ", ".join(s for s in STAGES if s not in OPTIONAL_STAGES)
+            raise ConfigError(f"{source}: {stage}: missing section; every config needs {required}")
         stages[stage] = _stage(stage, section, source)
     return Config(source, session, stages)
 

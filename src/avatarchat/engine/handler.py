@@ -28,7 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from avatarchat.engine.events import NO_TURN, Event
 
-STAGES = ("vad", "asr", "llm", "tts")
+STAGES = ("vad", "asr", "llm", "tts", "avatar")
+#: Stages a config may leave out (no avatar: a voice-only pipeline).
+OPTIONAL_STAGES = frozenset({"avatar"})
 
 
 class HandlerOptions(BaseModel):

@@ -30,6 +30,8 @@ class Pipeline:
         """Instantiate the handlers named in ``config`` without loading their models."""
         handlers = []
         for stage in STAGES:
+            if stage not in config.stages:
+                continue  # an optional stage left out
             sc = config.stages[stage]
             handlers.append(handlers_for(stage)[sc.handler](sc.options))
         return cls(config, handlers)
