@@ -138,3 +138,30 @@ class TimingMark(Event):
 
     name: str
     at: float = field(default_factory=now)
+
+
+# --- avatar ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AvatarFrame(Event):
+    """One rendered video frame of a reply. ``pts`` is seconds on the reply timeline (the
+    clock of ``ReplyAudio.offset``), so frame and audio times share one clock."""
+
+    image: np.ndarray  # [H, W, 3] uint8 RGB
+    index: int
+    pts: float
+
+
+@dataclass(frozen=True, slots=True)
+class AvatarMotion(Event):
+    """The mouth curves behind a stretch of frames, for a client-side renderer.
+
+    ``times`` are seconds on the reply timeline; ``channels`` names the columns of
+    ``values`` (jaw, stretch, round, upper, press); ``visemes`` is one label per time.
+    """
+
+    times: tuple[float, ...]
+    channels: tuple[str, ...]
+    values: tuple[tuple[float, ...], ...]
+    visemes: tuple[str, ...]
