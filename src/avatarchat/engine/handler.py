@@ -4,7 +4,8 @@ A handler is one stage of the pipeline (VAD, ASR, LLM, TTS, avatar). Its life:
 
 1. ``load()`` once per process, in an executor: load the shared models. Raise
    ``HandlerLoadError`` (or anything) to stop start-up with a clear message.
-2. ``create_context(session)`` per session: the per-session state (history, buffers).
+2. ``create_context(session)`` per session, in an executor: the per-session state
+   (history, buffers, a small stateful model).
 3. ``handle(ctx, event)`` for each event whose type is in ``accepts``: an async generator
    of output events. Events not accepted pass on untouched; accepted ones pass on only if
    their type is also in ``forwards``. Blocking model calls go to ``run_blocking``. The engine may cancel

@@ -30,7 +30,7 @@ from avatarchat.engine.events import (
     TurnCancelled,
     UserTranscript,
 )
-from avatarchat.engine.handler import Handler, SessionInfo
+from avatarchat.engine.handler import Handler, SessionInfo, run_blocking
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,10 @@ class Session:
         for i, handler in enumerate(self._handlers):
             last = i == len(self._handlers) - 1
             outbox: asyncio.Queue[Event] = self._output if last else asyncio.Queue()
-            stage = _Stage(handler, handler.create_context(self.info), inbox, outbox)
+            # In an executor: a context may load a small model (the VAD's ONNX session took
+            # 45-65 ms), which would stall every other session's loop.
+            ctx = await run_blocking(handler.create_context, self.info)
+            stage = _Stage(handler, ctx, inbox, outbox)
             stage.task = asyncio.create_task(self._run(stage), name=f"stage-{handler.stage}")
             self._stages.append(stage)
             inbox = outbox
