@@ -18,11 +18,16 @@ def summarize(values: Iterable[float | None]) -> dict[str, float | int | None]:
         return {"n": 0, "median": None, "p90": None, "min": None, "max": None}
     return {
         "n": int(len(v)),
-        "median": round(float(np.median(v)), 1),
-        "p90": round(float(np.percentile(v, 90)), 1),
-        "min": round(float(v.min()), 1),
-        "max": round(float(v.max()), 1),
+        "median": _round(float(np.median(v))),
+        "p90": _round(float(np.percentile(v, 90))),
+        "min": _round(float(v.min())),
+        "max": _round(float(v.max())),
     }
+
+
+def _round(x: float) -> float:
+    # Milliseconds keep one decimal; ratios such as a real-time factor keep their digits.
+    return round(x, 1) if abs(x) >= 10 else round(x, 4)
 
 
 def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | int | None]]:

@@ -51,7 +51,7 @@ class SessionSettings(HandlerOptions):
     # chatty "digital human" one, which drifted into French for questions about France.
     system_prompt: str = "You are a helpful AI assistant named Ava. Keep your answers short."
     #: How many earlier exchanges (user + reply) the LLM sees.
-    history_turns: int = Field(default=3, ge=0, le=50)
+    history_turns: int = Field(default=2, ge=0, le=50)
     language: str = "en"
 
 

@@ -32,6 +32,8 @@ Message = dict[str, str]
 #: What the user hears when the model produced nothing at all.
 FALLBACK_REPLY = "Sorry, I have no answer to that."
 INTERRUPTED_MARK = "[interrupted]"
+#: Characters of a reply kept in history (about 40 tokens).
+MAX_REMEMBERED_CHARS = 160
 #: How many unanswered questions a context remembers for barge-in (bounded: never grows).
 _MAX_ASKED = 8
 
@@ -79,7 +81,13 @@ class ChatContext:
         return messages
 
     def add(self, user_text: str, reply: str) -> None:
-        """Remember one exchange (the deque drops the oldest beyond ``history_turns``)."""
+        """Remember one exchange (the deque drops the oldest beyond ``history_turns``).
+
+        A long reply is remembered by its first sentences only: every remembered token is
+        read again before each later answer, and that wait is the user's.
+        """
+        if len(reply) > MAX_REMEMBERED_CHARS:
+            reply = complete_sentences(reply[:MAX_REMEMBERED_CHARS]).strip() or reply[:MAX_REMEMBERED_CHARS]
         self.history.append((user_text, reply))
 
     def remember_question(self, turn: int, user_text: str) -> None:
