@@ -21,10 +21,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from avatarchat.server.settings import ServerSettings
 from avatarchat.engine.handler import OPTIONAL_STAGES, STAGES, HandlerOptions, SessionSettings, handlers_for
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
-TOP_LEVEL_KEYS = ("session", *STAGES)
+TOP_LEVEL_KEYS = ("session", "server", *STAGES)
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 
@@ -44,6 +45,7 @@ class Config:
     path: str
     session: SessionSettings
     stages: dict[str, StageConfig] = field(default_factory=dict)
+    server: ServerSettings = field(default_factory=ServerSettings)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
@@ -82,7 +84,8 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
             required = ", ".join(s for s in STAGES if s not in OPTIONAL_STAGES)
             raise ConfigError(f"{source}: {stage}: missing section; every config needs {required}")
         stages[stage] = _stage(stage, section, source)
-    return Config(source, session, stages)
+    server = _validate(ServerSettings, raw.get("server") or {}, source, "server")
+    return Config(source, session, stages, server)
 
 
 def _stage(stage: str, section: Any, source: str) -> StageConfig:

@@ -1,0 +1,35 @@
+"""The ``server:`` section of a config: how `avatarchat serve` listens and connects peers."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from avatarchat.engine.handler import HandlerOptions
+
+
+class IceServer(HandlerOptions):
+    """A STUN or TURN server, given to both the server's and the browser's ICE agent."""
+
+    urls: list[str] = Field(min_length=1)
+    username: str | None = None
+    credential: str | None = None
+
+
+class ServerSettings(HandlerOptions):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8282, ge=1, le=65535)
+    #: Sessions at once; one more gets HTTP 503 with a message the page shows.
+    max_sessions: int = Field(default=2, ge=1, le=64)
+    #: A session with no audio, text or data-channel message for this long is closed.
+    idle_timeout_s: float = Field(default=300.0, gt=0)
+    #: Empty by default: no STUN, nothing leaves the machine (LAN and loopback work).
+    ice_servers: list[IceServer] = Field(default_factory=list)
+    video_codec: Literal["vp8", "h264"] = "vp8"
+    #: HTTPS: a certificate and key (PEM), or `self_signed: true` to generate one.
+    certfile: str | None = None
+    keyfile: str | None = None
+    self_signed: bool = False
+    #: Largest HTTP request body accepted (the SDP offer), bytes.
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
