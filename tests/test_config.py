@@ -35,7 +35,7 @@ def test_the_embedded_default_is_valid() -> None:
     config = load_config()
     assert config.path == str(DEFAULT_CONFIG)
     assert {s: c.handler for s, c in config.stages.items()} == {
-        "vad": "silero", "asr": "whisper", "llm": "local", "tts": "hibari",
+        "vad": "silero", "asr": "whisper", "llm": "local", "tts": "hibari", "avatar": "portrait",
     }
     assert config.stages["llm"].options.threads == 1  # type: ignore[attr-defined]
 

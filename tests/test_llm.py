@@ -6,12 +6,8 @@ Every server these tests start listens on 127.0.0.1 only and is stopped at teard
 from __future__ import annotations
 
 import asyncio
-import gc
-import socket
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import pytest
 
@@ -19,8 +15,9 @@ from avatarchat.engine.events import ErrorEvent, Event, ReplyEnd, ReplyText, Tim
 from avatarchat.engine.handler import HandlerOptions, SessionInfo, SessionSettings
 from avatarchat.engine.session import Session
 from avatarchat.handlers.llm.base import FALLBACK_REPLY, ChatContext, ChatLLM, Message, complete_sentences
-from avatarchat.handlers.llm.local import SMOLLM2_135M, LocalLLM
+from avatarchat.handlers.llm.local import LocalLLM
 from avatarchat.handlers.llm.openai_compatible import OpenAICompatibleLLM
+from tests.llm_server import free_port, serve_llm
 
 # --- helpers -----------------------------------------------------------------------------
 
@@ -43,17 +40,6 @@ async def turn_events(session: Session, turn: int, timeout: float = 30.0) -> lis
 
 def texts(events: list[Event]) -> list[str]:
     return [e.text for e in events if isinstance(e, ReplyText)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 # --- the base, with a scripted model ------------------------------------------------------
@@ -201,35 +187,8 @@ async def test_local_cancel_stops_generation(local_llm: LocalLLM) -> None:
 @pytest.fixture(scope="module")
 def llm_server() -> Iterator[str]:
     """xllamacpp's OpenAI-compatible server for the same GGUF, on a free loopback port."""
-    import xllamacpp
-
-    port = free_port()
-    params = xllamacpp.CommonParams()
-    params.model.path = str(SMOLLM2_135M.locate())
-    params.n_ctx = 1024
-    params.n_parallel = 1
-    params.cpuparams.n_threads = 1
-    params.cpuparams_batch.n_threads = 1
-    params.verbosity = 0
-    params.hostnames = ["127.0.0.1"]
-    params.port = port
-    server: Any = xllamacpp.Server(params)
-    url = server.listening_address
-    assert url == f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-    yield url
-    del server  # the Server's destructor stops the HTTP listener
-    gc.collect()
-    assert not port_open(port), "the test LLM server still listens after teardown"
+    with serve_llm() as url:
+        yield url
 
 
 @pytest.mark.slow

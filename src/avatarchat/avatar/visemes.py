@@ -72,6 +72,9 @@ def viseme_of(phoneme: str) -> str:
         return "sil"
     if p in _IPA:
         return _IPA[p]
+    # Two-letter affricates (espeak's IPA writes tʃ, dʒ): the fricative shapes the lips.
+    if len(p) >= 2 and p[0] in "td" and p[1] in "ʃʒszɕʑ":
+        return _IPA[p[1]]
     if p[:2] in _ESPEAK:
         return _ESPEAK[p[:2]]
     if p[0] in _IPA:

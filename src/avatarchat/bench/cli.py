@@ -28,6 +28,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                     help="recorded question(s) to use instead of TTS-spoken ones")
     _common(pp)
     pp.set_defaults(run=run_pipeline)
+    pa = bsub.add_parser("avatar", help="portrait rendering: fps, CPU %%, first-frame latency")
+    pa.add_argument("--seconds", "-s", type=float, default=20.0, help="seconds of spoken reply (default 20)")
+    pa.add_argument("--paced", action="store_true", help="feed the reply in real time and measure the steady CPU load")
+    _common(pa)
+    pa.set_defaults(run=run_avatar)
+    pe = bsub.add_parser("e2e", help="spoken turns through the web page in headless Chromium: "
+                                     "voice-to-voice latency, fps, server CPU")
+    pe.add_argument("--turns", "-n", type=int, default=5, help="spoken questions (default 5)")
+    pe.add_argument("--gap", type=float, default=15.0,
+                    help="seconds of silence after each question (default 15: the default LLM's longest "
+                         "replies speak ~13 s; a reply still playing when the next question ends is "
+                         "left out of the latency figures)")
+    pe.add_argument("--compare", metavar="CONFIG2", help="also run this config and report both side by side")
+    _common(pe)
+    pe.set_defaults(run=run_e2e)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -42,6 +57,36 @@ def run_pipeline(args: argparse.Namespace) -> int:
     if args.turns < 1:
         raise UserError("--turns must be at least 1")
     report = asyncio.run(bench_pipeline(load_config(args.config), args.turns, args.input, _say))
+    _emit(report, args.json)
+    return 0
+
+
+def run_avatar(args: argparse.Namespace) -> int:
+    from avatarchat.bench.avatar import bench_avatar
+    from avatarchat.cli.main import UserError
+
+    if not 1.0 <= args.seconds <= 600.0:
+        raise UserError("--seconds must be between 1 and 600")
+    report = asyncio.run(bench_avatar(load_config(args.config), args.seconds, args.paced, _say))
+    _emit(report, args.json)
+    return 0
+
+
+def run_e2e(args: argparse.Namespace) -> int:
+    from avatarchat.bench.e2e import bench_e2e
+    from avatarchat.cli.main import UserError
+
+    if not 1 <= args.turns <= 50:
+        raise UserError("--turns must be between 1 and 50")
+    if not 2.0 <= args.gap <= 60.0:
+        raise UserError("--gap must be between 2 and 60 seconds")
+    for path in (args.config, args.compare):
+        if path is not None:
+            load_config(path)  # a bad config fails here, before the TTS and the browser start
+    try:
+        report = bench_e2e(args.config, args.compare, args.turns, args.gap, _say)
+    except RuntimeError as exc:
+        raise UserError(str(exc)) from None
     _emit(report, args.json)
     return 0
 

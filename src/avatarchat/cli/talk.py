@@ -3,12 +3,17 @@
 Each ``--input`` file (any format, rate and channel count) or ``--text`` is one user turn,
 in the order given, with history carried over. Each file is taken as one utterance, so the
 VAD is not asked to cut it (``serve`` uses the VAD on the live microphone).
+
+Each reply is written as ``turn-N.wav``; with an avatar stage in the config (and no
+``--no-avatar``) also as ``turn-N.mp4`` (H.264 + AAC, the frames and the audio on the reply's
+one clock) and ``turn-N.png``, a contact sheet of frames sampled across the reply.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 import time
@@ -21,6 +26,7 @@ import numpy as np
 from avatarchat.audio.io import atomic_write, load_audio, write_wav
 from avatarchat.engine.config import load_config
 from avatarchat.engine.events import SpeechEnded, TimingMark, now
+from avatarchat.engine.handler import run_blocking
 from avatarchat.engine.pipeline import Pipeline
 from avatarchat.engine.session import Session
 from avatarchat.engine.turn import TurnResult, collect_turn
@@ -50,6 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--text", "-t", action=_Ordered, metavar="TEXT", help="a typed question, skips ASR (repeatable)")
     p.add_argument("--out", "-o", required=True, type=Path, help="folder for the replies and transcript.json")
     p.add_argument("--config", "-c", help="YAML config (default: the embedded offline stack)")
+    p.add_argument("--no-avatar", action="store_true", help="leave the avatar stage out: audio replies only")
     p.set_defaults(run=run, turns=None)
 
 
@@ -59,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.turns:
         raise UserError("talk needs at least one --input AUDIO or --text TEXT")
     config = load_config(args.config)
+    if args.no_avatar:
+        config = dataclasses.replace(config, stages={k: v for k, v in config.stages.items() if k != "avatar"})
     # Read every input before any model loads: a bad file fails in a second, not after loading.
     turns = [TurnInput(k, v, load_audio(v) if k == "audio" else None) for k, v in args.turns]
     if any(k == "text" and not v.strip() for k, v in args.turns):
@@ -76,7 +85,8 @@ async def _talk(config: Any, turns: list[TurnInput], out: Path) -> list[dict[str
         for i, item in enumerate(turns, 1):
             _say(f"turn {i}/{len(turns)}: {item.value if item.kind == 'text' else Path(item.value).name} …")
             result = await _run_turn(session, item)
-            records.append(_save_turn(out, i, item, result))
+            # Encoding the video takes a few hundred ms: off the event loop.
+            records.append(await run_blocking(_save_turn, out, i, item, result, _fps(config)))
             _say(f"  you:    {result.user_text!r}")
             _say(f"  avatar: {result.reply_text!r}" + (f"  ERROR: {'; '.join(result.errors)}" if result.errors else ""))
     transcript = {"config": config.path, "turns": records}
@@ -96,11 +106,24 @@ async def _run_turn(session: Session, item: TurnInput) -> TurnResult:
     return await collect_turn(session, turn)
 
 
-def _save_turn(out: Path, index: int, item: TurnInput, result: TurnResult) -> dict[str, Any]:
+def _fps(config: Any) -> int:
+    avatar = config.stages.get("avatar")
+    return int(getattr(avatar.options, "fps", 25)) if avatar is not None else 25
+
+
+def _save_turn(out: Path, index: int, item: TurnInput, result: TurnResult, fps: int = 25) -> dict[str, Any]:
     audio = result.audio()
     name = f"turn-{index}.wav"
     if len(audio):
         write_wav(out / name, audio, result.sample_rate)
+    video = None
+    if result.frames:
+        from avatarchat.avatar.video import contact_sheet, save_png, write_mp4
+
+        timed = [(f.pts, f.image) for f in result.frames]
+        video = f"turn-{index}.mp4"
+        write_mp4(out / video, timed, fps, audio, result.sample_rate)
+        save_png(out / f"turn-{index}.png", contact_sheet(timed))
     return {
         "turn": index,
         "input": {"audio": item.value} if item.kind == "audio" else {"text": item.value},
@@ -108,6 +131,8 @@ def _save_turn(out: Path, index: int, item: TurnInput, result: TurnResult) -> di
         "reply": result.reply_text,
         "audio": name if len(audio) else None,
         "audio_seconds": round(len(audio) / result.sample_rate, 3),
+        "video": video,
+        "frames": len(result.frames),
         "timings_ms": result.timings_ms(),
         "error": "; ".join(result.errors) or (f"turn {result.cancelled}" if result.cancelled else None),
     }

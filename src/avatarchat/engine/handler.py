@@ -148,4 +148,5 @@ BUILTIN_HANDLER_MODULES = (
     "avatarchat.handlers.llm.openai_compatible",
     "avatarchat.handlers.tts.hibari",
     "avatarchat.handlers.tts.espeak",
+    "avatarchat.handlers.avatar.portrait",
 )

@@ -152,6 +152,12 @@ class Session:
         """Cancel every turn still in flight (barge-in, the interrupt button)."""
         return [t for t in sorted(self._open_turns) if self.cancel_turn(t, reason)]
 
+    def context(self, stage: str) -> Any:
+        """The handler context of ``stage`` in this session (for transports that render
+        between turns, e.g. the avatar's idle frames); None if the pipeline has no such
+        stage. Valid after ``start()`` until ``close()``."""
+        return next((s.ctx for s in self._stages if s.handler.stage == stage), None)
+
     @property
     def open_turns(self) -> frozenset[int]:
         return frozenset(self._open_turns)

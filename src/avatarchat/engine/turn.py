@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from avatarchat.engine.events import (
+    AvatarFrame,
     ErrorEvent,
     Event,
     ReplyAudio,
@@ -27,6 +28,7 @@ TIMING_SPANS: tuple[tuple[str, str, str], ...] = (
     ("tts_first_audio_ms", "llm_first_token", "tts_first_audio"),
     ("first_audio_after_asr_ms", "asr_start", "tts_first_audio"),
     ("first_audio_after_speech_end_ms", "speech_end", "tts_first_audio"),
+    ("avatar_first_frame_ms", "tts_first_audio", "avatar_first_frame"),
 )
 
 
@@ -42,6 +44,8 @@ class TurnResult:
     errors: list[str] = field(default_factory=list)
     cancelled: str | None = None
     events: list[Event] = field(default_factory=list)
+    #: The avatar's frames of the reply, in order (empty without an avatar stage).
+    frames: list[AvatarFrame] = field(default_factory=list)
 
     @property
     def sample_rate(self) -> int:
@@ -72,6 +76,8 @@ class TurnResult:
             self.reply_text = event.text
         elif isinstance(event, ReplyAudio):
             self.chunks.append(event)
+        elif isinstance(event, AvatarFrame):
+            self.frames.append(event)
         elif isinstance(event, TimingMark):
             self.marks.setdefault(event.name, event.at)
         elif isinstance(event, ErrorEvent):

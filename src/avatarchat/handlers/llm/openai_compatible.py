@@ -7,6 +7,8 @@ an error naming the URL, and the next turn tries again.
 
 from __future__ import annotations
 
+import asyncio
+
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -52,6 +54,7 @@ class OpenAICompatibleLLM(ChatLLM[OpenAICompatibleOptions]):
     def __init__(self, options: OpenAICompatibleOptions) -> None:
         super().__init__(options)
         self._client: Any = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
         self._openai: Any = None  # the module, imported in load()
 
     def load(self) -> None:
@@ -60,11 +63,25 @@ class OpenAICompatibleLLM(ChatLLM[OpenAICompatibleOptions]):
             import openai
         except ImportError as exc:
             raise HandlerLoadError("the openai_compatible LLM needs the openai package: pip install openai") from exc
-        o = self.options
         self._openai = openai
-        self._client = openai.AsyncOpenAI(
+        self._client = self._new_client()
+
+    def _new_client(self) -> Any:
+        o = self.options
+        return self._openai.AsyncOpenAI(
             base_url=o.api_url, api_key=o.api_key, timeout=o.timeout_s, max_retries=o.max_retries
         )
+
+    def _client_for_this_loop(self) -> Any:
+        # The client's connection pool belongs to the loop that first used it; a handler
+        # loaded once may serve a later loop (tests, a restarted server), where the stale
+        # pool fails with "Event loop is closed". One client per loop avoids that.
+        loop = asyncio.get_running_loop()
+        if self._client_loop is not loop:
+            if self._client_loop is not None:
+                self._client = self._new_client()
+            self._client_loop = loop
+        return self._client
 
     async def stream(self, ctx: ChatContext, messages: list[Message]) -> AsyncIterator[str]:
         """Stream the reply; closing or cancelling this generator closes the HTTP response.
@@ -76,7 +93,7 @@ class OpenAICompatibleLLM(ChatLLM[OpenAICompatibleOptions]):
             raise RuntimeError("the openai_compatible LLM is not loaded")
         o = self.options
         try:
-            response = await self._client.chat.completions.create(
+            response = await self._client_for_this_loop().chat.completions.create(
                 model=o.model,
                 messages=messages,
                 temperature=o.temperature,

@@ -1,0 +1,441 @@
+"""``avatarchat bench e2e``: spoken turns through the web page, measured in the browser.
+
+A real ``avatarchat serve`` subprocess and Debian's headless Chromium (driven by playwright,
+never a downloaded browser). Chromium's fake microphone plays a WAV of questions spoken by
+the TTS with long silences between them; the page (``window.avatarchat``) records RMS
+envelopes of the outgoing microphone and the incoming avatar voice in its own
+``performance.now()`` clock, so voice-to-voice latency is the time from the end of the user's
+speech leaving the page to the first audible reply sample arriving at it: network, jitter
+buffers and decoding included, nothing taken from the server's own clock.
+
+The same module holds the plumbing the browser tests share (tests/browser.py): starting and
+stopping the server, the Chromium flags that work here, and a small polling helper.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from avatarchat.bench.stats import machine, summarize, summarize_rows
+
+#: The browser the tests and the benchmark drive (Debian's package; never `playwright install`).
+CHROMIUM = Path("/usr/bin/chromium")
+#: Sample rate of the fake-microphone WAVs written here (Chromium's capture rate).
+FAKE_MIC_RATE = 48000
+#: RMS above this (about -40 dBFS) counts as audible in the page's envelopes.
+AUDIBLE_RMS = 0.01
+
+#: The server's per-turn timings (the "metrics" message) reported beside the page's own.
+SERVER_METRICS = ("first_audio_after_speech_end_ms", "first_audio_sent_ms", "first_frame_sent_ms",
+                  "vad_hangover_ms", "asr_ms", "llm_first_token_ms", "tts_first_audio_ms", "avatar_first_frame_ms")
+
+Progress = Callable[[str], None]
+
+
+# --- the server -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServeProcess:
+    """``avatarchat serve`` as a subprocess on a free 127.0.0.1 port.
+
+    ``start()`` returns once ``GET /healthz`` answers 200 (models loaded) and raises
+    ``RuntimeError`` with the end of the server's log if it exits or is not ready in time.
+    ``stop()`` sends SIGINT (as Ctrl-C would), then SIGTERM, then SIGKILL; it is idempotent.
+    Used as a context manager it starts and always stops.
+    """
+
+    def __init__(self, config: str | os.PathLike[str] | None = None, log_path: Path | None = None,
+                 extra_args: Sequence[str] = ()) -> None:
+        self.config = str(config) if config is not None else None
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.extra_args = list(extra_args)
+        self._own_log = log_path is None
+        self.log_path = log_path or Path(tempfile.mkstemp(prefix="avatarchat-serve-", suffix=".log")[1])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "server not started"
+        return self.proc.pid
+
+    def start(self, timeout: float = 180.0) -> ServeProcess:
+        cmd = [sys.executable, "-m", "avatarchat.cli.main", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        if self.config:
+            cmd += ["--config", self.config]
+        cmd += self.extra_args
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"avatarchat serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if self.health() == 200:
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"avatarchat serve was not ready within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def health(self) -> int | None:
+        """The HTTP status of ``/healthz`` (None if nothing answers)."""
+        try:
+            with urllib.request.urlopen(self.url + "healthz", timeout=2) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+        except OSError:
+            return None
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+                proc.send_signal(sig)
+                try:
+                    proc.wait(timeout)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        if self._own_log and proc is not None:
+            self.log_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> ServeProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def derived_config(path: Path, base: str | os.PathLike[str] | None = None, **server: Any) -> Path:
+    """Write ``base`` (default: the embedded config) with ``server:`` settings replaced."""
+    from avatarchat.engine.config import DEFAULT_CONFIG
+
+    raw = yaml.safe_load(Path(base or DEFAULT_CONFIG).read_text(encoding="utf-8")) or {}
+    raw["server"] = {**(raw.get("server") or {}), **server}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+# --- the browser ------------------------------------------------------------------------------
+
+
+def chromium_args(fake_audio: Path | None = None, fake_ui: bool = True, loop: bool = False) -> list[str]:
+    """The Chromium flags verified here for WebRTC on loopback with a fake microphone.
+
+    ``fake_ui`` auto-accepts the microphone prompt; leave it off to test a denial.
+    ``fake_audio`` is played as the microphone from the moment capture opens, once unless
+    ``loop`` (Chromium loops it by default; ``%noloop`` asks it not to).
+    """
+    args = [
+        "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required",
+        # Without this, ICE gathering never completes on a loopback-only machine.
+        "--allow-loopback-in-peer-connection",
+    ]
+    if fake_ui:
+        args.append("--use-fake-ui-for-media-stream")
+    if fake_audio is not None:
+        args.append(f"--use-file-for-fake-audio-capture={fake_audio}{'' if loop else '%noloop'}")
+    return args
+
+
+def launch_chromium(playwright: Any, fake_audio: Path | None = None, fake_ui: bool = True,
+                    loop: bool = False) -> Any:
+    """Headless Debian Chromium through playwright's sync API (fresh, empty profile)."""
+    return playwright.chromium.launch(
+        executable_path=str(CHROMIUM), headless=True, args=chromium_args(fake_audio, fake_ui, loop)
+    )
+
+
+def open_page(browser: Any, url: str, raw: bool = True, **context_options: Any) -> Any:
+    """A page of the app in a new browser context (``raw``: the mic without DSP, for tests)."""
+    context = browser.new_context(viewport={"width": 1200, "height": 860}, **context_options)
+    page = context.new_page()
+    page.goto(url + ("?raw=1" if raw else ""))
+    page.wait_for_function("() => window.avatarchat !== undefined")
+    return page
+
+
+def wait_for(page: Any, expression: str, timeout: float = 30.0, arg: Any = None) -> Any:
+    """Poll a JS expression (a function of ``arg``) until it is truthy; returns its value."""
+    handle = page.wait_for_function(expression, arg=arg, timeout=timeout * 1000, polling=100)
+    return handle.json_value()
+
+
+# --- process CPU from /proc -----------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process (all threads), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    """All descendants of ``pid`` (walks /proc; processes may come and go meanwhile)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+class CpuMeter:
+    """CPU use of a set of processes between ``start()`` and ``stop()``, in % of one core."""
+
+    def __init__(self, pids: Callable[[], list[int]]) -> None:
+        self._pids = pids
+        self._t0 = 0.0
+        self._c0: dict[int, float] = {}
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        self._c0 = {p: c for p in self._pids() if (c := cpu_seconds(p)) is not None}
+
+    def stop(self) -> float:
+        wall = time.monotonic() - self._t0
+        used = 0.0
+        for pid, c0 in self._c0.items():
+            c1 = cpu_seconds(pid)
+            if c1 is not None:
+                used += c1 - c0
+        return round(100.0 * used / wall, 1) if wall > 0 else 0.0
+
+
+def browser_pids(server_pid: int) -> list[int]:
+    """Chromium's processes: our descendants except the server (playwright's node included)."""
+    return [p for p in _children(os.getpid()) if p != server_pid and p not in _children(server_pid)]
+
+
+# --- the fake microphone ------------------------------------------------------------------------
+
+
+def questions_wav(path: Path, questions: Sequence[str], lead_s: float, gap_s: float,
+                  progress: Progress) -> list[tuple[float, float]]:
+    """Speak ``questions`` with hibari into one 48 kHz WAV: ``lead_s`` of silence, then each
+    question followed by ``gap_s`` of silence. Returns each question's (start, end) in the file.
+    """
+    from avatarchat.audio.resample import resample
+    from avatarchat.handlers.tts.hibari import HibariOptions, HibariTTS
+
+    tts = HibariTTS(HibariOptions())
+    tts.load()
+    parts: list[np.ndarray] = [np.zeros(int(lead_s * FAKE_MIC_RATE), np.float32)]
+    spans, clock = [], lead_s
+    for q in questions:
+        samples, _ = tts.synthesize(q)
+        speech = resample(samples, tts.sample_rate, FAKE_MIC_RATE).astype(np.float32)
+        speech *= 0.5 / max(float(np.abs(speech).max()), 1e-6)  # the same level for every question
+        spans.append((round(clock, 3), round(clock + len(speech) / FAKE_MIC_RATE, 3)))
+        clock += len(speech) / FAKE_MIC_RATE + gap_s
+        parts += [speech, np.zeros(int(gap_s * FAKE_MIC_RATE), np.float32)]
+    from avatarchat.audio.io import write_wav
+
+    write_wav(path, np.concatenate(parts), FAKE_MIC_RATE)
+    progress(f"fake microphone: {len(questions)} questions, {clock:.1f} s -> {path}")
+    return spans
+
+
+# --- one measured run ------------------------------------------------------------------------------
+
+
+def _turn_rows(mic: list[dict[str, float]], remote: list[dict[str, float]],
+               messages: list[dict[str, Any]], questions: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per question heard in the mic envelope.
+
+    Voice-to-voice: from the end of the question in the outgoing envelope to the start of the
+    first incoming voiced stretch after it. A reply still playing when the question ended
+    (the gap was too short) would be counted wrongly, so such a turn is flagged and left out.
+    The server's messages are matched by the turn number of the question's final transcript.
+    """
+    ins = [m for m in messages if m["dir"] == "in"]
+    rows = []
+    for i, seg in enumerate(mic):
+        end = seg["end"]
+        nxt = mic[i + 1]["start"] if i + 1 < len(mic) else float("inf")
+        overlapped = any(r["start"] < end < r["end"] for r in remote)
+        onset = next((r for r in remote if end < r["start"] < nxt), None)
+        said = next((m["msg"] for m in ins if seg["start"] <= m["t"] < nxt
+                     and m["msg"].get("type") == "transcript" and m["msg"].get("final")), {})
+        turn = said.get("turn")
+        of_turn = [m["msg"] for m in ins if turn is not None and m["msg"].get("turn") == turn]
+        reply = next((m.get("text") for m in of_turn if m.get("type") == "reply" and m.get("final")), None)
+        metrics = next((m for m in of_turn if m.get("type") == "metrics"), {})
+        speaking = next((m["t"] for m in ins if end < m["t"] < nxt
+                         and m["msg"].get("type") == "state" and m["msg"].get("state") == "speaking"), None)
+        # The reply's audible length: its stretches up to the next question.
+        played = [r for r in remote if onset is not None and onset["start"] <= r["start"] < nxt]
+        rows.append({
+            "question": questions[i] if i < len(questions) else None,
+            "heard": said.get("text"),
+            "reply": reply,
+            "speech_s": round((seg["end"] - seg["start"]) / 1000, 2),
+            "overlapped_reply": overlapped,
+            "voice_to_voice_ms": round(onset["start"] - end, 1) if onset is not None and not overlapped else None,
+            "reply_audio_s": round((played[-1]["end"] - played[0]["start"]) / 1000, 2) if played else None,
+            "speaking_state_after_speech_end_ms":
+                round(speaking - end, 1) if speaking is not None and not overlapped else None,
+            **{f"server_{k}": metrics.get(k) for k in SERVER_METRICS},
+        })
+    return rows
+
+
+def run_config(config: str | None, wav: Path, wav_seconds: float, questions: Sequence[str],
+               progress: Progress) -> dict[str, Any]:
+    """Serve ``config``, talk to it through the page for the whole WAV, and measure."""
+    from playwright.sync_api import sync_playwright
+
+    label = config or "(embedded default)"
+    with ServeProcess(config) as server, sync_playwright() as pw:
+        progress(f"{label}: server ready at {server.url} (pid {server.pid})")
+        idle = CpuMeter(lambda: [server.pid])
+        idle.start()
+        time.sleep(2.0)
+        server_idle_cpu = idle.stop()
+        browser = launch_chromium(pw, fake_audio=wav)
+        try:
+            page = open_page(browser, server.url, raw=True)
+            server_cpu = CpuMeter(lambda: [server.pid])
+            browser_cpu = CpuMeter(lambda: browser_pids(server.pid))
+            server_cpu.start()
+            browser_cpu.start()
+            page.click("#start")
+            wait_for(page, "() => avatarchat.state().connection === 'connected'", 30)
+            wait_for(page, "() => avatarchat.marks().firstFrame", 30)
+            t0, s0 = page.evaluate("avatarchat.now()"), page.evaluate("avatarchat.stats()")
+            progress(f"{label}: connected; playing {wav_seconds:.0f} s of questions")
+            # The whole file, then until the last reply is over (or 30 s more at most).
+            time.sleep(wav_seconds)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and page.evaluate("avatarchat.state().conversation") != "listening":
+                time.sleep(0.5)
+            time.sleep(1.0)
+            t1, s1 = page.evaluate("avatarchat.now()"), page.evaluate("avatarchat.stats()")
+            marks = page.evaluate("avatarchat.marks()")
+            mic = page.evaluate("avatarchat.segments('mic', {threshold: %f, hangoverMs: 400, minMs: 300})" % AUDIBLE_RMS)
+            remote = page.evaluate("avatarchat.segments('remote', {threshold: %f, hangoverMs: 250, minMs: 60})" % AUDIBLE_RMS)
+            messages = page.evaluate("avatarchat.messages")
+            cpu = server_cpu.stop()
+            bcpu = browser_cpu.stop()
+            page.click("#stop")
+        finally:
+            browser.close()
+
+    span_s = (t1 - t0) / 1000
+    rows = _turn_rows(mic, remote, messages, questions)
+    decoded = (s1["video"] or {}).get("framesDecoded", 0) - (s0["video"] or {}).get("framesDecoded", 0)
+    for r in rows:
+        progress(f"{label}: {r['heard']!r} -> voice-to-voice {r['voice_to_voice_ms']} ms "
+                 f"(server says {r['server_first_audio_after_speech_end_ms']} ms)")
+    summary = summarize_rows(rows)
+    summary["click_to_first_frame_ms"] = summarize([marks["firstFrame"] - marks["startClick"]])
+    return {
+        "config": label,
+        "turns_heard": len(mic),
+        "turns_answered": sum(1 for r in rows if r["reply"]),
+        "turns_overlapped": sum(1 for r in rows if r["overlapped_reply"]),
+        "click_to_connected_ms": round(marks["connected"] - marks["startClick"], 1),
+        "click_to_first_frame_ms": round(marks["firstFrame"] - marks["startClick"], 1),
+        "received_fps_getstats": round(decoded / span_s, 2) if span_s > 0 else None,
+        "received_fps_rendered": round((s1["rvfc"]["frames"] - s0["rvfc"]["frames"]) / span_s, 2) if span_s > 0 else None,
+        "video": s1["video"],
+        "audio_codec": (s1["audio"] or {}).get("codec"),
+        # Chromium's mean jitter-buffer delay over the session: part of voice-to-voice.
+        "audio_jitter_buffer_ms": _mean_jitter_ms(s1["audio"]),
+        "video_jitter_buffer_ms": _mean_jitter_ms(s1["video"]),
+        "server_cpu_percent_one_session": cpu,
+        "server_cpu_percent_idle": server_idle_cpu,
+        "browser_cpu_percent": bcpu,
+        "measured_seconds": round(span_s, 1),
+        "summary": summary,
+        "turns": rows,
+    }
+
+
+def _mean_jitter_ms(stats: dict[str, Any] | None) -> float | None:
+    if not stats or not stats.get("jitterBufferEmittedCount"):
+        return None
+    return round(1000.0 * stats["jitterBufferDelay"] / stats["jitterBufferEmittedCount"], 1)
+
+
+def bench_e2e(config: str | None, compare: str | None, turns: int, gap_s: float,
+              progress: Progress) -> dict[str, Any]:
+    """Run the page against ``config`` (and ``compare``, one after the other) and report."""
+    from avatarchat.bench.pipeline import QUESTIONS
+
+    if not CHROMIUM.is_file():
+        raise RuntimeError(f"{CHROMIUM} is missing: install Debian's chromium (scripts/test.sh does)")
+    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(turns)]
+    lead_s = 4.0  # covers getUserMedia -> connected: the file starts when capture opens
+    with tempfile.TemporaryDirectory(prefix="avatarchat-e2e-") as tmp:
+        wav = Path(tmp) / "questions.wav"
+        spans = questions_wav(wav, questions, lead_s, gap_s, progress)
+        wav_seconds = spans[-1][1] + gap_s
+        configs = [config] if compare is None else [config, compare]
+        runs = [run_config(c, wav, wav_seconds, questions, progress) for c in configs]
+    report: dict[str, Any] = {
+        "benchmark": "e2e",
+        "what": "voice-to-voice = end of the question in the page's outgoing mic envelope -> first "
+                "audible reply sample in its incoming audio envelope (page clock)",
+        "machine": machine(),
+        "turns_requested": turns,
+        "gap_s": gap_s,
+        "runs": runs,
+    }
+    if len(runs) == 2:
+        report["side_by_side"] = _side_by_side(runs)
+    return report
+
+
+def _side_by_side(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    keys = ["voice_to_voice_ms", *(f"server_{k}" for k in SERVER_METRICS)]
+    out: dict[str, dict[str, Any]] = {}
+    for k in keys:
+        out[f"{k} (median)"] = {r["config"]: (r["summary"].get(k) or {}).get("median") for r in runs}
+    for k in ["turns_overlapped", "click_to_first_frame_ms", "received_fps_getstats", "received_fps_rendered",
+              "audio_jitter_buffer_ms", "server_cpu_percent_one_session", "browser_cpu_percent"]:
+        out[k] = {r["config"]: r[k] for r in runs}
+    return out

@@ -1,0 +1,239 @@
+"""``avatarchat serve``: talk to the avatar from a browser, over WebRTC.
+
+The server listens at once (``/healthz`` answers ``loading``) and loads the models in the
+background; open the printed address when it says ``ready``. Flags override the config's
+``server:`` section. Browsers give the microphone only to ``https://`` pages or to
+``localhost``: to use it from another machine, listen on ``--host 0.0.0.0`` with
+``--self-signed`` (or your own ``--cert``/``--key``). Ctrl-C closes every session and stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+import ssl
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from avatarchat.engine.config import load_config
+from avatarchat.server.settings import ServerSettings
+
+Say = Callable[[str], None]
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(session)s] %(message)s"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("serve", help="talk to the avatar in a browser (WebRTC)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", "-c", help="YAML config (default: the embedded offline stack)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for the LAN)")
+    p.add_argument("--port", type=int, help="port (default 8282)")
+    tls = p.add_mutually_exclusive_group()
+    tls.add_argument("--self-signed", action="store_true", help="HTTPS with a generated, cached certificate")
+    tls.add_argument("--cert", metavar="PEM", help="HTTPS certificate (with --key)")
+    p.add_argument("--key", metavar="PEM", help="HTTPS private key (with --cert)")
+    p.add_argument("--max-sessions", type=int, metavar="N", help="sessions at once (default 2)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from avatarchat.engine.pipeline import Pipeline
+
+    config = load_config(args.config)
+    settings = settings_from_args(config.server, args)
+    ssl_ctx = tls_context(settings)
+    _install_log_format()
+    asyncio.run(serve(settings, lambda: Pipeline.load(config, progress=_say), ssl_ctx=ssl_ctx))
+    return 0
+
+
+def settings_from_args(base: ServerSettings, args: argparse.Namespace) -> ServerSettings:
+    """The config's ``server:`` settings with the command-line flags applied (and validated)."""
+    from avatarchat.cli.main import UserError
+
+    updates: dict[str, Any] = {}
+    for flag, key in (("host", "host"), ("port", "port"), ("max_sessions", "max_sessions")):
+        if getattr(args, flag, None) is not None:
+            updates[key] = getattr(args, flag)
+    if getattr(args, "self_signed", False):
+        updates.update(self_signed=True, certfile=None, keyfile=None)
+    cert, key = getattr(args, "cert", None), getattr(args, "key", None)
+    if (cert is None) != (key is None):
+        raise UserError("--cert and --key go together")
+    if cert is not None:
+        updates.update(certfile=cert, keyfile=key, self_signed=False)
+    try:
+        settings = ServerSettings.model_validate({**base.model_dump(), **updates})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = "--" + str(err["loc"][0]).replace("_", "-")
+        raise UserError(f"{name}: {err['msg']} (got {err.get('input')!r})") from None
+    if (settings.certfile is None) != (settings.keyfile is None):
+        raise UserError("server.certfile and server.keyfile go together")
+    if settings.self_signed and settings.certfile is not None:
+        raise UserError("server: use either self_signed or certfile/keyfile, not both")
+    return settings
+
+
+def tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
+    """The HTTPS context the settings ask for (None for plain HTTP); ``UserError`` if unusable."""
+    from avatarchat.cli.main import UserError
+    from avatarchat.server.tls import TLSError, self_signed_cert, ssl_context
+
+    try:
+        if settings.self_signed:
+            cert, key = self_signed_cert()
+            _say(f"HTTPS with the self-signed certificate {cert} (the browser will warn once)")
+            return ssl_context(cert, key)
+        if settings.certfile is not None and settings.keyfile is not None:
+            return ssl_context(settings.certfile, settings.keyfile)
+    except TLSError as exc:
+        raise UserError(str(exc)) from None
+    return None
+
+
+async def serve(settings: ServerSettings, loader: Callable[[], Any], *, ssl_ctx: ssl.SSLContext | None = None,
+                stop: asyncio.Event | None = None, say: Say | None = None, **app_options: Any) -> None:
+    """Listen, load the pipeline, serve until ``stop`` is set (SIGINT/SIGTERM by default),
+    then close every session. Raises ``UserError`` (one line) if the port is taken or the
+    pipeline fails to load; the server is stopped first, so nothing runs half-started."""
+    from aiohttp import web
+
+    from avatarchat.cli.main import UserError
+    from avatarchat.server.app import STATE, create_app
+
+    say = say or _say
+    listening = asyncio.Event()
+
+    async def load_when_listening() -> Any:
+        # Models load once the port is bound: a taken port fails before any model loads,
+        # and the progress lines follow the "listening" line.
+        await listening.wait()
+        return await loader()
+
+    app = create_app(load_when_listening, settings, **app_options)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    remove_handlers: Callable[[], None] = lambda: None
+    try:
+        try:
+            await web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_ctx).start()
+        except OSError as exc:
+            raise UserError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
+        url = _url(settings, ssl_ctx is not None)
+        say(f"listening on {url}; loading models …")
+        for other in _lan_urls(settings, ssl_ctx is not None):
+            say(f"  from other machines: {other}")
+        listening.set()
+        if stop is None:
+            stop, remove_handlers = _stop_on_signals()
+        if await _wait_loaded(app[STATE], stop):
+            say(f"ready: open {url} in a browser (up to {settings.max_sessions} sessions; Ctrl-C stops)")
+            if ssl_ctx is None and not _is_loopback(settings.host):
+                say("note: browsers give the microphone only to https:// pages off localhost; add --self-signed")
+            await stop.wait()
+            say(f"stopping: closing {len(app[STATE].manager)} session(s) …")
+        else:
+            say("stopping while the models load …")
+    finally:
+        remove_handlers()
+        await runner.cleanup()
+    say("stopped")
+
+
+async def _wait_loaded(state: Any, stop: asyncio.Event) -> bool:
+    """True once loaded; False if stopped first; ``UserError`` if loading failed."""
+    from avatarchat.cli.main import UserError
+
+    loaded = asyncio.ensure_future(state.wait_loaded())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({loaded, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for fut in (loaded, stopped):
+            fut.cancel()
+        await asyncio.gather(loaded, stopped, return_exceptions=True)
+    if not loaded.cancelled() and loaded.exception() is not None:
+        raise UserError(" ".join(str(loaded.exception()).split()) or "the pipeline failed to load") from None
+    return not loaded.cancelled()
+
+
+def _stop_on_signals() -> tuple[asyncio.Event, Callable[[], None]]:
+    loop, stop = asyncio.get_running_loop(), asyncio.Event()
+    sigs = (signal.SIGINT, signal.SIGTERM)
+
+    def on_signal() -> None:
+        stop.set()
+        # A second Ctrl-C interrupts at once if closing hangs.
+        for s in sigs:
+            loop.remove_signal_handler(s)
+
+    for s in sigs:
+        loop.add_signal_handler(s, on_signal)
+
+    def remove() -> None:
+        for s in sigs:
+            loop.remove_signal_handler(s)
+
+    return stop, remove
+
+
+def _url(settings: ServerSettings, https: bool) -> str:
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "localhost"  # reachable from the other machines of the LAN by this machine's address
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if https else 'http'}://{host}:{settings.port}/"
+
+
+def _lan_urls(settings: ServerSettings, https: bool) -> list[str]:
+    if settings.host not in ("0.0.0.0", "::", ""):
+        return []
+    import socket
+
+    from avatarchat.server.tls import lan_addresses
+
+    scheme = "https" if https else "http"
+    return [f"{scheme}://{ip if ':' not in ip else f'[{ip}]'}:{settings.port}/"
+            for ip in lan_addresses(socket.gethostname())]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host).is_loopback
+    return False
+
+
+class _SessionField(logging.Filter):
+    """Gives every record a ``session`` (``-`` where none is known) for ``LOG_FORMAT``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "session"):
+            record.session = "-"
+        return True
+
+
+def _install_log_format() -> None:
+    # Session open/close lines are what an operator wants to see, even without -v.
+    logging.getLogger("avatarchat.server").setLevel(logging.INFO)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_SessionField())
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+
+
+_T0 = time.perf_counter()
+
+
+def _say(message: str) -> None:
+    print(f"[{time.perf_counter() - _T0:6.2f}s] {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,503 @@
+"""One browser (or other WebRTC client) connected to one engine session.
+
+``PeerSession.open`` answers the client's offer (no trickle: the answer carries every
+candidate) and wires four things together:
+
+* the client's microphone → ``UserAudio`` into the engine session (48 kHz mono float32);
+* the engine's output → ``Playout`` (reply audio and avatar frames, sent by the tracks of
+  ``server.tracks``) and → data-channel messages (``server.protocol``);
+* the ``events`` data channel → typed text, interrupts and pings;
+* the connection's life → ``close()`` when it fails, closes, or the client vanishes.
+
+State messages (``{"type": "state"}``), sent on change only::
+
+    listening ──final transcript──▶ thinking ──first reply audio sent──▶ speaking
+        ▲                                                                   │
+        └────── playout of the reply finished, or the turn cancelled ───────┘
+
+``speaking`` wins over ``thinking`` (a reply plays while the next turn is thought about).
+
+A turn's messages: ``transcript`` (what the user said or typed), ``reply`` deltas
+(``final`` false), then ``reply`` with the whole text and ``final`` true, then, once its
+playout has finished, ``metrics`` with the engine's stage timings plus
+``first_audio_sent_ms`` / ``first_frame_sent_ms`` (from ``speech_end``, else ``asr_start``,
+else the moment the typed text arrived, to the first reply audio / video frame handed to
+the encoder). A cancelled turn (interrupt, a newer turn, an error) sends no more ``reply``
+and no ``metrics``: its end shows as the state going back to ``listening``.
+
+A newer user turn supersedes an older reply still in flight: when a turn's final
+transcript comes out, older turns are cancelled and their playout dropped, as a typed
+message does. Barge-in while the avatar speaks is not done here (``Playout.played_seconds``
+is what it will need).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from avatarchat.engine.events import (
+    NO_TURN,
+    AvatarFrame,
+    ErrorEvent,
+    Event,
+    ReplyAudio,
+    ReplyEnd,
+    ReplyText,
+    TimingMark,
+    TurnCancelled,
+    UserAudio,
+    UserTranscript,
+)
+from avatarchat.engine.pipeline import Pipeline
+from avatarchat.engine.session import Session
+from avatarchat.engine.turn import stage_timings
+from avatarchat.server import protocol
+from avatarchat.server.ice import (
+    OfferError,
+    check_offer,
+    gather_with_loopback,
+    ice_configuration,
+    negotiated_codec,
+    prefer_video_codec,
+    wants_loopback,
+)
+from avatarchat.server.settings import ServerSettings
+from avatarchat.server.tracks import (
+    AvatarAudioTrack,
+    AvatarVideoTrack,
+    IdleFrames,
+    MediaClock,
+    Playout,
+    PlayoutListener,
+    first_channel,
+)
+
+__all__ = ["OfferError", "PeerSession"]
+
+log = logging.getLogger(__name__)
+
+#: Mic RMS above this (about -40 dBFS) counts as the user being there.
+VOICE_RMS = 0.01
+#: Messages kept for a data channel that is not open yet; older ones are dropped.
+MAX_PENDING_MESSAGES = 64
+
+
+class _SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Every record carries ``session``; the log format prints it (see cli/serve.py)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs.setdefault("extra", {}).update(self.extra or {})
+        return msg, kwargs
+
+
+@dataclass
+class _Turn:
+    """What the peer tracks of one turn for its messages and metrics."""
+
+    marks: dict[str, float] = field(default_factory=dict)
+    reply: str = ""
+    transcribed: bool = False  # its final transcript came out: the avatar is thinking
+    ended: bool = False  # ReplyEnd came out
+    speaking: bool = False  # its reply audio is being sent
+
+
+class PeerSession:
+    """One client's WebRTC connection and its engine session.
+
+    Ownership: the peer owns its RTCPeerConnection, its engine session, its tracks and every
+    task it starts (the engine pump, the mic reader); ``close()`` ends all of them, awaits
+    them, and calls ``on_closed`` exactly once. It is safe to call from anywhere, any
+    number of times; the peer also closes itself when the connection fails or closes, or
+    when no mic audio arrives for ``disconnect_timeout_s`` (a vanished client: aiortc has no
+    "disconnected" state and ICE consent takes ~30 s to fail).
+    """
+
+    #: No mic frame for this long after the first one: the client is gone.
+    disconnect_timeout_s: float = 5.0
+    #: No mic frame for this long after the answer: the client never connected.
+    connect_timeout_s: float = 30.0
+
+    id: str
+    last_activity: float
+
+    def __init__(self, pipeline: Pipeline, settings: ServerSettings, metrics: Any | None,
+                 on_closed: Callable[[PeerSession], None] | None) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.last_activity = time.monotonic()
+        self.settings = settings
+        self.video_codec: str | None = None
+        self.log = _SessionLog(log, {"session": self.id})
+        self._pipeline = pipeline
+        self._metrics = metrics
+        self._on_closed = on_closed
+        self._pc = RTCPeerConnection(ice_configuration(settings))
+        self._session: Session = pipeline.session(self.id)
+        self._clock = MediaClock()
+        self._playout = Playout(self._clock, PlayoutListener(self._started, self._first_frame, self._finished))
+        self._channel: RTCDataChannel | None = None
+        self._pending: list[str] = []
+        self._turns: dict[int, _Turn] = {}
+        self._state = ""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._tracks: list[MediaStreamTrack] = []
+        self._mic_started = False
+        self._closed = False
+        self._close_task: asyncio.Task[None] | None = None
+        self._done = asyncio.Event()
+
+    # -- opening ---------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, pipeline: Pipeline, sdp: str, type_: str, settings: ServerSettings, *,
+                   metrics: Any | None = None,
+                   on_closed: Callable[[PeerSession], None] | None = None) -> tuple[PeerSession, str]:
+        """Answer ``sdp``: returns the peer and the answer SDP with all its candidates.
+
+        Raises ``OfferError`` for an offer that is not SDP, lacks an audio m-line, or that
+        aiortc refuses; nothing is left open then. Takes ~50-200 ms (session contexts,
+        candidate gathering, DTLS certificate).
+        """
+        check_offer(sdp, type_)
+        peer = cls(pipeline, settings, metrics, on_closed)
+        try:
+            answer = await peer._answer(sdp)
+        except BaseException as exc:
+            await peer._teardown()
+            if isinstance(exc, OfferError | asyncio.CancelledError):
+                raise
+            peer.log.info("offer refused: %s: %s", type(exc).__name__, exc)
+            raise OfferError(f"the offer cannot be answered: {exc or type(exc).__name__}") from None
+        if metrics is not None:
+            metrics.session_opened()
+        peer.log.info("peer opened (video %s)", peer.video_codec)
+        return peer, answer
+
+    async def _answer(self, sdp: str) -> str:
+        await self._session.start()
+        self._add_tracks()
+        pc = self._pc
+        pc.on("track", self._on_track)
+        pc.on("datachannel", self._on_datachannel)
+        pc.on("connectionstatechange", self._on_connection_state)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        if not any(t.kind == "audio" and t.receiver.track is not None for t in pc.getTransceivers()):
+            raise OfferError("the offer has no audio: the page must send the microphone")
+        await gather_with_loopback(pc, loopback=wants_loopback(sdp))
+        await pc.setLocalDescription(await pc.createAnswer())
+        answer = pc.localDescription.sdp
+        self.video_codec = negotiated_codec(answer, "video")
+        self._spawn(self._pump(), "pump")
+        return answer
+
+    def _add_tracks(self) -> None:
+        """The avatar's tracks go in before the offer is applied: the video transceiver's
+        codec preference only counts if it exists when aiortc intersects the codecs."""
+        stage = self._avatar_stage()
+        fps = stage.fps if stage is not None else 25
+        render: Callable[[float], np.ndarray] | None = None
+        if stage is not None:
+            ctx = self._session.context("avatar")
+            clock = self._clock
+
+            def render(t: float) -> np.ndarray:  # type: ignore[misc]
+                # In the executor. Media time → the avatar context's session clock (the
+                # media clock is running by then: the video track's recv started it).
+                return stage.idle_frame(ctx, t + clock.t0 - ctx.clock0)
+
+        video = AvatarVideoTrack(self._clock, self._playout, IdleFrames(render, fps), fps)
+        audio = AvatarAudioTrack(self._clock, self._playout)
+        self._tracks += [audio, video]
+        self._pc.addTrack(audio)
+        self._pc.addTrack(video)
+        video_transceiver = next(t for t in self._pc.getTransceivers() if t.sender.track is video)
+        prefer_video_codec(video_transceiver, self.settings.video_codec)
+
+    def _avatar_stage(self) -> Any | None:
+        return next((h for h in self._pipeline.handlers if h.stage == "avatar"), None)
+
+    # -- closing ---------------------------------------------------------------------
+
+    async def close(self, reason: str = "closed") -> None:
+        """Stop tracks, tasks, the connection and the engine session; call ``on_closed``
+        once. Idempotent: a second call waits for the first to finish."""
+        if self._closed:
+            if self._close_task is not None and self._close_task is not asyncio.current_task():
+                await asyncio.shield(self._close_task)
+            else:
+                await self._done.wait()
+            return
+        self._closed = True
+        self.log.info("peer closing: %s", reason)
+        try:
+            await self._teardown()
+        finally:
+            if self._metrics is not None:
+                self._metrics.session_closed()
+            self._done.set()
+            if self._on_closed is not None:
+                try:
+                    self._on_closed(self)
+                except Exception:
+                    self.log.exception("on_closed callback failed")
+
+    async def _teardown(self) -> None:
+        self._closed = True
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._playout.stop_all()
+        for track in self._tracks:
+            track.stop()
+        await self._pc.close()
+        await self._session.close()
+
+    def _close_soon(self, reason: str) -> None:
+        """Close from a callback or from one of the peer's own tasks (which close cancels)."""
+        if not self._closed and self._close_task is None:
+            self._close_task = asyncio.get_running_loop().create_task(self.close(reason), name=f"close-{self.id}")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def wait_closed(self) -> None:
+        await self._done.wait()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"{name}-{self.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_connection_state(self) -> None:
+        state = self._pc.connectionState
+        self.log.info("connection %s", state)
+        if state in ("failed", "closed"):
+            self._close_soon(f"connection {state}")
+
+    # -- microphone ------------------------------------------------------------------
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio" and not self._mic_started:
+            self._mic_started = True
+            self._spawn(self._read_mic(track), "mic")
+        else:
+            # An unexpected track (a camera, a second mic) is read and dropped: aiortc
+            # queues incoming frames without bound until someone reads them.
+            self._spawn(self._drain(track), "drain")
+
+    async def _read_mic(self, track: MediaStreamTrack) -> None:
+        """Mic frames (48 kHz s16, usually stereo interleaved) → one channel, float32 →
+        the engine. Closes the peer when no frame arrives in time."""
+        timeout = self.connect_timeout_s
+        while True:
+            try:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+                # races a frame's arrival, and teardown then waited its full 5 s.
+                async with asyncio.timeout(timeout):
+                    frame = await track.recv()
+            except MediaStreamError:
+                return
+            except TimeoutError:
+                self._close_soon(f"no audio from the client for {timeout:.0f} s")
+                return
+            timeout = self.disconnect_timeout_s
+            mono = first_channel(frame)
+            samples = mono.astype(np.float32) / 32768.0
+            if float(np.sqrt(np.mean(samples * samples))) > VOICE_RMS:
+                self.last_activity = time.monotonic()
+            self._session.push(UserAudio(NO_TURN, samples, frame.sample_rate))
+
+    @staticmethod
+    async def _drain(track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await track.recv()
+
+    # -- data channel ----------------------------------------------------------------
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label != "events" or self._channel is not None:
+            self.log.info("ignoring data channel %r", channel.label)
+            return
+        self._channel = channel
+        channel.on("message", self._on_message)
+        if channel.readyState == "open":
+            self._channel_open()
+        else:
+            channel.on("open", self._channel_open)
+
+    def _channel_open(self) -> None:
+        self._set_state(force=True)
+        pending, self._pending = self._pending, []
+        for text in pending:
+            self._send_raw(text)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        self._send_raw(protocol.encode(message))
+
+    def _send_raw(self, text: str) -> None:
+        channel = self._channel
+        if channel is None or channel.readyState != "open":
+            # Kept until the client's channel opens; a client that never opens one
+            # only loses the oldest messages.
+            self._pending = (self._pending + [text])[-MAX_PENDING_MESSAGES:]
+            return
+        try:
+            channel.send(text)
+        except Exception as exc:  # a channel closing under us: the peer is closing too
+            self.log.debug("send failed: %s", exc)
+
+    def _on_message(self, raw: str | bytes) -> None:
+        """Never raises: a bad message gets an error message back, and the session goes on."""
+        self.last_activity = time.monotonic()
+        try:
+            message = protocol.parse_client_message(raw)
+        except protocol.ProtocolError as exc:
+            self._send(protocol.error(str(exc)))
+            return
+        try:
+            if isinstance(message, protocol.TextMessage):
+                self._interrupt("text")
+                turn = self._session.say(message.text)
+                self._turn(turn).marks["text_received"] = time.monotonic()
+            elif isinstance(message, protocol.InterruptMessage):
+                self._interrupt("interrupt")
+            else:
+                self._send({"type": "pong", "t": message.t})
+        except Exception as exc:
+            self.log.exception("handling a %s message failed", message.type)
+            self._send(protocol.error(f"{message.type}: {type(exc).__name__}"))
+
+    def _interrupt(self, why: str) -> None:
+        """Cancel every open turn and drop its playout now (the next audio frame is silence)."""
+        cancelled = self._session.interrupt(why)
+        for turn in set(cancelled) | set(self._playout.stop_all()):
+            self._playout.stop(turn)
+            self._turns.pop(turn, None)
+        if cancelled:
+            self.log.info("interrupted turns %s (%s)", cancelled, why)
+        self._set_state()
+
+    # -- engine output ---------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        """The engine session's output → playout and messages, until the peer closes."""
+        async for event in self._session.events():
+            try:
+                self._on_event(event)
+            except Exception:  # one bad event must not end the conversation
+                self.log.exception("handling %s failed", type(event).__name__)
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, ReplyAudio):
+            self._playout.add_audio(event)
+        elif isinstance(event, AvatarFrame):
+            self._playout.add_frame(event)
+        elif isinstance(event, TimingMark):
+            self._turn(event.turn).marks.setdefault(event.name, event.at)
+        elif isinstance(event, UserTranscript):
+            self._on_transcript(event)
+        elif isinstance(event, ReplyText):
+            self._turn(event.turn).reply += event.text
+            self._send(protocol.reply(event.turn, event.text, final=False))
+        elif isinstance(event, ReplyEnd):
+            state = self._turn(event.turn)
+            state.ended = True
+            self._send(protocol.reply(event.turn, event.text or state.reply, final=True))
+            self._playout.end(event.turn)
+        elif isinstance(event, ErrorEvent):
+            self._send(protocol.error(event.message, None if event.turn == NO_TURN else event.turn))
+            if self._metrics is not None:
+                self._metrics.error(event.stage)
+        elif isinstance(event, TurnCancelled):
+            self._playout.stop(event.turn)
+            self._turns.pop(event.turn, None)
+            self._set_state()
+
+    def _on_transcript(self, event: UserTranscript) -> None:
+        self._send(protocol.transcript(event.turn, event.text, event.final))
+        if not event.final:
+            return
+        # A newer turn supersedes older replies still in flight (see the module docstring).
+        for old in [t for t in self._session.open_turns if t < event.turn]:
+            self._session.cancel_turn(old, "superseded")
+            self._playout.stop(old)
+            self._turns.pop(old, None)
+        self._turn(event.turn).transcribed = True
+        self._set_state()
+
+    def _turn(self, turn: int) -> _Turn:
+        return self._turns.setdefault(turn, _Turn())
+
+    # -- playout callbacks (from the tracks' recv, on the loop) ----------------------
+
+    def _started(self, turn: int, at: float) -> None:
+        state = self._turns.get(turn)
+        if state is not None:
+            state.marks.setdefault("first_audio_sent", at)
+            state.speaking = True
+        self._set_state()
+
+    def _first_frame(self, turn: int, at: float) -> None:
+        state = self._turns.get(turn)
+        if state is not None:
+            state.marks.setdefault("first_frame_sent", at)
+
+    def _finished(self, turn: int) -> None:
+        state = self._turns.pop(turn, None)
+        if state is not None and state.ended:
+            timings = self._timings(state.marks)
+            self._send(protocol.metrics(turn, timings))
+            if self._metrics is not None:
+                self._metrics.turn_done(timings)
+        self._set_state()
+
+    @staticmethod
+    def _timings(marks: dict[str, float]) -> dict[str, float]:
+        timings = stage_timings(marks)
+        start = next((marks[m] for m in ("speech_end", "asr_start", "text_received") if m in marks), None)
+        if start is not None:
+            for name in ("first_audio_sent", "first_frame_sent"):
+                if name in marks:
+                    timings[f"{name}_ms"] = round((marks[name] - start) * 1000.0, 1)
+        return timings
+
+    def _set_state(self, force: bool = False) -> None:
+        turns = self._turns.values()
+        if any(t.speaking for t in turns):
+            value = "speaking"
+        elif any(t.transcribed for t in turns):
+            value = "thinking"
+        else:
+            value = "listening"
+        if value != self._state or force:
+            self._state = value
+            self._send(protocol.state(value))  # type: ignore[arg-type]
+
+    # -- for tests and the app ---------------------------------------------------------
+
+    @property
+    def playout(self) -> Playout:
+        return self._playout
+
+    @property
+    def session(self) -> Session:
+        return self._session
+
+    @property
+    def connection_state(self) -> str:
+        return self._pc.connectionState
+

@@ -1,0 +1,187 @@
+"""The sessions a server holds: capacity, idle timeout and shutdown.
+
+``SessionManager`` opens peers through a factory (``PeerSession.open`` in the server), keeps
+at most ``max_sessions`` open or opening, forgets a peer when it reports itself closed, closes
+peers idle longer than ``idle_timeout_s`` from one asyncio task, and closes all on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from avatarchat.server.metrics import Metrics
+from avatarchat.server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+#: How long shutdown waits for peers to close before forgetting them anyway.
+CLOSE_TIMEOUT_S = 5.0
+
+
+class Peer(Protocol):
+    """What the manager needs of a peer session (``avatarchat.server.peer.PeerSession``)."""
+
+    id: str
+    last_activity: float  # time.monotonic() of the last audio, text or data-channel message
+
+    async def close(self, reason: str = "closed") -> None: ...
+
+
+#: ``(pipeline, sdp, type_, settings, *, metrics, on_closed) -> (peer, answer_sdp)``
+PeerFactory = Callable[..., Awaitable[tuple[Any, str]]]
+
+
+class ServerFull(Exception):
+    """Every session slot is taken; the text is safe to show to the user."""
+
+
+class ShuttingDown(Exception):
+    """The server is closing and takes no new sessions."""
+
+
+def session_log(logger: logging.Logger, session_id: str) -> logging.LoggerAdapter[logging.Logger]:
+    """A logger whose records carry ``session`` (shown by the server's log format)."""
+    return logging.LoggerAdapter(logger, {"session": session_id})
+
+
+class SessionManager:
+    """Open peers within capacity and close them when idle or at shutdown.
+
+    Promises: at most ``settings.max_sessions`` peers are open or being opened at any time;
+    after ``close_all`` returns no peer is open and the manager has no task left running.
+    The peers count themselves in ``metrics`` (opened, closed, turns, errors): the manager
+    only hands ``metrics`` to the factory.
+    """
+
+    def __init__(self, settings: ServerSettings, peer_factory: PeerFactory, metrics: Metrics | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self._factory = peer_factory
+        self._clock = clock
+        self._peers: dict[str, Peer] = {}
+        self._opening = 0
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._idle_task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    @property
+    def peers(self) -> list[Peer]:
+        return list(self._peers.values())
+
+    async def open(self, pipeline: Any, sdp: str, type_: str) -> tuple[Peer, str]:
+        """Open a peer for an SDP offer and return it with its answer.
+
+        Raises ``ServerFull`` when no slot is free, ``ShuttingDown`` after ``close_all``, and
+        whatever the factory raises (``OfferError`` for a bad offer) with the slot freed.
+        """
+        async with self._lock:
+            # Check and reserve together. The negotiation itself runs outside the lock: ICE
+            # gathering with STUN/TURN can take seconds and must not hold up other offers.
+            if self._closing:
+                raise ShuttingDown("the server is shutting down")
+            n, cap = len(self._peers) + self._opening, self.settings.max_sessions
+            if n >= cap:
+                raise ServerFull(f"the server is full: {cap} of {cap} sessions are in use; try again later")
+            self._opening += 1
+        holder: dict[str, Any] = {"peer": None, "closed": False}
+
+        def on_closed(*_: object) -> None:
+            # Called by the peer once, possibly before `open` returns it (a failed start).
+            holder["closed"] = True
+            if holder["peer"] is not None:
+                self._forget(holder["peer"])
+
+        try:
+            peer, answer = await self._factory(
+                pipeline, sdp, type_, self.settings, metrics=self.metrics, on_closed=on_closed
+            )
+        finally:
+            self._opening -= 1
+        if self._closing:
+            await peer.close("server stopping")
+            raise ShuttingDown("the server is shutting down")
+        holder["peer"] = peer
+        if not holder["closed"]:
+            self._peers[peer.id] = peer
+            session_log(log, peer.id).info("session opened (%d of %d)", len(self._peers), self.settings.max_sessions)
+            self._ensure_idle_task()
+            self._wake.set()
+        return peer, answer
+
+    def _forget(self, peer: Peer) -> None:
+        if self._peers.get(peer.id) is peer:
+            del self._peers[peer.id]
+            session_log(log, peer.id).info("session closed (%d left)", len(self._peers))
+            self._wake.set()
+
+    async def _close(self, peer: Peer, reason: str) -> None:
+        try:
+            await peer.close(reason)
+        except Exception:
+            session_log(log, peer.id).exception("closing the session failed")
+        # A peer that failed to report itself closed must not be retried forever.
+        self._forget(peer)
+
+    async def close_all(self, reason: str = "server stopping") -> int:
+        """Refuse new sessions, close every open one (waiting up to ``CLOSE_TIMEOUT_S``), stop
+        the idle task. Returns how many sessions were open. Safe to call more than once."""
+        self._closing = True
+        task, self._idle_task = self._idle_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        peers = self.peers
+        if peers:
+            tasks = [asyncio.create_task(self._close(p, reason), name=f"close-{p.id}") for p in peers]
+            # asyncio.wait, not wait_for: a peer that ignores cancellation must not hold the
+            # shutdown hostage (wait_for waits for the cancelled close to finish).
+            _, late = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
+            if late:
+                log.warning("%d session(s) did not close within %.0f s", len(late), CLOSE_TIMEOUT_S)
+                for t in late:
+                    t.cancel()
+                await asyncio.wait(late, timeout=1.0)
+            for p in self.peers:
+                self._forget(p)
+        return len(peers)
+
+    # -- idle timeout -------------------------------------------------------------------
+
+    def _ensure_idle_task(self) -> None:
+        if self._idle_task is None and not self._closing:
+            self._idle_task = asyncio.create_task(self._idle_loop(), name="avatarchat-idle-sessions")
+
+    async def _idle_loop(self) -> None:
+        """Sleep until the earliest idle deadline (or a change in sessions), then close the
+        peers past theirs. Activity moves a deadline later without waking this task; it is
+        re-read on waking, so an active peer only costs an early wake-up."""
+        timeout = self.settings.idle_timeout_s
+        while True:
+            self._wake.clear()
+            now = self._clock()
+            expired = [p for p in self._peers.values() if now - p.last_activity >= timeout]
+            if expired:
+                for p in expired:
+                    session_log(log, p.id).info("closing: idle for %.0f s", now - p.last_activity)
+                await asyncio.gather(*(self._close(p, "idle") for p in expired))
+                continue
+            if not self._peers:
+                await self._wake.wait()
+                continue
+            deadline = min(p.last_activity for p in self._peers.values()) + timeout
+            # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancel that
+            # lands as the event is set, and close_all would wait for this task forever.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, deadline - now) + 0.01):
+                    await self._wake.wait()

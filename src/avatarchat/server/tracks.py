@@ -1,0 +1,382 @@
+"""Outgoing media of one peer: one clock, the playout schedule, and the two tracks.
+
+Timing model. ``MediaClock`` is the zero of both outgoing tracks: it starts at the first
+``recv()`` of either track (or the first reply scheduled, whichever is first). Audio frame
+``n`` (20 ms, 960 samples at 48 kHz) is due at ``n * 0.02`` s and carries pts ``n * 960``
+in 1/48000; video frame ``k`` is due at ``k / fps`` s and carries pts ``k / fps * 90000`` in
+1/90000. Both come from the same zero, so RTP timestamps and RTCP sender reports of the two
+tracks agree and the browser can lip-sync them.
+
+``Playout`` owns what plays. A reply is placed on the audio sample timeline when its first
+audio arrives (at the next 20 ms boundary after ``now + START_MARGIN_S``); its frames play
+at ``reply_start + pts``. TTS audio is resampled to 48 kHz as it arrives. If the reply's
+audio runs dry before ``ReplyEnd`` (the TTS fell behind) the reply's start moves later by the
+gap, so audio and frames stay in step and no word is lost; the user hears a short pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from avatarchat.audio.resample import Resampler
+from avatarchat.engine.events import AvatarFrame, ReplyAudio
+
+AUDIO_RATE = 48000
+AUDIO_FRAME = 960  # samples per 20 ms frame
+VIDEO_CLOCK = 90000
+#: Between a reply's first audio arriving and its first sample playing: room for the first
+#: avatar frame (rendered right after the chunk, ~15 ms) to be there when the sound starts.
+START_MARGIN_S = 0.04
+#: A track called this late (a stalled loop, a slow encoder) jumps ahead instead of
+#: sending a burst of stale frames.
+MAX_LAG_S = 0.2
+FRAME_SIZE = 512
+
+
+def first_channel(frame: av.AudioFrame) -> np.ndarray:
+    """The first channel of an audio frame as a 1-D array (packed or planar layouts)."""
+    data = frame.to_ndarray()
+    if frame.format.is_planar:
+        return data[0]
+    return data.reshape(-1)[:: len(frame.layout.channels)]
+
+
+class MediaClock:
+    """The shared zero of one peer's outgoing tracks, in ``time.monotonic()`` seconds
+    (the engine's clock, so its marks and the playout's times compare directly)."""
+
+    def __init__(self) -> None:
+        self._t0: float | None = None
+
+    def start(self) -> float:
+        """Start the clock if it is not running; returns its zero. Idempotent."""
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+        return self._t0
+
+    @property
+    def t0(self) -> float:
+        return self.start()
+
+    def now(self) -> float:
+        """Media seconds since the zero (starts the clock)."""
+        return time.monotonic() - self.start()
+
+    async def sleep_until(self, t: float) -> None:
+        delay = t - self.now()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+@dataclass
+class _Reply:
+    """One turn's reply on the playout schedule. Sample counts are at 48 kHz."""
+
+    turn: int
+    start: int | None = None  # absolute sample where reply time 0 plays; None until scheduled
+    audio: np.ndarray = field(default_factory=lambda: np.zeros(AUDIO_RATE, np.float32))
+    written: int = 0  # reply samples available
+    pos: int = 0  # reply samples handed to the encoder
+    resampler: Resampler | None = None
+    fed: int = 0  # source-rate samples fed to the resampler
+    frames: deque[tuple[float, np.ndarray]] = field(default_factory=deque)
+    shown: np.ndarray | None = None
+    ended: bool = False
+    started: bool = False
+    first_frame: bool = False
+
+    def write(self, samples: np.ndarray) -> None:
+        need = self.written + len(samples)
+        if need > len(self.audio):
+            grown = np.zeros(max(need, 2 * len(self.audio)), np.float32)
+            grown[: self.written] = self.audio[: self.written]
+            self.audio = grown
+        self.audio[self.written:need] = samples
+        self.written = need
+
+    def last_frame_time(self) -> float:
+        return self.frames[-1][0] if self.frames else -math.inf
+
+
+@dataclass
+class PlayoutListener:
+    """Callbacks from the playout, called on the event loop from inside the tracks' recv.
+
+    ``started(turn, at)``: the reply's first audio frame was handed to the encoder (``at``
+    monotonic). ``first_frame(turn, at)``: its first avatar frame was. ``finished(turn)``:
+    the reply ended (``end`` was called) and all its audio and frames were sent. Not called
+    for turns dropped with ``stop``.
+    """
+
+    started: Callable[[int, float], None] = lambda turn, at: None
+    first_frame: Callable[[int, float], None] = lambda turn, at: None
+    finished: Callable[[int], None] = lambda turn: None
+
+
+class Playout:
+    """What one peer plays: replies queued in order, one at a time, on the media clock.
+
+    Feed it from the engine's output (``add_audio``, ``add_frame``, ``end``); the tracks
+    read it (``audio_frame``, ``video_frame``). Everything runs on the event loop; nothing
+    blocks. A reply that arrives while another plays waits until that one finishes.
+    """
+
+    def __init__(self, clock: MediaClock, listener: PlayoutListener | None = None) -> None:
+        self.clock = clock
+        self.listener = listener or PlayoutListener()
+        self._queue: deque[_Reply] = deque()
+        self._by_turn: dict[int, _Reply] = {}
+        self._stopped: set[int] = set()
+        self._played: dict[int, float] = {}  # seconds heard, kept for finished/stopped turns
+        self._next_sample = 0  # the next absolute sample the audio track will hand out
+
+    # -- input (engine side) ------------------------------------------------------------
+
+    def add_audio(self, chunk: ReplyAudio) -> None:
+        """Place a TTS chunk at ``chunk.offset`` on its reply (schedules a new reply)."""
+        reply = self._reply(chunk.turn)
+        if reply is None or reply.ended:
+            return
+        if reply.resampler is None:
+            reply.resampler = Resampler(chunk.sample_rate, AUDIO_RATE)
+        # A gap on the reply timeline (offset beyond what was fed) is silence.
+        at = round(chunk.offset * chunk.sample_rate)
+        if at > reply.fed:
+            reply.write(reply.resampler.process(np.zeros(at - reply.fed, np.float32)))
+            reply.fed = at
+        reply.write(reply.resampler.process(chunk.samples))
+        reply.fed += len(chunk.samples)
+        self._schedule_head()
+
+    def add_frame(self, frame: AvatarFrame) -> None:
+        """Queue an avatar frame to show at ``reply_start + frame.pts``."""
+        reply = self._reply(frame.turn)
+        if reply is not None:
+            reply.frames.append((frame.pts, frame.image))
+
+    def end(self, turn: int) -> None:
+        """No more audio or frames for ``turn``; it finishes once all of it was sent."""
+        reply = self._by_turn.get(turn)
+        if reply is None:
+            if turn not in self._stopped:
+                self._played.setdefault(turn, 0.0)
+                self.listener.finished(turn)  # a reply without audio: nothing to play
+            return
+        reply.ended = True
+        if reply.resampler is not None:
+            reply.write(reply.resampler.flush())
+        self._schedule_head()
+
+    def stop(self, turn: int) -> float:
+        """Drop everything queued for ``turn`` at once (audio and frames); later input of
+        it is ignored. The next audio frame sent is silence. Returns the seconds played."""
+        self._stopped.add(turn)
+        reply = self._by_turn.pop(turn, None)
+        if reply is not None:
+            self._played[turn] = min(reply.pos, reply.written) / AUDIO_RATE
+            self._queue.remove(reply)
+            self._schedule_head()
+        return self._played.get(turn, 0.0)
+
+    def stop_all(self) -> list[int]:
+        turns = list(self._by_turn)
+        for turn in turns:
+            self.stop(turn)
+        return turns
+
+    def played_seconds(self, turn: int) -> float:
+        """Seconds of ``turn``'s reply already handed to the audio encoder: what the user
+        has heard (plus the ~20-100 ms in the network and the browser's jitter buffer)."""
+        reply = self._by_turn.get(turn)
+        if reply is not None:
+            return min(reply.pos, reply.written) / AUDIO_RATE
+        return self._played.get(turn, 0.0)
+
+    @property
+    def playing(self) -> int | None:
+        """The turn whose reply is on the schedule now, if any."""
+        head = self._queue[0] if self._queue else None
+        return head.turn if head is not None and head.start is not None else None
+
+    def _reply(self, turn: int) -> _Reply | None:
+        if turn in self._stopped:
+            return None
+        reply = self._by_turn.get(turn)
+        if reply is None:
+            reply = self._by_turn[turn] = _Reply(turn)
+            self._queue.append(reply)
+        return reply
+
+    def _schedule_head(self) -> None:
+        """Give the head reply its start once it has audio (or ended without any)."""
+        if not self._queue:
+            return
+        head = self._queue[0]
+        if head.start is not None or not (head.written or head.ended):
+            return
+        first = math.ceil((self.clock.now() + START_MARGIN_S) * AUDIO_RATE / AUDIO_FRAME) * AUDIO_FRAME
+        head.start = max(first, self._next_sample)
+
+    # -- output (track side) -----------------------------------------------------------
+
+    def audio_frame(self, index: int) -> np.ndarray:
+        """The 960 s16 samples of absolute audio frame ``index`` (silence when idle)."""
+        sample = index * AUDIO_FRAME
+        self._next_sample = sample + AUDIO_FRAME
+        out = np.zeros(AUDIO_FRAME, np.float32)
+        head = self._queue[0] if self._queue else None
+        if head is not None and head.start is not None and sample + AUDIO_FRAME > head.start:
+            self._fill(head, sample, out)
+            self._maybe_finish(head, sample + AUDIO_FRAME)
+        return (np.clip(out, -1.0, 1.0) * 32767.0).astype(np.int16)
+
+    def _fill(self, reply: _Reply, sample: int, out: np.ndarray) -> None:
+        assert reply.start is not None
+        lo = max(sample, reply.start)
+        p = lo - reply.start  # reply position of the first sample of this frame it covers
+        n = sample + AUDIO_FRAME - lo
+        have = max(0, min(n, reply.written - p))
+        out[lo - sample: lo - sample + have] = reply.audio[p:p + have]
+        if have and not reply.started:
+            reply.started = True
+            self.listener.started(reply.turn, time.monotonic())
+        if have < n and not reply.ended:
+            # Underrun: the rest of this frame is a pause and the reply moves later by it.
+            reply.start += n - have
+        reply.pos = p + (n if reply.ended else have)
+
+    def _maybe_finish(self, reply: _Reply, now_sample: int) -> None:
+        assert reply.start is not None
+        if not reply.ended or reply.pos < reply.written:
+            return
+        if reply.start / AUDIO_RATE + reply.last_frame_time() > now_sample / AUDIO_RATE:
+            return  # the closing frames after the last word still have to show
+        self._played[reply.turn] = reply.written / AUDIO_RATE
+        self._queue.popleft()
+        self._by_turn.pop(reply.turn, None)
+        self._schedule_head()
+        self.listener.finished(reply.turn)
+
+    def video_frame(self, t: float) -> np.ndarray | None:
+        """The reply frame to show at media time ``t`` (the latest whose time is ≤ t), or
+        None when no reply is on screen (show the idle animation)."""
+        head = self._queue[0] if self._queue else None
+        if head is None or head.start is None:
+            return None
+        rt = t - head.start / AUDIO_RATE
+        if rt < 0:
+            return None
+        while head.frames and head.frames[0][0] <= rt:
+            head.shown = head.frames.popleft()[1]
+        if head.shown is not None and not head.first_frame:
+            head.first_frame = True
+            self.listener.first_frame(head.turn, time.monotonic())
+        # Before the reply's first frame arrives (a slow render) the idle face stays up;
+        # after, a late frame leaves the previous one on screen rather than flicker to idle.
+        return head.shown
+
+
+class IdleFrames:
+    """Images for when no reply is on screen, rendered one frame ahead in the executor.
+
+    ``render(t)`` is blocking (an idle avatar render at media time ``t``, ~10 ms) and runs
+    in the default executor, never on the loop; None gives a static dark frame.
+    """
+
+    def __init__(self, render: Callable[[float], np.ndarray] | None, fps: int) -> None:
+        self._render = render
+        self._fps = fps
+        self._ahead: tuple[int, asyncio.Future[np.ndarray]] | None = None
+        self._static = np.full((FRAME_SIZE, FRAME_SIZE, 3), 16, np.uint8)
+
+    async def get(self, k: int) -> np.ndarray:
+        if self._render is None:
+            return self._static
+        if self._ahead is not None and self._ahead[0] == k:
+            future = self._ahead[1]
+        else:
+            future = self._start(k)
+        self._ahead = (k + 1, self._start(k + 1))
+        return await future
+
+    def _start(self, k: int) -> asyncio.Future[np.ndarray]:
+        assert self._render is not None
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(None, self._render, k / self._fps)
+
+    def discard(self) -> None:
+        """Forget the frame rendered ahead (a reply is showing: it would be stale)."""
+        self._ahead = None
+
+
+class AvatarVideoTrack(MediaStreamTrack):
+    """The avatar at ``fps``: reply frames from the playout, idle frames between replies.
+
+    ``recv`` sleeps until frame ``k`` is due on the clock and never blocks the loop (idle
+    renders run in the executor, one frame ahead). If called late by more than
+    ``MAX_LAG_S`` it skips to the current frame.
+    """
+
+    kind = "video"
+
+    def __init__(self, clock: MediaClock, playout: Playout, idle: IdleFrames, fps: int = 25) -> None:
+        super().__init__()
+        self._clock, self._playout, self._idle, self._fps = clock, playout, idle, fps
+        self._next = 0
+        self.frames_sent = 0
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        self._clock.start()
+        k = max(self._next, math.floor((self._clock.now() - MAX_LAG_S) * self._fps))
+        t = k / self._fps
+        await self._clock.sleep_until(t)
+        image = self._playout.video_frame(t)
+        if image is None:
+            image = await self._idle.get(k)
+        else:
+            self._idle.discard()
+        self._next = k + 1
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        frame.pts = round(t * VIDEO_CLOCK)
+        frame.time_base = Fraction(1, VIDEO_CLOCK)
+        self.frames_sent += 1
+        return frame
+
+
+class AvatarAudioTrack(MediaStreamTrack):
+    """The avatar's voice: 20 ms frames of 48 kHz mono s16 from the playout (Opus-encoded
+    by aiortc), silence between replies. Paced by the clock like the video track."""
+
+    kind = "audio"
+
+    def __init__(self, clock: MediaClock, playout: Playout) -> None:
+        super().__init__()
+        self._clock, self._playout = clock, playout
+        self._next = 0
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        self._clock.start()
+        step = AUDIO_FRAME / AUDIO_RATE
+        n = max(self._next, math.floor((self._clock.now() - MAX_LAG_S) / step))
+        await self._clock.sleep_until(n * step)
+        samples = self._playout.audio_frame(n)
+        self._next = n + 1
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = AUDIO_RATE
+        frame.pts = n * AUDIO_FRAME
+        frame.time_base = Fraction(1, AUDIO_RATE)
+        return frame

@@ -1,0 +1,58 @@
+"""Helpers for the browser tests: a real `avatarchat serve` subprocess and headless Chromium.
+
+The server and browser plumbing lives in ``avatarchat.bench.e2e`` (the e2e benchmark uses the
+same code); this module adds what only tests need: skipping when Debian's Chromium is absent
+and a fake-microphone WAV made from the sample question.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avatarchat.audio.io import load_audio, write_wav
+from avatarchat.bench.e2e import (
+    CHROMIUM,
+    FAKE_MIC_RATE,
+    ServeProcess,
+    chromium_args,
+    launch_chromium,
+    open_page,
+    wait_for,
+)
+
+__all__ = [
+    "CHROMIUM",
+    "ServeProcess",
+    "chromium_args",
+    "launch_chromium",
+    "open_page",
+    "padded_question_wav",
+    "require_chromium",
+    "wait_for",
+]
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+
+
+def require_chromium() -> None:
+    """Skip the calling test (or module) when the browser the tests drive is not installed."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} is missing: browser tests drive Debian's chromium "
+                    "(scripts/test.sh installs it with apt; never `playwright install`)")
+
+
+def padded_question_wav(path: Path, lead_s: float = 3.0, tail_s: float = 40.0,
+                        question: Path = SAMPLES / "question.wav") -> Path:
+    """Write ``question`` between ``lead_s`` and ``tail_s`` of silence as a 48 kHz fake mic.
+
+    The lead covers the time from getUserMedia to a connected session (Chromium starts the
+    file when the capture opens); the tail keeps the question from being asked twice within a
+    test, since Chromium loops the file.
+    """
+    speech = load_audio(question, FAKE_MIC_RATE)
+    silence = lambda s: np.zeros(int(s * FAKE_MIC_RATE), np.float32)  # noqa: E731
+    write_wav(path, np.concatenate([silence(lead_s), speech, silence(tail_s)]), FAKE_MIC_RATE)
+    return path
