@@ -170,44 +170,58 @@ def _native_stderr_quiet() -> Iterator[None]:
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
+    python_stderr = sys.stderr
+    # Python's own messages (progress lines) keep going to the real stderr meanwhile.
+    visible = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="replace")
     try:
         os.dup2(devnull, 2)
+        sys.stderr = visible
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # protobuf's GetPrototype deprecation, every call
             yield
     finally:
+        sys.stderr = python_stderr
+        visible.close()
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
 
 
 class _FaceMesh:
-    """mediapipe's legacy face mesh, static images, up to two faces, 478 landmarks each."""
+    """mediapipe's legacy face mesh, static images, up to two faces, 478 landmarks each.
 
-    def __init__(self) -> None:
+    Use as a context manager: native stderr stays quiet for the mesh's whole life, because
+    its graph threads log (e.g. a TF-lite feedback-manager warning) between our calls too.
+    """
+
+    def __enter__(self) -> _FaceMesh:
         os.environ.setdefault("GLOG_minloglevel", "2")
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        with _native_stderr_quiet():
+        self._quiet = contextlib.ExitStack()
+        self._quiet.enter_context(_native_stderr_quiet())
+        try:
             try:
                 from mediapipe.python.solutions import face_mesh
             except ImportError as exc:
                 raise PrepareError(f"{MEDIAPIPE_HINT} ({exc})") from None
             self._mesh = face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True, max_num_faces=2)
+        except BaseException:
+            self._quiet.close()
+            raise
+        return self
 
     def faces(self, rgb: np.ndarray) -> list[np.ndarray]:
         """Each face as [478, 3] float64: x, y in pixels of ``rgb``, z in the same pixel scale."""
         h, w = rgb.shape[:2]
-        with _native_stderr_quiet():
-            result = self._mesh.process(np.ascontiguousarray(rgb))
+        result = self._mesh.process(np.ascontiguousarray(rgb))
         return [np.array([(p.x * w, p.y * h, p.z * w) for p in face.landmark])
                 for face in result.multi_face_landmarks or []]
 
-    def __enter__(self) -> _FaceMesh:
-        return self
-
     def __exit__(self, *exc: object) -> None:
-        with _native_stderr_quiet():
+        try:
             self._mesh.close()
+        finally:
+            self._quiet.close()
 
 
 def _one_face(mesh: _FaceMesh, rgb: np.ndarray, say: Progress) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from avatarchat.engine.handler import HandlerLoadError, HandlerOptions, register
+from avatarchat.engine.handler import HandlerLoadError, HandlerOptions, register, run_blocking
 from avatarchat.handlers.llm.base import ChatContext, ChatLLM, Message
 
 
@@ -72,14 +72,15 @@ class OpenAICompatibleLLM(ChatLLM[OpenAICompatibleOptions]):
             base_url=o.api_url, api_key=o.api_key, timeout=o.timeout_s, max_retries=o.max_retries
         )
 
-    def _client_for_this_loop(self) -> Any:
+    async def _client_for_this_loop(self) -> Any:
         # The client's connection pool belongs to the loop that first used it; a handler
         # loaded once may serve a later loop (tests, a restarted server), where the stale
-        # pool fails with "Event loop is closed". One client per loop avoids that.
+        # pool fails with "Event loop is closed". One client per loop avoids that. Building
+        # one loads TLS certificates (~30 ms), so it happens in an executor.
         loop = asyncio.get_running_loop()
         if self._client_loop is not loop:
             if self._client_loop is not None:
-                self._client = self._new_client()
+                self._client = await run_blocking(self._new_client)
             self._client_loop = loop
         return self._client
 
@@ -93,7 +94,7 @@ class OpenAICompatibleLLM(ChatLLM[OpenAICompatibleOptions]):
             raise RuntimeError("the openai_compatible LLM is not loaded")
         o = self.options
         try:
-            response = await self._client_for_this_loop().chat.completions.create(
+            response = await (await self._client_for_this_loop()).chat.completions.create(
                 model=o.model,
                 messages=messages,
                 temperature=o.temperature,
