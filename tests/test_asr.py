@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from avatarchat.audio.resample import resample
-from avatarchat.engine.events import NO_TURN, Event, SpeechEnded, TimingMark, UserAudio, UserTranscript
+from avatarchat.engine.events import NO_TURN, Event, SpeechEnded, SpeechPaused, TimingMark, UserAudio, UserTranscript
 from avatarchat.engine.handler import HandlerLoadError, SessionInfo
 from avatarchat.engine.session import Session
 from avatarchat.handlers.asr.whisper import WhisperHandler, WhisperOptions, base_dir
@@ -93,7 +93,7 @@ async def test_vad_feeds_whisper_from_odd_rates_and_stereo(
     step = int(rate * chunk_s)
     chunks = [x[i : i + step] if layout != "planar-int16" else x[:, i : i + step] for i in range(0, n, step)]
     events = await run_session([vad, whisper], [UserAudio(NO_TURN, c, rate) for c in chunks])
-    (transcript,) = [e for e in events if isinstance(e, UserTranscript)]
+    (transcript,) = [e for e in events if isinstance(e, UserTranscript) and e.final]
     # 8 kHz telephone audio loses the top of the band; ask for most of the words there.
     heard, said = words(transcript.text), words(FOX)
     if rate == 8_000:
@@ -152,6 +152,26 @@ async def test_base_is_joined_once_into_the_cache(
     assert base_dir() == folder and (folder / "model.bin").stat().st_mtime_ns == mtime
     handler = WhisperHandler(WhisperOptions(model="base"))
     handler.load()
-    lang = handler.create_context(SessionInfo("t"))
+    lang = handler.create_context(SessionInfo("t")).language
     assert lang == "en"
     assert words(handler.transcribe(resample(fox_24k, 24_000, RATE), lang)) == words(FOX)
+
+
+@pytest.mark.slow
+async def test_a_pause_transcript_is_reused_when_nothing_more_was_said(
+    whisper: WhisperHandler, fox_24k: np.ndarray
+) -> None:
+    audio = resample(fox_24k, 24_000, RATE)
+    same = [SpeechPaused(5, audio=audio, speech_end=10.0), SpeechEnded(5, audio=audio, speech_end=10.0)]
+    events = await run_session([whisper], same)
+    partial, final = [e for e in events if isinstance(e, UserTranscript)]
+    assert not partial.final and final.final and words(final.text) == words(FOX) == words(partial.text)
+    marks = {e.name: e.at for e in events if isinstance(e, TimingMark)}
+    assert marks["asr_final"] - marks["asr_start"] < 0.05  # no second whisper call
+
+    # The user went on after the pause: the end transcribes the longer utterance afresh.
+    longer = np.concatenate([audio, np.zeros(RATE // 4, np.float32), audio])
+    events = await run_session([whisper], [SpeechPaused(6, audio=audio, speech_end=10.0),
+                                           SpeechEnded(6, audio=longer, speech_end=14.0)])
+    final = [e for e in events if isinstance(e, UserTranscript) and e.final][0]
+    assert words(final.text).count("fox") == 2

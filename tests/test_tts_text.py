@@ -126,3 +126,15 @@ def test_flush_empties_and_ignores_whitespace() -> None:
 )
 def test_clean_for_speech(raw: str, spoken: str) -> None:
     assert clean_for_speech(raw) == spoken
+
+
+def test_the_first_clause_breaks_before_a_joining_word_when_no_comma_comes() -> None:
+    text = "Elephants are massive creatures with an incredible range of adaptations and skills. They live long."
+    splitter = ClauseSplitter()
+    clauses = [c for ch in text for c in splitter.feed(ch)] + splitter.flush()
+    # Only the first clause (the one the user waits for) is cut early, and never mid-word.
+    assert clauses == ["Elephants are massive creatures with an incredible range",
+                       "of adaptations and skills.", "They live long."]
+    partial = ClauseSplitter()
+    assert partial.feed("one two three four five six and") == []  # "and" may yet be "android"
+    assert partial.feed("roid phones") == []

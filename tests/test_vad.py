@@ -14,6 +14,7 @@ from avatarchat.engine.events import (
     NO_TURN,
     Event,
     SpeechEnded,
+    SpeechPaused,
     SpeechStarted,
     TimingMark,
     TurnCancelled,
@@ -112,6 +113,13 @@ async def test_two_phrases_give_two_turns_with_accurate_boundaries(phrases: dict
     assert marks == [(t, n) for t in (1, 2) for n in ("speech_start", "speech_end", "vad_end")]
     mark = next(m for m in of_type(events, TimingMark) if m.name == "speech_end")
     assert mark.at == ended[0].speech_end
+    # Each end was announced by a pause (pause_ms after the speech) carrying the same speech
+    # end, so the ASR could transcribe early; the pause came before the end decision.
+    paused = of_type(events, SpeechPaused)
+    assert [p.turn for p in paused] == [1, 2]
+    for p, e in zip(paused, ended, strict=True):
+        assert p.speech_end == e.speech_end and events.index(p) < events.index(e)
+        assert abs(len(p.audio) - len(e.audio)) <= 512
 
 
 @pytest.mark.slow
@@ -132,6 +140,8 @@ async def test_pause_shorter_than_hangover_does_not_split(phrases: dict[str, np.
     assert len(of_type(events, SpeechStarted)) == 1
     (ended,) = of_type(events, SpeechEnded)
     assert len(ended.audio) / RATE > (len(a) + len(b)) / RATE - 1.0
+    # The gap was long enough for an early transcript, whose speech end the end then outdates.
+    assert all(p.speech_end < ended.speech_end for p in of_type(events, SpeechPaused)[:-1])
 
 
 @pytest.mark.slow

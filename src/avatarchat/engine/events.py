@@ -47,6 +47,16 @@ class SpeechStarted(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class SpeechPaused(Event):
+    """The user went quiet, but not yet for long enough to end the turn: the utterance so
+    far, so the ASR can transcribe it while the VAD waits out its hangover. If the user goes
+    on, a later pause or the end carries a later ``speech_end``."""
+
+    audio: np.ndarray
+    speech_end: float
+
+
+@dataclass(frozen=True, slots=True)
 class SpeechEnded(Event):
     """The user stopped: the whole utterance (with pre-roll) at 16 kHz mono.
 

@@ -36,7 +36,7 @@ AUDIO_FRAME = 960  # samples per 20 ms frame
 VIDEO_CLOCK = 90000
 #: Between a reply's first audio arriving and its first sample playing: room for the first
 #: avatar frame (rendered right after the chunk, ~15 ms) to be there when the sound starts.
-START_MARGIN_S = 0.04
+START_MARGIN_S = 0.025
 #: A track called this late (a stalled loop, a slow encoder) jumps ahead instead of
 #: sending a burst of stale frames.
 MAX_LAG_S = 0.2

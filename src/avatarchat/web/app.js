@@ -571,6 +571,17 @@ function createPeer(iceServers, mic) {
 }
 
 function onTrack(ev) {
+  if (ev.track.kind === "audio") watchAudio("remote", new MediaStream([ev.track]));
+  const shared = ev.streams && ev.streams[0];
+  if (shared) {
+    // The server sends audio and video in one stream: played by one element, the browser's
+    // lip-sync aligns them by their RTP/RTCP timestamps (separate elements would drift).
+    if (ui.video.srcObject !== shared) ui.video.srcObject = shared;
+    ui.video.muted = false;
+    if (ev.track.kind === "video") ui.placeholder.hidden = true;
+    play(ui.video);
+    return;
+  }
   const stream = new MediaStream([ev.track]);
   if (ev.track.kind === "video") {
     ui.video.srcObject = stream;
@@ -579,7 +590,6 @@ function onTrack(ev) {
   } else if (ev.track.kind === "audio") {
     ui.audio.srcObject = stream;
     play(ui.audio);
-    watchAudio("remote", stream);
   }
 }
 

@@ -39,10 +39,10 @@ HIBARI_MODEL = ModelFile(
 DURATIONS_OUTPUT = "/Clip_output_0"
 _FRAMES_PER_UNIT = 2
 #: The model pads every sentence with id 0 at both ends; the leading pad gets ~0.35 s of
-#: silence. Keeping only its last 6 units (150 ms: the onset of the first phoneme starts
+#: silence. Keeping only its last 4 units (100 ms: the onset of the first phoneme starts
 #: ~100 ms before its nominal start) cuts that from first-audio latency and from the gap
 #: between clauses.
-_LEAD_KEEP_UNITS = 6
+_LEAD_KEEP_UNITS = 4
 #: Fixed noise seed per clause: the same text always gives the same samples.
 _SEED = 0
 

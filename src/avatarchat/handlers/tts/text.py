@@ -79,6 +79,24 @@ ABBREVIATIONS = frozenset(
 )
 
 
+#: Words after which the first clause may end before a joining word, with no punctuation.
+FIRST_SOFT_WORDS = 6
+_JOINING_WORDS = frozenset(
+    "and but or because so which that who when while where with without for to of in on at from "
+    "like than as if".split()
+)
+
+
+def _joins_next(text: str, i: int) -> bool:
+    """Whether the complete word after the whitespace at ``i`` is a joining word."""
+    rest = text[i + 1:]
+    end = 0
+    while end < len(rest) and rest[end].isalpha():
+        end += 1
+    # Only a word already followed by a space is known: "and" might yet become "android".
+    return 0 < end < len(rest) and rest[end].isspace() and rest[:end].lower() in _JOINING_WORDS
+
+
 class ClauseSplitter:
     """Cuts streamed text into clauses; feeding it in any pieces gives the same clauses.
 
@@ -163,6 +181,10 @@ class ClauseSplitter:
                 if (ch == "—" or text[j].isspace()) and words >= min_words:
                     return j
             elif ch.isspace() and words >= self.max_words:
+                return i
+            elif ch.isspace() and self._emitted == 0 and words >= FIRST_SOFT_WORDS and _joins_next(text, i):
+                # The first clause is what the user waits for: rather than wait for a comma
+                # that may come 15 words later, break before a joining word ("... with").
                 return i
         return None
 

@@ -26,6 +26,7 @@ from avatarchat.engine.events import (
     NO_TURN,
     Event,
     SpeechEnded,
+    SpeechPaused,
     SpeechStarted,
     TimingMark,
     TurnCancelled,
@@ -55,6 +56,10 @@ class SileroOptions(HandlerOptions):
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="speech probability that counts as voiced")
     start_ms: int = Field(96, ge=0, le=2000, description="speech must last this long to start a turn")
     end_ms: int = Field(500, ge=32, le=10_000, description="silence that ends a turn")
+    pause_ms: int = Field(
+        200, ge=0, le=10_000,
+        description="silence after which the utterance so far goes to the ASR early (0: off)",
+    )
     preroll_ms: int = Field(300, ge=0, le=5000, description="audio kept before the onset")
     max_utterance_s: float = Field(20.0, ge=0.5, le=600.0, description="force an end after this long")
     min_utterance_ms: int = Field(200, ge=0, le=10_000, description="shorter blips are dropped")
@@ -63,6 +68,12 @@ class SileroOptions(HandlerOptions):
 @dataclass(frozen=True, slots=True)
 class _Start:
     onset: int  # stream position (16 kHz samples) of the first voiced window
+
+
+@dataclass(frozen=True, slots=True)
+class _Pause:
+    speech_end: int  # stream position just after the last voiced audio
+    audio: np.ndarray
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +100,8 @@ class _Detector:
         ms = RATE // 1000
         self.start_n = opts.start_ms * ms
         self.end_n = opts.end_ms * ms
+        self.pause_n = opts.pause_ms * ms if 0 < opts.pause_ms < opts.end_ms else 0
+        self.paused = False  # a _Pause was sent for the current silence
         self.preroll_n = opts.preroll_ms * ms
         self.max_n = int(opts.max_utterance_s * RATE)
         self.min_n = opts.min_utterance_ms * ms
@@ -105,11 +118,11 @@ class _Detector:
         self.onset = 0
         self.silent_since: int | None = None
 
-    def feed(self, x: np.ndarray) -> list[_Start | _End]:
+    def feed(self, x: np.ndarray) -> list[_Start | _Pause | _End]:
         """Run every complete window of ``x`` (after what is pending) through the model."""
         self.received += len(x)
         buf = np.concatenate([self.pending, x]) if len(self.pending) else np.array(x, np.float32)
-        out: list[_Start | _End] = []
+        out: list[_Start | _Pause | _End] = []
         n_full = len(buf) // self.win
         for i in range(n_full):
             w = buf[i * self.win : (i + 1) * self.win]
@@ -121,7 +134,7 @@ class _Detector:
         self.pending = buf[n_full * self.win :].copy()
         return out
 
-    def _step(self, w: np.ndarray, prob: float) -> _Start | _End | None:
+    def _step(self, w: np.ndarray, prob: float) -> _Start | _Pause | _End | None:
         start, end = self.pos, self.pos + self.win
         self.pos = end
         self.windows.append(w)
@@ -137,12 +150,15 @@ class _Detector:
             self._trim_idle()
             return None
         if prob >= self.threshold:
-            self.silent_since = None
+            self.silent_since, self.paused = None, False
         elif prob < self.neg_threshold:
             if self.silent_since is None:
                 self.silent_since = start
             if end - self.silent_since >= self.end_n:
                 return self._finish(self.silent_since)
+            if self.pause_n and not self.paused and end - self.silent_since >= self.pause_n and not self.cancelled:
+                self.paused = True
+                return _Pause(self.silent_since, self._utterance(self.silent_since))
         if end - self.onset >= self.max_n:
             return self._finish(self.silent_since if self.silent_since is not None else end)
         if self.cancelled:
@@ -157,13 +173,17 @@ class _Detector:
         del self.windows[:drop]
         self.windows_start += drop * self.win
 
-    def _finish(self, speech_end: int) -> _End:
+    def _utterance(self, speech_end: int) -> np.ndarray:
+        """The utterance from its pre-roll to a short tail after ``speech_end``."""
         audio = np.concatenate(self.windows) if self.windows else np.zeros(0, np.float32)
         first = max(self.onset - self.preroll_n, self.windows_start)
         stop = min(speech_end + self.tail_n, self.pos)
-        audio = audio[first - self.windows_start : stop - self.windows_start]
+        return audio[first - self.windows_start : stop - self.windows_start]
+
+    def _finish(self, speech_end: int) -> _End:
+        audio = self._utterance(speech_end)
         result = _End(speech_end, audio, speech_end - self.onset < self.min_n, self.cancelled)
-        self.speaking, self.cancelled, self.run_start = False, False, None
+        self.speaking, self.cancelled, self.run_start, self.paused = False, False, None, False
         self._trim_idle()
         return result
 
@@ -187,10 +207,10 @@ class SileroContext:
     anchors_at: list[float] = field(default_factory=list)  # its arrival on the clock
     turn: int = NO_TURN
 
-    def ingest(self, x: np.ndarray, rate: int) -> list[_Start | _End]:
+    def ingest(self, x: np.ndarray, rate: int) -> list[_Start | _Pause | _End]:
         """Resample ``x`` to 16 kHz and run the detector over it."""
         if self.resampler is None or self.resampler.src_rate != rate:
-            decisions: list[_Start | _End] = []
+            decisions: list[_Start | _Pause | _End] = []
             if self.resampler is not None:  # the rate changed: finish the old stream first
                 decisions += self.detector.feed(self.resampler.flush())
             self.resampler = Resampler(rate, RATE)
@@ -280,11 +300,15 @@ class SileroVADHandler(Handler[SileroOptions]):
             for out in self._events(ctx, d, arrived + (now() - arrived_real)):
                 yield out
 
-    def _events(self, ctx: SileroContext, d: _Start | _End, decided: float) -> list[Event]:
+    def _events(self, ctx: SileroContext, d: _Start | _Pause | _End, decided: float) -> list[Event]:
         if isinstance(d, _Start):
             ctx.turn = turn = ctx.info.new_turn()
             at = ctx.time_of(d.onset)
             return [SpeechStarted(turn, at=at), TimingMark(turn, "speech_start", at=at)]
+        if isinstance(d, _Pause):
+            if d.speech_end - ctx.detector.onset < ctx.detector.min_n:
+                return []  # a blip so far: nothing worth transcribing yet
+            return [SpeechPaused(ctx.turn, audio=d.audio, speech_end=ctx.time_of(d.speech_end))]
         turn, ctx.turn = ctx.turn, NO_TURN
         if d.cancelled:
             return []  # the session already ended this turn
