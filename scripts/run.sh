@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Sets everything up, then asks the avatar the bundled question, fully offline on the CPU.
+# Sets everything up, then serves the avatar at http://127.0.0.1:8282/ (offline, CPU only).
+# Arguments go to `avatarchat serve`, e.g. scripts/run.sh --host 0.0.0.0 --self-signed
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh
-.venv/bin/avatarchat talk --input samples/question.wav --input samples/followup.wav --out out/talk
-echo "== replies: out/talk/turn-*.wav, transcript: out/talk/transcript.json"
+echo "== starting the server: open the address below, click Start, allow the microphone and talk"
+exec .venv/bin/avatarchat serve "$@"

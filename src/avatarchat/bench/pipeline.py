@@ -134,6 +134,7 @@ def _row(result: TurnResult, end_at: float) -> dict[str, Any]:
         "reply_text": result.reply_text,
         "error": "; ".join(result.errors) or None,
         "vad_decision_ms": ms("speech_end", "vad_end"),
+        "asr_early_ms": ms("asr_early_start", "asr_early_final"),
         "asr_ms": ms("asr_start", "asr_final"),
         "llm_first_token_ms": ms("llm_start", "llm_first_token"),
         "llm_tokens_per_s": round(deltas / gen_s, 1) if gen_s > 0 and deltas > 1 else None,

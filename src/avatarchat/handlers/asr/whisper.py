@@ -230,8 +230,10 @@ class WhisperHandler(Handler[WhisperOptions]):
         if isinstance(event, SpeechPaused):
             # Transcribe while the VAD waits out its hangover: if the user says no more, the
             # end of the turn finds its transcript ready (about one whisper call saved).
+            yield TimingMark(event.turn, "asr_early_start")
             text = await run_blocking(self.transcribe, event.audio, ctx.language)
             ctx.early = (event.turn, event.speech_end, text)
+            yield TimingMark(event.turn, "asr_early_final")
             yield UserTranscript(event.turn, text, final=False)
             return
         assert isinstance(event, SpeechEnded)
