@@ -19,7 +19,8 @@ from avatarchat.avatar.params import FaceParams
 CAVITY_EDGE = np.array([92, 38, 40], np.float32)
 CAVITY_DEEP = np.array([30, 10, 12], np.float32)
 TONGUE = np.array([150, 70, 74], np.float32)
-TEETH = np.array([228, 216, 192], np.float32)
+# Teeth sit in the mouth's shade: a bright band read as dentures in rendered frames.
+TEETH = np.array([204, 190, 164], np.float32)
 MIN_GAP_PX = 0.6  # below this the mouth counts as closed
 
 
@@ -112,7 +113,7 @@ class MouthPainter:
         span = np.clip(1.0 - (np.abs(u) / 0.78) ** 4, 0.0, 1.0)  # canines curve back out of sight
         full = 0.048 * self.face_h
         rnd = _clamp01(params.round)
-        th = np.minimum(full, (bot - top) * (0.42 + 0.3 * upper - 0.15 * rnd)) * np.sqrt(span)
+        th = np.minimum(full, (bot - top) * (0.34 + 0.3 * upper - 0.15 * rnd)) * np.sqrt(span)
         self._band(layer, xs, top - 1.5, top + th, u, span, shade_top=True)
         lower_vis = np.clip((jaw - 0.5) / 0.4, 0.0, 1.0)
         if lower_vis > 0:
@@ -144,5 +145,5 @@ class MouthPainter:
         dist = np.abs(yy - edge)
         lip_shadow = 0.7 + 0.3 * np.clip(dist / 3.0, 0.0, 1.0)
         shade = (side * seams)[None, :] * lip_shadow * dim
-        a = m[..., None]
+        a = 0.9 * m[..., None]  # a little of the cavity shows through: teeth are not opaque paint
         layer[:] = layer * (1.0 - a) + (TEETH * shade[..., None]) * a
