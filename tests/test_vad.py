@@ -14,6 +14,7 @@ from avatarchat.engine.events import (
     NO_TURN,
     Event,
     SpeechEnded,
+    SpeechOngoing,
     SpeechPaused,
     SpeechStarted,
     TimingMark,
@@ -160,8 +161,21 @@ async def test_max_utterance_forces_an_end(phrases: dict[str, np.ndarray]) -> No
 async def test_blip_shorter_than_min_utterance_is_dropped(phrases: dict[str, np.ndarray]) -> None:
     audio = np.concatenate([silence(0.5), phrases[PHRASE_B], silence(1.0)])
     events = await run_vad(audio, SileroOptions(min_utterance_ms=5000))
-    assert [type(e) for e in events if not isinstance(e, TimingMark)] == [SpeechStarted, TurnCancelled]
+    assert [type(e) for e in events if not isinstance(e, TimingMark | SpeechOngoing)] == [SpeechStarted, TurnCancelled]
     assert events[-1] == TurnCancelled(1, reason="too short")
+
+
+@pytest.mark.slow
+async def test_speech_ongoing_marks_voiced_speech_after_the_start(phrases: dict[str, np.ndarray]) -> None:
+    audio = np.concatenate([silence(0.5), phrases[PHRASE_A], silence(1.0)])
+    events = await run_vad(audio)
+    started, ended = of_type(events, SpeechStarted)[0], of_type(events, SpeechEnded)[0]
+    ongoing = of_type(events, SpeechOngoing)
+    assert len(ongoing) >= 5 and all(e.turn == started.turn for e in ongoing)
+    times = [e.voiced_until for e in ongoing]
+    assert times == sorted(times) and started.at < times[0] <= ended.speech_end + 0.04
+    # One about every 64 ms of voice: the first ones come without a gap.
+    assert times[1] - times[0] < 0.1
 
 
 @pytest.mark.slow

@@ -153,6 +153,15 @@ class Animator:
             self._close = t
         return self._close + CLOSE_S
 
+    def stop_at(self, t: float, t_session: float) -> float:
+        """Close the mouth from reply time ``t``, the frame on screen at session time
+        ``t_session`` (a reply cut off while it plays). The reply clock is re-anchored there,
+        so the idle frames that follow go on from the frame the user saw, not from wherever
+        the renderer had got to. Returns the reply time the mouth is closed."""
+        self.origin = t_session - t
+        self._close = t
+        return t + CLOSE_S
+
     @property
     def speaking(self) -> bool:
         return self._start is not None

@@ -57,6 +57,16 @@ class SpeechPaused(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class SpeechOngoing(Event):
+    """The user is still speaking: voiced audio of ``turn`` was captured up to
+    ``voiced_until`` (engine clock). The VAD sends one every ~64 ms of voiced speech after
+    ``SpeechStarted`` (none during pauses), so turn-taking can tell speech that goes on
+    from a cough or a click without waiting for the end of the turn. No stage acts on it."""
+
+    voiced_until: float
+
+
+@dataclass(frozen=True, slots=True)
 class SpeechEnded(Event):
     """The user stopped: the whole utterance (with pre-roll) at 16 kHz mono.
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import aclosing
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +59,7 @@ class Session:
         self._open_turns: set[int] = set()
         self._last_turn = 0
         self._closed = False
+        self._observers: list[tuple[tuple[type[Event], ...], Callable[[Event], None]]] = []
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -130,6 +131,26 @@ class Session:
                 self._open_turns.discard(event.turn)
             yield event
 
+    def observe(self, types: tuple[type[Event], ...], callback: Callable[[Event], None]) -> None:
+        """Call ``callback(event)`` the moment any stage emits an event of ``types``.
+
+        For turn-taking, which must not wait behind a stage busy with a reply (a stage
+        handles its events one at a time, so a ``SpeechStarted`` reaches ``events()`` only
+        after the LLM, TTS and avatar have finished what they were doing). The event still
+        goes down the pipeline as usual. Called on the loop, in emission order, never for
+        events of cancelled turns; the callback must not block, and what it raises is
+        logged and ignored.
+        """
+        self._observers.append((types, callback))
+
+    def _notify(self, event: Event) -> None:
+        for types, callback in self._observers:
+            if isinstance(event, types):
+                try:
+                    callback(event)
+                except Exception:
+                    log.exception("observer of %s failed", type(event).__name__)
+
     # -- cancellation ----------------------------------------------------------------
 
     def cancel_turn(self, turn: int, reason: str = "interrupted") -> bool:
@@ -191,6 +212,8 @@ class Session:
                 async for out in outputs:
                     if not self._is_dead(out):
                         stage.outbox.put_nowait(out)
+                        if self._observers:
+                            self._notify(out)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

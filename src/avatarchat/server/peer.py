@@ -22,13 +22,16 @@ A turn's messages: ``transcript`` (what the user said or typed), ``reply`` delta
 playout has finished, ``metrics`` with the engine's stage timings plus
 ``first_audio_sent_ms`` / ``first_frame_sent_ms`` (from ``speech_end``, else ``asr_start``,
 else the moment the typed text arrived, to the first reply audio / video frame handed to
-the encoder). A cancelled turn (interrupt, a newer turn, an error) sends no more ``reply``
-and no ``metrics``: its end shows as the state going back to ``listening``.
+the encoder). A cancelled turn (interrupt, barge-in, a newer turn, an error) sends no
+more ``reply`` and no ``metrics``, except the one ``reply`` with ``interrupted`` true and the
+words heard, when it was cut; its end shows as the state going back to ``listening``.
 
-A newer user turn supersedes an older reply still in flight: when a turn's final
-transcript comes out, older turns are cancelled and their playout dropped, as a typed
-message does. Barge-in while the avatar speaks is not done here (``Playout.played_seconds``
-is what it will need).
+Turn-taking (``engine.turntaking``, acting through ``server.bargein.PeerFloor``): speech
+that starts while a reply plays ducks it, and stops it once it has lasted
+``barge_in.min_speech_ms`` or has words; a newer question supersedes older replies in
+flight; a typed message and the interrupt button stop every reply. A reply stopped part-way
+is sent once more as ``reply`` with ``interrupted: true`` and the text the user heard, which
+is also what the LLM remembers of it.
 """
 
 from __future__ import annotations
@@ -62,7 +65,9 @@ from avatarchat.engine.events import (
 from avatarchat.engine.pipeline import Pipeline
 from avatarchat.engine.session import Session
 from avatarchat.engine.turn import stage_timings
+from avatarchat.engine.turntaking import TurnTaking
 from avatarchat.server import protocol
+from avatarchat.server.bargein import PeerFloor
 from avatarchat.server.ice import (
     OfferError,
     check_offer,
@@ -155,6 +160,12 @@ class PeerSession:
         self._closed = False
         self._close_task: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
+        self._floor = PeerFloor(self._session, self._playout, pipeline.handlers, self._send, self._was_cut)
+        barge = settings.barge_in
+        self._turntaking = TurnTaking(self._floor, enabled=barge.enabled, min_speech_s=barge.min_speech_ms / 1000,
+                                      duck_volume=barge.duck_volume)
+        # Straight from the stages: a SpeechStarted must not wait behind the reply's stages.
+        self._session.observe(TurnTaking.WATCHES, self._turntaking.on_event)
 
     # -- opening ---------------------------------------------------------------------
 
@@ -258,6 +269,7 @@ class PeerSession:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._turntaking.close()
         self._playout.stop_all()
         for track in self._tracks:
             track.stop()
@@ -370,25 +382,20 @@ class PeerSession:
             return
         try:
             if isinstance(message, protocol.TextMessage):
-                self._interrupt("text")
+                self._turntaking.interrupt("text")
                 turn = self._session.say(message.text)
                 self._turn(turn).marks["text_received"] = time.monotonic()
             elif isinstance(message, protocol.InterruptMessage):
-                self._interrupt("interrupt")
+                self._turntaking.interrupt("interrupt")
             else:
                 self._send({"type": "pong", "t": message.t})
         except Exception as exc:
             self.log.exception("handling a %s message failed", message.type)
             self._send(protocol.error(f"{message.type}: {type(exc).__name__}"))
 
-    def _interrupt(self, why: str) -> None:
-        """Cancel every open turn and drop its playout now (the next audio frame is silence)."""
-        cancelled = self._session.interrupt(why)
-        for turn in set(cancelled) | set(self._playout.stop_all()):
-            self._playout.stop(turn)
-            self._turns.pop(turn, None)
-        if cancelled:
-            self.log.info("interrupted turns %s (%s)", cancelled, why)
+    def _was_cut(self, turn: int) -> None:
+        """``PeerFloor`` cut ``turn`` (its engine part, playout and history are done)."""
+        self._turns.pop(turn, None)
         self._set_state()
 
     # -- engine output ---------------------------------------------------------------
@@ -403,6 +410,7 @@ class PeerSession:
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, ReplyAudio):
+            self._floor.note(event)
             self._playout.add_audio(event)
         elif isinstance(event, AvatarFrame):
             self._playout.add_frame(event)
@@ -411,6 +419,7 @@ class PeerSession:
         elif isinstance(event, UserTranscript):
             self._on_transcript(event)
         elif isinstance(event, ReplyText):
+            self._floor.note(event)
             self._turn(event.turn).reply += event.text
             self._send(protocol.reply(event.turn, event.text, final=False))
         elif isinstance(event, ReplyEnd):
@@ -424,6 +433,7 @@ class PeerSession:
                 self._metrics.error(event.stage)
         elif isinstance(event, TurnCancelled):
             self._playout.stop(event.turn)
+            self._floor.forget(event.turn)
             self._turns.pop(event.turn, None)
             self._set_state()
 
@@ -431,11 +441,7 @@ class PeerSession:
         self._send(protocol.transcript(event.turn, event.text, event.final))
         if not event.final:
             return
-        # A newer turn supersedes older replies still in flight (see the module docstring).
-        for old in [t for t in self._session.open_turns if t < event.turn]:
-            self._session.cancel_turn(old, "superseded")
-            self._playout.stop(old)
-            self._turns.pop(old, None)
+        # Older replies in flight were superseded by turn-taking when the ASR produced this.
         self._turn(event.turn).transcribed = True
         self._set_state()
 
@@ -457,6 +463,7 @@ class PeerSession:
             state.marks.setdefault("first_frame_sent", at)
 
     def _finished(self, turn: int) -> None:
+        self._floor.forget(turn)
         state = self._turns.pop(turn, None)
         if state is not None and state.ended:
             timings = self._timings(state.marks)
@@ -496,6 +503,10 @@ class PeerSession:
     @property
     def session(self) -> Session:
         return self._session
+
+    @property
+    def turntaking(self) -> TurnTaking:
+        return self._turntaking
 
     @property
     def connection_state(self) -> str:

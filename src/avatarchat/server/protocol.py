@@ -88,9 +88,16 @@ def transcript(turn: int, text: str, final: bool) -> dict[str, Any]:
     return {"type": "transcript", "turn": turn, "text": text, "final": final}
 
 
-def reply(turn: int, text: str, final: bool) -> dict[str, Any]:
-    """The avatar's words: deltas with ``final`` false, then the whole text with ``final`` true."""
-    return {"type": "reply", "turn": turn, "text": text, "final": final}
+def reply(turn: int, text: str, final: bool, interrupted: bool = False) -> dict[str, Any]:
+    """The avatar's words: deltas with ``final`` false, then the whole text with ``final`` true.
+
+    ``interrupted``: the reply was cut off (barge-in, interrupt, a typed message); ``text``
+    is then what the user heard, and replaces any text sent for the turn before.
+    """
+    msg: dict[str, Any] = {"type": "reply", "turn": turn, "text": text, "final": final}
+    if interrupted:
+        msg["interrupted"] = True
+    return msg
 
 
 def metrics(turn: int, timings_ms: dict[str, float]) -> dict[str, Any]:

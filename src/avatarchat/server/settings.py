@@ -17,6 +17,17 @@ class IceServer(HandlerOptions):
     credential: str | None = None
 
 
+class BargeInSettings(HandlerOptions):
+    """``server.barge_in``: the user's voice taking the floor from the avatar's reply."""
+
+    enabled: bool = True
+    #: Speech must last this long from its onset to stop the reply (shorter: a cough, a
+    #: click, an "mm-hm"); a transcript with real words stops it sooner.
+    min_speech_ms: int = Field(default=300, ge=0, le=5000)
+    #: Reply volume while a possible barge-in is weighed (0..1).
+    duck_volume: float = Field(default=0.2, ge=0.0, le=1.0)
+
+
 class ServerSettings(HandlerOptions):
     host: str = "127.0.0.1"
     port: int = Field(default=8282, ge=1, le=65535)
@@ -33,3 +44,4 @@ class ServerSettings(HandlerOptions):
     self_signed: bool = False
     #: Largest HTTP request body accepted (the SDP offer), bytes.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    barge_in: BargeInSettings = Field(default_factory=BargeInSettings)

