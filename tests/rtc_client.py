@@ -52,6 +52,21 @@ class ScriptedMic(MediaStreamTrack):
         self._queue = np.zeros(0, np.float32)
         self._t0: float | None = None
         self._n = 0
+        self._echo_gain: float | None = None
+        self._echo = np.zeros(0, np.float32)
+
+    def start_echo(self, gain_db: float, delay_s: float) -> None:
+        """From now on, mix what ``hear`` is given into what the mic sends, ``gain_db``
+        louder and ``delay_s`` later: a speaker heard by the mic, with no echo cancellation.
+        Like a sound card, it plays on a steady clock: the delay grows only if received
+        audio comes later than it (an underrun), and jitter below ``delay_s`` is absorbed."""
+        self._echo_gain = 10 ** (gain_db / 20)
+        self._echo = np.zeros(round(delay_s * RATE), np.float32)
+
+    def hear(self, samples: np.ndarray) -> None:
+        """Audio the client's speaker played (mono float32 48 kHz): echoed if echo is on."""
+        if self._echo_gain is not None:
+            self._echo = np.concatenate([self._echo, samples * self._echo_gain])
 
     def play(self, samples: np.ndarray) -> float:
         """Queue mono float32 48 kHz samples after what is queued; returns their seconds."""
@@ -71,8 +86,11 @@ class ScriptedMic(MediaStreamTrack):
         if delay > 0:
             await asyncio.sleep(delay)
         chunk, self._queue = self._queue[:FRAME], self._queue[FRAME:]
-        pcm = np.zeros(FRAME, np.int16)
-        pcm[: len(chunk)] = (np.clip(chunk, -1, 1) * 32767).astype(np.int16)
+        mix = np.zeros(FRAME, np.float32)
+        mix[: len(chunk)] = chunk
+        echo, self._echo = self._echo[:FRAME], self._echo[FRAME:]
+        mix[: len(echo)] += echo
+        pcm = (np.clip(mix, -1, 1) * 32767).astype(np.int16)
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate, frame.pts, frame.time_base = RATE, self._n * FRAME, Fraction(1, RATE)
         self._n += 1
@@ -156,6 +174,7 @@ class RtcTestClient:
                 frame = await track.recv()
                 mono = first_channel(frame).astype(np.float32) / 32768.0
                 self.audio_chunks.append((time.monotonic(), mono))
+                self.mic.hear(mono)
 
     # -- sending ---------------------------------------------------------------------
 

@@ -68,6 +68,7 @@ from avatarchat.engine.turn import stage_timings
 from avatarchat.engine.turntaking import TurnTaking
 from avatarchat.server import protocol
 from avatarchat.server.bargein import PeerFloor
+from avatarchat.server.echo import EchoGuard
 from avatarchat.server.ice import (
     OfferError,
     check_offer,
@@ -162,6 +163,7 @@ class PeerSession:
         self._done = asyncio.Event()
         self._floor = PeerFloor(self._session, self._playout, pipeline.handlers, self._send, self._was_cut)
         barge = settings.barge_in
+        self._echo = EchoGuard() if barge.echo_guard else None
         self._turntaking = TurnTaking(self._floor, enabled=barge.enabled, min_speech_s=barge.min_speech_ms / 1000,
                                       duck_volume=barge.duck_volume)
         # Straight from the stages: a SpeechStarted must not wait behind the reply's stages.
@@ -227,7 +229,7 @@ class PeerSession:
                 return stage.idle_frame(ctx, t + clock.t0 - ctx.clock0)
 
         video = AvatarVideoTrack(self._clock, self._playout, IdleFrames(render, fps), fps)
-        audio = AvatarAudioTrack(self._clock, self._playout)
+        audio = AvatarAudioTrack(self._clock, self._playout, None if self._echo is None else self._echo.played)
         self._tracks += [audio, video]
         self._pc.addTrack(audio)
         self._pc.addTrack(video)
@@ -328,6 +330,8 @@ class PeerSession:
             timeout = self.disconnect_timeout_s
             mono = first_channel(frame)
             samples = mono.astype(np.float32) / 32768.0
+            if self._echo is not None:  # the avatar's own voice coming back must not barge in
+                samples = self._echo.process(samples, frame.sample_rate, time.monotonic())
             if float(np.sqrt(np.mean(samples * samples))) > VOICE_RMS:
                 self.last_activity = time.monotonic()
             self._session.push(UserAudio(NO_TURN, samples, frame.sample_rate))
@@ -507,6 +511,10 @@ class PeerSession:
     @property
     def turntaking(self) -> TurnTaking:
         return self._turntaking
+
+    @property
+    def echo(self) -> EchoGuard | None:
+        return self._echo
 
     @property
     def connection_state(self) -> str:

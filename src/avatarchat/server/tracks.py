@@ -403,13 +403,19 @@ class AvatarVideoTrack(MediaStreamTrack):
 
 class AvatarAudioTrack(MediaStreamTrack):
     """The avatar's voice: 20 ms frames of 48 kHz mono s16 from the playout (Opus-encoded
-    by aiortc), silence between replies. Paced by the clock like the video track."""
+    by aiortc), silence between replies. Paced by the clock like the video track.
+
+    ``on_sent(samples, at)``, if given, is called with every frame handed to the encoder
+    (the s16 samples, as sent) and the monotonic time it was (the echo guard's reference).
+    """
 
     kind = "audio"
 
-    def __init__(self, clock: MediaClock, playout: Playout) -> None:
+    def __init__(self, clock: MediaClock, playout: Playout,
+                 on_sent: Callable[[np.ndarray, float], None] | None = None) -> None:
         super().__init__()
         self._clock, self._playout = clock, playout
+        self._on_sent = on_sent
         self._next = 0
 
     async def recv(self) -> av.AudioFrame:
@@ -420,6 +426,8 @@ class AvatarAudioTrack(MediaStreamTrack):
         n = max(self._next, math.floor((self._clock.now() - MAX_LAG_S) / step))
         await self._clock.sleep_until(n * step)
         samples = self._playout.audio_frame(n)
+        if self._on_sent is not None:
+            self._on_sent(samples, time.monotonic())
         self._next = n + 1
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = AUDIO_RATE
