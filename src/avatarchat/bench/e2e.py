@@ -41,7 +41,7 @@ AUDIBLE_RMS = 0.01
 
 #: The server's per-turn timings (the "metrics" message) reported beside the page's own.
 SERVER_METRICS = ("first_audio_after_speech_end_ms", "first_audio_sent_ms", "first_frame_sent_ms",
-                  "vad_hangover_ms", "asr_ms", "llm_first_token_ms", "tts_first_audio_ms", "avatar_first_frame_ms")
+                  "vad_hangover_ms", "asr_early_ms", "asr_ms", "llm_first_token_ms", "tts_first_audio_ms", "avatar_first_frame_ms")
 
 Progress = Callable[[str], None]
 
