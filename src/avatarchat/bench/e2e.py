@@ -323,6 +323,35 @@ def _turn_rows(mic: list[dict[str, float]], remote: list[dict[str, float]],
     return rows
 
 
+def barge_in_stops(mic: list[dict[str, float]], remote: dict[str, list[float]],
+                   quiet_s: float = 1.0) -> list[float]:
+    """For each question that starts while the avatar is audible (a barge-in), the time from
+    its onset in the outgoing mic envelope to the avatar falling silent in the incoming one.
+
+    "Silent" is the start of the first stretch below ``AUDIBLE_RMS`` lasting ``quiet_s``: the
+    reply's own pauses between clauses are shorter, while a cut reply stays silent until the
+    next answer, which takes longer than that.
+    """
+    t, rms = np.asarray(remote["t"]), np.asarray(remote["rms"])
+    stops = []
+    for seg in mic:
+        onset = seg["start"]
+        before = rms[(t >= onset - 300) & (t < onset)]
+        if len(before) == 0 or before.max() < AUDIBLE_RMS:
+            continue  # nothing was playing: an ordinary turn
+        after_t, after_quiet = t[t >= onset], rms[t >= onset] < AUDIBLE_RMS
+        run_start = None
+        for ti, quiet in zip(after_t, after_quiet):
+            if not quiet:
+                run_start = None
+            elif run_start is None:
+                run_start = ti
+            elif ti - run_start >= quiet_s * 1000:
+                stops.append(round(float(run_start - onset), 1))
+                break
+    return stops
+
+
 def run_config(config: str | None, wav: Path, wav_seconds: float, questions: Sequence[str],
                progress: Progress) -> dict[str, Any]:
     """Serve ``config``, talk to it through the page for the whole WAV, and measure."""
@@ -358,6 +387,7 @@ def run_config(config: str | None, wav: Path, wav_seconds: float, questions: Seq
             mic = page.evaluate("avatarchat.segments('mic', {threshold: %f, hangoverMs: 400, minMs: 300})" % AUDIBLE_RMS)
             remote = page.evaluate("avatarchat.segments('remote', {threshold: %f, hangoverMs: 250, minMs: 60})" % AUDIBLE_RMS)
             messages = page.evaluate("avatarchat.messages")
+            remote_envelope = page.evaluate("avatarchat.envelope('remote')")
             cpu = server_cpu.stop()
             bcpu = browser_cpu.stop()
             page.click("#stop")
@@ -372,6 +402,8 @@ def run_config(config: str | None, wav: Path, wav_seconds: float, questions: Seq
                  f"(server says {r['server_first_audio_after_speech_end_ms']} ms)")
     summary = summarize_rows(rows)
     summary["click_to_first_frame_ms"] = summarize([marks["firstFrame"] - marks["startClick"]])
+    stops = barge_in_stops(mic, remote_envelope)
+    summary["barge_in_stop_ms"] = summarize(stops)
     return {
         "config": label,
         "turns_heard": len(mic),
@@ -390,6 +422,8 @@ def run_config(config: str | None, wav: Path, wav_seconds: float, questions: Seq
         "server_cpu_percent_idle": server_idle_cpu,
         "browser_cpu_percent": bcpu,
         "measured_seconds": round(span_s, 1),
+        # Questions spoken over a playing reply: onset -> the avatar silent in the page.
+        "barge_in_stop_ms": stops,
         "summary": summary,
         "turns": rows,
     }
