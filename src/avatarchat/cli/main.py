@@ -32,6 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("avatarchat: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the output was piped into `head` and closed: not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (so the exit flush fails quietly)
+        return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

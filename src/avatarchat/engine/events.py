@@ -57,6 +57,17 @@ class SpeechPaused(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class EndOfTurnHint(Event):
+    """How long the silence after ``speech_end`` must last before ``turn`` ends, judged from
+    its early transcript (a complete question: short; a trailing "and", "the" or comma:
+    long). It enters at the head of the pipeline, like user input, for the VAD; the VAD
+    ignores it once the user has spoken again (``speech_end`` no longer matches)."""
+
+    speech_end: float
+    silence_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class SpeechOngoing(Event):
     """The user is still speaking: voiced audio of ``turn`` was captured up to
     ``voiced_until`` (engine clock). The VAD sends one every ~64 ms of voiced speech after

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from avatarchat.engine.config import Config
+from avatarchat.engine.endofturn import EndOfTurn
 from avatarchat.engine.handler import STAGES, Handler, HandlerLoadError, SessionInfo, handlers_for
 from avatarchat.engine.session import Session
 
@@ -60,7 +61,12 @@ class Pipeline:
     def session(self, session_id: str | None = None) -> Session:
         """A new, not yet started session (``async with pipeline.session() as s``)."""
         info = SessionInfo(session_id or uuid.uuid4().hex[:12], self.config.session)
-        return Session(self.handlers, info)
+        session = Session(self.handlers, info)
+        vad = self.config.stages["vad"].options
+        complete, unfinished = getattr(vad, "complete_ms", 0), getattr(vad, "unfinished_ms", 0)
+        if complete or unfinished:
+            EndOfTurn(session, complete, unfinished)  # lives as long as the session's observer
+        return session
 
     def handler(self, stage: str) -> Handler[Any]:
         return next(h for h in self.handlers if h.stage == stage)

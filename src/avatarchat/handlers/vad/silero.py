@@ -24,6 +24,7 @@ from pydantic import Field
 from avatarchat.audio.resample import Resampler
 from avatarchat.engine.events import (
     NO_TURN,
+    EndOfTurnHint,
     Event,
     SpeechEnded,
     SpeechOngoing,
@@ -67,6 +68,14 @@ class SileroOptions(HandlerOptions):
     progress_ms: int = Field(
         64, ge=0, le=5000,
         description="while speech goes on, a SpeechOngoing this often (for barge-in; 0: off)",
+    )
+    complete_ms: int = Field(
+        0, ge=0, le=10_000,
+        description="hangover once the early transcript reads as a complete sentence (0: off)",
+    )
+    unfinished_ms: int = Field(
+        0, ge=0, le=10_000,
+        description="hangover once it ends mid-sentence: 'and', 'the', a comma (0: off)",
     )
 
 
@@ -132,6 +141,16 @@ class _Detector:
         self.run_start: int | None = None
         self.onset = 0
         self.silent_since: int | None = None
+        self.end_override: int | None = None  # this silence's hangover, from a hint
+
+    def hint(self, silence_n: int) -> _End | None:
+        """Use ``silence_n`` as the hangover of the current silence; end now if it is over."""
+        if not self.speaking or self.silent_since is None:
+            return None
+        self.end_override = silence_n
+        if self.pos - self.silent_since >= silence_n:
+            return self._finish(self.silent_since)
+        return None
 
     def feed(self, x: np.ndarray) -> list[_Decision]:
         """Run every complete window of ``x`` (after what is pending) through the model."""
@@ -165,11 +184,11 @@ class _Detector:
             self._trim_idle()
             return None
         if prob >= self.threshold:
-            self.silent_since, self.paused = None, False
+            self.silent_since, self.paused, self.end_override = None, False, None
         elif prob < self.neg_threshold:
             if self.silent_since is None:
                 self.silent_since = start
-            if end - self.silent_since >= self.end_n:
+            if end - self.silent_since >= (self.end_override or self.end_n):
                 return self._finish(self.silent_since)
             if self.pause_n and not self.paused and end - self.silent_since >= self.pause_n and not self.cancelled:
                 self.paused = True
@@ -203,6 +222,7 @@ class _Detector:
         audio = self._utterance(speech_end)
         result = _End(speech_end, audio, speech_end - self.onset < self.min_n, self.cancelled)
         self.speaking, self.cancelled, self.run_start, self.paused = False, False, None, False
+        self.end_override = None
         self._trim_idle()
         return result
 
@@ -273,7 +293,7 @@ class SileroVADHandler(Handler[SileroOptions]):
     name = "silero"
     stage = "vad"
     Options = SileroOptions
-    accepts = (UserAudio,)
+    accepts = (UserAudio, EndOfTurnHint)
 
     def __init__(self, options: SileroOptions, clock: Callable[[], float] = now) -> None:
         super().__init__(options)
@@ -302,6 +322,10 @@ class SileroVADHandler(Handler[SileroOptions]):
         return SileroContext(session, _Detector(self._new_vad(), self.options), self.clock)
 
     async def handle(self, ctx: SileroContext, event: Event) -> AsyncIterator[Event]:
+        if isinstance(event, EndOfTurnHint):
+            for out in self._hint(ctx, event):
+                yield out
+            return
         assert isinstance(event, UserAudio)
         arrived, arrived_real = ctx.clock(), now()
         x = to_mono_float32(event.samples)
@@ -341,6 +365,20 @@ class SileroVADHandler(Handler[SileroOptions]):
             TimingMark(turn, "vad_end", at=decided),
             SpeechEnded(turn, audio=d.audio, speech_end=end_at, at=decided),
         ]
+
+    def _hint(self, ctx: SileroContext, hint: EndOfTurnHint) -> list[Event]:
+        det = ctx.detector
+        if hint.turn != ctx.turn or det.silent_since is None or det.cancelled:
+            return []
+        # Only for the silence the transcript was made in: new speech since makes it stale.
+        if abs(ctx.time_of(det.silent_since) - hint.speech_end) > 0.002:
+            return []
+        decision = det.hint(hint.silence_ms * (RATE // 1000))
+        if decision is None:
+            return []
+        # Decided at the newest audio heard (the hint itself carries no audio time).
+        decided = ctx.anchors_at[-1] if ctx.anchors_at else ctx.clock()
+        return self._events(ctx, decision, decided)
 
     def cancel_turn(self, ctx: SileroContext, turn: int) -> None:
         # Keep following the speech (so its second half does not become a new turn) but

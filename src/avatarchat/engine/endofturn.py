@@ -1,0 +1,75 @@
+"""End of turn from what was said: a cheap check on the early transcript that lengthens the
+VAD's hangover when the user is mid-sentence and shortens it for a complete question.
+
+The VAD hands the utterance to the ASR after a short pause (``SpeechPaused``); the ASR's
+partial transcript comes back through ``Session.observe``, and an ``EndOfTurnHint`` goes
+into the head of the pipeline for the VAD. The trade-off: a short hangover answers sooner
+but cuts people who pause to think; a long one never cuts them but makes every answer wait.
+Judging the words lets complete questions end early and "I want to go to, um," wait.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+
+from avatarchat.engine.events import EndOfTurnHint, Event, SpeechPaused, UserTranscript
+from avatarchat.engine.session import Session
+
+#: Last words after which a sentence cannot end (conjunctions, articles, prepositions, fillers).
+TRAILING_WORDS = frozenset(
+    "and but or so because if that which who when while where with without for to of in on at "
+    "from by about like than as the a an my your our their his her its this these those "
+    "um uh er erm hmm is are was were will would can could should i we you they".split()
+)
+_LAST_WORD = re.compile(r"([A-Za-z']+)[^A-Za-z']*$")
+
+
+def looks_unfinished(text: str) -> bool | None:
+    """True if ``text`` stops mid-sentence, False if it ends a sentence, None if unsure."""
+    t = text.strip()
+    if not t:
+        return None
+    if t.endswith((",", ";", ":", "-", "—", "…", "...")):
+        return True
+    m = _LAST_WORD.search(t)
+    if m and m.group(1).lower() in TRAILING_WORDS:
+        return True
+    if t.endswith(("?", "!", ".")):
+        return False
+    return None
+
+
+class EndOfTurn:
+    """Watches a session's early transcripts and sends the VAD its hangover for each pause.
+
+    ``complete_ms`` applies when the words end a sentence, ``unfinished_ms`` when they stop
+    mid-sentence; when unsure, the VAD keeps its own ``end_ms``. Either may be 0 (not sent).
+    """
+
+    def __init__(self, session: Session, complete_ms: int, unfinished_ms: int) -> None:
+        self.session = session
+        self.complete_ms = complete_ms
+        self.unfinished_ms = unfinished_ms
+        # The ASR answers pauses in order, one partial transcript each: a queue pairs them.
+        self._pauses: deque[tuple[int, float]] = deque(maxlen=8)
+        session.observe((SpeechPaused, UserTranscript), self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, SpeechPaused):
+            self._pauses.append((event.turn, event.speech_end))
+            return
+        assert isinstance(event, UserTranscript)
+        if event.final:
+            while self._pauses and self._pauses[0][0] <= event.turn:
+                self._pauses.popleft()  # that turn is over
+            return
+        while self._pauses and self._pauses[0][0] < event.turn:
+            self._pauses.popleft()
+        if not self._pauses or self._pauses[0][0] != event.turn:
+            return
+        _, speech_end = self._pauses.popleft()
+        verdict = looks_unfinished(event.text)
+        silence = {True: self.unfinished_ms, False: self.complete_ms}.get(verdict, 0)  # type: ignore[arg-type]
+        if silence > 0:
+            self.session.push(EndOfTurnHint(event.turn, speech_end, silence))

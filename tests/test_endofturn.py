@@ -1,0 +1,117 @@
+"""End of turn from the early transcript: complete questions end soon, half sentences wait."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from avatarchat.audio.resample import resample
+from avatarchat.engine.endofturn import EndOfTurn, looks_unfinished
+from avatarchat.engine.events import NO_TURN, TimingMark, UserAudio
+from avatarchat.engine.handler import SessionInfo
+from avatarchat.engine.session import Session
+from avatarchat.handlers.asr.whisper import WhisperHandler
+from avatarchat.handlers.vad.silero import SileroOptions, SileroVADHandler, _Detector, _End, _Pause
+
+RATE = 16_000
+
+
+@pytest.mark.parametrize(("text", "verdict"), [
+    ("What is the capital of France?", False),
+    ("Tell me a joke.", False),
+    ("I would like to go to the", True),
+    ("Tell me about dogs and", True),
+    ("Well, I think,", True),
+    ("So um", True),
+    ("hello there", None),
+    ("", None),
+])
+def test_looks_unfinished(text: str, verdict: bool | None) -> None:
+    assert looks_unfinished(text) is verdict
+
+
+@pytest.fixture(scope="module")
+def speech() -> dict[str, np.ndarray]:
+    from hibari import Hibari
+
+    tts = Hibari()
+    texts = {"complete": "What is the capital of France?", "unfinished": "Yesterday I went to the park and"}
+    return {k: resample(tts(t), 24_000, RATE).astype(np.float32) for k, t in texts.items()}
+
+
+def _decisions(det: _Detector, audio: np.ndarray, hint_ms: int | None) -> tuple[_Pause, _End]:
+    """Feed ``audio`` window by window; at the pause, give the detector ``hint_ms``."""
+    pause = end = None
+    for i in range(0, len(audio), 512):
+        for d in det.feed(audio[i:i + 512]):
+            if isinstance(d, _Pause):
+                pause = d
+                if hint_ms is not None:
+                    hinted = det.hint(hint_ms * 16)
+                    assert hinted is None  # only 200 ms of silence so far
+            elif isinstance(d, _End):
+                end = d
+        if end is not None:
+            break
+    assert pause is not None and end is not None
+    return pause, end
+
+
+@pytest.mark.parametrize(("hint_ms", "expected_s"), [(None, 0.9), (300, 0.3), (1400, 1.4)])
+def test_a_hint_sets_the_hangover_of_the_silence_it_was_made_in(
+    speech: dict[str, np.ndarray], hint_ms: int | None, expected_s: float
+) -> None:
+    vad = SileroVADHandler(SileroOptions(end_ms=900))
+    vad.load()
+    det = _Detector(vad._new_vad(), vad.options)
+    audio = np.concatenate([np.zeros(RATE // 2, np.float32), speech["complete"], np.zeros(2 * RATE, np.float32)])
+    pause, end = _decisions(det, audio, hint_ms)
+    assert end.speech_end == pause.speech_end
+    waited = (det.pos - end.speech_end) / RATE
+    assert abs(waited - expected_s) < 0.05, waited
+
+
+async def _speak_live(session: Session, audio: np.ndarray, seconds: float) -> float:
+    """Stream ``audio`` then silence as a live mic (20 ms chunks, real time); return how long
+    the VAD waited after the speech before ending the turn (its speech_end -> vad_end marks)."""
+    signal = np.concatenate([np.zeros(RATE // 2, np.float32), audio, np.zeros(int(seconds * RATE), np.float32)])
+    marks: dict[str, float] = {}
+
+    async def feed() -> None:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        for k, i in enumerate(range(0, len(signal), 320)):
+            await asyncio.sleep(max(0.0, t0 + k * 0.02 - loop.time()))
+            session.push(UserAudio(NO_TURN, signal[i:i + 320], RATE))
+
+    feeder = asyncio.create_task(feed())
+    try:
+        async with asyncio.timeout(len(signal) / RATE + 5):
+            async for event in session.events():  # (the ASR consumes SpeechEnded; marks pass)
+                if isinstance(event, TimingMark):
+                    marks[event.name] = event.at
+                if "vad_end" in marks:
+                    return marks["vad_end"] - marks["speech_end"]
+    finally:
+        feeder.cancel()
+        await asyncio.gather(feeder, return_exceptions=True)
+    raise AssertionError(marks)
+
+
+@pytest.mark.slow
+async def test_complete_questions_end_early_and_half_sentences_wait(speech: dict[str, np.ndarray]) -> None:
+    vad = SileroVADHandler(SileroOptions(end_ms=1000))
+    vad.load()
+    asr = WhisperHandler(WhisperHandler.Options())
+    asr.load()
+    async with Session([vad, asr], SessionInfo("t")) as session:
+        EndOfTurn(session, complete_ms=250, unfinished_ms=1600)
+        waited_complete = await _speak_live(session, speech["complete"], 2.0)
+        waited_unfinished = await _speak_live(session, speech["unfinished"], 2.4)
+    print(f"hangover: complete question {waited_complete:.2f} s, unfinished {waited_unfinished:.2f} s")
+    # Complete: ended once whisper's early words came back (pause 200 ms + one whisper call),
+    # before the 1 s default. Unfinished: held past it, to the 1.6 s hint.
+    assert waited_complete < 0.95
+    assert waited_unfinished > 1.5
