@@ -5,18 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
-import time
 from pathlib import Path
 
 from avatarchat.audio.io import atomic_write
+from avatarchat.cli.progress import say as _say
 from avatarchat.engine.config import load_config
 
-_T0 = time.perf_counter()
-
-
-def _say(message: str) -> None:
-    print(f"[{time.perf_counter() - _T0:6.2f}s] {message}", file=sys.stderr, flush=True)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

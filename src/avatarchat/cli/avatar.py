@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from avatarchat.cli.progress import say as _say
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -79,10 +80,3 @@ def draw_overlay(asset: object) -> np.ndarray:
         cv2.circle(out, (int(x), int(y)), 4 if i < n else 10, (0, 230, 0) if i < n else (40, 90, 255), -1,
                    cv2.LINE_AA, 2)
     return out
-
-
-_T0 = time.perf_counter()
-
-
-def _say(message: str) -> None:
-    print(f"[{time.perf_counter() - _T0:6.2f}s] {message}", file=sys.stderr, flush=True)

@@ -16,13 +16,12 @@ import ipaddress
 import logging
 import signal
 import ssl
-import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 
+from avatarchat.cli.progress import say as _say
 from avatarchat.engine.config import load_config
 from avatarchat.server.settings import ServerSettings
 
@@ -230,10 +229,3 @@ def _install_log_format() -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_SessionField())
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
-
-
-_T0 = time.perf_counter()
-
-
-def _say(message: str) -> None:
-    print(f"[{time.perf_counter() - _T0:6.2f}s] {message}", file=sys.stderr, flush=True)

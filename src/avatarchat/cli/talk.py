@@ -15,8 +15,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from avatarchat.audio.io import atomic_write, load_audio, write_wav
+from avatarchat.cli.progress import say as _say
 from avatarchat.engine.config import load_config
 from avatarchat.engine.events import SpeechEnded, TimingMark, now
 from avatarchat.engine.handler import run_blocking
@@ -136,10 +135,3 @@ def _save_turn(out: Path, index: int, item: TurnInput, result: TurnResult, fps: 
         "timings_ms": result.timings_ms(),
         "error": "; ".join(result.errors) or (f"turn {result.cancelled}" if result.cancelled else None),
     }
-
-
-_T0 = time.perf_counter()
-
-
-def _say(message: str) -> None:
-    print(f"[{time.perf_counter() - _T0:6.2f}s] {message}", file=sys.stderr, flush=True)
