@@ -10,7 +10,17 @@ import numpy as np
 import pytest
 
 from avatarchat.audio.resample import resample
-from avatarchat.engine.events import NO_TURN, Event, SpeechEnded, SpeechPaused, TimingMark, UserAudio, UserTranscript
+from avatarchat.engine.events import (
+    NO_TURN,
+    Event,
+    SpeechEnded,
+    SpeechPaused,
+    SpeechSoFar,
+    TimingMark,
+    UserAudio,
+    UserTranscript,
+    now,
+)
 from avatarchat.engine.handler import HandlerLoadError, SessionInfo
 from avatarchat.engine.session import Session
 from avatarchat.handlers.asr.whisper import WhisperHandler, WhisperOptions, base_dir, looks_like_a_loop
@@ -223,3 +233,19 @@ async def test_a_pause_transcript_is_reused_when_nothing_more_was_said(
                                            SpeechEnded(6, audio=longer, speech_end=14.0)])
     final = [e for e in events if isinstance(e, UserTranscript) and e.final][0]
     assert words(final.text).count("fox") == 2
+    assert partial.speech_end == 10.0  # end of turn pairs the words with their pause
+
+
+@pytest.mark.slow
+async def test_speech_so_far_gives_a_growing_partial_and_stale_ones_are_skipped(
+    whisper: WhisperHandler, fox_24k: np.ndarray
+) -> None:
+    audio = resample(fox_24k, 24_000, RATE)
+    half = audio[: len(audio) // 2]
+    events = await run_session([whisper], [SpeechSoFar(4, half, voiced_until=now()),
+                                           SpeechSoFar(4, audio, voiced_until=now() - 5.0)])
+    partials = [e for e in events if isinstance(e, UserTranscript)]
+    assert len(partials) == 1  # the second waited too long: a newer one would be on its way
+    (partial,) = partials
+    assert not partial.final and partial.speech_end is None  # no pause: end of turn ignores it
+    assert 1 <= len(words(partial.text)) < len(words(FOX)) and words(partial.text)[:2] == ["the", "quick"]

@@ -16,6 +16,7 @@ from avatarchat.engine.events import (
     SpeechEnded,
     SpeechOngoing,
     SpeechPaused,
+    SpeechSoFar,
     SpeechStarted,
     TimingMark,
     TurnCancelled,
@@ -176,6 +177,27 @@ async def test_speech_ongoing_marks_voiced_speech_after_the_start(phrases: dict[
     assert times == sorted(times) and started.at < times[0] <= ended.speech_end + 0.04
     # One about every 64 ms of voice: the first ones come without a gap.
     assert times[1] - times[0] < 0.1
+
+
+@pytest.mark.slow
+async def test_speech_so_far_grows_while_the_user_speaks(phrases: dict[str, np.ndarray]) -> None:
+    speech = phrases[PHRASE_A]
+    audio = np.concatenate([silence(0.5), speech, silence(1.0)])
+    events = await run_vad(audio, SileroOptions(partial_ms=500))
+    ended = of_type(events, SpeechEnded)[0]
+    so_far = of_type(events, SpeechSoFar)
+    # One per 500 ms of speech (pauses inside it do not count), each the start of the end.
+    assert 2 <= len(so_far) <= len(speech) / RATE / 0.5
+    sizes = [len(e.audio) for e in so_far]
+    assert sizes == sorted(sizes) and sizes[-1] < len(ended.audio)
+    for e in so_far:
+        assert e.turn == ended.turn and e.voiced_until < ended.speech_end
+        assert np.array_equal(e.audio, ended.audio[: len(e.audio)])
+    # Each comes right behind a SpeechOngoing of the same instant, so barge-in misses none.
+    for e in so_far:
+        before = events[next(i for i, x in enumerate(events) if x is e) - 1]
+        assert isinstance(before, SpeechOngoing) and before.voiced_until == e.voiced_until
+    assert not of_type(await run_vad(audio), SpeechSoFar)  # off by default
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 VAD's hangover when the user is mid-sentence and shortens it for a complete question.
 
 The VAD hands the utterance to the ASR after a short pause (``SpeechPaused``); the ASR's
-partial transcript comes back through ``Session.observe``, and an ``EndOfTurnHint`` goes
+transcript of it (``final=False``, with the pause's ``speech_end``) comes back through
+``Session.observe``, and an ``EndOfTurnHint`` goes
 into the head of the pipeline for the VAD. The trade-off: a short hangover answers sooner
 but cuts people who pause to think; a long one never cuts them but makes every answer wait.
 Judging the words lets complete questions end early and "I want to go to, um," wait.
@@ -11,9 +12,8 @@ Judging the words lets complete questions end early and "I want to go to, um," w
 from __future__ import annotations
 
 import re
-from collections import deque
 
-from avatarchat.engine.events import EndOfTurnHint, Event, SpeechPaused, UserTranscript
+from avatarchat.engine.events import EndOfTurnHint, Event, UserTranscript
 from avatarchat.engine.session import Session
 
 #: Last words after which a sentence cannot end (conjunctions, articles, prepositions, fillers).
@@ -51,25 +51,15 @@ class EndOfTurn:
         self.session = session
         self.complete_ms = complete_ms
         self.unfinished_ms = unfinished_ms
-        # The ASR answers pauses in order, one partial transcript each: a queue pairs them.
-        self._pauses: deque[tuple[int, float]] = deque(maxlen=8)
-        session.observe((SpeechPaused, UserTranscript), self._on_event)
+        session.observe((UserTranscript,), self._on_event)
 
     def _on_event(self, event: Event) -> None:
-        if isinstance(event, SpeechPaused):
-            self._pauses.append((event.turn, event.speech_end))
-            return
         assert isinstance(event, UserTranscript)
-        if event.final:
-            while self._pauses and self._pauses[0][0] <= event.turn:
-                self._pauses.popleft()  # that turn is over
+        # Only a pause's transcript: it knows which silence it was made in, and the VAD
+        # drops a hint whose silence has since been broken by more speech.
+        if event.final or event.speech_end is None:
             return
-        while self._pauses and self._pauses[0][0] < event.turn:
-            self._pauses.popleft()
-        if not self._pauses or self._pauses[0][0] != event.turn:
-            return
-        _, speech_end = self._pauses.popleft()
         verdict = looks_unfinished(event.text)
         silence = {True: self.unfinished_ms, False: self.complete_ms}.get(verdict, 0)  # type: ignore[arg-type]
         if silence > 0:
-            self.session.push(EndOfTurnHint(event.turn, speech_end, silence))
+            self.session.push(EndOfTurnHint(event.turn, event.speech_end, silence))

@@ -78,6 +78,16 @@ class SpeechOngoing(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class SpeechSoFar(Event):
+    """The user is still speaking: the utterance so far (16 kHz mono, with pre-roll), sent
+    every ``partial_ms`` of speech so the ASR can show a growing transcript. Nothing waits
+    on its answer; an ASR may skip one that a newer one has overtaken."""
+
+    audio: np.ndarray
+    voiced_until: float
+
+
+@dataclass(frozen=True, slots=True)
 class SpeechEnded(Event):
     """The user stopped: the whole utterance (with pre-roll) at 16 kHz mono.
 
@@ -92,8 +102,12 @@ class SpeechEnded(Event):
 
 @dataclass(frozen=True, slots=True)
 class UserTranscript(Event):
+    """What the user said. ``final=False``: a partial, from speech so far or from a pause;
+    one made at a pause carries that pause's ``speech_end`` (end of turn judges it)."""
+
     text: str
     final: bool = True
+    speech_end: float | None = None
 
 
 # --- reply side ------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from avatarchat.engine.events import Event, SpeechEnded, SpeechPaused, TimingMark, UserTranscript
+from avatarchat.engine.events import Event, SpeechEnded, SpeechPaused, SpeechSoFar, TimingMark, UserTranscript, now
 from avatarchat.engine.handler import Handler, HandlerLoadError, HandlerOptions, SessionInfo, register, run_blocking
 from avatarchat.models import ModelFile, verify
 
@@ -99,6 +99,7 @@ class WhisperOptions(HandlerOptions):
 
 #: Human speech tops out near 5 words a second; a transcript well past that is a loop.
 _MAX_WORDS_PER_S = 6.0
+_STALE_PARTIAL_S = 0.3
 _TAIL_S = 1.0  # silence after the utterance inside the window, so its last word is complete
 
 
@@ -202,7 +203,7 @@ class WhisperHandler(Handler[WhisperOptions]):
     name = "whisper"
     stage = "asr"
     Options = WhisperOptions
-    accepts = (SpeechPaused, SpeechEnded)
+    accepts = (SpeechSoFar, SpeechPaused, SpeechEnded)
 
     def __init__(self, options: WhisperOptions) -> None:
         super().__init__(options)
@@ -303,6 +304,14 @@ class WhisperHandler(Handler[WhisperOptions]):
         return tokenizer.decode(tokens).strip()
 
     async def handle(self, ctx: WhisperContext, event: Event) -> AsyncIterator[Event]:
+        if isinstance(event, SpeechSoFar):
+            # A growing transcript for the page. One that waited behind a slow call is
+            # stale: a newer one, or the pause, is already on its way.
+            if now() - event.voiced_until < _STALE_PARTIAL_S:
+                text = await run_blocking(self.transcribe, event.audio, ctx.language)
+                if text:
+                    yield UserTranscript(event.turn, text, final=False)
+            return
         if isinstance(event, SpeechPaused):
             # Transcribe while the VAD waits out its hangover: if the user says no more, the
             # end of the turn finds its transcript ready (about one whisper call saved).
@@ -310,7 +319,7 @@ class WhisperHandler(Handler[WhisperOptions]):
             text = await run_blocking(self.transcribe, event.audio, ctx.language)
             ctx.early = (event.turn, event.speech_end, text)
             yield TimingMark(event.turn, "asr_early_final")
-            yield UserTranscript(event.turn, text, final=False)
+            yield UserTranscript(event.turn, text, final=False, speech_end=event.speech_end)
             return
         assert isinstance(event, SpeechEnded)
         yield TimingMark(event.turn, "asr_start")

@@ -2,7 +2,9 @@
 
 Turns a stream of microphone chunks (``UserAudio``, any length, any sample rate) into
 turns: ``SpeechStarted`` when the user has spoken for ``start_ms``, ``SpeechOngoing`` every
-``progress_ms`` of voiced speech after it, and ``SpeechEnded`` with the whole utterance (16 kHz, with pre-roll) after ``end_ms`` of silence.
+``progress_ms`` of voiced speech after it, ``SpeechSoFar`` (the utterance so far) every
+``partial_ms`` for a growing transcript, ``SpeechPaused`` at a short pause, and
+``SpeechEnded`` with the whole utterance (16 kHz, with pre-roll) after ``end_ms`` of silence.
 
 Timing promise: ``SpeechStarted.at`` and the ``speech_end`` mark are the engine-clock
 times at which the onset and the last voiced audio were *captured*, not when the VAD
@@ -29,6 +31,7 @@ from avatarchat.engine.events import (
     SpeechEnded,
     SpeechOngoing,
     SpeechPaused,
+    SpeechSoFar,
     SpeechStarted,
     TimingMark,
     TurnCancelled,
@@ -69,6 +72,10 @@ class SileroOptions(HandlerOptions):
         64, ge=0, le=5000,
         description="while speech goes on, a SpeechOngoing this often (for barge-in; 0: off)",
     )
+    partial_ms: int = Field(
+        0, ge=0, le=60_000,
+        description="while speech goes on, the utterance so far to the ASR this often (0: off)",
+    )
     complete_ms: int = Field(
         0, ge=0, le=10_000,
         description="hangover once the early transcript reads as a complete sentence (0: off)",
@@ -103,7 +110,13 @@ class _End:
     cancelled: bool
 
 
-_Decision = _Start | _Voiced | _Pause | _End
+@dataclass(frozen=True, slots=True)
+class _SoFar:
+    pos: int  # stream position just after the newest voiced window
+    audio: np.ndarray
+
+
+_Decision = _Start | _Voiced | _SoFar | _Pause | _End
 
 
 class _Detector:
@@ -129,6 +142,8 @@ class _Detector:
         self.min_n = opts.min_utterance_ms * ms
         self.progress_n = opts.progress_ms * ms
         self.progress_at = 0  # stream position of the last _Voiced
+        self.partial_n = opts.partial_ms * ms
+        self.partial_at = 0  # stream position of the last _SoFar
         self.tail_n = int(_TAIL_S * RATE)
         self.idle_windows = math.ceil((self.preroll_n + self.start_n) / self.win) + 1
         self.pos = 0  # samples already through the model
@@ -197,15 +212,19 @@ class _Detector:
             return self._finish(self.silent_since if self.silent_since is not None else end)
         if self.cancelled:
             self._trim_idle()  # nobody wants this audio any more
-        elif self.silent_since is None and self.progress_n and end - self.progress_at >= self.progress_n:
-            self.progress_at = end
-            return _Voiced(end)
+        elif self.silent_since is None:
+            if self.partial_n and end - self.partial_at >= self.partial_n:
+                self.partial_at = self.progress_at = end  # a _SoFar says "still speaking" too
+                return _SoFar(end, self._utterance(end))
+            if self.progress_n and end - self.progress_at >= self.progress_n:
+                self.progress_at = end
+                return _Voiced(end)
         return None
 
     def _begin(self, onset: int) -> None:
         self.speaking, self.cancelled = True, False
         self.onset, self.silent_since = onset, None
-        self.progress_at = self.pos
+        self.progress_at = self.partial_at = self.pos
         first = max(onset - self.preroll_n, self.windows_start)
         drop = (first - self.windows_start) // self.win
         del self.windows[:drop]
@@ -348,8 +367,12 @@ class SileroVADHandler(Handler[SileroOptions]):
             ctx.turn = turn = ctx.info.new_turn()
             at = ctx.time_of(d.onset)
             return [SpeechStarted(turn, at=at), TimingMark(turn, "speech_start", at=at)]
-        if isinstance(d, _Voiced):
-            return [SpeechOngoing(ctx.turn, voiced_until=ctx.time_of(d.pos))] if ctx.turn != NO_TURN else []
+        if isinstance(d, _Voiced | _SoFar):
+            if ctx.turn == NO_TURN:
+                return []
+            until = ctx.time_of(d.pos)
+            ongoing = SpeechOngoing(ctx.turn, voiced_until=until)
+            return [ongoing, SpeechSoFar(ctx.turn, d.audio, until)] if isinstance(d, _SoFar) else [ongoing]
         if isinstance(d, _Pause):
             if d.speech_end - ctx.detector.onset < ctx.detector.min_n:
                 return []  # a blip so far: nothing worth transcribing yet
