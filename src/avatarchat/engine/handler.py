@@ -4,14 +4,19 @@ A handler is one stage of the pipeline (VAD, ASR, LLM, TTS, avatar). Its life:
 
 1. ``load()`` once per process, in an executor: load the shared models. Raise
    ``HandlerLoadError`` (or anything) to stop start-up with a clear message.
-2. ``create_context(session)`` per session, in an executor: the per-session state
+2. ``observe_session(session)`` (optional) per session, when the pipeline opens it, before
+   it starts: attach ``Session.observe`` watchers that work across stages (the silero VAD
+   attaches ``engine.endofturn``, which reads the ASR's transcripts and hints the VAD).
+   The handler whose options turn such a feature on attaches it: the engine reads no
+   handler's options.
+3. ``create_context(session)`` per session, in an executor: the per-session state
    (history, buffers, a small stateful model).
-3. ``handle(ctx, event)`` for each event whose type is in ``accepts``: an async generator
+4. ``handle(ctx, event)`` for each event whose type is in ``accepts``: an async generator
    of output events. Events not accepted pass on untouched; accepted ones pass on only if
    their type is also in ``forwards``. Blocking model calls go to ``run_blocking``. The engine may cancel
    the generator at any ``await`` when the turn is interrupted.
-4. ``cancel_turn(ctx, turn)`` drops whatever the context buffers for that turn.
-5. ``close_context(ctx)`` when the session ends.
+5. ``cancel_turn(ctx, turn)`` drops whatever the context buffers for that turn.
+6. ``close_context(ctx)`` when the session ends.
 
 Register a handler with ``@register`` and it can be named in the YAML config.
 """
@@ -23,11 +28,14 @@ import functools
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from avatarchat.engine.events import NO_TURN, Event
+
+if TYPE_CHECKING:  # the session module imports this one
+    from avatarchat.engine.session import Session
 
 STAGES = ("vad", "asr", "llm", "tts", "avatar")
 #: Stages a config may leave out (no avatar: a voice-only pipeline).
@@ -89,6 +97,10 @@ class Handler(ABC, Generic[OptionsT]):
     def models(self) -> list[Any]:
         """The model files this handler uses (``avatarchat.models.ModelFile``), for `avatarchat models`."""
         return []
+
+    def observe_session(self, session: Session) -> None:
+        """Attach this handler's cross-stage watchers to a new, not yet started session
+        (``session.observe``); they live as long as the session. Default: none."""
 
     def create_context(self, session: SessionInfo) -> Any:
         return None

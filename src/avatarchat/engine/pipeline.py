@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Any
 
 from avatarchat.engine.config import Config
-from avatarchat.engine.endofturn import EndOfTurn
 from avatarchat.engine.handler import STAGES, Handler, HandlerLoadError, SessionInfo, handlers_for
 from avatarchat.engine.session import Session
 
@@ -62,10 +61,8 @@ class Pipeline:
         """A new, not yet started session (``async with pipeline.session() as s``)."""
         info = SessionInfo(session_id or uuid.uuid4().hex[:12], self.config.session)
         session = Session(self.handlers, info)
-        vad = self.config.stages["vad"].options
-        complete, unfinished = getattr(vad, "complete_ms", 0), getattr(vad, "unfinished_ms", 0)
-        if complete or unfinished:
-            EndOfTurn(session, complete, unfinished)  # lives as long as the session's observer
+        for handler in self.handlers:
+            handler.observe_session(session)
         return session
 
     def handler(self, stage: str) -> Handler[Any]:

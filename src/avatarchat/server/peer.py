@@ -5,26 +5,10 @@ candidate) and wires four things together:
 
 * the client's microphone → ``UserAudio`` into the engine session (48 kHz mono float32);
 * the engine's output → ``Playout`` (reply audio and avatar frames, sent by the tracks of
-  ``server.tracks``) and → data-channel messages (``server.protocol``);
+  ``server.tracks``) and → data-channel messages (``server.reporting`` says which: the
+  state, transcripts, replies and each turn's metrics);
 * the ``events`` data channel → typed text, interrupts and pings;
 * the connection's life → ``close()`` when it fails, closes, or the client vanishes.
-
-State messages (``{"type": "state"}``), sent on change only::
-
-    listening ──final transcript──▶ thinking ──first reply audio sent──▶ speaking
-        ▲                                                                   │
-        └────── playout of the reply finished, or the turn cancelled ───────┘
-
-``speaking`` wins over ``thinking`` (a reply plays while the next turn is thought about).
-
-A turn's messages: ``transcript`` (what the user said or typed), ``reply`` deltas
-(``final`` false), then ``reply`` with the whole text and ``final`` true, then, once its
-playout has finished, ``metrics`` with the engine's stage timings plus
-``first_audio_sent_ms`` / ``first_frame_sent_ms`` (from ``speech_end``, else ``asr_start``,
-else the moment the typed text arrived, to the first reply audio / video frame handed to
-the encoder). A cancelled turn (interrupt, barge-in, a newer turn, an error) sends no
-more ``reply`` and no ``metrics``, except the one ``reply`` with ``interrupted`` true and the
-words heard, when it was cut; its end shows as the state going back to ``listening``.
 
 Turn-taking (``engine.turntaking``, acting through ``server.bargein.PeerFloor``): speech
 that starts while a reply plays ducks it, and stops it once it has lasted
@@ -42,7 +26,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -52,19 +35,15 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from avatarchat.engine.events import (
     NO_TURN,
     AvatarFrame,
-    ErrorEvent,
     Event,
     ReplyAudio,
     ReplyEnd,
     ReplyText,
-    TimingMark,
     TurnCancelled,
     UserAudio,
-    UserTranscript,
 )
 from avatarchat.engine.pipeline import Pipeline
 from avatarchat.engine.session import Session
-from avatarchat.engine.turn import stage_timings
 from avatarchat.engine.turntaking import TurnTaking
 from avatarchat.server import protocol
 from avatarchat.server.bargein import PeerFloor
@@ -78,6 +57,7 @@ from avatarchat.server.ice import (
     prefer_video_codec,
     wants_loopback,
 )
+from avatarchat.server.reporting import TurnReporter
 from avatarchat.server.settings import ServerSettings
 from avatarchat.server.tracks import (
     AvatarAudioTrack,
@@ -105,17 +85,6 @@ class _SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         kwargs.setdefault("extra", {}).update(self.extra or {})
         return msg, kwargs
-
-
-@dataclass
-class _Turn:
-    """What the peer tracks of one turn for its messages and metrics."""
-
-    marks: dict[str, float] = field(default_factory=dict)
-    reply: str = ""
-    transcribed: bool = False  # its final transcript came out: the avatar is thinking
-    ended: bool = False  # ReplyEnd came out
-    speaking: bool = False  # its reply audio is being sent
 
 
 class PeerSession:
@@ -150,18 +119,18 @@ class PeerSession:
         self._pc = RTCPeerConnection(ice_configuration(settings))
         self._session: Session = pipeline.session(self.id)
         self._clock = MediaClock()
-        self._playout = Playout(self._clock, PlayoutListener(self._started, self._first_frame, self._finished))
+        self._report = TurnReporter(self._send, metrics)
+        self._playout = Playout(self._clock, PlayoutListener(self._report.started, self._report.first_frame,
+                                                             self._finished))
         self._channel: RTCDataChannel | None = None
         self._pending: list[str] = []
-        self._turns: dict[int, _Turn] = {}
-        self._state = ""
         self._tasks: set[asyncio.Task[None]] = set()
         self._tracks: list[MediaStreamTrack] = []
         self._mic_started = False
         self._closed = False
         self._close_task: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
-        self._floor = PeerFloor(self._session, self._playout, pipeline.handlers, self._send, self._was_cut)
+        self._floor = PeerFloor(self._session, self._playout, pipeline.handlers, self._send, self._report.drop)
         barge = settings.barge_in
         self._echo = EchoGuard() if barge.echo_guard else None
         self._turntaking = TurnTaking(self._floor, enabled=barge.enabled, min_speech_s=barge.min_speech_ms / 1000,
@@ -356,7 +325,7 @@ class PeerSession:
             channel.on("open", self._channel_open)
 
     def _channel_open(self) -> None:
-        self._set_state(force=True)
+        self._report.send_state(force=True)
         pending, self._pending = self._pending, []
         for text in pending:
             self._send_raw(text)
@@ -387,8 +356,7 @@ class PeerSession:
         try:
             if isinstance(message, protocol.TextMessage):
                 self._turntaking.interrupt("text")
-                turn = self._session.say(message.text)
-                self._turn(turn).marks["text_received"] = time.monotonic()
+                self._report.text_received(self._session.say(message.text))
             elif isinstance(message, protocol.InterruptMessage):
                 self._turntaking.interrupt("interrupt")
             else:
@@ -396,11 +364,6 @@ class PeerSession:
         except Exception as exc:
             self.log.exception("handling a %s message failed", message.type)
             self._send(protocol.error(f"{message.type}: {type(exc).__name__}"))
-
-    def _was_cut(self, turn: int) -> None:
-        """``PeerFloor`` cut ``turn`` (its engine part, playout and history are done)."""
-        self._turns.pop(turn, None)
-        self._set_state()
 
     # -- engine output ---------------------------------------------------------------
 
@@ -413,90 +376,26 @@ class PeerSession:
                 self.log.exception("handling %s failed", type(event).__name__)
 
     def _on_event(self, event: Event) -> None:
-        if isinstance(event, ReplyAudio):
+        """Media to the playout (and what turn-taking must know of it); the rest to the
+        messages. A ``ReplyEnd`` is reported before ``Playout.end``, which may finish the
+        turn at once (a reply without audio): its final text goes before its metrics."""
+        if isinstance(event, ReplyAudio | ReplyText):
             self._floor.note(event)
+        if isinstance(event, ReplyAudio):
             self._playout.add_audio(event)
         elif isinstance(event, AvatarFrame):
             self._playout.add_frame(event)
-        elif isinstance(event, TimingMark):
-            self._turn(event.turn).marks.setdefault(event.name, event.at)
-        elif isinstance(event, UserTranscript):
-            self._on_transcript(event)
-        elif isinstance(event, ReplyText):
-            self._floor.note(event)
-            self._turn(event.turn).reply += event.text
-            self._send(protocol.reply(event.turn, event.text, final=False))
-        elif isinstance(event, ReplyEnd):
-            state = self._turn(event.turn)
-            state.ended = True
-            self._send(protocol.reply(event.turn, event.text or state.reply, final=True))
-            self._playout.end(event.turn)
-        elif isinstance(event, ErrorEvent):
-            self._send(protocol.error(event.message, None if event.turn == NO_TURN else event.turn))
-            if self._metrics is not None:
-                self._metrics.error(event.stage)
         elif isinstance(event, TurnCancelled):
             self._playout.stop(event.turn)
             self._floor.forget(event.turn)
-            self._turns.pop(event.turn, None)
-            self._set_state()
-
-    def _on_transcript(self, event: UserTranscript) -> None:
-        self._send(protocol.transcript(event.turn, event.text, event.final))
-        if not event.final:
-            return
-        # Older replies in flight were superseded by turn-taking when the ASR produced this.
-        self._turn(event.turn).transcribed = True
-        self._set_state()
-
-    def _turn(self, turn: int) -> _Turn:
-        return self._turns.setdefault(turn, _Turn())
-
-    # -- playout callbacks (from the tracks' recv, on the loop) ----------------------
-
-    def _started(self, turn: int, at: float) -> None:
-        state = self._turns.get(turn)
-        if state is not None:
-            state.marks.setdefault("first_audio_sent", at)
-            state.speaking = True
-        self._set_state()
-
-    def _first_frame(self, turn: int, at: float) -> None:
-        state = self._turns.get(turn)
-        if state is not None:
-            state.marks.setdefault("first_frame_sent", at)
+        self._report.on_event(event)
+        if isinstance(event, ReplyEnd):
+            self._playout.end(event.turn)
 
     def _finished(self, turn: int) -> None:
+        """The playout sent all of ``turn``'s reply (from the tracks' recv, on the loop)."""
         self._floor.forget(turn)
-        state = self._turns.pop(turn, None)
-        if state is not None and state.ended:
-            timings = self._timings(state.marks)
-            self._send(protocol.metrics(turn, timings))
-            if self._metrics is not None:
-                self._metrics.turn_done(timings)
-        self._set_state()
-
-    @staticmethod
-    def _timings(marks: dict[str, float]) -> dict[str, float]:
-        timings = stage_timings(marks)
-        start = next((marks[m] for m in ("speech_end", "asr_start", "text_received") if m in marks), None)
-        if start is not None:
-            for name in ("first_audio_sent", "first_frame_sent"):
-                if name in marks:
-                    timings[f"{name}_ms"] = round((marks[name] - start) * 1000.0, 1)
-        return timings
-
-    def _set_state(self, force: bool = False) -> None:
-        turns = self._turns.values()
-        if any(t.speaking for t in turns):
-            value = "speaking"
-        elif any(t.transcribed for t in turns):
-            value = "thinking"
-        else:
-            value = "listening"
-        if value != self._state or force:
-            self._state = value
-            self._send(protocol.state(value))  # type: ignore[arg-type]
+        self._report.finished(turn)
 
     # -- for tests and the app ---------------------------------------------------------
 

@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import Field
 
 from avatarchat.audio.resample import Resampler
+from avatarchat.engine.endofturn import EndOfTurn
 from avatarchat.engine.events import (
     NO_TURN,
     EndOfTurnHint,
@@ -39,6 +40,7 @@ from avatarchat.engine.events import (
     now,
 )
 from avatarchat.engine.handler import Handler, HandlerOptions, SessionInfo, register, run_blocking
+from avatarchat.engine.session import Session
 from avatarchat.models import ModelFile
 
 RATE = 16_000
@@ -412,3 +414,11 @@ class SileroVADHandler(Handler[SileroOptions]):
     def close_context(self, ctx: SileroContext) -> None:
         ctx.detector.windows.clear()
         ctx.detector.vad = None  # frees the native instance once no worker holds it
+
+    def observe_session(self, session: Session) -> None:
+        """End of turn from the words (``engine.endofturn``), when ``complete_ms`` or
+        ``unfinished_ms`` is set: it reads the ASR's pause transcripts and sends this VAD
+        ``EndOfTurnHint``s. Attached here, not by the engine: these are this VAD's options."""
+        complete, unfinished = self.options.complete_ms, self.options.unfinished_ms
+        if complete or unfinished:
+            EndOfTurn(session, complete, unfinished)  # lives as long as the session's observer

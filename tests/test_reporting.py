@@ -1,0 +1,96 @@
+"""``server.reporting.TurnReporter`` on its own: the messages, the state and the metrics a
+peer sends for its turns, without WebRTC (``test_peer.py`` covers them end to end)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from avatarchat.engine.events import (
+    NO_TURN,
+    ErrorEvent,
+    ReplyEnd,
+    ReplyText,
+    TimingMark,
+    TurnCancelled,
+    UserTranscript,
+)
+from avatarchat.server.reporting import TurnReporter, turn_timings
+
+
+class Counters:
+    def __init__(self) -> None:
+        self.done: list[dict[str, float]] = []
+        self.errors: list[str] = []
+
+    def turn_done(self, timings_ms: dict[str, float]) -> None:
+        self.done.append(timings_ms)
+
+    def error(self, stage: str) -> None:
+        self.errors.append(stage)
+
+
+def reporter() -> tuple[TurnReporter, list[dict[str, Any]], Counters]:
+    sent: list[dict[str, Any]] = []
+    counters = Counters()
+    return TurnReporter(sent.append, counters), sent, counters
+
+
+def states(sent: list[dict[str, Any]]) -> list[str]:
+    return [m["state"] for m in sent if m["type"] == "state"]
+
+
+def test_a_turn_goes_thinking_speaking_listening_and_ends_with_metrics() -> None:
+    report, sent, counters = reporter()
+    report.on_event(TimingMark(1, "speech_end", at=10.0))
+    report.on_event(UserTranscript(1, "hi", final=False))
+    report.on_event(UserTranscript(1, "hi there"))
+    report.on_event(ReplyText(1, "Hel"))
+    report.on_event(ReplyText(1, "lo."))
+    report.on_event(ReplyEnd(1))
+    report.started(1, 10.4)
+    report.first_frame(1, 10.45)
+    report.finished(1)
+    assert [m["type"] for m in sent] == [
+        "transcript", "transcript", "state", "reply", "reply", "reply", "state", "metrics", "state",
+    ]
+    assert states(sent) == ["thinking", "speaking", "listening"]
+    final = [m for m in sent if m["type"] == "reply"][-1]
+    assert final == {"type": "reply", "turn": 1, "text": "Hello.", "final": True}
+    metrics = sent[-2]
+    assert metrics["first_audio_sent_ms"] == 400.0 and metrics["first_frame_sent_ms"] == 450.0
+    assert counters.done == [{k: v for k, v in metrics.items() if k not in ("type", "turn")}]
+
+
+def test_a_cancelled_or_cut_turn_sends_no_metrics() -> None:
+    report, sent, counters = reporter()
+    report.on_event(UserTranscript(1, "a"))
+    report.on_event(ReplyEnd(1, "b"))
+    report.on_event(TurnCancelled(1))
+    report.finished(1)  # a late playout callback for it
+    report.on_event(UserTranscript(2, "c"))
+    report.drop(2)
+    assert not any(m["type"] == "metrics" for m in sent) and counters.done == []
+    assert states(sent) == ["thinking", "listening", "thinking", "listening"]
+
+
+def test_state_is_sent_on_change_or_when_forced() -> None:
+    report, sent, _ = reporter()
+    report.send_state()
+    report.send_state()
+    report.send_state(force=True)
+    assert states(sent) == ["listening", "listening"]
+
+
+def test_errors_are_sent_and_counted() -> None:
+    report, sent, counters = reporter()
+    report.on_event(ErrorEvent(3, stage="tts", message="boom"))
+    report.on_event(ErrorEvent(NO_TURN, stage="asr", message="bad"))
+    assert sent == [{"type": "error", "message": "boom", "turn": 3}, {"type": "error", "message": "bad"}]
+    assert counters.errors == ["tts", "asr"]
+
+
+def test_typed_text_latency_counts_from_its_arrival() -> None:
+    assert turn_timings({"text_received": 1.0, "first_audio_sent": 1.25}) == {"first_audio_sent_ms": 250.0}
+    assert turn_timings({"speech_end": 1.0, "text_received": 0.0, "first_frame_sent": 1.1}) == {
+        "first_frame_sent_ms": 100.0,
+    }
