@@ -88,6 +88,32 @@ async def test_base_events_history_and_fallback() -> None:
     ]
 
 
+class Prefilling(Scripted):
+    def __init__(self, replies: list[list[str]], fail: bool = False) -> None:
+        super().__init__(replies)
+        self.prefilled: list[list[Message]] = []
+        self.fail = fail
+
+    async def prefill(self, ctx: ChatContext, messages: list[Message]) -> None:
+        self.prefilled.append(messages)
+        if self.fail:
+            raise RuntimeError("backend hiccup")
+
+
+@pytest.mark.parametrize("fail", [False, True])
+async def test_partials_from_speech_so_far_are_prefilled_but_not_a_pause_transcript(fail: bool) -> None:
+    llm = Prefilling([["Paris."]], fail=fail)
+    async with Session([llm], SessionInfo("t", SessionSettings(system_prompt="Be brief."))) as session:
+        turn = session.new_turn()
+        session.push(UserTranscript(turn, "What is the", final=False))  # while speaking
+        session.push(UserTranscript(turn, "What is the capital?", final=False, speech_end=3.0))  # a pause
+        session.push(UserTranscript(turn, "What is the capital?"))
+        events = await turn_events(session, turn)
+    assert llm.prefilled == [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the"}]]
+    # A failed prefill costs the turn nothing.
+    assert isinstance(events[-1], ReplyEnd) and events[-1].text == "Paris."
+
+
 def test_record_interrupted() -> None:
     llm = Scripted([])
     ctx = llm.create_context(SessionInfo("t", SessionSettings(history_turns=2)))
@@ -119,6 +145,28 @@ async def test_local_streams_an_answer(local_llm: LocalLLM) -> None:
     first_text = next(i for i, e in enumerate(events) if isinstance(e, ReplyText))
     before = events[first_text - 1]
     assert isinstance(before, TimingMark) and before.name == "llm_first_token"
+
+
+@pytest.mark.slow
+async def test_local_prefill_leaves_the_reply_only_the_last_words_to_read(local_llm: LocalLLM) -> None:
+    question = "Please tell me about the weather tomorrow in London and in Paris."
+    words = question.split()
+    read = {}
+    for prefill in (False, True):
+        local_llm.options.prefill = prefill
+        try:
+            ctx = local_llm.create_context(SessionInfo("t", SessionSettings(system_prompt=f"Prefill {prefill}.")))
+            async for _ in local_llm.handle(ctx, UserTranscript(1, " ".join(words[:8]), final=False)):
+                pass
+            async for _ in local_llm.handle(ctx, UserTranscript(1, question)):
+                pass
+            read[prefill] = ctx.prompt_tokens_read
+        finally:
+            local_llm.options.prefill = True
+    # Without: the system prompt, the question and the chat markup (~31 tokens); with: the
+    # four words the partial lacked and the markup (~11).
+    assert read[False] is not None and read[True] is not None
+    assert read[True] <= 14 and 2 * read[True] < read[False], read
 
 
 @pytest.mark.slow

@@ -64,6 +64,9 @@ class ChatContext:
     answered: dict[int, tuple[str, str]] = field(default_factory=dict)
     #: Why the last generation stopped ("stop", "length"…), set by ``stream`` when it knows.
     finish_reason: str | None = None
+    #: Prompt tokens the last generation had to read (the rest came from a cache), set by
+    #: ``stream`` when the backend says.
+    prompt_tokens_read: int | None = None
 
     def __post_init__(self) -> None:
         self.history = deque(maxlen=self.session.settings.history_turns)
@@ -138,6 +141,10 @@ class ChatLLM(Handler[OptionsT]):
     def create_context(self, session: SessionInfo) -> ChatContext:
         return ChatContext(session)
 
+    async def prefill(self, ctx: ChatContext, messages: list[Message]) -> None:
+        """Read ``messages`` ahead of the final transcript, so that the reply later pays
+        only for the words that differ. Default: nothing (a remote server may not cache)."""
+
     @abstractmethod
     def stream(self, ctx: ChatContext, messages: list[Message]) -> AsyncIterator[str]:
         """Yield the reply's text deltas for ``messages``.
@@ -148,9 +155,18 @@ class ChatLLM(Handler[OptionsT]):
 
     async def handle(self, ctx: ChatContext, event: Event) -> AsyncIterator[Event]:
         assert isinstance(event, UserTranscript)
-        if not event.final:
-            return  # partial transcripts only preview; the reply waits for the final one
         turn, user_text = event.turn, event.text.strip()
+        if not event.final:
+            # The reply waits for the final transcript, which mostly begins with the words
+            # of this one: reading them now takes them off the wait at the end of the turn.
+            # Not for a pause's transcript: its final mostly follows at once, and would
+            # then wait for the prefill's token.
+            if user_text and event.speech_end is None:
+                try:
+                    await self.prefill(ctx, ctx.messages(user_text))
+                except Exception:  # only a head start was lost; the reply will say more
+                    log.warning("llm %s: prefill failed on turn %s", self.name, turn, exc_info=True)
+            return
         if not user_text:
             yield ReplyEnd(turn, "")
             return

@@ -8,13 +8,17 @@ an error naming the URL, and the next turn tries again.
 from __future__ import annotations
 
 import asyncio
-
 from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import Field, field_validator
 
-from avatarchat.engine.handler import HandlerLoadError, HandlerOptions, register, run_blocking
+from avatarchat.engine.handler import (
+    HandlerLoadError,
+    HandlerOptions,
+    register,
+    run_blocking,
+)
 from avatarchat.handlers.llm.base import ChatContext, ChatLLM, Message
 
 
@@ -125,7 +129,8 @@ class OpenAICompatibleLLM(ChatLLM[OpenAICompatibleOptions]):
         if isinstance(exc, openai.AuthenticationError):
             return LLMServerError(f"the LLM server at {url} rejected the API key (401): set api_key")
         if isinstance(exc, openai.NotFoundError):
-            return LLMServerError(f"the LLM server at {url} answered 404: check api_url and model {self.options.model!r}")
+            model = self.options.model
+            return LLMServerError(f"the LLM server at {url} answered 404: check api_url and model {model!r}")
         if isinstance(exc, openai.APIStatusError):
             return LLMServerError(f"the LLM server at {url} answered {exc.status_code}: {exc.message}")
         return LLMServerError(f"the LLM server at {url} failed: {exc}")
