@@ -249,3 +249,18 @@ async def test_speech_so_far_gives_a_growing_partial_and_stale_ones_are_skipped(
     (partial,) = partials
     assert not partial.final and partial.speech_end is None  # no pause: end of turn ignores it
     assert 1 <= len(words(partial.text)) < len(words(FOX)) and words(partial.text)[:2] == ["the", "quick"]
+
+
+@pytest.mark.parametrize(
+    ("reference", "hypothesis", "errors"),
+    [
+        ("What is the capital of France?", "what is the capital of france", 0),
+        ("What is the capital of France?", "What is capital of the France?", 2),  # a deletion, an insertion
+        ("Hello there.", "Hello, Nara.", 1),
+        ("Stop.", "", 1),
+    ],
+)
+def test_bench_word_errors(reference: str, hypothesis: str, errors: int) -> None:
+    from avatarchat.bench.asr import word_errors
+
+    assert word_errors(reference, hypothesis) == (errors, len(words(reference)))

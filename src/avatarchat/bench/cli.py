@@ -12,7 +12,6 @@ from avatarchat.cli.progress import say as _say
 from avatarchat.engine.config import load_config
 
 
-
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("bench", help="benchmarks (JSON out)")
     bsub = p.add_subparsers(title="benchmarks", metavar="BENCH", required=True)
@@ -27,6 +26,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     pa.add_argument("--paced", action="store_true", help="feed the reply in real time and measure the steady CPU load")
     _common(pa)
     pa.set_defaults(run=run_avatar)
+    ps = bsub.add_parser("asr", help="whisper word error rate and time per call, per encoder window")
+    ps.add_argument("--windows", type=float, nargs="+", default=[12.0, 30.0],
+                    help="encoder windows to compare, seconds (default: 12 30)")
+    ps.add_argument("--json", type=Path, help="also write the JSON to this file")
+    ps.set_defaults(run=run_asr)
     pe = bsub.add_parser("e2e", help="spoken turns through the web page in headless Chromium: "
                                      "voice-to-voice latency, fps, server CPU")
     pe.add_argument("--turns", "-n", type=int, default=5, help="spoken questions (default 5)")
@@ -63,6 +67,16 @@ def run_avatar(args: argparse.Namespace) -> int:
         raise UserError("--seconds must be between 1 and 600")
     report = asyncio.run(bench_avatar(load_config(args.config), args.seconds, args.paced, _say))
     _emit(report, args.json)
+    return 0
+
+
+def run_asr(args: argparse.Namespace) -> int:
+    from avatarchat.bench.asr import bench_asr
+    from avatarchat.cli.main import UserError
+
+    if not all(4.0 <= w <= 30.0 for w in args.windows):
+        raise UserError("--windows must be between 4 and 30 seconds")
+    _emit(bench_asr(args.windows, _say), args.json)
     return 0
 
 

@@ -211,6 +211,8 @@ class WhisperHandler(Handler[WhisperOptions]):
         # CTranslate2 allows concurrent calls, but on a 2-core box two at once only
         # halve each other's speed; one at a time gives the earlier turn its answer first.
         self._lock = threading.Lock()
+        #: Utterances the short window looped on and the full window did again.
+        self.fallbacks = 0
 
     def models(self) -> list[ModelFile]:
         return [TINY_EN] if self.options.model == "tiny.en" else [BASE_PART1, BASE_PART2]
@@ -254,6 +256,7 @@ class WhisperHandler(Handler[WhisperOptions]):
                 text = self._short_window(audio, language)
                 if text is not None and not looks_like_a_loop(text, duration):
                     return text
+                self.fallbacks += 1
                 log.info("whisper: the short window looped (%r); using the full window", text)
             segments, _info = self._model.transcribe(
                 audio,
