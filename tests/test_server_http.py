@@ -221,12 +221,29 @@ async def test_config_gives_the_browser_the_ice_servers() -> None:
                                             {"urls": ["turn:t.example.org"], "username": "u", "credential": "c"}]})
     async with running(settings) as (url, _), aiohttp.ClientSession() as http:
         async with http.get(url + "/api/config") as r:
-            assert await r.json() == {"max_sessions": 4, "ice_servers": [
+            body = await r.json()
+            assert {k: v for k, v in body.items() if k != "barge_in"} == {"max_sessions": 4, "ice_servers": [
                 {"urls": ["stun:stun.example.org"]},
                 {"urls": ["turn:t.example.org"], "username": "u", "credential": "c"}]}
     async with running() as (url, _), aiohttp.ClientSession() as http:
         async with http.get(url + "/api/config") as r:
             assert (await r.json())["ice_servers"] == []
+
+
+async def test_config_gives_the_page_its_barge_in_settings() -> None:
+    async with running() as (url, _), aiohttp.ClientSession() as http:
+        async with http.get(url + "/api/config") as r:
+            assert (await r.json())["barge_in"] == {
+                "enabled": True, "client_mute": True, "client_onset_ms": 50, "client_grace_ms": 800,
+                "client_echo_ratio": 0.15, "client_min_rms": 0.01}
+    settings = ServerSettings.model_validate(
+        {"barge_in": {"enabled": False, "client_mute": False, "client_grace_ms": 1200, "echo_guard": True}})
+    async with running(settings) as (url, _), aiohttp.ClientSession() as http:
+        async with http.get(url + "/api/config") as r:
+            page = (await r.json())["barge_in"]
+    # Only what the page uses: server-side knobs such as the echo guard stay on the server.
+    assert page["enabled"] is False and page["client_mute"] is False and page["client_grace_ms"] == 1200
+    assert "echo_guard" not in page and "min_speech_ms" not in page
 
 
 async def test_static_files_and_unknown_routes(web_root: Path) -> None:
@@ -241,6 +258,22 @@ async def test_static_files_and_unknown_routes(web_root: Path) -> None:
                 assert "error" in await r.json()
         async with http.post(url + "/healthz") as r:
             assert r.status == 405 and "not allowed" in (await r.json())["error"]
+
+
+async def test_every_module_of_the_page_is_served_as_javascript() -> None:
+    # Browsers refuse to run an ES module served under another type, and a missing import
+    # leaves the whole page dead: every `from "./x.js"` must resolve to a served file.
+    from avatarchat.server.app import WEB_ROOT
+
+    modules = sorted(p.name for p in WEB_ROOT.glob("*.js"))
+    imported = {m for p in WEB_ROOT.glob("*.js") for m in re.findall(r'from "\./([\w.-]+\.js)"', p.read_text())}
+    assert "app.js" in modules and imported and imported <= set(modules), imported - set(modules)
+    async with running() as (url, _), aiohttp.ClientSession() as http:
+        async with http.get(url + "/") as r:
+            assert '<script type="module" src="app.js">' in await r.text()
+        for name in modules:
+            async with http.get(f"{url}/{name}") as r:
+                assert r.status == 200 and r.content_type == "text/javascript", name
 
 
 def parse_exposition(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -6,7 +6,11 @@ the TTS with long silences between them; the page (``window.avatarchat``) record
 envelopes of the outgoing microphone and the incoming avatar voice in its own
 ``performance.now()`` clock, so voice-to-voice latency is the time from the end of the user's
 speech leaving the page to the first audible reply sample arriving at it: network, jitter
-buffers and decoding included, nothing taken from the server's own clock.
+buffers and decoding included, nothing taken from the server's own clock. A question
+spoken over a playing reply (a barge-in: ``--gap`` shorter than the replies) is timed from
+its onset to the avatar falling silent twice: as the user hears it (the incoming voice times
+the page's playback volume, which the page's own barge-in gate drops at once) and as the
+server's cut arrives in the incoming audio.
 
 The same module holds the plumbing the browser tests share (tests/browser.py): starting and
 stopping the server, the Chromium flags that work here, and a small polling helper.
@@ -324,32 +328,64 @@ def _turn_rows(mic: list[dict[str, float]], remote: list[dict[str, float]],
 
 
 def barge_in_stops(mic: list[dict[str, float]], remote: dict[str, list[float]],
-                   quiet_s: float = 1.0) -> list[float]:
+                   heard: dict[str, list[float]] | None = None, quiet_s: float = 1.0) -> list[float]:
     """For each question that starts while the avatar is audible (a barge-in), the time from
-    its onset in the outgoing mic envelope to the avatar falling silent in the incoming one.
+    its onset in the outgoing mic envelope to the avatar falling silent.
+
+    A barge-in is told from the incoming ``remote`` envelope (the avatar was audible in the
+    300 ms before the onset). Silence is looked for in ``heard`` when given (the incoming
+    voice times the page's playback volume: what the user hears, page-side mute included),
+    else in ``remote`` itself (the server stopping the reply, as it arrives in the page).
 
     "Silent" is the start of the first stretch below ``AUDIBLE_RMS`` lasting ``quiet_s``: the
     reply's own pauses between clauses are shorter, while a cut reply stays silent until the
     next answer, which takes longer than that.
     """
     t, rms = np.asarray(remote["t"]), np.asarray(remote["rms"])
+    listen = heard if heard is not None else remote
+    lt, lrms = np.asarray(listen["t"]), np.asarray(listen["rms"])
     stops = []
     for seg in mic:
         onset = seg["start"]
         before = rms[(t >= onset - 300) & (t < onset)]
         if len(before) == 0 or before.max() < AUDIBLE_RMS:
             continue  # nothing was playing: an ordinary turn
-        after_t, after_quiet = t[t >= onset], rms[t >= onset] < AUDIBLE_RMS
-        run_start = None
-        for ti, quiet in zip(after_t, after_quiet):
-            if not quiet:
-                run_start = None
-            elif run_start is None:
-                run_start = ti
-            elif ti - run_start >= quiet_s * 1000:
-                stops.append(round(float(run_start - onset), 1))
-                break
+        quiet_at = _first_quiet(lt[lt >= onset], lrms[lt >= onset] < AUDIBLE_RMS, quiet_s * 1000)
+        if quiet_at is not None:
+            stops.append(round(float(quiet_at - onset), 1))
     return stops
+
+
+def _first_quiet(times: np.ndarray, quiet: np.ndarray, min_ms: float) -> float | None:
+    """The start of the first run of ``quiet`` samples lasting ``min_ms``."""
+    run_start = None
+    for ti, q in zip(times, quiet):
+        if not q:
+            run_start = None
+        elif run_start is None:
+            run_start = ti
+        elif ti - run_start >= min_ms:
+            return float(run_start)
+    return None
+
+
+def page_detections(mic: list[dict[str, float]], remote: dict[str, list[float]],
+                    gate: dict[str, Any]) -> list[float]:
+    """For each barge-in (as in ``barge_in_stops``), the time from its onset in the mic
+    envelope to the page's barge-in gate muting the avatar for it (web/bargein.js)."""
+    t, rms = np.asarray(remote["t"]), np.asarray(remote["rms"])
+    mutes = [e["t"] for e in gate.get("events", []) if e.get("what") == "mute" and e.get("reason") == "voice"]
+    out = []
+    for i, seg in enumerate(mic):
+        before = rms[(t >= seg["start"] - 300) & (t < seg["start"])]
+        if len(before) == 0 or before.max() < AUDIBLE_RMS:
+            continue
+        nxt = mic[i + 1]["start"] if i + 1 < len(mic) else float("inf")
+        # The gate may fire a little before the envelope's segment starts (its own threshold).
+        hit = next((m for m in mutes if seg["start"] - 100 <= m < min(nxt, seg["end"])), None)
+        if hit is not None:
+            out.append(round(float(hit - seg["start"]), 1))
+    return out
 
 
 def run_config(config: str | None, wav: Path, wav_seconds: float, questions: Sequence[str],
@@ -388,6 +424,8 @@ def run_config(config: str | None, wav: Path, wav_seconds: float, questions: Seq
             remote = page.evaluate("avatarchat.segments('remote', {threshold: %f, hangoverMs: 250, minMs: 60})" % AUDIBLE_RMS)
             messages = page.evaluate("avatarchat.messages")
             remote_envelope = page.evaluate("avatarchat.envelope('remote')")
+            heard_envelope = page.evaluate("avatarchat.envelope('heard')")
+            gate = page.evaluate("avatarchat.bargeIn()")
             cpu = server_cpu.stop()
             bcpu = browser_cpu.stop()
             page.click("#stop")
@@ -402,8 +440,12 @@ def run_config(config: str | None, wav: Path, wav_seconds: float, questions: Seq
                  f"(server says {r['server_first_audio_after_speech_end_ms']} ms)")
     summary = summarize_rows(rows)
     summary["click_to_first_frame_ms"] = summarize([marks["firstFrame"] - marks["startClick"]])
-    stops = barge_in_stops(mic, remote_envelope)
+    stops = barge_in_stops(mic, remote_envelope, heard_envelope)
+    server_stops = barge_in_stops(mic, remote_envelope)
+    detections = page_detections(mic, remote_envelope, gate)
     summary["barge_in_stop_ms"] = summarize(stops)
+    summary["barge_in_server_stop_ms"] = summarize(server_stops)
+    summary["barge_in_page_detect_ms"] = summarize(detections)
     return {
         "config": label,
         "turns_heard": len(mic),
@@ -422,8 +464,14 @@ def run_config(config: str | None, wav: Path, wav_seconds: float, questions: Seq
         "server_cpu_percent_idle": server_idle_cpu,
         "browser_cpu_percent": bcpu,
         "measured_seconds": round(span_s, 1),
-        # Questions spoken over a playing reply: onset -> the avatar silent in the page.
+        # Questions spoken over a playing reply: onset -> the avatar silent to the user (its
+        # voice times the page's volume: the page mutes on its own, web/bargein.js) ...
         "barge_in_stop_ms": stops,
+        # ... and -> the avatar's voice arriving silent (the server's cut, jitter buffer included).
+        "barge_in_server_stop_ms": server_stops,
+        # Onset -> the page's gate muting for it.
+        "barge_in_page_detect_ms": detections,
+        "barge_in_client_mute": gate.get("settings", {}).get("clientMute"),
         "summary": summary,
         "turns": rows,
     }
@@ -465,7 +513,8 @@ def bench_e2e(config: str | None, compare: str | None, turns: int, gap_s: float,
 
 
 def _side_by_side(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    keys = ["voice_to_voice_ms", *(f"server_{k}" for k in SERVER_METRICS)]
+    keys = ["voice_to_voice_ms", "barge_in_stop_ms", "barge_in_server_stop_ms",
+            *(f"server_{k}" for k in SERVER_METRICS)]
     out: dict[str, dict[str, Any]] = {}
     for k in keys:
         out[f"{k} (median)"] = {r["config"]: (r["summary"].get(k) or {}).get("median") for r in runs}

@@ -4,7 +4,8 @@ Routes (documented for other clients in docs/PROTOCOL.md):
 
 - ``GET /`` and static files of the web client (``avatarchat/web/``)
 - ``POST /api/offer``: ``{"sdp", "type": "offer"}`` -> ``{"sdp", "type": "answer", "session_id"}``
-- ``GET /api/config``: ``{"ice_servers": [...], "max_sessions": n}`` for the browser's ICE agent
+- ``GET /api/config``: ``{"ice_servers": [...], "max_sessions": n, "barge_in": {...}}`` for the
+  browser's ICE agent and its barge-in gate
 - ``GET /healthz``: 503 ``{"status": "loading"}`` until the models are loaded, then 200
 - ``GET /metrics``: Prometheus text
 
@@ -142,7 +143,8 @@ async def _metrics(request: web.Request) -> web.Response:
 async def _config(request: web.Request) -> web.Response:
     settings = request.app[STATE].settings
     ice = [s.model_dump(exclude_none=True) for s in settings.ice_servers]
-    return web.json_response({"ice_servers": ice, "max_sessions": settings.max_sessions})
+    return web.json_response({"ice_servers": ice, "max_sessions": settings.max_sessions,
+                              "barge_in": settings.barge_in.client()})
 
 
 async def _offer(request: web.Request) -> web.Response:

@@ -30,6 +30,30 @@ class BargeInSettings(HandlerOptions):
     #: echo cancellation): see server/echo.py. Off by default: through Opus both ways it
     #: removes only ~7 dB, and the VAD still hears the rest (tests/test_peer.py, xfail).
     echo_guard: bool = False
+    #: The page mutes the avatar itself the moment it hears the user start to speak over a
+    #: reply (web/bargein.js), before this server has even received the speech; it keeps the
+    #: reply muted once the server cuts it, or fades it back up after ``client_grace_ms``.
+    #: Sent to the page by ``GET /api/config``.
+    client_mute: bool = True
+    #: Speech-level energy the page needs in the mic before it mutes (a click is shorter).
+    client_onset_ms: int = Field(default=50, ge=10, le=500)
+    #: How long the page keeps the reply muted waiting for the server to cut it (while the
+    #: user goes on speaking, up to three times as long: a busy server cuts late).
+    client_grace_ms: int = Field(default=800, ge=100, le=5000)
+    #: Echo-aware double-talk rule: the mic must also exceed this fraction of the avatar's
+    #: loudest recent level, so its own voice leaking past echo cancellation is not the
+    #: user (0: off; raise it for loud speakers or weak echo cancellation).
+    client_echo_ratio: float = Field(default=0.15, ge=0.0, le=4.0)
+    #: The quietest mic RMS (0..1, after the browser's processing) that may count as speech.
+    client_min_rms: float = Field(default=0.01, gt=0.0, le=1.0)
+
+    def client(self) -> dict[str, bool | int | float]:
+        """What the page needs (``/api/config``'s ``barge_in``). ``enabled`` comes along: where
+        voice may not cut a reply, the page does not mute one for it either."""
+        return {"enabled": self.enabled, **self.model_dump(include=_CLIENT_KEYS)}
+
+
+_CLIENT_KEYS = {"client_mute", "client_onset_ms", "client_grace_ms", "client_echo_ratio", "client_min_rms"}
 
 
 class ServerSettings(HandlerOptions):

@@ -1,0 +1,146 @@
+// Connecting to `avatarchat serve`: the HTTP side (health, config, the SDP offer), the
+// microphone, and one RTCPeerConnection with the "events" data channel (docs/PROTOCOL.md).
+// Nothing here touches the chat or the session state: callers pass callbacks.
+
+import { MESSAGES, clearBanner, showBanner } from "./ui.js";
+
+// No trickle ICE over HTTP: the offer is posted once gathering is complete, or after this.
+const ICE_GATHER_TIMEOUT_MS = 5000;
+// How long Start waits for a server that is still loading its models.
+const LOADING_WAIT_MS = 180000;
+
+// An error whose message is meant for the person at the page (shown in the banner as is).
+export class UserFacingError extends Error {}
+
+export async function getJSON(path) {
+  const resp = await fetch(path, { cache: "no-store" });
+  let body = null;
+  try {
+    body = await resp.json();
+  } catch {
+    /* not JSON */
+  }
+  return { status: resp.status, ok: resp.ok, body };
+}
+
+// Waits while /healthz says the models are still loading; false if `stale()` (Stop was
+// pressed) or time ran out.
+export async function waitUntilReady(stale) {
+  const deadline = performance.now() + LOADING_WAIT_MS;
+  let announced = false;
+  for (;;) {
+    const health = await getJSON("healthz");
+    if (stale()) return false;
+    if (health.ok) {
+      if (announced) clearBanner();
+      return true;
+    }
+    if (health.status !== 503) throw new Error(health.body?.error || `health check: HTTP ${health.status}`);
+    if (!announced) showBanner(MESSAGES.loading, "info");
+    announced = true;
+    if (performance.now() > deadline) {
+      showBanner(MESSAGES.loadingGaveUp);
+      return false;
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+
+// The microphone, or null with the reason in the banner. `raw` turns off echo
+// cancellation, noise suppression and gain control (tests: the fake file as it is).
+// Returns {stream, state} with state "on" | "denied" | "unavailable".
+export async function openMic(raw) {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    showBanner(MESSAGES.insecure);
+    return { stream: null, state: "unavailable" };
+  }
+  const processing = !raw;
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia({
+      audio: {
+        echoCancellation: processing,
+        noiseSuppression: processing,
+        autoGainControl: processing,
+        channelCount: 1,
+      },
+    });
+    return { stream, state: "on" };
+  } catch (err) {
+    return { stream: null, state: explainMicError(err) };
+  }
+}
+
+function explainMicError(err) {
+  const name = err?.name;
+  const denied = name === "NotAllowedError" || name === "SecurityError" || name === "PermissionDeniedError";
+  if (denied) showBanner(MESSAGES.micDenied);
+  else if (name === "NotFoundError" || name === "OverconstrainedError") showBanner(MESSAGES.noMic);
+  else showBanner(`Could not open the microphone (${name || "error"}: ${err?.message || err}) — you can type below.`);
+  return denied ? "denied" : "unavailable";
+}
+
+export function waitForIceGathering(pc) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      pc.removeEventListener("icegatheringstatechange", check);
+      resolve();
+    };
+    const check = () => pc.iceGatheringState === "complete" && done();
+    const timer = setTimeout(done, ICE_GATHER_TIMEOUT_MS);
+    pc.addEventListener("icegatheringstatechange", check);
+  });
+}
+
+export function iceServersFrom(config) {
+  return (config?.ice_servers || []).map((s) => {
+    const server = { urls: s.urls };
+    if (s.username != null) server.username = s.username;
+    if (s.credential != null) server.credential = s.credential;
+    return server;
+  });
+}
+
+// `outgoing`: the microphone, or a silent stream (the server takes a connection that
+// sends no audio for a vanished client). `on`: {track, peerState, open, message, close}.
+export function createPeer(iceServers, outgoing, on) {
+  const pc = new RTCPeerConnection({ iceServers });
+  const track = outgoing?.getAudioTracks()[0];
+  if (track) pc.addTransceiver(track, { direction: "sendrecv", streams: [outgoing] });
+  else pc.addTransceiver("audio", { direction: "sendrecv" });
+  pc.addTransceiver("video", { direction: "recvonly" });
+  pc.addEventListener("track", on.track);
+  pc.addEventListener("connectionstatechange", () => on.peerState(pc));
+  pc.addEventListener("iceconnectionstatechange", () => on.peerState(pc));
+
+  const dc = pc.createDataChannel("events");
+  dc.addEventListener("open", on.open);
+  dc.addEventListener("message", (ev) => on.message(ev.data));
+  dc.addEventListener("close", () => on.close(pc));
+  return { pc, dc };
+}
+
+export async function postOffer(pc) {
+  const resp = await fetch("api/offer", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer" }),
+  });
+  let body = null;
+  try {
+    body = await resp.json();
+  } catch {
+    /* not JSON */
+  }
+  if (!resp.ok) {
+    const message = capitalize(body?.error);
+    if (resp.status === 503) throw new UserFacingError(message || MESSAGES.full);
+    throw new UserFacingError(`The server refused the connection: ${message || `HTTP ${resp.status}`}`);
+  }
+  return body;
+}
+
+function capitalize(text) {
+  return text ? text.charAt(0).toUpperCase() + text.slice(1) : text;
+}

@@ -1,0 +1,71 @@
+// The page's fixed elements, its user-facing messages, the state badges' DOM and the banner.
+// Every other module reaches the DOM through `ui` so that element ids live in one place.
+
+export const $ = (id) => document.getElementById(id);
+
+export const ui = {
+  connection: $("connection"),
+  conversation: $("conversation"),
+  banner: $("banner"),
+  bannerText: $("banner-text"),
+  bannerClose: $("banner-close"),
+  video: $("avatar-video"),
+  audio: $("avatar-audio"),
+  placeholder: $("placeholder"),
+  start: $("start"),
+  stop: $("stop"),
+  mute: $("mute"),
+  interrupt: $("interrupt"),
+  log: $("log"),
+  composer: $("composer"),
+  text: $("text"),
+  send: $("send"),
+  metrics: $("metrics"),
+  metricsTurn: $("metrics-turn"),
+  metricsEmpty: $("metrics-empty"),
+};
+
+export const MESSAGES = {
+  micDenied: "Microphone access was denied — allow it in the browser's site settings, or type below.",
+  noMic: "No microphone was found — you can type below.",
+  insecure:
+    "The microphone needs a secure page: open this page over https:// (start the server with " +
+    "--self-signed, or give it a certificate and key), or as http://localhost on the server's own " +
+    "machine. You can still type below.",
+  loading: "The server is still loading its models — connecting as soon as it is ready…",
+  loadingGaveUp: "The server is still loading its models — try again in a few seconds.",
+  full: "The server is full — try again later.",
+  failed:
+    "Connection failed — the browser could not reach the server's media port. Across networks the " +
+    "server may need a STUN or TURN server (server.ice_servers in its config).",
+  unreachable: "Cannot reach the server — is `avatarchat serve` running?",
+  closedByServer: "The server ended the session (it was idle or the server stopped). Press Start to talk again.",
+};
+
+export function showBanner(text, kind = "error") {
+  ui.bannerText.textContent = text;
+  ui.banner.dataset.kind = kind;
+  ui.banner.hidden = false;
+}
+
+export function clearBanner() {
+  ui.banner.hidden = true;
+  ui.bannerText.textContent = "";
+}
+
+// A badge shows one word and colours its dot by `data-state` (style.css).
+export function setBadge(badge, state) {
+  badge.dataset.state = state || "";
+  badge.querySelector(".badge-text").textContent = state || "";
+}
+
+// The element that plays the avatar's voice: the <video> when audio and video share a
+// stream (the usual case), the <audio> fallback when the server sent them apart.
+export function voiceElement() {
+  return ui.audio.srcObject ? ui.audio : ui.video;
+}
+
+export function setVoiceVolume(volume) {
+  ui.video.volume = volume;
+  ui.audio.volume = volume;
+}
