@@ -290,6 +290,8 @@ function teardown(state) {
   ui.audio.srcObject = null;
   ui.placeholder.hidden = false;
   setMuted(false);
+  // The mic is released: "on"/"muted" no longer hold ("denied" stays, for the banner).
+  if (session.micState === "on" || session.micState === "muted") session.micState = "none";
   finishStreaming(false);
   setConnection(state);
   gate.reset(performance.now());
