@@ -3,10 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh --test
-# The browser tests drive Debian's Chromium and Firefox ESR (never a downloaded browser build).
+# The browser tests drive Debian's Chromium and Firefox ESR (never a downloaded browser build);
+# the echo tests loop Chromium's audio output into its microphone through PulseAudio.
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/firefox-esr ] || missing+=(firefox-esr)
+[ -x /usr/bin/pulseaudio ] || missing+=(pulseaudio)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing Debian's ${missing[*]} for the browser tests"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

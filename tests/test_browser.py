@@ -324,8 +324,9 @@ def test_speaking_over_the_reply_mutes_it_in_the_page_and_the_server_cuts_it(
     the question is answered.
 
     ?raw=1 (open_page's default) plays the file to the server as it is. The echo rule (the
-    avatar's own voice must not barge in) is not exercised here: headless Chromium has no
-    acoustic path from speaker to microphone (test_barge_in_gate_in_virtual_time has echo).
+    avatar's own voice must not barge in) is not exercised here: the fake microphone plays a
+    file, not the speaker (tests/test_echo_browser.py loops the page's audio back into its
+    microphone through PulseAudio; test_barge_in_gate_in_virtual_time feeds the gate echo).
     """
     browser = launch_chromium(pw, fake_audio=barge_in_wav(tmp_path / "barge_in.wav"))
     page = open_page(browser, server.url)
