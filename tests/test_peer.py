@@ -98,6 +98,8 @@ async def test_spoken_question_gets_transcript_reply_video_and_audio(server: Ser
     clients.append(client)
     assert re.search(r"a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 ", client.answer_sdp), "no loopback candidate"
     assert server.peers[0].video_codec == "VP8"
+    mic = next(t.receiver for t in server.peers[0]._pc.getTransceivers() if t.kind == "audio")
+    assert getattr(mic, "_RTCRtpReceiver__jitter_buffer")._prefetch == ServerSettings().mic_prefetch_packets == 1
     await client.wait_video(1)
 
     client.speak(SAMPLES / "question.wav")

@@ -57,6 +57,7 @@ from avatarchat.server.ice import (
     prefer_video_codec,
     wants_loopback,
 )
+from avatarchat.server.jitter import AIORTC_AUDIO_PREFETCH, set_audio_prefetch
 from avatarchat.server.reporting import TurnReporter
 from avatarchat.server.settings import ServerSettings
 from avatarchat.server.tracks import (
@@ -175,6 +176,9 @@ class PeerSession:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         if not any(t.kind == "audio" and t.receiver.track is not None for t in pc.getTransceivers()):
             raise OfferError("the offer has no audio: the page must send the microphone")
+        for transceiver in pc.getTransceivers():
+            if transceiver.kind == "audio" and self.settings.mic_prefetch_packets != AIORTC_AUDIO_PREFETCH:
+                set_audio_prefetch(transceiver.receiver, self.settings.mic_prefetch_packets)
         await gather_with_loopback(pc, loopback=wants_loopback(sdp))
         await pc.setLocalDescription(await pc.createAnswer())
         answer = pc.localDescription.sdp

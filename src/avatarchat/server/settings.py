@@ -70,6 +70,9 @@ class ServerSettings(HandlerOptions):
     certfile: str | None = None
     keyfile: str | None = None
     self_signed: bool = False
+    #: The mic's receive buffer releases a packet once this many newer ones arrived. aiortc
+    #: uses 4 (80 ms of delay on all the user says); the order is kept either way.
+    mic_prefetch_packets: int = Field(default=1, ge=1, le=8)
     #: Largest HTTP request body accepted (the SDP offer), bytes.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     barge_in: BargeInSettings = Field(default_factory=BargeInSettings)
