@@ -60,7 +60,8 @@ def test_abbreviations_initials_and_decimals_do_not_split() -> None:
 
 
 def test_lowercase_after_a_period_continues_the_sentence() -> None:
-    assert split_whole("Use a tool etc. and then rest. Fine.") == ["Use a tool etc. and then rest.", "Fine."]
+    # (After a first clause: that one may also break before a joining word like "and".)
+    assert split_whole("Fine. Use a tool etc. and then rest.") == ["Fine.", "Use a tool etc. and then rest."]
 
 
 def test_first_clause_is_emitted_early_later_ones_are_longer() -> None:
@@ -133,8 +134,19 @@ def test_the_first_clause_breaks_before_a_joining_word_when_no_comma_comes() -> 
     splitter = ClauseSplitter()
     clauses = [c for ch in text for c in splitter.feed(ch)] + splitter.flush()
     # Only the first clause (the one the user waits for) is cut early, and never mid-word.
-    assert clauses == ["Elephants are massive creatures with an incredible range",
-                       "of adaptations and skills.", "They live long."]
+    assert clauses == ["Elephants are massive creatures", "with an incredible range of adaptations and skills.",
+                       "They live long."]
     partial = ClauseSplitter()
-    assert partial.feed("one two three four five six and") == []  # "and" may yet be "android"
+    assert partial.feed("one two three four five and") == []  # "and" may yet be "android"
     assert partial.feed("roid phones") == []
+
+
+def test_the_first_clause_is_cut_after_first_max_words_without_punctuation() -> None:
+    text = "The reason why the sky appears blue lies in the way light scatters. It is physics."
+    splitter = ClauseSplitter(first_max_words=8)
+    clauses = [c for ch in text for c in splitter.feed(ch)] + splitter.flush()
+    assert clauses == ["The reason why the sky appears blue lies", "in the way light scatters.", "It is physics."]
+    # Later clauses keep max_words: they play while the LLM writes, so they may be long.
+    long = ClauseSplitter(first_max_words=3, max_words=30)
+    text = "Yes. Word " + " ".join(["word"] * 11) + "."
+    assert [c for ch in text for c in long.feed(ch)] + long.flush() == ["Yes.", text[5:]]

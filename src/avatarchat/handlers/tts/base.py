@@ -10,9 +10,10 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
+from pydantic import Field
 
 from avatarchat.engine.events import (
     Event,
@@ -22,10 +23,21 @@ from avatarchat.engine.events import (
     ReplyText,
     TimingMark,
 )
-from avatarchat.engine.handler import Handler, OptionsT, SessionInfo, run_blocking
+from avatarchat.engine.handler import Handler, HandlerOptions, SessionInfo, run_blocking
 from avatarchat.handlers.tts.text import ClauseSplitter, clean_for_speech
 
 Synthesis = tuple[np.ndarray, tuple[PhonemeTiming, ...]]
+
+
+class TTSOptions(HandlerOptions):
+    """Options every streaming TTS has."""
+
+    #: The first clause of a reply is cut after this many words even without punctuation:
+    #: the voice starts as soon as it is synthesized, while the LLM writes the rest.
+    first_clause_max_words: int = Field(default=8, ge=2, le=30)
+
+
+TTSOptionsT = TypeVar("TTSOptionsT", bound=TTSOptions)
 
 
 @dataclass
@@ -46,7 +58,7 @@ class TTSContext:
     turns: dict[int, _TurnState] = field(default_factory=dict)
 
 
-class StreamingTTS(Handler[OptionsT]):
+class StreamingTTS(Handler[TTSOptionsT]):
     """Speaks ``ReplyText`` deltas clause by clause; passes ``ReplyEnd`` on after the last audio.
 
     Promises, per turn: a ``TimingMark(turn, "tts_first_audio")`` right before the first
@@ -58,6 +70,7 @@ class StreamingTTS(Handler[OptionsT]):
     """
 
     stage: ClassVar[str] = "tts"
+    Options: ClassVar[type[HandlerOptions]] = TTSOptions
     accepts: ClassVar[tuple[type[Event], ...]] = (ReplyText, ReplyEnd)
     # The reply text goes on to the client as it streams; ReplyEnd is passed on after the flush.
     forwards: ClassVar[tuple[type[Event], ...]] = (ReplyText,)
@@ -79,7 +92,9 @@ class StreamingTTS(Handler[OptionsT]):
 
     async def handle(self, ctx: TTSContext, event: Event) -> AsyncIterator[Event]:
         if isinstance(event, ReplyText):
-            state = ctx.turns.setdefault(event.turn, _TurnState())
+            state = ctx.turns.setdefault(
+                event.turn, _TurnState(ClauseSplitter(first_max_words=self.options.first_clause_max_words))
+            )
             for clause in state.splitter.feed(event.text):
                 async for out in self._speak(state, event.turn, clause):
                     yield out

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from avatarchat.engine.events import PhonemeTiming
 from avatarchat.engine.handler import HandlerLoadError, HandlerOptions, register
-from avatarchat.handlers.tts.base import StreamingTTS, Synthesis
+from avatarchat.handlers.tts.base import StreamingTTS, Synthesis, TTSOptions
 from avatarchat.models import ModelFile
 
 ESPEAK_LIBRARY = ModelFile(
@@ -170,7 +170,7 @@ def _espeak() -> _Espeak:
     return _instance
 
 
-class EspeakOptions(HandlerOptions):
+class EspeakOptions(TTSOptions):
     voice: str = "en-us"
     rate: int = Field(default=175, ge=80, le=450, description="words per minute")
     pitch: int = Field(default=50, ge=0, le=100, description="base pitch, 50 is the voice's normal")

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from avatarchat.engine.events import PhonemeTiming
 from avatarchat.engine.handler import HandlerLoadError, HandlerOptions, register
-from avatarchat.handlers.tts.base import StreamingTTS, Synthesis
+from avatarchat.handlers.tts.base import StreamingTTS, Synthesis, TTSOptions
 from avatarchat.models import ModelFile
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ _LEAD_KEEP_UNITS = 4
 _SEED = 0
 
 
-class HibariOptions(HandlerOptions):
+class HibariOptions(TTSOptions):
     # Only "heart" ships inside the wheel; hibari downloads the others on first use.
     voice: Literal["heart"] = "heart"
     speed: float = Field(default=1.0, ge=0.5, le=2.0)

@@ -80,7 +80,7 @@ ABBREVIATIONS = frozenset(
 
 
 #: Words after which the first clause may end before a joining word, with no punctuation.
-FIRST_SOFT_WORDS = 6
+FIRST_SOFT_WORDS = 4
 _JOINING_WORDS = frozenset(
     "and but or because so which that who when while where with without for to of in on at from "
     "like than as if".split()
@@ -111,15 +111,19 @@ class ClauseSplitter:
       clause holds ``first_min_words`` words for the first clause of the reply (start the
       voice early), ``min_words`` for later ones (audio is already playing, and longer
       clauses get better intonation);
-    * at the first space after ``max_words`` words when no punctuation came (run-ons).
+    * at the first space after ``max_words`` words when no punctuation came (run-ons);
+      for the first clause, after ``first_max_words``, and already before a joining word
+      ("and", "with", "of"…) once it holds ``FIRST_SOFT_WORDS``: the user waits for it.
 
     A sentence end is decided only once the next non-space character is known, so a
     clause is emitted one token after its punctuation at the latest. ``flush`` returns the
     rest. Clauses are stripped and never empty.
     """
 
-    def __init__(self, first_min_words: int = 4, min_words: int = 8, max_words: int = 30) -> None:
+    def __init__(self, first_min_words: int = 4, min_words: int = 8, max_words: int = 30,
+                 first_max_words: int | None = None) -> None:
         self.first_min_words = first_min_words
+        self.first_max_words = first_max_words or max_words
         self.min_words = min_words
         self.max_words = max_words
         self._pending = ""
@@ -148,7 +152,9 @@ class ClauseSplitter:
     def _find_cut(self, text: str) -> int | None:
         """Index just past the first complete clause, or None until more text is needed."""
         n = len(text)
-        min_words = self.first_min_words if self._emitted == 0 else self.min_words
+        first = self._emitted == 0
+        min_words = self.first_min_words if first else self.min_words
+        max_words = self.first_max_words if first else self.max_words
         words, in_word = 0, False  # words begun in text[:i + 1]
         for i, ch in enumerate(text):
             if not ch.isspace() and not in_word:
@@ -180,9 +186,9 @@ class ClauseSplitter:
                     return None
                 if (ch == "—" or text[j].isspace()) and words >= min_words:
                     return j
-            elif ch.isspace() and words >= self.max_words:
+            elif ch.isspace() and words >= max_words:
                 return i
-            elif ch.isspace() and self._emitted == 0 and words >= FIRST_SOFT_WORDS and _joins_next(text, i):
+            elif ch.isspace() and first and words >= FIRST_SOFT_WORDS and _joins_next(text, i):
                 # The first clause is what the user waits for: rather than wait for a comma
                 # that may come 15 words later, break before a joining word ("... with").
                 return i
