@@ -20,7 +20,7 @@ from avatarchat.engine.events import (
 )
 from avatarchat.engine.handler import HandlerLoadError, SessionInfo
 from avatarchat.engine.session import Session
-from avatarchat.handlers.tts.base import StreamingTTS, Synthesis
+from avatarchat.handlers.tts.base import StreamingTTS, Synthesis, trim_leading_silence
 from avatarchat.handlers.tts.espeak import EspeakOptions, EspeakTTS
 from avatarchat.handlers.tts.hibari import HibariOptions, HibariTTS
 
@@ -158,6 +158,28 @@ async def collect(session: Session, turn: int) -> list[Event]:
     return out
 
 
+def _onset_s(samples: np.ndarray, rate: int, level: float = 0.002) -> float:
+    """Seconds before the first 10 ms window at or over ``level`` RMS."""
+    w = rate // 100
+    rms = np.sqrt(np.mean(samples[: len(samples) // w * w].reshape(-1, w) ** 2, axis=1))
+    return float(np.flatnonzero(rms >= level)[0] * w / rate)
+
+
+def test_trim_leading_silence_moves_the_timings_with_the_audio() -> None:
+    rate = 16_000
+    tone = 0.3 * np.sin(2 * np.pi * 200 * np.arange(rate // 2) / rate).astype(np.float32)
+    samples = np.concatenate([np.zeros(int(0.08 * rate), np.float32), tone])
+    phonemes = (PhonemeTiming(" ", 0.0, 0.05), PhonemeTiming("a", 0.08, 0.3), PhonemeTiming("b", 0.3, 0.58))
+    trimmed, moved = trim_leading_silence(samples, phonemes, rate)
+    assert len(samples) - len(trimmed) == int(0.07 * rate)  # 10 ms of the silence kept
+    assert [round(p.start, 3) for p in moved] == [0.0, 0.01, 0.23] and moved[0].end == 0.0
+    assert np.array_equal(trimmed[int(0.01 * rate):], tone)
+    # Sound from the first sample, or no sound at all: nothing to cut.
+    assert trim_leading_silence(tone, phonemes, rate)[0] is tone
+    silent = np.zeros(rate, np.float32)
+    assert trim_leading_silence(silent, phonemes, rate) == (silent, phonemes)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["hibari", "espeak"])
 async def test_stage_streams_clauses_through_a_session(engine: str, request: pytest.FixtureRequest) -> None:
@@ -182,6 +204,10 @@ async def test_stage_streams_clauses_through_a_session(engine: str, request: pyt
         assert a.offset == pytest.approx(offset)
         offset += a.duration
     assert [m for m in events if isinstance(m, TimingMark)] == [events[0]]
+    # The first chunk starts with sound (its leading silence is what the user would wait
+    # for); later ones keep theirs, the pause between clauses.
+    first_10ms = audio[0].samples[: tts.sample_rate // 100]
+    assert np.sqrt(np.mean(first_10ms**2)) < 0.05 and _onset_s(audio[0].samples, tts.sample_rate) <= 0.02
 
 
 class _SlowTTS(StreamingTTS):

@@ -40,6 +40,30 @@ class TTSOptions(HandlerOptions):
 TTSOptionsT = TypeVar("TTSOptionsT", bound=TTSOptions)
 
 
+#: Below this RMS (10 ms windows) the start of a reply is silence to the listener.
+_SILENT_RMS = 0.002
+_KEEP_BEFORE_S = 0.01
+
+
+def trim_leading_silence(
+    samples: np.ndarray, phonemes: tuple[PhonemeTiming, ...], rate: int
+) -> Synthesis:
+    """The reply's first chunk without the silence before its first sound (hibari leaves
+    50-80 ms), keeping 10 ms: the user would wait for it. Timings move with the audio."""
+    window = rate // 100
+    n = len(samples) // window * window
+    if n == 0:
+        return samples, phonemes
+    rms = np.sqrt(np.mean(samples[:n].reshape(-1, window) ** 2, axis=1))
+    loud = np.flatnonzero(rms >= _SILENT_RMS)
+    cut = max(0, int(loud[0]) * window - int(_KEEP_BEFORE_S * rate)) if len(loud) else 0
+    if cut == 0:
+        return samples, phonemes
+    shift = cut / rate
+    moved = tuple(PhonemeTiming(p.phoneme, max(0.0, p.start - shift), max(0.0, p.end - shift)) for p in phonemes)
+    return samples[cut:], moved
+
+
 @dataclass
 class _TurnState:
     """What the stage holds for one reply being spoken."""
@@ -124,6 +148,7 @@ class StreamingTTS(Handler[TTSOptionsT]):
         if state.cancelled or len(samples) == 0:
             return
         if not state.spoke:
+            samples, phonemes = trim_leading_silence(samples, phonemes, self.sample_rate)
             state.spoke = True
             yield TimingMark(turn, "tts_first_audio")
         chunk = ReplyAudio(turn, samples, self.sample_rate, state.offset, text=text, phonemes=phonemes)
