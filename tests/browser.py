@@ -7,6 +7,9 @@ and a fake-microphone WAV made from the sample question.
 
 from __future__ import annotations
 
+import json
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +35,7 @@ __all__ = [
     "padded_question_wav",
     "require_chromium",
     "wait_for",
+    "wait_sessions",
 ]
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -56,3 +60,15 @@ def padded_question_wav(path: Path, lead_s: float = 3.0, tail_s: float = 40.0,
     silence = lambda s: np.zeros(int(s * FAKE_MIC_RATE), np.float32)  # noqa: E731
     write_wav(path, np.concatenate([silence(lead_s), speech, silence(tail_s)]), FAKE_MIC_RATE)
     return path
+
+
+def wait_sessions(server: ServeProcess, n: int, timeout: float = 10.0) -> None:
+    """Wait until the server's /healthz counts ``n`` sessions; fail with the count if not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(server.url + "healthz", timeout=2) as resp:
+            sessions = json.load(resp).get("sessions")
+        if sessions == n or time.monotonic() > deadline:
+            assert sessions == n, f"the server still holds {sessions} session(s)"
+            return
+        time.sleep(0.1)

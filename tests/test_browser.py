@@ -25,6 +25,7 @@ from tests.browser import (
     padded_question_wav,
     require_chromium,
     wait_for,
+    wait_sessions,
 )
 
 pytestmark = pytest.mark.slow
@@ -91,20 +92,6 @@ def close_pages(server: ServeProcess, *pages: Any) -> None:
             page.click("#stop")
         page.context.close()
     wait_sessions(server, 0)
-
-
-def wait_sessions(server: ServeProcess, n: int, timeout: float = 10.0) -> None:
-    import json
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while True:
-        with urllib.request.urlopen(server.url + "healthz", timeout=2) as resp:
-            sessions = json.load(resp).get("sessions")
-        if sessions == n or time.monotonic() > deadline:
-            assert sessions == n, f"the server still holds {sessions} session(s)"
-            return
-        time.sleep(0.1)
 
 
 def log_lines(page: Any, kind: str) -> list[str]:

@@ -21,7 +21,6 @@ import signal
 import subprocess
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import pytest
 
 from avatarchat.bench.e2e import ServeProcess, free_port
+from tests.browser import wait_sessions
 
 pytestmark = pytest.mark.slow
 
@@ -311,17 +311,6 @@ def stats(firefox: Firefox) -> dict[str, Any]:
                     paused: video.paused, now: performance.now()},
         }))), (e) => done({error: String(e)}));
     """, sandbox=None)
-
-
-def wait_sessions(server: ServeProcess, n: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with urllib.request.urlopen(server.url + "healthz", timeout=2) as resp:
-            sessions = json.load(resp).get("sessions")
-        if sessions == n or time.monotonic() > deadline:
-            assert sessions == n, f"the server still holds {sessions} session(s)"
-            return
-        time.sleep(0.1)
 
 
 def assert_not_blank(png: Path) -> None:
