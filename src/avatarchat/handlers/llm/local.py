@@ -14,10 +14,11 @@ the async side is closed or cancelled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -150,15 +151,21 @@ class LocalLLM(ChatLLM[LocalLLMOptions]):
         request = self._request(messages) | {"max_tokens": 1}
 
         def read() -> None:
-            with self._active_lock:
-                self._active += 1
-            try:
+            with self._counted():
                 self._check(self._server.handle_chat_completions(request))
-            finally:
-                with self._active_lock:
-                    self._active -= 1
 
         await asyncio.get_running_loop().run_in_executor(self._executor, read)
+
+    @contextlib.contextmanager
+    def _counted(self) -> Iterator[None]:
+        """Counts a llama.cpp call for ``active_generations`` while it runs."""
+        with self._active_lock:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._active_lock:
+                self._active -= 1
 
     def active_generations(self) -> int:
         """How many llama.cpp calls are running now (0 once every cancelled one has stopped)."""
@@ -202,16 +209,13 @@ class LocalLLM(ChatLLM[LocalLLMOptions]):
             return stop.is_set()
 
         def generate() -> None:
-            with self._active_lock:
-                self._active += 1
             try:
-                if not stop.is_set():
-                    self._check(self._server.handle_chat_completions(request, on_chunk))
+                with self._counted():
+                    if not stop.is_set():
+                        self._check(self._server.handle_chat_completions(request, on_chunk))
             except BaseException as exc:  # handed to the async side, which raises it
                 post(exc)
             finally:
-                with self._active_lock:
-                    self._active -= 1
                 post(_DONE)
 
         future = loop.run_in_executor(self._executor, generate)
