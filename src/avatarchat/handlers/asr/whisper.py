@@ -213,6 +213,7 @@ class WhisperHandler(Handler[WhisperOptions]):
         self._lock = threading.Lock()
         #: Utterances the short window looped on and the full window did again.
         self.fallbacks = 0
+        self._decoders: dict[str, tuple[Any, list[int], list[int]]] = {}
 
     def models(self) -> list[ModelFile]:
         return [TINY_EN] if self.options.model == "tiny.en" else [BASE_PART1, BASE_PART2]
@@ -254,7 +255,7 @@ class WhisperHandler(Handler[WhisperOptions]):
         with self._lock:
             if duration + _TAIL_S <= self.options.window_s:
                 text = self._short_window(audio, language)
-                if text is not None and not looks_like_a_loop(text, duration):
+                if not looks_like_a_loop(text, duration):
                     return text
                 self.fallbacks += 1
                 log.info("whisper: the short window looped (%r); using the full window", text)
@@ -272,13 +273,26 @@ class WhisperHandler(Handler[WhisperOptions]):
             text = "".join(s.text for s in segments)
         return text.strip()
 
-    def _short_window(self, audio: np.ndarray, language: str) -> str | None:
-        """The utterance encoded in a ``window_s`` window and decoded greedily; None when
+    def _decoding(self, language: str) -> tuple[Any, list[int], list[int]]:
+        """(tokenizer, prompt, suppressed tokens) for greedy decoding in ``language``; built
+        once per language, not per call."""
+        cached = self._decoders.get(language)
+        if cached is None:
+            from faster_whisper.tokenizer import Tokenizer
+            from faster_whisper.transcribe import get_suppressed_tokens
+
+            model = self._model
+            tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language)
+            prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+            cached = (tokenizer, prompt, list(get_suppressed_tokens(tokenizer, (-1,)) or ()))
+            self._decoders[language] = cached
+        return cached
+
+    def _short_window(self, audio: np.ndarray, language: str) -> str:
+        """The utterance encoded in a ``window_s`` window and decoded greedily; "" when
         Whisper judges it speechless by its own test (no-speech probability over 0.6 and a
-        low average log-probability), where the full pass decides."""
+        low average log-probability)."""
         import ctranslate2
-        from faster_whisper.tokenizer import Tokenizer
-        from faster_whisper.transcribe import get_suppressed_tokens
 
         model = self._model
         padded = np.zeros(int(self.options.window_s * RATE), np.float32)
@@ -286,8 +300,7 @@ class WhisperHandler(Handler[WhisperOptions]):
         features = model.feature_extractor(padded, padding=0)
         features = features[:, : features.shape[1] // 2 * 2]  # the encoder's conv halves it
         encoded = model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])))
-        tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language)
-        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        tokenizer, prompt, suppressed = self._decoding(language)
         result = model.model.generate(
             encoded,
             [prompt],
@@ -296,7 +309,7 @@ class WhisperHandler(Handler[WhisperOptions]):
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
-            suppress_tokens=list(get_suppressed_tokens(tokenizer, (-1,)) or ()),
+            suppress_tokens=suppressed,
         )[0]
         tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
         # CTranslate2 scores a sequence by its mean log-probability; Whisper's own test
