@@ -366,7 +366,7 @@ def check_page_barge_in(page: Any, cut_at: float) -> None:
     opened = [e for e in gate["events"] if e["what"] == "open"]
 
     # The cough: muted for the grace time, then back to full volume (the server let it go on).
-    assert mutes[0]["t"] - blip["start"] <= 150, (blip, mutes[0])
+    assert mutes[0]["t"] - blip["start"] <= 200, (blip, mutes[0])
     grace = next((e for e in opened if e["reason"] == "grace" and e["t"] > mutes[0]["t"]), None)
     assert grace is not None, gate["events"]
     assert gate["settings"]["graceMs"] - 50 <= grace["t"] - mutes[0]["t"] <= gate["settings"]["graceMs"] + 300
@@ -375,10 +375,10 @@ def check_page_barge_in(page: Any, cut_at: float) -> None:
         "the story did not come back to full volume"
     assert cut_at > question["start"], "the cough cut the reply"
 
-    # The question: detected within ~150 ms of its onset in the mic envelope, heard silent
+    # The question: detected within 200 ms of its onset in the mic envelope, heard silent
     # within 200 ms of that, and kept silent until the server's cut.
     detected = mutes[1]["t"]
-    assert question["start"] - 50 <= detected <= question["start"] + 150, (question, mutes[1])
+    assert question["start"] - 50 <= detected <= question["start"] + 200, (question, mutes[1])
     quiet_from = t[(t >= detected) & (level < AUDIBLE)][0]
     assert quiet_from - detected < 200, f"heard silent {quiet_from - detected:.0f} ms after the detection"
     # (While the question goes on the page waits for a busy server's cut, up to 3 graces.)

