@@ -153,3 +153,27 @@ def test_golden_frames(renderer: PortraitRenderer, name: str) -> None:
     assert golden.shape == frame.shape, "face region changed: the avatar or the renderer's region logic differs"
     diff = np.abs(frame.astype(np.int16) - golden).astype(np.float32)
     assert diff.mean() < 2.0 and np.percentile(diff, 99) < 20, (diff.mean(), np.percentile(diff, 99))
+
+
+def _lip_gap(renderer: PortraitRenderer, params: FaceParams, us: tuple[float, ...]) -> list[float]:
+    """The inner lips' vertical gap (px) at positions u across the mouth (-1..1 corner to corner)."""
+    rig = renderer.rig
+    pts = rig.deformed(params)
+    up, lo = pts[rig.mouth.upper_inner], pts[rig.mouth.lower_inner]
+    left, right = min(up[0, 0], lo[0, 0]), max(up[-1, 0], lo[-1, 0])
+    xs = [left + (u + 1) / 2 * (right - left) for u in us]
+    return [float(np.interp(x, lo[:, 0], lo[:, 1]) - np.interp(x, up[:, 0], up[:, 1])) for x in xs]
+
+
+def test_rounded_lips_leave_an_oval_opening_not_a_slit(renderer: PortraitRenderer) -> None:
+    us = (-0.7, 0.0, 0.7)
+    for jaw in (0.3, 0.8):
+        open_side, open_mid, _ = _lip_gap(renderer, FaceParams(jaw=jaw), us)
+        round_side, round_mid, round_other = _lip_gap(renderer, FaceParams(jaw=jaw, round=1.0), us)
+        # Towards the corners the lips close; the middle stays open (the "oo" of "you").
+        assert round_side < 0.35 * open_side and round_other < 0.35 * open_side, (jaw, open_side, round_side)
+        assert round_mid > 0.6 * open_mid, (jaw, open_mid, round_mid)
+    # Half rounding ("oh") closes less than full rounding ("oo").
+    half = _lip_gap(renderer, FaceParams(jaw=0.6, round=0.5), us)[0]
+    full = _lip_gap(renderer, FaceParams(jaw=0.6, round=1.0), us)[0]
+    assert full < half < _lip_gap(renderer, FaceParams(jaw=0.6), us)[0]

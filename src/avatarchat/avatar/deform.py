@@ -34,6 +34,7 @@ JAW_DROP_H = 0.085  # chin drop: ~25 px on a 512 px portrait
 UPPER_RAISE_H = 0.03
 STRETCH_W = 0.10
 ROUND_W = 0.15
+PUCKER = 0.45  # round = 1 narrows the lips' opening by this fraction of the mouth's width
 SMILE_H, SMILE_W = 0.022, 0.035
 BROW_H = 0.03
 
@@ -87,6 +88,7 @@ class FaceRig:
         self._names = list(SHAPE_RANGES)
         self._stack = np.stack([self.basis[n] for n in self._names])  # [C, N, 2]
         self._depth = self._pseudo_depth(lm)
+        self._pucker_w = self._pucker_weights()
         chin = lm[g["chin"]][:, 1].max()
         self._roll_pivot = np.array([self.face_c[0], chin + 0.25 * self.face_h])
 
@@ -297,8 +299,34 @@ class FaceRig:
         """All mesh points [N, 2] float32 for ``params``; anchors are returned unchanged."""
         w = self.clamp(params)
         pts = self.rest + np.tensordot(w, self._stack, axes=1)
+        if w[self._names.index("round")] > 0:
+            self._pucker(pts, float(w[self._names.index("round")]))
         pts[: self.n_face] = self._head(pts[: self.n_face], params)
         return pts
+
+    def _pucker_weights(self) -> np.ndarray:
+        """Per point, how much of the pucker it takes: the inner lip edges fully, fading
+        into the lip body; skin and corners none."""
+        L = self._lip
+        w = np.zeros(self.n_points, np.float32)
+        depth = np.clip(1.0 - L["t"] / 0.4, 0.0, 1.0)
+        w[: self.n_face] = np.where(L["upper"] | L["lower"], depth, 0.0)
+        return w
+
+    def _pucker(self, pts: np.ndarray, amount: float) -> None:
+        """Rounded lips leave a small oval opening in the middle, not a narrower slit: the
+        lips' gap is reshaped to an ellipse whose width shrinks with ``amount``. A linear
+        blend cannot do this, because how far the lips must close depends on how far the jaw
+        (another channel) has opened them. Works in place on the blended points."""
+        m, L = self.mouth, self._lip
+        up, lo = pts[m.upper_inner], pts[m.lower_inner]
+        sel = np.flatnonzero(self._pucker_w)
+        x = pts[sel, 0]
+        mid = 0.5 * (np.interp(x, up[:, 0], up[:, 1]) + np.interp(x, lo[:, 0], lo[:, 1]))
+        half_width = 1.0 - PUCKER * amount
+        u = np.abs(L["u"][sel])
+        keep = np.sqrt(np.clip(1.0 - (u / half_width) ** 2, 0.0, 1.0))
+        pts[sel, 1] += (mid - pts[sel, 1]) * (1.0 - keep) * self._pucker_w[sel]
 
     def _head(self, p: np.ndarray, params: FaceParams) -> np.ndarray:
         """Head pose on face points: yaw/pitch shift features by their pseudo-depth (the
