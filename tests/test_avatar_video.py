@@ -7,7 +7,6 @@ frames against the loudness of the decoded audio.
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,6 @@ from avatarchat.engine.events import (
     AvatarMotion,
     ReplyAudio,
     ReplyEnd,
-    TimingMark,
     TurnCancelled,
     now,
 )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
 import pytest
 
@@ -53,7 +53,7 @@ class Scripted(ChatLLM[HandlerOptions]):
         self.replies = replies
         self.requests: list[list[Message]] = []
 
-    async def stream(self, ctx: ChatContext, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream(self, ctx: ChatContext, messages: list[Message]) -> AsyncGenerator[str, None]:
         self.requests.append(messages)
         for delta in self.replies.pop(0):
             await asyncio.sleep(0)
@@ -86,6 +86,27 @@ async def test_base_events_history_and_fallback() -> None:
         {"role": "assistant", "content": FALLBACK_REPLY},
         {"role": "user", "content": "Third"},
     ]
+
+
+@pytest.mark.parametrize(("deltas", "said"), [
+    (["Ava", ":", " Hello", " there."], ["Hello", " there."]),  # the persona's name, from the prompt
+    (["Assistant: Hi."], ["Hi."]),
+    (["  ava :", "Fine."], ["Fine."]),
+    (["Note", ":", " it rains."], ["Note", ":", " it rains."]),  # not a speaker: kept
+    (["I", "'m", " fine."], ["I", "'m", " fine."]),  # held for a word, then passed on as it came
+    (["Yes"], ["Yes"]),  # a reply of one word
+    (["Ava", ":"], [FALLBACK_REPLY]),  # nothing but the label
+])
+async def test_a_leading_speaker_label_is_not_said(deltas: list[str], said: list[str]) -> None:
+    llm = Scripted([deltas, ["Ok."]])
+    info = SessionInfo("t", SessionSettings(system_prompt="You are a helpful AI assistant named Ava."))
+    async with Session([llm], info) as session:
+        events = await turn_events(session, session.say("Hi"))
+        assert texts(events) == said
+        assert isinstance(events[-1], ReplyEnd) and events[-1].text == "".join(said)
+        await turn_events(session, session.say("And?"))
+    # The model is reminded of the reply as it was said.
+    assert llm.requests[1][-2] == {"role": "assistant", "content": "".join(said)}
 
 
 class Prefilling(Scripted):

@@ -150,3 +150,15 @@ def test_the_first_clause_is_cut_after_first_max_words_without_punctuation() -> 
     long = ClauseSplitter(first_max_words=3, max_words=30)
     text = "Yes. Word " + " ".join(["word"] * 11) + "."
     assert [c for ch in text for c in long.feed(ch)] + long.flush() == ["Yes.", text[5:]]
+
+
+@pytest.mark.parametrize(("text", "spoken"), [
+    ("Well (laughs) I can tell you.", "Well I can tell you."),
+    ("*smiles* Hello!", "Hello!"),
+    ("I [sighs] see.", "I see."),
+    ("(Chuckling) yes.", "yes."),
+    ("The (big) dog.", "The (big) dog."),  # a real aside is said
+    ("He laughs at it.", "He laughs at it."),
+])
+def test_acted_out_stage_directions_are_not_said(text: str, spoken: str) -> None:
+    assert clean_for_speech(text) == spoken

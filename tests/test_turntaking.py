@@ -4,7 +4,7 @@ truncation, and the LLM history a cut reply leaves, through a real session."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -304,7 +304,7 @@ class StoryLLM(ChatLLM[HandlerOptions]):
         self.reply, self.delay = reply, delay
         self.requests: list[list[Message]] = []
 
-    async def stream(self, ctx: ChatContext, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream(self, ctx: ChatContext, messages: list[Message]) -> AsyncGenerator[str, None]:
         self.requests.append(messages)
         for part in self.reply:
             await asyncio.sleep(self.delay)

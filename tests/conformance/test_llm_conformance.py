@@ -150,15 +150,15 @@ async def test_error_mid_stream_ends_only_its_turn(llm_handler: Handler[Any], mo
     failed = False
 
     # Test double: a real model does not fail on demand, so the real stream is wrapped to
-    # raise when its second non-blank delta arrives (the model is mid-generation then),
-    # once only: the next turn gets the real stream.
+    # raise when its fourth non-blank delta arrives (the model is mid-generation then, and the
+    # base has passed the first words on), once only: the next turn gets the real stream.
     async def failing(ctx: Any, messages: list[Message]) -> AsyncIterator[str]:
         nonlocal failed
         spoken = 0
         async with aclosing(real(ctx, messages)) as parts:
             async for part in parts:
                 spoken += bool(part.strip())
-                if spoken == 2 and not failed:
+                if spoken == 4 and not failed:
                     failed = True
                     raise InjectedFailure("injected: the model failed mid-stream")
                 yield part

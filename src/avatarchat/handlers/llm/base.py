@@ -16,7 +16,7 @@ import logging
 import re
 from abc import abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -36,6 +36,43 @@ INTERRUPTED_MARK = "[interrupted]"
 MAX_REMEMBERED_CHARS = 160
 #: How many unanswered questions a context remembers for barge-in (bounded: never grows).
 _MAX_ASKED = 8
+
+
+_LABEL = re.compile(r"\s*([A-Za-z]{1,16})\s*:")
+_MAYBE_LABEL = re.compile(r"\s*[A-Za-z]{0,16}\s*")
+_NAMED = re.compile(r"\b(?:named|called|name is)\s+([A-Z][A-Za-z]{0,15})\b")
+_ROLE_NAMES = frozenset({"assistant", "ai", "bot", "answer", "response", "reply"})
+
+
+def speaker_names(system_prompt: str) -> frozenset[str]:
+    """Lower-case names a model may write as a speaker label before its reply: the roles,
+    and the persona's name when the prompt gives one ("... named Ava")."""
+    return _ROLE_NAMES | {m.lower() for m in _NAMED.findall(system_prompt)}
+
+
+async def without_speaker_label(deltas: AsyncGenerator[str, None], names: frozenset[str]) -> AsyncGenerator[str, None]:
+    """``deltas`` less a leading "Ava:" or "Assistant:" (small models write one now and
+    then, and the voice would say it). Holds back at most the first word until its colon
+    is seen or ruled out; TTS waits for a whole clause anyway, so nobody hears the wait."""
+    held: list[str] | None = []  # the deltas of the first word, until it is known
+    async with aclosing(deltas) as inner:  # closing this closes the generation at once
+        async for delta in inner:
+            if held is None:
+                yield delta
+                continue
+            held.append(delta)
+            head = "".join(held)
+            label = _LABEL.match(head)
+            if label is None and _MAYBE_LABEL.fullmatch(head) and len(head) <= 24:
+                continue
+            if label is not None and label.group(1).lower() in names:
+                held = [head[label.end():]]
+            for piece in held:
+                if piece:
+                    yield piece
+            held = None
+    for piece in held or ():
+        yield piece
 
 
 _SENTENCE_END = re.compile(r"[.!?…][\"')\]]*(?=\s|$)")
@@ -128,7 +165,8 @@ class ChatLLM(Handler[OptionsT]):
     Per final transcript ``handle`` yields ``TimingMark("llm_start")``, then
     ``TimingMark("llm_first_token")`` right before the first ``ReplyText``, one ``ReplyText``
     per non-empty delta, and ``ReplyEnd`` whose text is the concatenation of the deltas.
-    Leading whitespace of the reply is dropped (it would only delay the first real word).
+    Leading whitespace of the reply is dropped (it would only delay the first real word), and
+    so is a leading speaker label such as "Ava:" (``without_speaker_label``).
     An empty transcript yields only ``ReplyEnd(turn, "")``. Exceptions from ``stream``
     propagate; the engine turns them into an ``ErrorEvent`` and history stays unchanged.
     """
@@ -146,7 +184,7 @@ class ChatLLM(Handler[OptionsT]):
         only for the words that differ. Default: nothing (a remote server may not cache)."""
 
     @abstractmethod
-    def stream(self, ctx: ChatContext, messages: list[Message]) -> AsyncIterator[str]:
+    def stream(self, ctx: ChatContext, messages: list[Message]) -> AsyncGenerator[str, None]:
         """Yield the reply's text deltas for ``messages``.
 
         Must stop the underlying generation promptly when closed or cancelled (in a
@@ -175,7 +213,8 @@ class ChatLLM(Handler[OptionsT]):
         yield TimingMark(turn, "llm_start")
         parts: list[str] = []
         ctx.finish_reason = None
-        async with aclosing(self.stream(ctx, ctx.messages(user_text))) as deltas:
+        names = speaker_names(ctx.system_prompt)
+        async with aclosing(without_speaker_label(self.stream(ctx, ctx.messages(user_text)), names)) as deltas:
             async for delta in deltas:
                 if not parts:
                     delta = delta.lstrip()

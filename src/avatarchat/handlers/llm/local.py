@@ -18,7 +18,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -172,7 +172,7 @@ class LocalLLM(ChatLLM[LocalLLMOptions]):
         with self._active_lock:
             return self._active
 
-    async def stream(self, ctx: ChatContext, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream(self, ctx: ChatContext, messages: list[Message]) -> AsyncGenerator[str, None]:
         """Stream deltas from llama.cpp; closing or cancelling this generator stops the thread.
 
         The worker thread notices ``stop`` at its next chunk (one token, ~10–25 ms) or, when

@@ -8,7 +8,7 @@ an error naming the URL, and the next turn tries again.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -88,7 +88,7 @@ class OpenAICompatibleLLM(ChatLLM[OpenAICompatibleOptions]):
             self._client_loop = loop
         return self._client
 
-    async def stream(self, ctx: ChatContext, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream(self, ctx: ChatContext, messages: list[Message]) -> AsyncGenerator[str, None]:
         """Stream the reply; closing or cancelling this generator closes the HTTP response.
 
         Closing the response is how the server learns to stop generating. Failures raise

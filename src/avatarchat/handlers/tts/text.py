@@ -26,6 +26,13 @@ _EMOJI = re.compile(
     "\U000e0020-\U000e007f"  # tag characters (subdivision flags)
     "]+"
 )
+# Stage directions small chat models act out: "(laughs)", "*smiles*". Only a known list, so
+# that a real aside in brackets is still said.
+_STAGE_DIRECTION = re.compile(
+    r"[(*\[](?:laugh(?:s|ing)?|chuckl(?:es|ing)|giggl(?:es|ing)|smil(?:es|ing)|grin(?:s|ning)?|"
+    r"sigh(?:s|ing)?|wink(?:s|ing)?|nod(?:s|ding)?|paus(?:es|ing)|clears throat)[)*\]]",
+    re.IGNORECASE,
+)
 _EMOTICON = re.compile(r"(?<!\w)[:;=][-']?[()\[\]DPp/\\|*]+(?!\w)")
 _CODE_FENCE = re.compile(r"```[\w+-]*")
 _LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
@@ -45,13 +52,15 @@ def clean_for_speech(text: str) -> str:
 
     Removes emoji and text emoticons, code fences and backticks, emphasis markers
     (``**bold**``, ``*italics*``, ``_x_``, ``~~x~~``), headings, quote marks and list
-    bullets at line starts, URLs, and hashtags; ``[text](url)`` becomes ``text``.
+    bullets at line starts, URLs, hashtags, and acted-out stage directions ("(laughs)",
+    "*smiles*"); ``[text](url)`` becomes ``text``.
     Hashtags are removed whole, not read as their word: small LLMs append clusters of
     them ("#Friendly #AI") that carry no meaning in speech, and a CamelCase tag would be
     read as one odd word anyway. ``#1`` is kept as "number 1". A result without any
     letter or digit (a lone "!" left by an emoji) is "", so no audio is made for it.
     """
     text = _EMOJI.sub(" ", text)
+    text = _STAGE_DIRECTION.sub(" ", text)
     text = _EMOTICON.sub(" ", text)
     text = _CODE_FENCE.sub(" ", text)
     text = _LINK.sub(r"\1", text)
