@@ -210,6 +210,25 @@ async def test_stage_streams_clauses_through_a_session(engine: str, request: pyt
     assert np.sqrt(np.mean(first_10ms**2)) < 0.05 and _onset_s(audio[0].samples, tts.sample_rate) <= 0.02
 
 
+@pytest.mark.parametrize(("reply", "said"), [
+    # Cut at the token cap mid-sentence: the half sentence is not said, and the text ends there.
+    ("The moon is round. It shines at night, and the", "The moon is round."),
+    ("The moon is round. It shines at night.", "The moon is round. It shines at night."),
+    ("The moon is round and", "The moon is round and"),  # nothing said before it: all of it
+])
+async def test_a_reply_cut_at_the_token_cap_ends_where_the_voice_does(espeak: EspeakTTS, reply: str,
+                                                                     said: str) -> None:
+    async with Session([espeak], SessionInfo("t")) as session:
+        turn = session.new_turn()
+        for d in deltas(reply):
+            session.push(ReplyText(turn, d))
+        session.push(ReplyEnd(turn, reply, truncated=True))
+        events = await collect(session, turn)
+    spoken = " ".join(e.text for e in events if isinstance(e, ReplyAudio))
+    assert spoken == said
+    assert events[-1] == ReplyEnd(turn, said, truncated=True)
+
+
 class _SlowTTS(StreamingTTS):
     """A stand-in engine: 0.2 s of tone per clause after a delay, to cancel mid-stream."""
 

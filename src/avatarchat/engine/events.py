@@ -152,7 +152,9 @@ class ReplyAudio(Event):
 class ReplyEnd(Event):
     """The reply of ``turn`` is complete. Each stage flushes what it holds, then passes it on.
 
-    ``truncated``: the LLM stopped at its token cap, so the text may end mid-sentence.
+    ``truncated``: the LLM stopped at its token cap, so the text may end mid-sentence. The
+    TTS then leaves an unfinished last sentence unsaid and passes the end on with ``text``
+    cut to what it said.
     """
 
     text: str = ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -126,11 +126,11 @@ class StreamingTTS(Handler[TTSOptionsT]):
             state = ctx.turns.get(event.turn)
             if state is not None:
                 clauses = state.splitter.flush()
-                if isinstance(event, ReplyEnd) and event.truncated and state.spoke and clauses:
+                if event.truncated and state.spoke and clauses:
                     # The LLM hit its token cap: a half sentence after a spoken one sounds
-                    # broken, so it is not said (the text still reaches the client).
+                    # broken, so it is not said, and the reply's text ends where the voice did.
                     if not clauses[-1].rstrip().endswith((".", "!", "?", "…")):
-                        clauses.pop()
+                        event = _without_tail(event, clauses.pop())
                 for clause in clauses:
                     async for out in self._speak(state, event.turn, clause):
                         yield out
@@ -164,3 +164,11 @@ class StreamingTTS(Handler[TTSOptionsT]):
         for state in ctx.turns.values():
             state.cancelled = True
         ctx.turns.clear()
+
+
+def _without_tail(end: ReplyEnd, unsaid: str) -> ReplyEnd:
+    """``end`` with its text cut before the clause ``unsaid``, when that clause ends it."""
+    cut = end.text.rstrip()
+    if not cut.endswith(unsaid.strip()):
+        return end
+    return replace(end, text=cut[: len(cut) - len(unsaid.strip())].rstrip())
