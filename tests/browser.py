@@ -1,6 +1,6 @@
 """Helpers for the browser tests: a real `avatarchat serve` subprocess and headless Chromium.
 
-The server and browser plumbing lives in ``avatarchat.bench.e2e`` (the e2e benchmark uses the
+The server and browser plumbing lives in ``avatarchat.bench.harness`` (the e2e benchmark uses the
 same code); this module adds what only tests need: skipping when Debian's Chromium is absent
 and a fake-microphone WAV made from the sample question.
 """
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from avatarchat.audio.io import load_audio, write_wav
-from avatarchat.bench.e2e import (
+from avatarchat.bench.e2e import FAKE_MIC_RATE
+from avatarchat.bench.harness import (
     CHROMIUM,
-    FAKE_MIC_RATE,
     ServeProcess,
     chromium_args,
     launch_chromium,

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from avatarchat.bench.e2e import ServeProcess, free_port
+from avatarchat.bench.harness import ServeProcess, free_port
 from tests.browser import wait_sessions
 
 pytestmark = pytest.mark.slow
@@ -106,7 +106,7 @@ PREFS: dict[str, Any] = {
     "browser.sessionstore.resume_from_crash": False,
 }
 
-#: The page's size, as in the Chromium tests (bench/e2e.py's open_page).
+#: The page's size, as in the Chromium tests (bench/harness.py's open_page).
 VIEWPORT = (1200, 860)
 
 CONNECTED = "() => avatarchat.state().connection === 'connected'"

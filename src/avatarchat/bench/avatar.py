@@ -23,7 +23,13 @@ import numpy as np
 
 from avatarchat.bench.stats import machine, max_rss_mb, summarize
 from avatarchat.engine.config import Config
-from avatarchat.engine.events import AvatarFrame, ReplyAudio, ReplyEnd, TurnCancelled, now
+from avatarchat.engine.events import (
+    AvatarFrame,
+    ReplyAudio,
+    ReplyEnd,
+    TurnCancelled,
+    now,
+)
 from avatarchat.engine.handler import Handler, SessionInfo, handlers_for, run_blocking
 from avatarchat.engine.session import Session
 
