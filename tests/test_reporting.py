@@ -61,6 +61,16 @@ def test_a_turn_goes_thinking_speaking_listening_and_ends_with_metrics() -> None
     assert counters.done == [{k: v for k, v in metrics.items() if k not in ("type", "turn")}]
 
 
+def test_a_reply_cut_at_the_token_cap_ends_with_what_was_said() -> None:
+    report, sent, _ = reporter()
+    report.on_event(UserTranscript(1, "Tell me about the moon."))
+    for delta in ("The moon is round.", " It has two", " full"):
+        report.on_event(ReplyText(1, delta))
+    report.on_event(ReplyEnd(1, "The moon is round.", truncated=True))  # as the TTS passes it on
+    final = [m for m in sent if m["type"] == "reply"][-1]
+    assert final == {"type": "reply", "turn": 1, "text": "The moon is round.", "final": True, "truncated": True}
+
+
 def test_a_cancelled_or_cut_turn_sends_no_metrics() -> None:
     report, sent, counters = reporter()
     report.on_event(UserTranscript(1, "a"))

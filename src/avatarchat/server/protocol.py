@@ -88,15 +88,20 @@ def transcript(turn: int, text: str, final: bool) -> dict[str, Any]:
     return {"type": "transcript", "turn": turn, "text": text, "final": final}
 
 
-def reply(turn: int, text: str, final: bool, interrupted: bool = False) -> dict[str, Any]:
+def reply(turn: int, text: str, final: bool, interrupted: bool = False,
+          truncated: bool = False) -> dict[str, Any]:
     """The avatar's words: deltas with ``final`` false, then the whole text with ``final`` true.
 
     ``interrupted``: the reply was cut off (barge-in, interrupt, a typed message); ``text``
     is then what the user heard, and replaces any text sent for the turn before.
+    ``truncated``: the model hit its token limit; ``text`` is what the voice said, which may
+    stop before the last deltas (an unfinished sentence is not said), and replaces them.
     """
     msg: dict[str, Any] = {"type": "reply", "turn": turn, "text": text, "final": final}
     if interrupted:
         msg["interrupted"] = True
+    if truncated:
+        msg["truncated"] = True
     return msg
 
 

@@ -114,7 +114,7 @@ class TurnReporter:
         elif isinstance(event, ReplyEnd):
             record = self._turn(event.turn)
             record.ended = True
-            self._send(protocol.reply(event.turn, event.text or record.reply, final=True))
+            self._send(protocol.reply(event.turn, event.text or record.reply, final=True, truncated=event.truncated))
         elif isinstance(event, ErrorEvent):
             self._send(protocol.error(event.message, None if event.turn == NO_TURN else event.turn))
             if self._metrics is not None:
