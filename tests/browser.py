@@ -11,6 +11,7 @@ import json
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,10 +28,14 @@ from avatarchat.bench.harness import (
 )
 
 __all__ = [
+    "AUDIBLE",
+    "CONNECTED",
     "CHROMIUM",
     "ServeProcess",
     "chromium_args",
+    "close_pages",
     "launch_chromium",
+    "log_lines",
     "open_page",
     "padded_question_wav",
     "require_chromium",
@@ -39,6 +44,10 @@ __all__ = [
 ]
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+#: The page's WebRTC connection is up (a JS predicate for ``wait_for``).
+CONNECTED = "() => avatarchat.state().connection === 'connected'"
+#: RMS above this counts as audible in the page's envelopes (as in bench e2e).
+AUDIBLE = 0.01
 
 
 def require_chromium() -> None:
@@ -72,3 +81,17 @@ def wait_sessions(server: ServeProcess, n: int, timeout: float = 10.0) -> None:
             assert sessions == n, f"the server still holds {sessions} session(s)"
             return
         time.sleep(0.1)
+
+
+def close_pages(server: ServeProcess, *pages: Any) -> None:
+    """Stop the sessions the way a user would, and wait until the server has let them go."""
+    for page in pages:
+        if page.evaluate("avatarchat.state().connection") != "idle":
+            page.click("#stop")
+        page.context.close()
+    wait_sessions(server, 0)
+
+
+def log_lines(page: Any, kind: str) -> list[str]:
+    """The chat log's texts of one kind ("user", "avatar"), in order."""
+    return [t.strip() for t in page.locator(f"#log .msg.{kind} .body").all_inner_texts()]

@@ -1,11 +1,21 @@
-"""Shared fixtures. Every async test fails if it leaves an asyncio task running."""
+"""Shared fixtures. Every async test fails if it leaves an asyncio task running.
+
+The browser tests share ``pw`` (playwright's sync API), ``server`` (a real ``avatarchat
+serve`` with the embedded default, one per module) and ``quiet_browser`` (Chromium with a
+silent microphone). Modules with a ``server`` of their own (test_peer) override it.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
+import numpy as np
 import pytest
+
+from avatarchat.audio.io import write_wav
+from tests.browser import FAKE_MIC_RATE, ServeProcess, launch_chromium, require_chromium
 
 
 @pytest.fixture(autouse=True)
@@ -18,3 +28,29 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     for t in leaked:
         t.cancel()
     assert not leaked, f"test leaked asyncio tasks: {[t.get_name() for t in leaked]}"
+
+
+@pytest.fixture(scope="module")
+def pw() -> Iterator[Any]:
+    require_chromium()
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install '.[test]')")
+    with playwright_api.sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServeProcess]:
+    """``avatarchat serve`` with the embedded default (barge-in on), for the browser tests."""
+    require_chromium()
+    with ServeProcess() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def quiet_browser(pw: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Chromium with a silent microphone (Chromium's default fake device beeps)."""
+    wav = tmp_path_factory.mktemp("mic") / "silence.wav"
+    write_wav(wav, np.zeros(FAKE_MIC_RATE, np.float32), FAKE_MIC_RATE)
+    browser = launch_chromium(pw, fake_audio=wav, loop=True)
+    yield browser
+    browser.close()

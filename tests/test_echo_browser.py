@@ -21,13 +21,11 @@ track as sent (after the browser's processing).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
 import subprocess
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,13 +38,14 @@ from tests.browser import (
     CHROMIUM,
     ServeProcess,
     chromium_args,
+    close_pages,
     require_chromium,
     wait_for,
 )
 
 pytestmark = pytest.mark.slow
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install '.[test]')")
+pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install '.[test]')")
 
 #: The echo's level relative to what the page plays (a laptop's speaker a little away from
 #: its microphone; the level of tests/test_peer.py's server-side echo test).
@@ -204,21 +203,6 @@ def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PulseLoop]:
         assert not pgrep("-f", str(loop.root)), "a pulseaudio of this test is still running"
 
 
-@pytest.fixture(scope="module")
-def pw() -> Iterator[Any]:
-    require_chromium()
-    with playwright_api.sync_playwright() as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServeProcess]:
-    """The default configuration (barge-in on)."""
-    require_chromium()
-    with ServeProcess() as s:
-        yield s
-
-
 class LoopBrowser:
     """Headless Chromium with a real audio stack on ``pulse``: its output is the speaker, its
     default microphone the speaker's echo."""
@@ -257,21 +241,6 @@ def open_loop_page(browser: LoopBrowser, server: ServeProcess, raw: bool) -> Any
     page.goto(server.url + ("?raw=1" if raw else ""))
     page.wait_for_function("() => window.avatarchat !== undefined")
     return page
-
-
-def close_page(server: ServeProcess, page: Any) -> None:
-    """Stop the session as a user would, and wait until the server has let it go."""
-    if page.evaluate("avatarchat.state().connection") != "idle":
-        page.click("#stop")
-    page.context.close()
-    deadline = time.monotonic() + 10
-    while True:
-        with urllib.request.urlopen(server.url + "healthz", timeout=2) as resp:
-            sessions = json.load(resp).get("sessions")
-        if sessions == 0 or time.monotonic() > deadline:
-            assert sessions == 0, f"the server still holds {sessions} session(s)"
-            return
-        time.sleep(0.1)
 
 
 def tell_a_story(page: Any, echo_cancellation: bool) -> dict[str, Any]:
@@ -368,7 +337,7 @@ def test_without_echo_cancellation_the_echo_cuts_the_reply(loop_browser: LoopBro
         assert abs(levels["echo_db"] - ECHO_DB) < 4, describe(levels)  # the loop works, at its level
         assert cut is not None, "the avatar's echo, uncancelled, did not cut its reply"
     finally:
-        close_page(server, page)
+        close_pages(server, page)
 
 
 @pytest.fixture(scope="module")
@@ -386,7 +355,7 @@ def cancelled_echo(loop_browser: LoopBrowser, server: ServeProcess) -> dict[str,
               f"page mutes at {[round(m['t']) for m in mutes or []]}")
         return {**story, "levels": levels, "mutes": mutes, "volumes": volumes}
     finally:
-        close_page(server, page)
+        close_pages(server, page)
 
 
 def test_echo_cancellation_keeps_the_avatars_own_voice_from_cutting_its_reply(
