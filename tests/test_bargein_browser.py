@@ -257,6 +257,7 @@ def test_barge_in_gate_in_virtual_time(quiet_browser: Any, server: ServeProcess)
         assert (mute["what"], mute["reason"], hold["what"], hold["reason"]) == ("mute", "voice", "hold", "cut")
         assert hold["t"] == cut
         assert mute["onset"] == onset and onset + 40 <= mute["t"] <= onset + 70, mute
+        assert mute["over"] >= 1.0, mute  # how far over its threshold the voice was, for the record
         assert volume_at(speech, mute["t"]) <= 0.5 and volume_at(speech, mute["t"] + 10) == 0
         # Muted from the detection through the cut, up to the next reply.
         assert max(v["volume"] for v in speech["volumeLog"] if mute["t"] + 10 <= v["t"] < nxt) == 0

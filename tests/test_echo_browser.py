@@ -333,7 +333,7 @@ def test_without_echo_cancellation_the_echo_cuts_the_reply(loop_browser: LoopBro
         levels = echo_levels(page)  # to the last of the voice, which the cut ends
         mutes = gate_mutes(page)
         print(f"\nno echo cancellation: {describe(levels)}; cut to {cut['text'] if cut else None!r}; "
-              f"page mutes at {[round(m['t']) for m in mutes or []]}")
+              f"page mutes at {[(round(m['t']), m.get('over')) for m in mutes or []]} (ms, × threshold)")
         assert abs(levels["echo_db"] - ECHO_DB) < 4, describe(levels)  # the loop works, at its level
         assert cut is not None, "the avatar's echo, uncancelled, did not cut its reply"
     finally:
@@ -352,7 +352,7 @@ def cancelled_echo(loop_browser: LoopBrowser, server: ServeProcess) -> dict[str,
         levels = echo_levels(page, until=cut["t"] if cut else None)
         volumes = page.evaluate("avatarchat.bargeIn().volumeLog") if mutes is not None else None
         print(f"\necho cancellation: {describe(levels)}; cut to {cut['text'] if cut else None!r}; "
-              f"page mutes at {[round(m['t']) for m in mutes or []]}")
+              f"page mutes at {[(round(m['t']), m.get('over')) for m in mutes or []]} (ms, × threshold)")
         return {**story, "levels": levels, "mutes": mutes, "volumes": volumes}
     finally:
         close_pages(server, page)

@@ -98,8 +98,8 @@ export class OnsetDetector {
     const dt = this.lastT === null ? TICK_MS : Math.min(Math.max(t - this.lastT, 0), MAX_STEP_MS);
     this.lastT = t;
     this.trackFloor(mic, dt);
-    const loud = mic >= this.threshold(this.echoLevel(t, heard));
-    return loud ? this.loudTick(t, dt) : this.quietTick(dt);
+    const threshold = this.threshold(this.echoLevel(t, heard));
+    return mic >= threshold ? this.loudTick(t, dt, mic / threshold) : this.quietTick(dt);
   }
 
   threshold(echo) {
@@ -134,16 +134,18 @@ export class OnsetDetector {
     return max;
   }
 
-  loudTick(t, dt) {
+  // `over`: how many times the threshold the mic is (kept for the mute's record).
+  loudTick(t, dt, over) {
     this.quietMs = 0;
     this.lastLoud = t;
     // Speech resumed after a short pause is the same utterance: it never fires.
-    this.run ??= { start: t, last: t, loudMs: 0, fired: t - this.lastSpeech < REST_MS };
+    this.run ??= { start: t, last: t, loudMs: 0, fired: t - this.lastSpeech < REST_MS, over: 0 };
     this.run.loudMs += dt;
     this.run.last = t;
+    this.run.over = Math.max(this.run.over, over);
     if (this.run.fired || this.run.loudMs < this.onsetMs) return null;
     this.run.fired = true;
-    return { onset: this.run.start, at: t };
+    return { onset: this.run.start, at: t, over: this.run.over };
   }
 
   quietTick(dt) {
@@ -161,7 +163,7 @@ export class BargeInGate {
   // `apply(volume)` sets the avatar's playback volume (0..1).
   constructor(apply, settings = DEFAULTS) {
     this.apply = apply;
-    this.events = []; // {t, what: "mute" | "hold" | "open", reason, onset?}
+    this.events = []; // {t, what: "mute" | "hold" | "open", reason, onset?, over?}
     this.volumeLog = []; // {t, volume}: every change applied
     this.volume = 1;
     this.configure(settings);
@@ -216,7 +218,7 @@ export class BargeInGate {
       if (this.mode === "muted") this.graceOver(t);
       else if (this.mode === "held") this.holdOver(t);
     }
-    if (onset && this.watching()) this.mute(t, "voice", onset.onset);
+    if (onset && this.watching()) this.mute(t, "voice", onset.onset, { over: Math.round(onset.over * 100) / 100 });
   }
 
   watching() {
@@ -249,12 +251,12 @@ export class BargeInGate {
     if (drained || t - this.heldAt >= MAX_HOLD_MS) this.open(t, "drained", REOPEN_MS);
   }
 
-  mute(t, reason, onset) {
+  mute(t, reason, onset, detail = {}) {
     this.mode = "muted";
     this.mutedAt = t;
     this.deadline = t + this.settings.graceMs;
     this.fadeTo(t, 0, MUTE_MS);
-    this.note({ t, what: "mute", reason, onset });
+    this.note({ t, what: "mute", reason, onset, ...detail });
   }
 
   hold(t, reason) {
