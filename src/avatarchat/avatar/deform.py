@@ -35,6 +35,7 @@ UPPER_RAISE_H = 0.03
 STRETCH_W = 0.10
 ROUND_W = 0.15
 PUCKER = 0.45  # round = 1 narrows the lips' opening by this fraction of the mouth's width
+PUCKER_FULL_AT = 0.5  # rounding from which the opening is fully oval
 SMILE_H, SMILE_W = 0.022, 0.035
 BROW_H = 0.03
 
@@ -326,7 +327,9 @@ class FaceRig:
         half_width = 1.0 - PUCKER * amount
         u = np.abs(L["u"][sel])
         keep = np.sqrt(np.clip(1.0 - (u / half_width) ** 2, 0.0, 1.0))
-        pts[sel, 1] += (mid - pts[sel, 1]) * (1.0 - keep) * self._pucker_w[sel]
+        # Fade the reshaping in, so that a little rounding changes the mouth a little.
+        strength = min(1.0, amount / PUCKER_FULL_AT)
+        pts[sel, 1] += (mid - pts[sel, 1]) * (1.0 - keep) * self._pucker_w[sel] * strength
 
     def _head(self, p: np.ndarray, params: FaceParams) -> np.ndarray:
         """Head pose on face points: yaw/pitch shift features by their pseudo-depth (the
