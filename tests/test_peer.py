@@ -164,8 +164,11 @@ async def test_typed_text_is_answered_and_interrupt_stops_the_reply(server: Serv
     # The 200 ms target is measured by `bench e2e`; here the bound only tells a cut from a
     # reply that plays on (it runs for seconds), with room for a loaded CI machine.
     assert stop_ms < 500, stop_ms
-    after = [m for m in client.messages if m.get("turn") == turn and m["_at"] > sent_at + 0.1
-             and m["type"] in ("reply", "metrics")]
+    # The cut is confirmed with the words heard; after it, nothing more of the turn (PROTOCOL.md).
+    cut = await client.wait_message(lambda m: m.get("turn") == turn and m.get("interrupted") is True, 5, start=mark)
+    assert cut["type"] == "reply" and cut["final"] is True
+    after = [m for m in client.messages[client.messages.index(cut) + 1:]
+             if m.get("turn") == turn and m["type"] in ("reply", "metrics")]
     assert after == [], after
     assert not client.of_type("metrics", turn)
     assert server.peers[0].playout.played_seconds(turn) > 0.15
