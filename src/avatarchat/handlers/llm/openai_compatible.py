@@ -69,6 +69,9 @@ class OpenAICompatibleLLM(ChatLLM[OpenAICompatibleOptions]):
             raise HandlerLoadError("the openai_compatible LLM needs the openai package: pip install openai") from exc
         self._openai = openai
         self._client = self._new_client()
+        # The openai package imports its chat resources on first use (~35 ms): do it here,
+        # not on the event loop in the middle of the first turn.
+        self._client.chat.completions  # noqa: B018
 
     def _new_client(self) -> Any:
         o = self.options
