@@ -2,28 +2,56 @@
 
 The engine promises the loop never stalls more than 20 ms because of its own work. Other
 processes on the same cores add scheduling delay that no code here causes, so a test
-first measures the idle loop's lag (the noise floor) and allows twice that where it is
-above 20 ms. The figures are printed, so a noisy run shows in the log.
+first measures the loop's lag with nothing to do on it (the noise floor) and allows twice
+that where it is above 20 ms. The floor is measured while one executor thread computes,
+as the stages' executors do while a test runs: on busy cores that thread's share of the
+CPU delays the loop too, without any code blocking it. A short floor still misses the
+rare long preemption of a run lasting seconds (a full suite at load 4 on 2 cores saw
+21 ms), so when the load average exceeds the cores the budget doubles. Code that
+blocks the loop (a chunk rendered on it, a model call) stalls it 100 ms and more, which
+every budget catches. The figures are printed, so a noisy run shows in the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
+
+import numpy as np
 
 from avatarchat.engine.loop_probe import LoopLagProbe
 
 MAX_LOOP_LAG_S = 0.020
 
 
-async def idle_lag(seconds: float = 0.3) -> float:
-    """The loop lag of this machine with nothing to do (seconds)."""
-    async with LoopLagProbe() as probe:
-        await asyncio.sleep(seconds)
+async def idle_lag(seconds: float = 0.5) -> float:
+    """The loop lag of this machine (seconds) with nothing on the loop and one executor
+    thread computing (numpy, which releases the GIL like the models do)."""
+    stop = threading.Event()
+
+    def compute() -> None:
+        a = np.random.default_rng(0).random((256, 256), dtype=np.float32)
+        while not stop.is_set():
+            a @ a
+
+    work = asyncio.get_running_loop().run_in_executor(None, compute)
+    try:
+        async with LoopLagProbe() as probe:
+            await asyncio.sleep(seconds)
+    finally:
+        stop.set()
+        await work
     return probe.max_lag
 
 
 def assert_responsive(max_lag: float, idle: float, what: str) -> None:
-    """The loop stalled less than 20 ms, or than twice its idle noise floor."""
+    """The loop stalled less than 20 ms, or than twice its noise floor; twice that again
+    while other processes keep more threads runnable than there are cores."""
     budget = max(MAX_LOOP_LAG_S, 2 * idle)
-    print(f"{what}: max loop lag {max_lag * 1000:.1f} ms (idle {idle * 1000:.1f} ms, budget {budget * 1000:.0f} ms)")
+    load = os.getloadavg()[0]
+    if load > (os.cpu_count() or 1):
+        budget *= 2
+    print(f"{what}: max loop lag {max_lag * 1000:.1f} ms (idle {idle * 1000:.1f} ms, load {load:.1f}, "
+          f"budget {budget * 1000:.0f} ms)")
     assert max_lag < budget, f"{what}: the event loop stalled {max_lag * 1000:.0f} ms"
