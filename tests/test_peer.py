@@ -374,8 +374,9 @@ async def test_speaking_over_the_reply_stops_it_and_the_question_is_answered(
     env = envelope(client, onset - 1.0)
     loud = float(np.median([r for t, r in env if t < onset]))
     ducked = first_quiet(env, onset, 0.35 * loud, hold_s=0.06)
-    # The end of the last audible chunk before the answer (which comes seconds later).
-    stopped = max(t for t, r in env if onset < t < barge.at + 0.6 and r > 0.002) + 0.02
+    # The end of the last audible chunk before the answer (which comes seconds later); on an
+    # overloaded machine the reply may already be between chunks at the onset.
+    stopped = max((t + 0.02 for t, r in env if onset < t < barge.at + 0.6 and r > 0.002), default=onset)
     assert ducked is not None
     confirm = cut["_at"]
     _, vad_onset, duck_at = peer.turntaking.ducks[0]
