@@ -1,8 +1,8 @@
 """Shared fixtures. Every async test fails if it leaves an asyncio task running.
 
 The browser tests share ``pw`` (playwright's sync API), ``server`` (a real ``avatarchat
-serve`` with the embedded default, one per module) and ``quiet_browser`` (Chromium with a
-silent microphone). Modules with a ``server`` of their own (test_peer) override it.
+serve`` with the embedded default at temperature 0, one per module) and ``quiet_browser``
+(Chromium with a silent microphone). Modules with a ``server`` of their own (test_peer) override it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pytest
 
 from avatarchat.audio.io import write_wav
 from tests.browser import FAKE_MIC_RATE, ServeProcess, launch_chromium, require_chromium
+from tests.configs import greedy_default
 
 
 @pytest.fixture(autouse=True)
@@ -39,10 +40,11 @@ def pw() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[ServeProcess]:
-    """``avatarchat serve`` with the embedded default (barge-in on), for the browser tests."""
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    """``avatarchat serve`` with the embedded default (barge-in on), for the browser tests;
+    greedy decoding, so that a question gets the same reply, of the same length, every run."""
     require_chromium()
-    with ServeProcess() as s:
+    with ServeProcess(config=greedy_default(tmp_path_factory.mktemp("config"))) as s:
         yield s
 
 

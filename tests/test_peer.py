@@ -25,6 +25,7 @@ from avatarchat.engine.pipeline import Pipeline
 from avatarchat.server.peer import OfferError, PeerSession
 from avatarchat.server.protocol import MAX_MESSAGE_BYTES
 from avatarchat.server.settings import ServerSettings
+from tests.configs import greedy_default
 from tests.rtc_client import RtcTestClient
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -36,10 +37,12 @@ def words(text: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def pipeline() -> Pipeline:
-    """The embedded default config, loaded once. Loaded in a throwaway loop: the handlers
-    are plain objects (models, thread pools) that each test's own loop can use."""
-    return asyncio.run(Pipeline.load(load_config(), progress=lambda _: None))
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+    """The embedded default config at temperature 0 (a long story is long every run), loaded
+    once. Loaded in a throwaway loop: the handlers are plain objects (models, thread pools)
+    that each test's own loop can use."""
+    config = load_config(greedy_default(tmp_path_factory.mktemp("config")))
+    return asyncio.run(Pipeline.load(config, progress=lambda _: None))
 
 
 class Server:
