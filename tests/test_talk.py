@@ -31,9 +31,11 @@ def words(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def voice_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded default without the avatar stage: these tests are about the voice."""
+    """The embedded default without the avatar stage: these tests are about the voice. Greedy
+    decoding: the replies, which whisper must hear back, are the same every run."""
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
     raw.pop("avatar", None)
+    raw["llm"]["temperature"] = 0.0
     path = tmp_path_factory.mktemp("cfg") / "voice.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
