@@ -401,6 +401,40 @@ async def test_speaking_over_the_reply_stops_it_and_the_question_is_answered(
     assert history[-2][1].endswith("[interrupted]") and history[-2][0] == LONG_QUESTION
 
 
+async def test_speech_while_a_reply_is_prepared_drops_it_instead_of_talking_over_it(
+        server: Server, clients: list[RtcTestClient]) -> None:
+    """What happens when the user goes on after a pause the end of turn took for the end:
+    here made deterministic with a typed question and, at once, a spoken one (the VAD hears
+    it start ~100 ms later; the typed reply's first audio is ~300 ms away). Once the speech
+    has lasted min_speech, the reply in preparation is dropped (or cut, ducked, if it began
+    meanwhile): not played over the user, as it was before, until their final transcript
+    superseded it. The spoken question is answered with the typed one in the history."""
+    question = load_audio(SAMPLES / "followup.wav", 48000)
+    question = question[round(voice_onset(question) * 48000):]
+    client = await server.client()
+    clients.append(client)
+    client.send({"type": "text", "text": "What is the capital of France?"})
+    onset = time.monotonic()
+    client.speak(question)
+    typed = await client.wait_message(lambda m: m["type"] == "transcript", 30)
+    cut = await client.wait_message(lambda m: m.get("interrupted") and m["turn"] == typed["turn"], 10)
+    said = await client.wait_message(lambda m: m["type"] == "transcript" and m["final"] and m["turn"] > typed["turn"], 30)
+    assert words(said["text"]) == ["and", "what", "is", "it", "famous", "for"]
+    peer = server.peers[0]
+    barge = peer.turntaking.history[0]
+    assert barge.cut == (typed["turn"],) and barge.turn == said["turn"] and barge.why == "speech"
+    # Decided by the speech, long before its final transcript could have superseded the reply.
+    assert cut["_at"] < said["_at"] and cut["_at"] - onset < 0.3 + 0.5, cut["_at"] - onset
+    played = peer.playout.played_seconds(typed["turn"])
+    print(f"\nspeech while a reply is prepared: dropped {1000 * (cut['_at'] - onset):.0f} ms after the "
+          f"onset, {played:.2f} s of it played, heard {cut['text']!r}")
+    assert played < 0.5, played  # talking over the user: ~1.4 s
+    answer = await client.wait_message(reply_done(said["turn"]), 60)
+    assert answer["text"].strip() and not answer.get("interrupted")
+    history = peer.session.context("llm").history
+    assert history[-2] == ("What is the capital of France?", f"{cut['text']} [interrupted]".strip()), history
+
+
 async def test_a_short_blip_during_the_reply_does_not_stop_it(
         server: Server, clients: list[RtcTestClient]) -> None:
     from avatarchat.audio.resample import resample

@@ -61,12 +61,23 @@ class VirtualTime:
 
 @dataclass
 class FakeFloor:
+    """``playing_turn``: the reply heard now; ``preparing``: replies in flight, not heard yet."""
+
     playing_turn: int | None = 1
+    preparing: list[int] = field(default_factory=list)
     volume: float = 1.0
     log: list[tuple[Any, ...]] = field(default_factory=list)
 
     def playing(self) -> int | None:
         return self.playing_turn
+
+    def replies(self) -> list[int]:
+        return sorted(set(self.preparing) | ({self.playing_turn} if self.playing_turn is not None else set()))
+
+    def start_playing(self, tt: TurnTaking) -> None:
+        """The oldest reply in preparation starts to play, as the peer reports it."""
+        self.playing_turn = self.preparing.pop(0)
+        tt.reply_started(self.playing_turn)
 
     def duck(self, volume: float) -> None:
         self.volume = volume
@@ -78,8 +89,10 @@ class FakeFloor:
 
     def cut(self, before: int | None, reason: str) -> list[int]:
         self.log.append(("cut", before, reason))
-        cut = [] if self.playing_turn is None else [self.playing_turn]
-        self.playing_turn = None
+        cut = [t for t in self.replies() if before is None or t < before]
+        self.preparing = [t for t in self.preparing if t not in cut]
+        if self.playing_turn in cut:
+            self.playing_turn = None
         return cut
 
     def dismiss(self, turn: int, reason: str) -> None:
@@ -178,6 +191,45 @@ def test_no_reply_playing_means_no_action() -> None:
     speak(tt, vt, 2, 1.0)
     vt.advance(1.0)
     assert floor.log == [] and tt.pending is None and tt.history == []
+
+
+def test_speech_while_the_reply_is_prepared_drops_it_before_it_is_heard() -> None:
+    """The user goes on after a pause that ended their turn: once the new speech lasts
+    min_speech, the reply being prepared is dropped, with nothing to duck."""
+    floor = FakeFloor(playing_turn=None, preparing=[1])
+    tt, vt = machine(floor)
+    onset = speak(tt, vt, 2, 0.5)
+    assert floor.cuts() == [("cut", 2, "barge-in")] and floor.preparing == []
+    assert not [e for e in floor.log if e[0] == "duck"] and tt.ducks == []
+    record = tt.history[0]
+    assert record.cut == (1,) and record.why == "speech" and 0.3 <= record.at - onset < 0.3 + 0.1
+
+
+def test_a_reply_that_starts_while_the_user_speaks_is_ducked_from_its_start() -> None:
+    floor = FakeFloor(playing_turn=None, preparing=[1])
+    tt, vt = machine(floor)
+    tt.on_event(SpeechStarted(2, at=vt.t))
+    assert floor.log == [] and tt.pending == 2
+    vt.advance(0.1)
+    floor.start_playing(tt)
+    assert floor.log == [("duck", 0.2)] and tt.ducks[0][0] == 2
+    tt.on_event(UserTranscript(2, "and then we", final=False))
+    assert floor.cuts() == [("cut", 2, "barge-in")] and floor.volume == 1.0
+
+
+def test_a_cough_while_the_reply_is_prepared_lets_it_play_at_full_volume() -> None:
+    floor = FakeFloor(playing_turn=None, preparing=[1])
+    tt, vt = machine(floor)
+    onset = speak(tt, vt, 2, 0.12)
+    vt.advance(onset + 0.3 + CONFIRM_GRACE_S - vt.t)  # the deadline: no more voice came
+    floor.start_playing(tt)  # after the deadline: not ducked
+    tt.on_event(TurnCancelled(2, reason="too short"))
+    assert floor.log == [] and floor.playing_turn == 1 and tt.pending is None
+    # Another cough: its empty transcript drops it unanswered, and the reply plays on.
+    speak(tt, vt, 3, 0.2)
+    tt.on_event(SpeechEnded(3, audio=np.zeros(10, np.float32), speech_end=vt.t))
+    tt.on_event(UserTranscript(3, "", final=True))
+    assert not floor.cuts() and ("dismiss", 3, "backchannel") in floor.log and floor.volume == 1.0
 
 
 def test_disabled_barge_in_only_supersedes_on_a_final_question() -> None:

@@ -9,7 +9,7 @@ with fakes and virtual time.
 
 Voice barge-in::
 
-    SpeechStarted while a reply plays ──▶ DUCKED (reply audio faded to duck_volume)
+    SpeechStarted while a reply is in flight ──▶ WEIGHED (a playing reply: faded to duck_volume)
         │ SpeechOngoing: speech lasted min_speech since its onset  ─┐
         │ a transcript (partial or final) with real words          ─┴─▶ cut the reply
         │ SpeechEnded / TurnCancelled ("too short") / the deadline  ──▶ volume restored;
@@ -19,9 +19,15 @@ Voice barge-in::
     idle
 
 The deadline is the onset plus ``min_speech`` plus ``CONFIRM_GRACE_S`` (the VAD's report of
-continued speech arrives a chunk or two after the audio it is about). Without a reply
-playing, speech changes nothing here; a final transcript with words supersedes older
-replies still in flight, as typed text and the interrupt button cut everything at once.
+continued speech arrives a chunk or two after the audio it is about).
+
+Speech that starts while an earlier reply is still being prepared (the user goes on after
+a pause the end of turn took for the end) is weighed the same way, so the avatar does not
+start talking over them: confirmed, it drops that reply, heard or not; if the reply starts
+playing while the speech is being weighed, it is ducked from its first sample
+(``reply_started``). Without any reply in flight, speech changes nothing here; a final
+transcript with words supersedes older replies still in flight, as typed text and the
+interrupt button cut everything at once.
 """
 
 from __future__ import annotations
@@ -68,6 +74,9 @@ class Floor(Protocol):
     def playing(self) -> int | None:
         """The turn whose reply the user is hearing now, if any."""
 
+    def replies(self) -> list[int]:
+        """The turns whose reply is in flight: being generated, or queued, or playing."""
+
     def duck(self, volume: float) -> None:
         """Fade the reply audio to ``volume`` (0..1) within a few tens of milliseconds."""
 
@@ -94,11 +103,14 @@ def loop_scheduler(when: float, fn: Callable[[], None]) -> Cancellable:
 
 @dataclass
 class _Pending:
-    """A user turn that began while a reply played and has not taken the floor yet."""
+    """A user turn that began while a reply was in flight and has not taken the floor yet.
+    ``weighing``: until its deadline or its speech's end (a reply that starts meanwhile is
+    ducked); ``ducked``: the reply's volume is down now."""
 
     turn: int
     onset: float
-    ducked: bool = True
+    ducked: bool = False
+    weighing: bool = True
     timer: Cancellable | None = None
 
 
@@ -173,15 +185,27 @@ class TurnTaking:
 
     # -- the states -------------------------------------------------------------------
 
+    def reply_started(self, turn: int) -> None:
+        """The first audio of ``turn``'s reply is going out: a user already speaking
+        (being weighed) hears it ducked."""
+        p = self._pending
+        if p is not None and p.weighing and not p.ducked and turn < p.turn:
+            self._duck(p)
+
     def _started(self, event: SpeechStarted) -> None:
-        reply = self.floor.playing()
-        if not self.enabled or reply is None or reply >= event.turn:
+        if not self.enabled or not any(t < event.turn for t in self.floor.replies()):
             return
         self._drop()
         p = self._pending = _Pending(event.turn, event.at)
-        self.floor.duck(self.duck_volume)
-        self.ducks.append((event.turn, event.at, self._clock()))
+        reply = self.floor.playing()
+        if reply is not None and reply < event.turn:
+            self._duck(p)
         p.timer = self._call_at(event.at + self.min_speech_s + CONFIRM_GRACE_S, self._deadline)
+
+    def _duck(self, p: _Pending) -> None:
+        p.ducked = True
+        self.floor.duck(self.duck_volume)
+        self.ducks.append((p.turn, p.onset, self._clock()))
 
     def _transcript(self, event: UserTranscript) -> None:
         p = self._pending
@@ -218,7 +242,10 @@ class TurnTaking:
 
     def _unduck(self) -> None:
         p = self._pending
-        if p is not None and p.ducked:
+        if p is None:
+            return
+        p.weighing = False
+        if p.ducked:
             p.ducked = False
             self.floor.restore()
 

@@ -63,6 +63,9 @@ class PeerFloor:
     def playing(self) -> int | None:
         return self._playout.playing
 
+    def replies(self) -> list[int]:
+        return sorted(set(self._session.open_turns) | set(self._playout.turns))
+
     def duck(self, volume: float) -> None:
         self._playout.duck(volume)
 
@@ -73,7 +76,7 @@ class PeerFloor:
         def older(t: int) -> bool:
             return before is None or t < before
 
-        turns = sorted({t for t in self._session.open_turns if older(t)} | {t for t in self._playout.turns if older(t)})
+        turns = [t for t in self.replies() if older(t)]
         for turn in turns:
             self._cut_one(turn, reason)
         return turns

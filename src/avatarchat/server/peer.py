@@ -121,7 +121,7 @@ class PeerSession:
         self._session: Session = pipeline.session(self.id)
         self._clock = MediaClock()
         self._report = TurnReporter(self._send, metrics)
-        self._playout = Playout(self._clock, PlayoutListener(self._report.started, self._report.first_frame,
+        self._playout = Playout(self._clock, PlayoutListener(self._started, self._report.first_frame,
                                                              self._finished))
         self._channel: RTCDataChannel | None = None
         self._pending: list[str] = []
@@ -395,6 +395,11 @@ class PeerSession:
         self._report.on_event(event)
         if isinstance(event, ReplyEnd):
             self._playout.end(event.turn)
+
+    def _started(self, turn: int, at: float) -> None:
+        """The first audio of ``turn``'s reply went out (from the tracks' recv, on the loop)."""
+        self._report.started(turn, at)
+        self._turntaking.reply_started(turn)
 
     def _finished(self, turn: int) -> None:
         """The playout sent all of ``turn``'s reply (from the tracks' recv, on the loop)."""
