@@ -143,6 +143,43 @@ def test_record_interrupted() -> None:
     assert list(ctx.history) == [("Tell me a story", "Once upon a time [interrupted]"), ("Stop", "[interrupted]")]
 
 
+async def test_a_question_heard_unanswered_is_continued_by_the_next() -> None:
+    """Barge-in dropped the reply to "... around the pond." before a word of it was heard:
+    the next question is asked as its continuation, and remembered so."""
+    llm = Scripted([["Woof."], ["A terrier."], ["Hi."], ["Ok."]])
+    async with Session([llm], SessionInfo("t", SessionSettings(history_turns=3))) as session:
+        first = session.new_turn()
+        session.push(UserTranscript(first, "We saw a dog by the pond.", final=True))
+        await turn_events(session, first)
+        ctx = session.context("llm")
+        # As PeerFloor does for a reply that was generated but not yet played.
+        assert llm.record_cut(ctx, first, "", continued=True)
+        await turn_events(session, session.say("What kind was it?"))
+        assert llm.requests[1][-1] == {"role": "user", "content": "We saw a dog by the pond. What kind was it?"}
+        assert list(ctx.history) == [("We saw a dog by the pond. What kind was it?", "A terrier.")]
+
+        # Heard in part, or cut by the interrupt button: an exchange of its own, as before.
+        third = session.say("Hello")
+        await turn_events(session, third)
+        assert llm.record_cut(ctx, third, "", continued=False)
+        await turn_events(session, session.say("Bye"))
+        assert llm.requests[3][-1] == {"role": "user", "content": "Bye"}
+        assert list(ctx.history)[-2:] == [("Hello", "[interrupted]"), ("Bye", "Ok.")]
+
+
+async def test_unheard_questions_followed_by_noise_stay_in_history_unanswered() -> None:
+    llm = Scripted([["Sure."], ["Fine."]])
+    async with Session([llm], SessionInfo("t", SessionSettings(history_turns=3))) as session:
+        await turn_events(session, first := session.say("Tell me a joke."))
+        ctx = session.context("llm")
+        assert llm.record_cut(ctx, first, "  ", continued=True)
+        noise = session.new_turn()
+        session.push(UserTranscript(noise, "", final=True))  # the speech that cut it was noise
+        await turn_events(session, noise)
+        await turn_events(session, session.say("How are you?"))
+    assert list(ctx.history) == [("Tell me a joke.", "[interrupted]"), ("How are you?", "Fine.")]
+
+
 # --- the local handler on the real model ---------------------------------------------------
 
 

@@ -9,7 +9,8 @@ per reply turn, all at once on the loop:
    engine part is still running;
 3. drops its playout (the next audio frame is a 10 ms fade, then silence; the next video
    frame is idle) and lets the avatar close its mouth from the frame on screen;
-4. remembers in the LLM history only the words heard, marked ``[interrupted]``;
+4. remembers in the LLM history only the words heard, marked ``[interrupted]``; if none
+   were and the user went on talking, the question is asked again with the next one;
 5. sends ``{"type": "reply", "final": true, "interrupted": true, "text": <heard>}`` if the
    client was shown any of the reply.
 """
@@ -27,6 +28,10 @@ from avatarchat.server import protocol
 from avatarchat.server.tracks import Playout
 
 log = logging.getLogger(__name__)
+
+#: Cuts by which the user went on talking (or typing): a question whose reply they heard
+#: nothing of is asked again as part of the next one. Not the interrupt button's.
+CONTINUED = frozenset({"barge-in", "superseded", "text"})
 
 
 class PeerFloor:
@@ -106,7 +111,7 @@ class PeerFloor:
         if self._llm is not None and hasattr(self._llm, "record_cut"):
             ctx = self._session.context("llm")
             if ctx is not None:
-                remembered = self._llm.record_cut(ctx, turn, heard)
+                remembered = self._llm.record_cut(ctx, turn, heard, continued=reason in CONTINUED)
         if turn in self._shown:
             self._send(protocol.reply(turn, heard, final=True, interrupted=True))
         log.info("cut turn %s (%s) after %.2f s heard: %r%s", turn, reason, heard_s, heard,

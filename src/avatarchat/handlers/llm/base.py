@@ -36,6 +36,8 @@ INTERRUPTED_MARK = "[interrupted]"
 MAX_REMEMBERED_CHARS = 160
 #: How many unanswered questions a context remembers for barge-in (bounded: never grows).
 _MAX_ASKED = 8
+#: How many unheard questions a continuation carries (the oldest go first).
+_MAX_UNHEARD = 2
 
 
 _LABEL = re.compile(r"\s*([A-Za-z]{1,16})\s*:")
@@ -99,6 +101,9 @@ class ChatContext:
     #: The remembered exchange of each recent completed turn, so a reply the user cut off
     #: while it still played can be taken back (``retract``) and remembered as heard.
     answered: dict[int, tuple[str, str]] = field(default_factory=dict)
+    #: Questions whose reply was dropped before the user heard a word of it, because they
+    #: went on talking: the next question is asked as their continuation.
+    unheard: list[str] = field(default_factory=list)
     #: Why the last generation stopped ("stop", "length"…), set by ``stream`` when it knows.
     finish_reason: str | None = None
     #: Prompt tokens the last generation had to read (the rest came from a cache), set by
@@ -122,6 +127,11 @@ class ChatContext:
             messages.append({"role": "assistant", "content": reply})
         messages.append({"role": "user", "content": user_text})
         return messages
+
+    def question(self, user_text: str) -> str:
+        """What the model is asked for ``user_text``: it continues any ``unheard`` questions
+        ("... around the pond." then "What kind of dog was it?" make one question)."""
+        return " ".join([*self.unheard, user_text])
 
     def add(self, user_text: str, reply: str, turn: int | None = None) -> None:
         """Remember one exchange (the deque drops the oldest beyond ``history_turns``).
@@ -201,14 +211,19 @@ class ChatLLM(Handler[OptionsT]):
             # then wait for the prefill's token.
             if user_text and event.speech_end is None:
                 try:
-                    await self.prefill(ctx, ctx.messages(user_text))
+                    await self.prefill(ctx, ctx.messages(ctx.question(user_text)))
                 except Exception:  # only a head start was lost; the reply will say more
                     log.warning("llm %s: prefill failed on turn %s", self.name, turn, exc_info=True)
             return
         if not user_text:
+            for question in ctx.unheard:  # noise went on: the questions stay unanswered
+                ctx.add(question, INTERRUPTED_MARK)
+            ctx.unheard.clear()
             yield ReplyEnd(turn, "")
             return
 
+        user_text = ctx.question(user_text)
+        ctx.unheard.clear()
         ctx.remember_question(turn, user_text)
         yield TimingMark(turn, "llm_start")
         parts: list[str] = []
@@ -247,18 +262,23 @@ class ChatLLM(Handler[OptionsT]):
         heard = heard_text.strip()
         ctx.add(user_text.strip(), f"{heard} {INTERRUPTED_MARK}" if heard else INTERRUPTED_MARK)
 
-    def record_cut(self, ctx: ChatContext, turn: int, heard_text: str) -> bool:
+    def record_cut(self, ctx: ChatContext, turn: int, heard_text: str, *, continued: bool = False) -> bool:
         """The reply of ``turn`` was cut off after the user heard ``heard_text``: remember
         the exchange as heard (``record_interrupted``). Works both while the reply was
         still being generated (its question is in ``ctx.asked``) and after it completed
-        (its whole exchange, already in history, is taken back first). Returns False if
-        the turn is unknown (never asked, or forgotten)."""
+        (its whole exchange, already in history, is taken back first). ``continued``: the
+        user went on talking; if they heard nothing of the reply, their question is carried
+        into the next one instead (``ChatContext.unheard``). Returns False if the turn is
+        unknown (never asked, or forgotten)."""
         user_text = ctx.asked.pop(turn, None)
         if user_text is None:
             user_text = ctx.retract(turn)
         if user_text is None:
             return False
-        self.record_interrupted(ctx, user_text, heard_text)
+        if continued and not heard_text.strip():
+            ctx.unheard = [*ctx.unheard, user_text][-_MAX_UNHEARD:]
+        else:
+            self.record_interrupted(ctx, user_text, heard_text)
         return True
 
     def cancel_turn(self, ctx: Any, turn: int) -> None:
