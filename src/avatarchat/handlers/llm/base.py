@@ -131,7 +131,7 @@ class ChatContext:
     def question(self, user_text: str) -> str:
         """What the model is asked for ``user_text``: it continues any ``unheard`` questions
         ("... around the pond." then "What kind of dog was it?" make one question)."""
-        return " ".join([*self.unheard, user_text])
+        return " ".join([*self.unheard, user_text]).strip()
 
     def add(self, user_text: str, reply: str, turn: int | None = None) -> None:
         """Remember one exchange (the deque drops the oldest beyond ``history_turns``).
@@ -215,12 +215,10 @@ class ChatLLM(Handler[OptionsT]):
                 except Exception:  # only a head start was lost; the reply will say more
                     log.warning("llm %s: prefill failed on turn %s", self.name, turn, exc_info=True)
             return
-        if not user_text:
-            for question in ctx.unheard:  # noise went on: the questions stay unanswered
-                ctx.add(question, INTERRUPTED_MARK)
-            ctx.unheard.clear()
+        if not user_text and not ctx.unheard:
             yield ReplyEnd(turn, "")
             return
+        # After a reply dropped unheard, even a turn of noise gets the question answered.
 
         user_text = ctx.question(user_text)
         ctx.unheard.clear()
