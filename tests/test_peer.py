@@ -424,11 +424,11 @@ async def test_speech_while_a_reply_is_prepared_drops_it_instead_of_talking_over
     barge = peer.turntaking.history[0]
     assert barge.cut == (typed["turn"],) and barge.turn == said["turn"] and barge.why == "speech"
     # Decided by the speech, long before its final transcript could have superseded the reply.
-    assert cut["_at"] < said["_at"] and cut["_at"] - onset < 0.3 + 0.5, cut["_at"] - onset
+    assert cut["_at"] < said["_at"] and cut["_at"] - onset < 1.0, cut["_at"] - onset  # ~0.45 s idle
     played = peer.playout.played_seconds(typed["turn"])
     print(f"\nspeech while a reply is prepared: dropped {1000 * (cut['_at'] - onset):.0f} ms after the "
           f"onset, {played:.2f} s of it played, heard {cut['text']!r}")
-    assert played < 0.5, played  # talking over the user: ~1.4 s
+    assert played < 0.8, played  # idle: 0-0.25 s, ducked; talking over the user: ~1.4 s
     answer = await client.wait_message(reply_done(said["turn"]), 60)
     assert answer["text"].strip() and not answer.get("interrupted")
     history = peer.session.context("llm").history
