@@ -2,7 +2,8 @@
 
 The browser tests share ``pw`` (playwright's sync API), ``server`` (a real ``avatarchat
 serve`` with the embedded default at temperature 0, one per module) and ``quiet_browser``
-(Chromium with a silent microphone). Modules with a ``server`` of their own (test_peer) override it.
+(Chromium with a silent microphone). Modules with a ``server`` of their own
+(tests/peer_harness.py's) override it.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ pytestmark = pytest.mark.slow
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install '.[test]')")
 
 #: The echo's level relative to what the page plays (a laptop's speaker a little away from
-#: its microphone; the level of tests/test_peer.py's server-side echo test).
+#: its microphone; the level of tests/test_peer_bargein.py's server-side echo test).
 ECHO_DB = -15.0
 LONG_QUESTION = "Tell me a long story about a dragon."
 #: How much of the reply the microphone must hear.

@@ -28,7 +28,7 @@ class BargeInSettings(HandlerOptions):
     duck_volume: float = Field(default=0.2, ge=0.0, le=1.0)
     #: Remove the avatar's own voice from the mic before the VAD hears it (clients without
     #: echo cancellation): see server/echo.py. Off by default: through Opus both ways it
-    #: removes only ~7 dB, and the VAD still hears the rest (tests/test_peer.py, xfail).
+    #: removes only ~7 dB, and the VAD still hears the rest (tests/test_peer_bargein.py, xfail).
     echo_guard: bool = False
     #: The page mutes the avatar itself the moment it hears the user start to speak over a
     #: reply (web/bargein.js), before this server has even received the speech; it keeps the
