@@ -25,6 +25,14 @@ RATE = 16_000
     ("Tell me about dogs and", True),
     ("Well, I think,", True),
     ("So um", True),
+    ("Yesterday I went to the park and.", True),  # a dangling word outweighs the period
+    # Words that may end a question: whisper's question mark says it is complete.
+    ("What kind of dog do you think it was?", False),
+    ("How old are you?", False),
+    ("Where are you from?", False),
+    ("What is that?", False),
+    ("I want to talk about", True),
+    ("Can you tell me what you", True),
     ("hello there", None),
     ("", None),
 ])

@@ -16,11 +16,18 @@ import re
 from avatarchat.engine.events import EndOfTurnHint, Event, UserTranscript
 from avatarchat.engine.session import Session
 
-#: Last words after which a sentence cannot end (conjunctions, articles, prepositions, fillers).
+#: Last words after which no sentence ends, whatever the punctuation: conjunctions,
+#: articles, possessives, fillers ("... the park and." is a speaker who paused).
+DANGLING_WORDS = frozenset(
+    "and but or because if the a an my your our their um uh er erm hmm".split()
+)
+#: Last words that end a sentence only now and then: without closing punctuation they mean
+#: the speaker is mid-sentence; with it, the question is complete ("How old are you?",
+#: "Where are you from?", "What kind of dog was it?").
 TRAILING_WORDS = frozenset(
-    "and but or so because if that which who when while where with without for to of in on at "
-    "from by about like than as the a an my your our their his her its this these those "
-    "um uh er erm hmm is are was were will would can could should i we you they".split()
+    "so that which who when while where with without for to of in on at from by about like "
+    "than as his her its this these those is are was were will would can could should i we "
+    "you they".split()
 )
 _LAST_WORD = re.compile(r"([A-Za-z']+)[^A-Za-z']*$")
 
@@ -33,10 +40,13 @@ def looks_unfinished(text: str) -> bool | None:
     if t.endswith((",", ";", ":", "-", "—", "…", "...")):
         return True
     m = _LAST_WORD.search(t)
-    if m and m.group(1).lower() in TRAILING_WORDS:
+    last = m.group(1).lower() if m else ""
+    if last in DANGLING_WORDS:
         return True
     if t.endswith(("?", "!", ".")):
         return False
+    if last in TRAILING_WORDS:
+        return True
     return None
 
 
