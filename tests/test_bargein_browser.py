@@ -212,10 +212,11 @@ GATE_CASES = {
             " h.run(1000, () => 0); h.state('speaking');"
             " h.run(5000, (t) => 0.1 * (past.get(t - 60) || 0), heard); }",
     # The user speaks over the reply (at about its loudness); the server cuts it 450 ms later,
-    # and a next reply starts 300 ms after that, while the cut one may still be buffered.
+    # the user stops 150 ms after that, and a next reply starts 260 ms later, while the cut
+    # one may still be buffered.
     "speech": "h => { h.run(1000, () => 0); h.state('speaking'); h.run(500, () => 0, h.speech(0.1));"
               " const onset = h.now(); h.run(450, h.speech(0.08), h.speech(0.1)); h.cut(); h.state('thinking');"
-              " const cut = h.now(); h.run(300, h.speech(0.08)); h.state('speaking');"
+              " const cut = h.now(); h.run(150, h.speech(0.08)); h.run(260, () => 0); h.state('speaking');"
               " const next = h.now(); h.run(200, () => 0, h.speech(0.1)); return { onset, cut, next }; }",
     # A 100 ms cough: the server does not cut, the reply plays on.
     "cough": "h => { h.run(1000, () => 0); h.state('speaking'); h.run(500, () => 0, h.speech(0.1));"
@@ -232,9 +233,17 @@ GATE_CASES = {
     # Something loud that goes on and on but never gets cut (music, a vacuum cleaner).
     "endless": "h => { h.run(1000, () => 0); h.state('speaking'); h.run(500, () => 0, h.speech(0.1));"
                " h.run(4000, h.speech(0.3)); }",
-    # Speech already under way when the reply starts is no barge-in (the server agrees).
-    "underway": "h => { h.run(500, () => 0); h.run(300, h.speech(0.08)); h.state('speaking');"
-                " h.run(1000, h.speech(0.08), h.speech(0.1)); }",
+    # The user goes on speaking as the reply starts: muted at its start until the server's
+    # cut; a click just before the reply starts is no speech.
+    "underway": "h => { h.run(500, () => 0); h.run(300, h.speech(0.08)); const start = h.now();"
+                " h.state('speaking'); h.run(400, h.speech(0.08), h.speech(0.1)); h.cut(); h.state('listening');"
+                " h.run(1000, () => 0); return { start }; }",
+    "click-before": "h => { h.run(500, () => 0); const c = h.now(); h.run(100, (t) => t < c + 20 ? 0.3 : 0);"
+                    " h.state('speaking'); h.run(2000, () => 0, h.speech(0.1)); }",
+    # A cough just before the reply starts: muted for the grace time only.
+    "cough-before": "h => { h.run(500, () => 0); const c = h.now(); h.run(200, (t) => t < c + 100 ? 0.2 : 0);"
+                    " const start = h.now(); h.state('speaking'); h.run(2000, () => 0, h.speech(0.1));"
+                    " return { start }; }",
     # The interrupt button while the reply plays, then the server's cut.
     "interrupt": "h => { h.run(1000, () => 0); h.state('speaking'); h.run(500, () => 0, h.speech(0.1));"
                  " const at = h.now(); h.muteNow('interrupt'); const right_after = h.gate.volume;"
@@ -247,7 +256,7 @@ def test_barge_in_gate_in_virtual_time(quiet_browser: Any, server: ServeProcess)
     page = open_page(quiet_browser, server.url)
     try:
         out = page.evaluate(GATE_HARNESS, [GATE_CASES, None])
-        for name in ("silence", "noise", "click", "echo", "underway"):
+        for name in ("silence", "noise", "click", "echo", "click-before"):
             assert out[name]["events"] == [] and out[name]["volume"] == 1, (name, out[name]["events"])
         assert 0.01 < out["noise"]["floor"] < 0.04, out["noise"]["floor"]
 
@@ -263,6 +272,14 @@ def test_barge_in_gate_in_virtual_time(quiet_browser: Any, server: ServeProcess)
         assert max(v["volume"] for v in speech["volumeLog"] if mute["t"] + 10 <= v["t"] < nxt) == 0
         assert (reopen["what"], reopen["reason"], reopen["t"]) == ("open", "next reply", nxt), reopen
         assert speech["volume"] == 1 and speech["mode"] == "open"
+
+        underway = out["underway"]
+        assert [(e["what"], e["reason"]) for e in underway["events"]] == [
+            ("mute", "talking"), ("hold", "cut"), ("open", "drained")]
+        assert underway["events"][0]["t"] == underway["marks"]["start"]  # from the reply's first tick
+        before = out["cough-before"]
+        assert [(e["what"], e["reason"]) for e in before["events"]] == [("mute", "talking"), ("open", "grace")]
+        assert before["events"][1]["t"] - before["marks"]["start"] == pytest.approx(800, abs=10)
 
         cough = out["cough"]
         mute, reopen = cough["events"]

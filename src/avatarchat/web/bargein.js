@@ -14,7 +14,7 @@
 //   not count as the user.
 //
 //   BargeInGate: while the avatar speaks, mutes its voice on an onset, the interrupt
-//   button or a typed message; keeps the reply muted once the server cuts it, or fades it
+//   button or a typed message (or, when a reply starts, on speech already under way); keeps the reply muted once the server cuts it, or fades it
 //   back up after `graceMs` when the server let it go on (a cough, an "mm-hm"). Speech
 //   that goes on past `graceMs` will be cut, only later (a busy server): it keeps the
 //   reply muted while it lasts, up to MAX_WAIT_GRACES times `graceMs`.
@@ -111,6 +111,12 @@ export class OnsetDetector {
     return t - this.lastLoud < REST_MS;
   }
 
+  // Whether speech (not a click) is under way at `t`: a loud stretch of onsetMs or more
+  // now, or one that ended less than REST_MS ago.
+  inSpeech(t) {
+    return (this.run !== null && this.run.loudMs >= this.onsetMs) || t - this.lastSpeech < REST_MS;
+  }
+
   // Speech already under way does not count: only an onset after this call fires.
   rearm() {
     if (this.run) this.run.fired = true;
@@ -190,9 +196,11 @@ export class BargeInGate {
     const was = this.speaking;
     this.speaking = state === "speaking";
     if (this.speaking && !was) {
-      // Like the server, speech that began before the reply is no barge-in.
+      // Speech under way is no new onset; but the reply must not start over it: the
+      // server weighs it too (it ducks or drops the reply), and cuts once it lasts.
       this.detector.rearm();
       if (this.mode === "held") this.open(t, "next reply", REOPEN_MS);
+      if (this.watching() && this.detector.inSpeech(t)) this.mute(t, "talking", null);
     } else if (was && !this.speaking && this.mode === "muted") {
       this.hold(t, "reply ended");
     }
