@@ -73,6 +73,25 @@ def test_bilabial_closes_the_mouth_at_its_centre(length: float) -> None:
     assert np.abs(np.diff(curves.channel("jaw"))).max() < 0.15  # per 5 ms
 
 
+def _sequence(names: str, length: float = 0.06) -> list[P]:
+    return [P(n, k * length, (k + 1) * length) for k, n in enumerate(names.split())]
+
+
+def test_rounding_carries_over_tongue_consonants_but_not_lip_ones() -> None:
+    """Fast "u n u", "u t u": the lips stay rounded through the n and the t (in speech
+    only the tongue moves there); not through a p, which closes them, nor where no
+    rounded vowel is near ("i t a")."""
+    times = np.arange(0, 0.3, 0.005)
+    for middle in ("n", "t", "s"):
+        curves = curves_from_phonemes(_sequence(f"u {middle} u"), times, anticipation=0.0)
+        assert curves.channel("round")[np.argmin(np.abs(times - 0.09))] > 0.75, middle
+    closed = curves_from_phonemes(_sequence("u p u"), times, anticipation=0.0)
+    at_p = np.argmin(np.abs(times - 0.09))
+    assert closed.channel("press")[at_p] > 0.6 and closed.channel("round")[at_p] < 0.5
+    spread = curves_from_phonemes(_sequence("i t a"), times, anticipation=0.0)
+    assert spread.channel("round").max() < 0.01
+
+
 def test_audio_fallback_opens_on_loud_and_closes_on_silence() -> None:
     rate = 16000
     audio = np.zeros(2 * rate, np.float32)

@@ -23,6 +23,13 @@ CHANNELS = ("jaw", "stretch", "round", "upper", "press")
 _SHAPE_MATRIX = np.array([[getattr(SHAPES[v], c) for c in CHANNELS] for v in VISEMES], np.float32)
 # How strongly a viseme holds its shape against its neighbours: closures must close.
 _DOMINANCE = {"PP": 3.0, "FF": 2.0, "sil": 0.6, "aa": 1.2, "oh": 1.2, "ou": 1.4}
+# Per channel, for the consonants that leave it free: the tongue makes t, d, k, n, s, th,
+# so the lips keep the rounding of the vowels around them ("who knew you", "soup"): in
+# speech, rounding spreads over such consonants, and it starts several of them early.
+_ROUND_FREE = ("DD", "TH", "kk", "nn", "SS")
+_CHANNEL_DOMINANCE = np.ones((len(VISEMES), len(CHANNELS)), np.float32)
+for _v in _ROUND_FREE:
+    _CHANNEL_DOMINANCE[VISEMES.index(_v), CHANNELS.index("round")] = 0.25
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,8 @@ def curves_from_phonemes(phonemes: Sequence[PhonemeTiming], times: np.ndarray,
     w = dom[None, :] * np.exp(-0.5 * (dist / (half[None, :] * 0.9 + 0.02)) ** 2)
     # A faint rest pose fills the gaps before, between and after speech.
     rest = 0.02
-    values = (w @ _SHAPE_MATRIX[idx]) / (w.sum(axis=1, keepdims=True) + rest)
+    free = _CHANNEL_DOMINANCE[idx]  # [phonemes, channels]
+    values = np.einsum("ij,jc,jc->ic", w, free, _SHAPE_MATRIX[idx]) / (w @ free + rest)
     dominant = tuple(vis[j] for j in w.argmax(axis=1))
     return MouthCurves(times, values.astype(np.float32), dominant)
 
