@@ -71,8 +71,8 @@ def write_wav(path: str | os.PathLike[str], samples: np.ndarray, sample_rate: in
     atomic_write(Path(path), lambda f: _write_wav(f, pcm, sample_rate))
 
 
-def _write_wav(f: object, pcm: np.ndarray, sample_rate: int) -> None:
-    with wave.open(f, "wb") as w:  # type: ignore[arg-type]
+def _write_wav(f: BinaryIO, pcm: np.ndarray, sample_rate: int) -> None:
+    with wave.open(f, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(sample_rate)
@@ -85,8 +85,10 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through a temp file in the same folder, then rename over ``path``."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write through a temp file in the same folder, then rename over ``path``.
+
+    ``write``'s return value is ignored (so ``lambda f: f.write(data)`` will do)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:

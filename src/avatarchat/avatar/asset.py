@@ -68,9 +68,11 @@ class AvatarAsset:
                         face_points=self.face_points, groups=self.groups)
             (tmp / "avatar.json").write_text(json.dumps(meta, indent=2))
             cv2.imwrite(str(tmp / "image.png"), cv2.cvtColor(self.image, cv2.COLOR_RGB2BGR))
+            # Any: mypy checks **-unpacked values against savez's `allow_pickle: bool` too,
+            # though a "mask_" key can never be that name.
+            masks: dict[str, Any] = {f"mask_{k}": v.astype(np.uint8) for k, v in self.masks.items()}
             np.savez_compressed(tmp / "mesh.npz", points=self.points.astype(np.float32),
-                                triangles=self.triangles.astype(np.int32),
-                                **{f"mask_{k}": v.astype(np.uint8) for k, v in self.masks.items()})
+                                triangles=self.triangles.astype(np.int32), **masks)
             os.chmod(tmp, 0o755)
             if folder.exists():
                 shutil.rmtree(folder)

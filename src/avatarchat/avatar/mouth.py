@@ -30,7 +30,7 @@ def _clamp01(v: float) -> float:
 
 def _aa_mask(shape: tuple[int, int], polys: list[np.ndarray], blur: float = 0.0) -> np.ndarray:
     """Anti-aliased coverage [h, w] float32 0..1 of polygons given in local pixel coords."""
-    m = np.zeros(shape, np.uint8)
+    m: np.ndarray = np.zeros(shape, np.uint8)
     cv2.fillPoly(m, [np.round(p * 4).astype(np.int32) for p in polys], 255, cv2.LINE_AA, shift=2)
     if blur > 0:
         m = cv2.GaussianBlur(m, (0, 0), blur)
@@ -94,7 +94,7 @@ class MouthPainter:
         cx = 0.5 * (xs[0] + xs[-1])
         half = 0.5 * (xs[-1] - xs[0])
         cy = float(np.max(bot)) + 0.05 * gap
-        m = np.zeros((h, w), np.uint8)
+        m: np.ndarray = np.zeros((h, w), np.uint8)
         cv2.ellipse(m, (int(round(cx * 4)), int(round(cy * 4))), (int(half * 0.62 * 4), int(gap * 0.42 * 4)),
                     0, 0, 360, 255, -1, cv2.LINE_AA, shift=2)
         m = cv2.GaussianBlur(m, (0, 0), max(gap * 0.12, 1.0))

@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -141,7 +141,7 @@ def read_photo(path: Path) -> tuple[np.ndarray, bytes]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pillow's decompression-bomb warning: we check ourselves
         try:
-            image = Image.open(io.BytesIO(raw))  # lazy: reads only the header
+            image: Image.Image = Image.open(io.BytesIO(raw))  # lazy: reads only the header
             w, h = image.size
         except Image.DecompressionBombError:
             raise PrepareError(f"{path}: image is too large "
@@ -392,11 +392,12 @@ def delaunay(points: np.ndarray, size: int) -> np.ndarray:
             index[key] = i
             sub.insert(key)
     triangles = []
-    for tri in sub.getTriangleList().reshape(-1, 3, 2):
+    # cv2's stubs say a sequence of Vec6f; it is an [N, 6] float32 array.
+    for tri in cast(np.ndarray, sub.getTriangleList()).reshape(-1, 3, 2):
         ids = [index.get((float(x), float(y))) for x, y in tri]
         if None in ids:
             continue  # touches Subdiv2D's virtual outer vertices
-        a, b, c = points[ids]
+        a, b, c = points[cast(list[int], ids)]
         cross = (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
         if abs(cross) > 1e-3:
             triangles.append(ids if cross > 0 else [ids[0], ids[2], ids[1]])

@@ -21,6 +21,8 @@ and OpenCV releases the GIL in the heavy steps).
 
 from __future__ import annotations
 
+from typing import cast
+
 import cv2
 import numpy as np
 
@@ -80,7 +82,8 @@ class PortraitRenderer:
             tid = self._fill_holes(tid)
         # Pixels of anchor-only triangles never move; the coarse field read bilinearly would
         # bleed a pixel or two of motion into them, so the final map is masked with this.
-        moving = (self.asset.triangles < self.rig.n_face).any(axis=1)
+        # any(axis=1) of a 2-D array is an array; numpy's stubs also allow a scalar.
+        moving = cast(np.ndarray, (self.asset.triangles < self.rig.n_face).any(axis=1))
         self._moving = moving[tid].astype(np.float32)[..., None]
         s = FIELD_STRIDE
         ys = np.minimum(np.arange(0, h + s, s), h - 1)
@@ -157,7 +160,9 @@ class PortraitRenderer:
             return frame
         field = self.displacement_field(pts)
         def at(where: np.ndarray) -> np.ndarray:  # the field at local pixel coords (grid units)
-            return cv2.remap(field, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            # cv2's stubs require map2, but OpenCV takes none when map1 holds both coordinates.
+            return cv2.remap(field, where, None, cv2.INTER_LINEAR,  # type: ignore[call-overload]
+                             borderMode=cv2.BORDER_REPLICATE)
 
         d = at(self._grid_coarse)
         for _ in range(REFINE_STEPS):
@@ -167,7 +172,9 @@ class PortraitRenderer:
         q += self._origin
         self._exact_mouth(q, pts)
         region = frame[self.y0:self.y1, self.x0:self.x1]
-        cv2.remap(self.image, q, None, cv2.INTER_LINEAR, dst=region, borderMode=cv2.BORDER_REPLICATE)
+        # map2=None as in at() above: cv2's stubs don't allow it.
+        cv2.remap(self.image, q, None, cv2.INTER_LINEAR, dst=region,  # type: ignore[call-overload]
+                  borderMode=cv2.BORDER_REPLICATE)
         self._close_eyes(frame, pts, params)
         self.mouth.paint(frame, pts, params)
         return frame

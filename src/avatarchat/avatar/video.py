@@ -24,7 +24,7 @@ _AAC_RATES = frozenset({96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 
 _AAC_FRAME = 1024  # samples per AAC frame
 
 
-def _timed(frames: Iterable[np.ndarray] | Iterable[tuple[float, np.ndarray]], fps: float) -> list[tuple[int, np.ndarray]]:
+def _timed(frames: Iterable[np.ndarray | tuple[float, np.ndarray]], fps: float) -> list[tuple[int, np.ndarray]]:
     """(frame index, image) pairs from bare images (index = position) or (pts, image) pairs."""
     out: list[tuple[int, np.ndarray]] = []
     for i, item in enumerate(frames):
@@ -71,6 +71,7 @@ def write_mp4(path: str | os.PathLike[str], frames: Iterable[np.ndarray] | Itera
             container.mux(video.encode(frame))
         container.mux(video.encode(None))
         if astream is not None:
+            assert audio is not None  # the audio stream exists only when there is audio
             _encode_audio(container, astream, audio, sample_rate)
     atomic_write(path, lambda f: f.write(buffer.getbuffer()))
     return path

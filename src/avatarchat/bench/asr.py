@@ -89,7 +89,8 @@ def bench_asr(windows: list[float], progress: Any) -> dict[str, Any]:
         handler.load()
         handler.transcribe(clips[0][2], "en")  # first-call allocations are not the window's
         errors = total = 0
-        times, per_voice = [], {}
+        times: list[float] = []
+        per_voice: dict[str, tuple[int, int]] = {}
         for voice, sentence, audio in clips:
             t0 = time.perf_counter()
             text = handler.transcribe(audio, "en")

@@ -96,12 +96,12 @@ def _turn_rows(mic: list[dict[str, float]], remote: list[dict[str, float]],
         nxt = mic[i + 1]["start"] if i + 1 < len(mic) else float("inf")
         overlapped = any(r["start"] < end < r["end"] for r in remote)
         onset = next((r for r in remote if end < r["start"] < nxt), None)
-        said = next((m["msg"] for m in ins if seg["start"] <= m["t"] < nxt
-                     and m["msg"].get("type") == "transcript" and m["msg"].get("final")), {})
+        said: dict[str, Any] = next((m["msg"] for m in ins if seg["start"] <= m["t"] < nxt
+                                     and m["msg"].get("type") == "transcript" and m["msg"].get("final")), {})
         turn = said.get("turn")
         of_turn = [m["msg"] for m in ins if turn is not None and m["msg"].get("turn") == turn]
         reply = next((m.get("text") for m in of_turn if m.get("type") == "reply" and m.get("final")), None)
-        metrics = next((m for m in of_turn if m.get("type") == "metrics"), {})
+        metrics: dict[str, Any] = next((m for m in of_turn if m.get("type") == "metrics"), {})
         speaking = next((m["t"] for m in ins if end < m["t"] < nxt
                          and m["msg"].get("type") == "state" and m["msg"].get("state") == "speaking"), None)
         # The reply's audible length: its stretches up to the next question.

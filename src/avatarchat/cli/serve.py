@@ -59,9 +59,9 @@ def settings_from_args(base: ServerSettings, args: argparse.Namespace) -> Server
     from avatarchat.cli.main import UserError
 
     updates: dict[str, Any] = {}
-    for flag, key in (("host", "host"), ("port", "port"), ("max_sessions", "max_sessions")):
+    for flag, setting in (("host", "host"), ("port", "port"), ("max_sessions", "max_sessions")):
         if getattr(args, flag, None) is not None:
-            updates[key] = getattr(args, flag)
+            updates[setting] = getattr(args, flag)
     if getattr(args, "self_signed", False):
         updates.update(self_signed=True, certfile=None, keyfile=None)
     cert, key = getattr(args, "cert", None), getattr(args, "key", None)

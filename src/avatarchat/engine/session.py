@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import aclosing
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from avatarchat.engine.events import (
     NO_TURN,
@@ -208,7 +208,9 @@ class Session:
 
     async def _handle(self, stage: _Stage, event: Event) -> None:
         try:
-            async with aclosing(stage.handler.handle(stage.ctx, event)) as outputs:
+            # ``handle`` is an async generator (the handler contract), so it has ``aclose``.
+            outputs_gen = cast(AsyncGenerator[Event, None], stage.handler.handle(stage.ctx, event))
+            async with aclosing(outputs_gen) as outputs:
                 async for out in outputs:
                     if not self._is_dead(out):
                         stage.outbox.put_nowait(out)

@@ -26,8 +26,9 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
+import av
 import numpy as np
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -294,7 +295,8 @@ class PeerSession:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
                 # races a frame's arrival, and teardown then waited its full 5 s.
                 async with asyncio.timeout(timeout):
-                    frame = await track.recv()
+                    # aiortc types recv() as any frame or packet; an audio track gives AudioFrames.
+                    frame = cast(av.AudioFrame, await track.recv())
             except MediaStreamError:
                 return
             except TimeoutError:

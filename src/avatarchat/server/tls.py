@@ -161,7 +161,7 @@ def _generate(cert: Path, key: Path, names: list[str], ips: list[str]) -> None:
     private = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "avatarchat")])
     now = dt.datetime.now(dt.timezone.utc)
-    alt = [x509.DNSName(n) for n in names]
+    alt: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
     alt += [x509.IPAddress(ipaddress.ip_address(i.split("%")[0])) for i in ips]
     certificate = (
         x509.CertificateBuilder()

@@ -115,6 +115,7 @@ class StreamingTTS(Handler[TTSOptionsT]):
         return TTSContext(session)
 
     async def handle(self, ctx: TTSContext, event: Event) -> AsyncIterator[Event]:
+        state: _TurnState | None  # a ReplyEnd may come for a turn that never had text
         if isinstance(event, ReplyText):
             state = ctx.turns.setdefault(
                 event.turn, _TurnState(ClauseSplitter(first_max_words=self.options.first_clause_max_words))
