@@ -10,16 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from avatarchat.audio.io import load_audio, write_wav
 from avatarchat.cli.main import main
-from avatarchat.engine.config import DEFAULT_CONFIG, load_config
+from avatarchat.engine.config import load_config
 from avatarchat.engine.events import SpeechEnded, TimingMark, now
 from avatarchat.engine.loop_probe import LoopLagProbe
 from avatarchat.engine.pipeline import Pipeline
 from avatarchat.engine.turn import collect_turn
 from avatarchat.handlers.asr.whisper import WhisperHandler
+from tests.configs import greedy_default
 from tests.lag import assert_responsive, idle_lag
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -33,12 +33,7 @@ def words(text: str) -> list[str]:
 def voice_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded default without the avatar stage: these tests are about the voice. Greedy
     decoding: the replies, which whisper must hear back, are the same every run."""
-    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    raw.pop("avatar", None)
-    raw["llm"]["temperature"] = 0.0
-    path = tmp_path_factory.mktemp("cfg") / "voice.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return greedy_default(tmp_path_factory.mktemp("cfg"), without=("avatar",))
 
 
 @pytest.fixture(scope="module")
