@@ -14,7 +14,7 @@ import pytest
 from avatarchat.engine.events import ErrorEvent, Event, ReplyEnd, ReplyText, TimingMark, TurnCancelled, UserTranscript
 from avatarchat.engine.handler import HandlerOptions, SessionInfo, SessionSettings
 from avatarchat.engine.session import Session
-from avatarchat.handlers.llm.base import FALLBACK_REPLY, ChatContext, ChatLLM, Message, complete_sentences
+from avatarchat.handlers.llm.base import FALLBACK_REPLY, MAX_REMEMBERED_CHARS, ChatContext, ChatLLM, Message, complete_sentences
 from avatarchat.handlers.llm.local import LocalLLM
 from avatarchat.handlers.llm.openai_compatible import OpenAICompatibleLLM
 from tests.llm_server import free_port, serve_llm
@@ -207,6 +207,22 @@ async def test_local_streams_an_answer(local_llm: LocalLLM) -> None:
 
 
 @pytest.mark.slow
+async def test_local_logit_bias_steers_the_words(local_llm: LocalLLM) -> None:
+    async def answer() -> str:
+        async with Session([local_llm], SessionInfo("t")) as session:
+            events = await turn_events(session, session.say("What is the capital of France?"))
+        return events[-1].text
+
+    default_bias = local_llm.options.logit_bias
+    assert "Paris" in await answer()
+    local_llm.options.logit_bias = default_bias | {" Paris": -100, "Paris": -100}
+    try:
+        assert "Paris" not in await answer()
+    finally:
+        local_llm.options.logit_bias = default_bias
+
+
+@pytest.mark.slow
 async def test_local_prefill_leaves_the_reply_only_the_last_words_to_read(local_llm: LocalLLM) -> None:
     question = "Please tell me about the weather tomorrow in London and in Paris."
     words = question.split()
@@ -255,7 +271,12 @@ async def test_local_history_is_bounded_and_carries_over(local_llm: LocalLLM, mo
     # history_turns=2: the fourth request has the 2nd and 3rd exchanges, not the 1st.
     assert users[3] == questions[1:4]
     assert len(requests[3]) == 1 + 2 * 2 + 1
-    assert [m["content"] for m in requests[3] if m["role"] == "assistant"] == [a.strip() for a in answers[1:3]]
+    # The 2nd and 3rd replies, each whole or (over MAX_REMEMBERED_CHARS) its first sentences.
+    remembered = [m["content"] for m in requests[3] if m["role"] == "assistant"]
+    assert len(remembered) == 2
+    for said, answer in zip(remembered, answers[1:3]):
+        assert said and answer.strip().startswith(said), (said, answer)
+        assert said == answer.strip() or len(answer) > MAX_REMEMBERED_CHARS
 
 
 @pytest.mark.slow

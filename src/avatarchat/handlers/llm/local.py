@@ -56,6 +56,13 @@ class LocalLLMOptions(HandlerOptions):
     top_p: float = Field(default=0.9, gt=0.0, le=1.0)
     #: SmolLM2-135M repeats itself without a penalty.
     repeat_penalty: float = Field(default=1.1, ge=1.0, le=2.0)
+    #: Added to these words' logits (llama.cpp tokenizes each). SmolLM2-135M opens request
+    #: questions ("recommend a book", "what should I cook") with "I'm sorry for any
+    #: confusion, but as an AI, I don't have the ability..." in 2 of 8 bench questions; with
+    #: these it tries an answer in 8 of 8. -8 leaves the words possible where nothing
+    #: else fits; {} turns it off.
+    logit_bias: dict[str, float] = Field(
+        default_factory=lambda: {" sorry": -8, "sorry": -8, " confusion": -8, " afraid": -8, " AI": -4})
     n_ctx: int = Field(default=2048, ge=256, le=8192)
     #: Read each partial transcript into the KV cache while the user still speaks, so the
     #: reply reads only the last words (~8 ms a token on one thread) when the turn ends.
@@ -133,6 +140,7 @@ class LocalLLM(ChatLLM[LocalLLMOptions]):
             "temperature": o.temperature,
             "top_p": o.top_p,
             "repeat_penalty": o.repeat_penalty,
+            "logit_bias": [[word, bias] for word, bias in o.logit_bias.items()],
             "cache_prompt": True,
         }
 
