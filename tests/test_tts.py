@@ -215,6 +215,13 @@ async def test_stage_streams_clauses_through_a_session(engine: str, request: pyt
     ("The moon is round. It shines at night, and the", "The moon is round."),
     ("The moon is round. It shines at night.", "The moon is round. It shines at night."),
     ("The moon is round and", "The moon is round and"),  # nothing said before it: all of it
+    # A clause of the unfinished sentence waits for its end, so it is not said either.
+    ("The moon is round. It shines at night, and the stars shine too, as you know, and the", "The moon is round."),
+    ("The moon is round. It shines at night, and the stars shine too, as you know, and so on.",
+     "The moon is round. It shines at night, and the stars shine too, as you know, and so on."),
+    # No whole sentence yet: the first clause went out early, and the rest follows it.
+    ("The Blast is a legendary creature from the folklore of the ancient Greeks, specifically the",
+     "The Blast is a legendary creature from the folklore of the ancient Greeks, specifically the"),
 ])
 async def test_a_reply_cut_at_the_token_cap_ends_where_the_voice_does(espeak: EspeakTTS, reply: str,
                                                                      said: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from avatarchat.handlers.tts.text import ClauseSplitter, clean_for_speech
+from avatarchat.handlers.tts.text import Clause, ClauseSplitter, clean_for_speech
 
 REPLY = (
     "Hello there! I met Dr. Smith yesterday, e.g. at the clinic. Pi is about 3.14, and honestly, "
@@ -71,6 +71,20 @@ def test_first_clause_is_emitted_early_later_ones_are_longer() -> None:
     assert out[0] == "Well, I think so,"
     assert out[1] == "yes, and the weather today, as you know,"
     assert s.flush() == ["is lovely, so let us go."]
+
+
+def test_each_clause_tells_whether_it_ends_a_sentence_or_a_line() -> None:
+    s = ClauseSplitter(first_min_words=2, min_words=2)
+    text = 'Well, I think so. It is "fine." Options:\n1. Tuna salad\nAnd then, maybe not! Dr. Who and '
+    assert s.feed_clauses(text) == [
+        Clause("Well, I think so.", True),  # the first clause waited for 2 words, past "Well,"
+        Clause('It is "fine."', True),
+        Clause("Options:", True),
+        Clause("1. Tuna salad", True),
+        Clause("And then,", False),
+        Clause("maybe not!", True),
+    ]
+    assert s.flush() == ["Dr. Who and"]
 
 
 def test_sentence_end_waits_for_the_next_word() -> None:

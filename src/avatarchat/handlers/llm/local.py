@@ -62,7 +62,7 @@ class LocalLLMOptions(HandlerOptions):
     #: these it tries an answer in 8 of 8. -8 leaves the words possible where nothing
     #: else fits; {} turns it off.
     logit_bias: dict[str, float] = Field(
-        default_factory=lambda: {" sorry": -8, "sorry": -8, " confusion": -8, " afraid": -8, " AI": -4})
+        default_factory=lambda: {" sorry": -8.0, "sorry": -8.0, " confusion": -8.0, " afraid": -8.0, " AI": -4.0})
     n_ctx: int = Field(default=2048, ge=256, le=8192)
     #: Read each partial transcript into the KV cache while the user still speaks, so the
     #: reply reads only the last words (~8 ms a token on one thread) when the turn ends.

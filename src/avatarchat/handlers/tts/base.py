@@ -24,7 +24,7 @@ from avatarchat.engine.events import (
     TimingMark,
 )
 from avatarchat.engine.handler import Handler, HandlerOptions, SessionInfo, run_blocking
-from avatarchat.handlers.tts.text import ClauseSplitter, clean_for_speech
+from avatarchat.handlers.tts.text import ClauseSplitter, clean_for_speech, ends_with_sentence_end
 
 Synthesis = tuple[np.ndarray, tuple[PhonemeTiming, ...]]
 
@@ -71,6 +71,10 @@ class _TurnState:
     splitter: ClauseSplitter = field(default_factory=ClauseSplitter)
     offset: float = 0.0  # seconds of reply audio emitted so far: the next chunk's offset
     spoke: bool = False  # whether a ReplyAudio of this turn went out (for tts_first_audio)
+    said_sentence: bool = False  # whether a whole sentence has gone to the voice
+    #: Clauses of an unfinished sentence after a whole one: said once it ends, or not at
+    #: all if the LLM stops at its token cap first.
+    held: list[str] = field(default_factory=list)
     cancelled: bool = False
 
 
@@ -90,6 +94,9 @@ class StreamingTTS(Handler[TTSOptionsT]):
     says, its phoneme timings (seconds from the chunk's first sample) and its ``offset``
     on the reply's timeline, contiguous (each chunk starts where the previous ended);
     then the ``ReplyEnd``. Clauses that clean to nothing (emoji, hashtags) make no audio.
+    The first clause is said as soon as it is known; once a whole sentence has been said,
+    later clauses wait for the end of their sentence, so that a reply the LLM cuts at its
+    token cap is heard up to its last whole sentence.
     After ``cancel_turn`` nothing more of that turn comes out.
     """
 
@@ -120,20 +127,27 @@ class StreamingTTS(Handler[TTSOptionsT]):
             state = ctx.turns.setdefault(
                 event.turn, _TurnState(ClauseSplitter(first_max_words=self.options.first_clause_max_words))
             )
-            for clause in state.splitter.feed(event.text):
-                async for out in self._speak(state, event.turn, clause):
-                    yield out
+            for clause in state.splitter.feed_clauses(event.text):
+                if state.said_sentence and not clause.ends_sentence:
+                    # Audio of whole sentences is playing: this clause can wait the few
+                    # tokens until its sentence ends, and is never said if it never does.
+                    state.held.append(clause.text)
+                    continue
+                said, state.held = [*state.held, clause.text], []
+                for text in said:
+                    async for out in self._speak(state, event.turn, text):
+                        yield out
+                state.said_sentence = state.said_sentence or clause.ends_sentence
         elif isinstance(event, ReplyEnd):
             state = ctx.turns.get(event.turn)
             if state is not None:
-                clauses = state.splitter.flush()
-                if event.truncated and state.spoke and clauses:
-                    # The LLM hit its token cap: a half sentence after a spoken one sounds
+                clauses = [*state.held, *state.splitter.flush()]
+                if event.truncated and state.said_sentence and clauses and not ends_with_sentence_end(clauses[-1]):
+                    # The LLM hit its token cap: a half sentence after whole ones sounds
                     # broken, so it is not said, and the reply's text ends where the voice did.
-                    if not clauses[-1].rstrip().endswith((".", "!", "?", "…")):
-                        event = _without_tail(event, clauses.pop())
-                for clause in clauses:
-                    async for out in self._speak(state, event.turn, clause):
+                    event, clauses = _without_tail(event, clauses), []
+                for text in clauses:
+                    async for out in self._speak(state, event.turn, text):
                         yield out
                 ctx.turns.pop(event.turn, None)
                 if state.cancelled:
@@ -167,9 +181,11 @@ class StreamingTTS(Handler[TTSOptionsT]):
         ctx.turns.clear()
 
 
-def _without_tail(end: ReplyEnd, unsaid: str) -> ReplyEnd:
-    """``end`` with its text cut before the clause ``unsaid``, when that clause ends it."""
+def _without_tail(end: ReplyEnd, unsaid: list[str]) -> ReplyEnd:
+    """``end`` with its text cut before the clauses ``unsaid``, when they end it."""
     cut = end.text.rstrip()
-    if not cut.endswith(unsaid.strip()):
-        return end
-    return replace(end, text=cut[: len(cut) - len(unsaid.strip())].rstrip())
+    for clause in reversed(unsaid):
+        if not cut.endswith(clause):
+            return end
+        cut = cut[: len(cut) - len(clause)].rstrip()
+    return replace(end, text=cut)

@@ -13,6 +13,7 @@ markdown span being whole: markers are removed one by one, not matched in pairs.
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 # --- cleaning -----------------------------------------------------------------------------
 
@@ -106,6 +107,14 @@ def _joins_next(text: str, i: int) -> bool:
     return 0 < end < len(rest) and rest[end].isspace() and rest[:end].lower() in _JOINING_WORDS
 
 
+class Clause(NamedTuple):
+    """One clause and whether it closes a sentence or a line (a list item, a heading), so
+    that what has been said so far is whole."""
+
+    text: str
+    ends_sentence: bool
+
+
 class ClauseSplitter:
     """Cuts streamed text into clauses; feeding it in any pieces gives the same clauses.
 
@@ -140,13 +149,18 @@ class ClauseSplitter:
 
     def feed(self, delta: str) -> list[str]:
         """Add streamed text; return the clauses it completed (possibly none)."""
+        return [clause.text for clause in self.feed_clauses(delta)]
+
+    def feed_clauses(self, delta: str) -> list[Clause]:
+        """``feed``, telling for each clause whether it ends a sentence or a line."""
         self._pending += delta
-        out: list[str] = []
+        out: list[Clause] = []
         while (cut := self._find_cut(self._pending)) is not None:
+            at_newline = self._pending[cut:cut + 1] == "\n"
             clause = self._pending[:cut].strip()
             self._pending = self._pending[cut:].lstrip()
             if clause:
-                out.append(clause)
+                out.append(Clause(clause, at_newline or ends_with_sentence_end(clause)))
                 self._emitted += 1
         return out
 
@@ -218,3 +232,8 @@ class ClauseSplitter:
         if word.isdigit() and len(words) == 1:
             return False  # a list number: "1. First"
         return True
+
+
+def ends_with_sentence_end(text: str) -> bool:
+    """Whether ``text`` ends with ``. ! ? …``, closing quotes and brackets aside."""
+    return text.rstrip().rstrip(_CLOSERS).endswith(tuple(_SENTENCE_END))
