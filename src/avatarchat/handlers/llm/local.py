@@ -56,6 +56,11 @@ class LocalLLMOptions(HandlerOptions):
     top_p: float = Field(default=0.9, gt=0.0, le=1.0)
     #: SmolLM2-135M repeats itself without a penalty.
     repeat_penalty: float = Field(default=1.1, ge=1.0, le=2.0)
+    #: Tokens back that ``repeat_penalty`` looks at. llama.cpp's 64 covers the reply only,
+    #: and SmolLM2-135M copies its remembered replies: "I'm not an expert on cooking, but
+    #: I can suggest a few options" after "... on literature, but ...". 512 reaches the
+    #: whole history: 6 of 24 replies opened like an earlier one in their session, then 0.
+    repeat_last_n: int = Field(default=512, ge=0, le=8192)
     #: Added to these words' logits (llama.cpp tokenizes each). SmolLM2-135M opens request
     #: questions ("recommend a book", "what should I cook") with "I'm sorry for any
     #: confusion, but as an AI, I don't have the ability..." in 2 of 8 bench questions; with
@@ -140,6 +145,7 @@ class LocalLLM(ChatLLM[LocalLLMOptions]):
             "temperature": o.temperature,
             "top_p": o.top_p,
             "repeat_penalty": o.repeat_penalty,
+            "repeat_last_n": o.repeat_last_n,
             "logit_bias": [[word, bias] for word, bias in o.logit_bias.items()],
             "cache_prompt": True,
         }
