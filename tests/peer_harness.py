@@ -52,6 +52,7 @@ class Server:
     def session_opened(self) -> None: self.events.append(("opened", None))
     def session_closed(self) -> None: self.events.append(("closed", None))
     def turn_done(self, timings_ms: dict[str, float]) -> None: self.events.append(("turn", timings_ms))
+    def turn_cut(self, reason: str, timings_ms: dict[str, float]) -> None: self.events.append(("cut", (reason, timings_ms)))
     def error(self, stage: str) -> None: self.events.append(("error", stage))
 
     async def offer_fn(self, sdp: str, type_: str) -> str:

@@ -113,6 +113,9 @@ async def test_speaking_over_the_reply_stops_it_and_the_question_is_answered(
     late = [m for m in client.messages if m.get("turn") == story and m["_at"] > confirm]
     assert late == [], late
     assert not client.of_type("metrics", story)
+    # The server's counters do count the cut, with the latency the user had waited for it.
+    cuts = [value for kind, value in server.events if kind == "cut"]
+    assert [reason for reason, _ in cuts] == ["barge-in"] and "first_audio_sent_ms" in cuts[0][1]
     assert story not in peer.playout.turns
     history = peer.session.context("llm").history
     assert history[-2][1].endswith("[interrupted]") and history[-2][0] == LONG_QUESTION

@@ -20,10 +20,14 @@ from avatarchat.server.reporting import TurnReporter, turn_timings
 class Counters:
     def __init__(self) -> None:
         self.done: list[dict[str, float]] = []
+        self.cut: list[tuple[str, dict[str, float]]] = []
         self.errors: list[str] = []
 
     def turn_done(self, timings_ms: dict[str, float]) -> None:
         self.done.append(timings_ms)
+
+    def turn_cut(self, reason: str, timings_ms: dict[str, float]) -> None:
+        self.cut.append((reason, timings_ms))
 
     def error(self, stage: str) -> None:
         self.errors.append(stage)
@@ -81,6 +85,20 @@ def test_a_cancelled_or_cut_turn_sends_no_metrics() -> None:
     report.drop(2)
     assert not any(m["type"] == "metrics" for m in sent) and counters.done == []
     assert states(sent) == ["thinking", "listening", "thinking", "listening"]
+
+
+def test_a_cut_turn_is_counted_with_the_timings_it_reached_but_sends_no_metrics() -> None:
+    report, sent, counters = reporter()
+    report.on_event(TimingMark(1, "speech_end", at=10.0))
+    report.on_event(UserTranscript(1, "tell me a story"))
+    report.on_event(ReplyText(1, "Once upon a time,"))
+    report.started(1, 10.7)
+    report.drop(1, "barge-in")
+    report.drop(1, "barge-in")  # a second cut of a turn already gone counts nothing
+    report.on_event(UserTranscript(2, "and then?"))
+    report.drop(2)  # cancelled, not cut: not counted
+    assert counters.cut == [("barge-in", {"first_audio_sent_ms": 700.0})]
+    assert not any(m["type"] == "metrics" for m in sent) and counters.done == []
 
 
 def test_state_is_sent_on_change_or_when_forced() -> None:

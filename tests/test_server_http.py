@@ -303,6 +303,8 @@ async def test_metrics_are_valid_exposition_text_and_follow_the_calls() -> None:
         metrics.turn_done({"asr_ms": 120.0, "llm_first_token_ms": 40.0})
         metrics.turn_done({"asr_ms": 9000.0, "bad": float("nan")})
         metrics.error("tts")
+        metrics.turn_cut("barge-in", {"first_audio_sent_ms": 700.0})
+        metrics.turn_cut('bad"\nreason', {})
         async with http.get(url + "/metrics") as r:
             assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
             samples = parse_exposition(await r.text())
@@ -310,6 +312,9 @@ async def test_metrics_are_valid_exposition_text_and_follow_the_calls() -> None:
     assert samples[("avatarchat_sessions_total", frozenset())] == 1
     assert samples[("avatarchat_turns_total", frozenset())] == 2
     assert samples[("avatarchat_errors_total", frozenset({("stage", "tts")}))] == 1
+    assert samples[("avatarchat_turns_cut_total", frozenset({("reason", "barge-in")}))] == 1
+    assert samples[("avatarchat_turns_cut_total", frozenset({("reason", "bad__reason")}))] == 1
+    assert samples[("avatarchat_stage_latency_ms_count", frozenset({("stage", "first_audio_sent")}))] == 1
     for stage, n, total in (("asr", 2, 9120.0), ("llm_first_token", 1, 40.0)):
         label = frozenset({("stage", stage)})
         bounds = [str(int(b)) for b in BUCKETS_MS] + ["+Inf"]

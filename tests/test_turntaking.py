@@ -370,7 +370,7 @@ async def test_a_cut_reply_is_remembered_as_heard_and_the_next_request_sees_it()
     async with Session([llm], info) as session:
         playout = Playout(MediaClock())
         sent: list[dict[str, Any]] = []
-        floor = PeerFloor(session, playout, [llm], sent.append, lambda turn: None)
+        floor = PeerFloor(session, playout, [llm], sent.append, lambda turn, reason: None)
         turn = session.say("Tell me a long story about a dragon.")
         async for event in session.events():
             floor.note(event)
@@ -410,7 +410,7 @@ async def test_a_cut_reply_is_remembered_as_heard_and_the_next_request_sees_it()
 async def test_a_reply_cut_while_generating_keeps_what_was_heard() -> None:
     llm = StoryLLM([f"word{i} " for i in range(200)], delay=0.01)
     async with Session([llm], SessionInfo("s")) as session:
-        floor = PeerFloor(session, Playout(MediaClock()), [llm], lambda m: None, lambda turn: None)
+        floor = PeerFloor(session, Playout(MediaClock()), [llm], lambda m: None, lambda turn, reason: None)
         turn = session.say("Go on and on.")
         async for event in session.events():
             if getattr(event, "text", "").startswith("word3"):

@@ -36,10 +36,13 @@ CONTINUED = frozenset({"barge-in", "superseded", "text"})
 
 class PeerFloor:
     """A peer's reply as turn-taking sees it. Owns nothing but its per-turn records
-    (the spoken chunks of replies in flight), which ``forget`` drops once a reply ends."""
+    (the spoken chunks of replies in flight), which ``forget`` drops once a reply ends.
+
+    ``on_cut(turn, reason)`` is called for each turn a cut ends; ``reason`` is None when
+    every word had been heard already, so nothing was cut off."""
 
     def __init__(self, session: Session, playout: Playout, handlers: list[Any],
-                 send: Callable[[dict[str, Any]], None], on_cut: Callable[[int], None]) -> None:
+                 send: Callable[[dict[str, Any]], None], on_cut: Callable[[int, str | None], None]) -> None:
         self._session = session
         self._playout = playout
         self._avatar = next((h for h in handlers if h.stage == "avatar"), None)
@@ -100,7 +103,7 @@ class PeerFloor:
         if not running and spoken and heard_s >= max(c.offset + c.duration for c in spoken) - 0.02:
             # Every word was already heard (only the closing frames were left): not cut.
             self.forget(turn)
-            self._on_cut(turn)
+            self._on_cut(turn, None)
             return
         if on_screen and self._avatar is not None and hasattr(self._avatar, "halt"):
             ctx = self._session.context("avatar")
@@ -117,4 +120,4 @@ class PeerFloor:
         log.info("cut turn %s (%s) after %.2f s heard: %r%s", turn, reason, heard_s, heard,
                  "" if remembered else " (not in LLM history)")
         self.forget(turn)
-        self._on_cut(turn)
+        self._on_cut(turn, reason)

@@ -1,6 +1,6 @@
 """Server counters and latency histograms, rendered in the Prometheus text format (0.0.4).
 
-Written by hand (no ``prometheus_client``): five metric families, all updated from the event
+Written by hand (no ``prometheus_client``): six metric families, all updated from the event
 loop, so no locking is needed. ``GET /metrics`` serves ``render()``.
 """
 
@@ -43,6 +43,7 @@ class Metrics:
         self.sessions_active = 0
         self.sessions_total = 0
         self.turns_total = 0
+        self.cuts: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self.latency: dict[str, _Histogram] = {}
 
@@ -56,6 +57,17 @@ class Metrics:
     def turn_done(self, timings_ms: dict[str, float]) -> None:
         """Count a finished turn and observe each timing (``asr_ms`` goes to ``stage="asr"``)."""
         self.turns_total += 1
+        self._observe(timings_ms)
+
+    def turn_cut(self, reason: str, timings_ms: dict[str, float]) -> None:
+        """Count a reply cut off (``barge-in``, ``interrupt``, ``text``, ``superseded``) and
+        observe the timings it reached: a user who talks over the avatar waited too."""
+        reason = _label(reason)
+        if reason in self.cuts or len(self.cuts) < MAX_LABELS:
+            self.cuts[reason] = self.cuts.get(reason, 0) + 1
+        self._observe(timings_ms)
+
+    def _observe(self, timings_ms: dict[str, float]) -> None:
         for key, value in timings_ms.items():
             try:
                 ms = float(value)
@@ -86,8 +98,10 @@ class Metrics:
             f"avatarchat_sessions_total {self.sessions_total}",
             *_family("avatarchat_turns_total", "counter", "Conversation turns finished."),
             f"avatarchat_turns_total {self.turns_total}",
-            *_family("avatarchat_errors_total", "counter", "Errors, by pipeline stage."),
+            *_family("avatarchat_turns_cut_total", "counter", "Replies cut off before their end, by reason."),
         ]
+        out += [f'avatarchat_turns_cut_total{{reason="{r}"}} {n}' for r, n in sorted(self.cuts.items())]
+        out += _family("avatarchat_errors_total", "counter", "Errors, by pipeline stage.")
         out += [f'avatarchat_errors_total{{stage="{s}"}} {n}' for s, n in sorted(self.errors.items())]
         out += _family("avatarchat_stage_latency_ms", "histogram", "Per-stage latency of a turn, milliseconds.")
         for stage, hist in sorted(self.latency.items()):
@@ -111,10 +125,13 @@ def _family(name: str, kind: str, help_: str) -> list[str]:
 
 
 def _stage(key: str) -> str:
-    # Label values are safe characters only, so no escaping is ever needed when rendering.
     key = str(key)
-    key = key[:-3] if key.endswith("_ms") else key
-    return _LABEL_OK.sub("_", key)[:64] or "unknown"
+    return _label(key[:-3] if key.endswith("_ms") else key)
+
+
+def _label(value: str) -> str:
+    # Label values are safe characters only, so no escaping is ever needed when rendering.
+    return _LABEL_OK.sub("_", str(value))[:64] or "unknown"
 
 
 def _num(value: float) -> str:

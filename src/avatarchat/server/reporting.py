@@ -21,7 +21,8 @@ else the moment the typed text arrived, to the first reply audio / video frame h
 the encoder). A cancelled turn (interrupt, barge-in, a newer turn, an error) sends no
 more ``reply`` and no ``metrics``, except the one ``reply`` with ``interrupted`` true and the
 words heard, when it was cut (``server.bargein`` sends that); its end shows as the state
-going back to ``listening``.
+going back to ``listening``. The server's counters still count a cut, with the stage
+timings it reached (``TurnMetrics.turn_cut``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class TurnMetrics(Protocol):
     """What the reporter tells the server's counters (``server.metrics.Metrics``)."""
 
     def turn_done(self, timings_ms: dict[str, float]) -> None: ...
+
+    def turn_cut(self, reason: str, timings_ms: dict[str, float]) -> None: ...
 
     def error(self, stage: str) -> None: ...
 
@@ -126,9 +129,12 @@ class TurnReporter:
         """A typed message started ``turn``: its latencies count from now."""
         self._turn(turn).marks["text_received"] = time.monotonic()
 
-    def drop(self, turn: int) -> None:
-        """``turn`` was cut or cancelled: no more messages or metrics for it."""
-        self._turns.pop(turn, None)
+    def drop(self, turn: int, cut: str | None = None) -> None:
+        """``turn`` was cancelled, or its reply ``cut`` off for that reason: no more messages
+        or metrics for it; the server's counters still count a cut and the timings it reached."""
+        record = self._turns.pop(turn, None)
+        if cut is not None and record is not None and self._metrics is not None:
+            self._metrics.turn_cut(cut, turn_timings(record.marks))
         self.send_state()
 
     # -- from the playout (``PlayoutListener`` callbacks, on the loop) ----------------
