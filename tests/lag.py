@@ -56,7 +56,7 @@ def assert_responsive(lags: list[float], idle: float, what: str) -> None:
     load = os.getloadavg()[0]
     if load > (os.cpu_count() or 1):
         budget *= 2
-    worst, second = (sorted(lags)[-2:] if len(lags) > 1 else [0.0, *lags])[::-1]
+    second, worst = sorted([0.0, 0.0, *lags])[-2:]
     print(f"{what}: max loop lag {worst * 1000:.1f} ms, next {second * 1000:.1f} ms (idle {idle * 1000:.1f} ms, "
           f"load {load:.1f}, budget {budget * 1000:.0f} ms)")
     assert second < budget, f"{what}: the event loop stalled {second * 1000:.0f} ms more than once"
