@@ -71,6 +71,9 @@ def test_spoken_question_gets_transcript_reply_video_audio_and_latency(
         wait_for(page, "() => /capital.*france/i.test(document.querySelector('#log .msg.user')?.textContent)", 30)
         user = log_lines(page, "user")
         assert len(user) == 1 and "capital" in user[0].lower() and "france" in user[0].lower(), user
+        # The Mute button's level bar rose with the question.
+        level = page.evaluate("avatarchat.micLevel()")
+        assert level["peak"] > 0.4, level
 
         # Video: at least 20 decoded frames a second over 3.5 s, and frames rendered.
         s0, t0 = page.evaluate("avatarchat.stats()"), time.monotonic()
@@ -130,6 +133,40 @@ def test_typed_question_gets_a_reply(quiet_browser: Any, server: ServeProcess) -
         wait_for(page, "() => avatarchat.state().conversation === 'listening'", 30)
         gate = page.evaluate("avatarchat.bargeIn()")
         assert voice_mutes(page) == [] and gate["volume"] == 1 and gate["mode"] == "open", gate
+        assert page.evaluate("avatarchat.micLevel()")["peak"] == 0  # nor moves the mic's level bar
+    finally:
+        close_pages(server, page)
+
+
+MUTE_LEAD_S = 6.0
+
+
+@pytest.fixture(scope="module")
+def late_voice_browser(pw: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Chromium whose microphone asks its question 6 s after it opens: time to mute it first."""
+    wav = padded_question_wav(tmp_path_factory.mktemp("mic") / "question.wav", lead_s=MUTE_LEAD_S)
+    browser = launch_chromium(pw, fake_audio=wav)
+    yield browser
+    browser.close()
+
+
+def test_a_muted_microphone_sends_nothing_and_its_level_bar_stays_empty(
+        late_voice_browser: Any, server: ServeProcess) -> None:
+    page = open_page(late_voice_browser, server.url)
+    try:
+        page.click("#start")
+        wait_for(page, CONNECTED, 20)
+        page.click("#mute")
+        assert page.evaluate("avatarchat.state().mic") == "muted"
+        assert page.locator("#mute").get_attribute("aria-pressed") == "true"
+        opened = page.evaluate("avatarchat.marks()")["micOpen"]  # Chromium starts the file then
+        muted_after_s = (page.evaluate("avatarchat.now()") - opened) / 1000
+        assert muted_after_s < MUTE_LEAD_S - 0.5, f"muted {muted_after_s:.1f} s after the mic opened: too late to test"
+        # Past the question's end (1.6 s of speech after the lead) and the VAD's hangover.
+        time.sleep(MUTE_LEAD_S + 3.5 - muted_after_s)
+        assert page.evaluate("avatarchat.micLevel()")["peak"] == 0
+        assert log_lines(page, "user") == [] and not page.evaluate(
+            "avatarchat.messages.filter(m => m.msg.type === 'transcript')")
     finally:
         close_pages(server, page)
 

@@ -10,12 +10,14 @@
 //   chatlog.js    the conversation log        latency.js  the "Last turn" figures
 //   probe.js      envelopes, marks, frames, getStats (what tests and benchmarks read)
 //   bargein.js    muting the avatar in the page the moment the user speaks over it
+//   miclevel.js   the microphone's level bar on the Mute button
 //
 // Tests and `avatarchat bench e2e` read `window.avatarchat` (at the end of this file).
 
 import { BargeInGate, settingsFrom } from "./bargein.js";
 import { addLine, addTypedLine, finishStreaming, onReply, onTranscript } from "./chatlog.js";
 import { showMetrics } from "./latency.js";
+import { MicLevel } from "./miclevel.js";
 import {
   closeEnvelopes, collectStats, ensureAudioContext, envelope, mark, onTick, probe, resetMarks,
   segments, setHeardGain, videoFps, watchAudio, watchVideo,
@@ -52,7 +54,11 @@ setHeardGain(() => {
   const el = voiceElement();
   return el.muted ? 0 : el.volume;
 });
-onTick((now, levels) => gate.tick(now, levels.mic, levels.heard, levels.remote));
+const micLevel = new MicLevel(ui.mute);
+onTick((now, levels) => {
+  gate.tick(now, levels.mic, levels.heard, levels.remote);
+  micLevel.tick(levels.mic);
+});
 
 // ---------------------------------------------------------------------------------------
 // Indicators
@@ -286,6 +292,7 @@ function teardown(state) {
   if (pc) pc.close();
   if (mic) mic.getTracks().forEach((t) => t.stop());
   closeEnvelopes();
+  micLevel.reset();
   ui.video.srcObject = null;
   ui.audio.srcObject = null;
   ui.placeholder.hidden = false;
@@ -350,5 +357,7 @@ window.avatarchat = {
   segments,
   // The page-side barge-in gate: settings, mode, its mute/hold/open events, volume changes.
   bargeIn: () => gate.snapshot(),
+  // The Mute button's level bar: now, and the highest since Start.
+  micLevel: () => micLevel.snapshot(),
   now: () => performance.now(),
 };
