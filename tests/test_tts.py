@@ -222,6 +222,10 @@ async def test_stage_streams_clauses_through_a_session(engine: str, request: pyt
     # No whole sentence yet: the first clause went out early, and the rest follows it.
     ("The Blast is a legendary creature from the folklore of the ancient Greeks, specifically the",
      "The Blast is a legendary creature from the folklore of the ancient Greeks, specifically the"),
+    # ... less a bracket it was cut in, or a trailing colon.
+    ("The Blast is a legendary creature from the folklore of the ancient Greeks, specifically Ares (Greek:",
+     "The Blast is a legendary creature from the folklore of the ancient Greeks, specifically Ares"),
+    ("The moon is round and has these phases:", "The moon is round and has these phases"),
 ])
 async def test_a_reply_cut_at_the_token_cap_ends_where_the_voice_does(espeak: EspeakTTS, reply: str,
                                                                      said: str) -> None:

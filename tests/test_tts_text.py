@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from avatarchat.handlers.tts.text import Clause, ClauseSplitter, clean_for_speech
+from avatarchat.handlers.tts.text import Clause, ClauseSplitter, clean_for_speech, without_dangling_end
 
 REPLY = (
     "Hello there! I met Dr. Smith yesterday, e.g. at the clinic. Pi is about 3.14, and honestly, "
@@ -85,6 +85,18 @@ def test_each_clause_tells_whether_it_ends_a_sentence_or_a_line() -> None:
         Clause("maybe not!", True),
     ]
     assert s.flush() == ["Dr. Who and"]
+
+
+@pytest.mark.parametrize(("cut", "said"), [
+    ("the myth of Ares (Greek:", "the myth of Ares"),
+    ("the myth of Ares (Greek) and", "the myth of Ares (Greek) and"),
+    ("options like [a, b", "options like"),
+    ("these phases:", "these phases"),
+    ("so, well —", "so, well"),
+    ("(", ""),
+])
+def test_a_cut_clause_loses_an_open_bracket_and_trailing_punctuation(cut: str, said: str) -> None:
+    assert without_dangling_end(cut) == said
 
 
 def test_sentence_end_waits_for_the_next_word() -> None:

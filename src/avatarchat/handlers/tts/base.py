@@ -24,7 +24,7 @@ from avatarchat.engine.events import (
     TimingMark,
 )
 from avatarchat.engine.handler import Handler, HandlerOptions, SessionInfo, run_blocking
-from avatarchat.handlers.tts.text import ClauseSplitter, clean_for_speech, ends_with_sentence_end
+from avatarchat.handlers.tts.text import ClauseSplitter, clean_for_speech, ends_with_sentence_end, without_dangling_end
 
 Synthesis = tuple[np.ndarray, tuple[PhonemeTiming, ...]]
 
@@ -142,10 +142,14 @@ class StreamingTTS(Handler[TTSOptionsT]):
             state = ctx.turns.get(event.turn)
             if state is not None:
                 clauses = [*state.held, *state.splitter.flush()]
-                if event.truncated and state.said_sentence and clauses and not ends_with_sentence_end(clauses[-1]):
-                    # The LLM hit its token cap: a half sentence after whole ones sounds
-                    # broken, so it is not said, and the reply's text ends where the voice did.
-                    event, clauses = _without_tail(event, clauses), []
+                if event.truncated and clauses and not ends_with_sentence_end(clauses[-1]):
+                    # The LLM hit its token cap mid-sentence, and the reply's text is made to
+                    # end where the voice does. A half sentence after whole ones sounds broken,
+                    # so it is not said. A first sentence (one clause held by the splitter) is
+                    # said, less a bracket or colon it was cut after: "... the Ares (Greek:".
+                    ending = "" if state.said_sentence else without_dangling_end(clauses[-1])
+                    event = _ending_with(event, clauses, ending)
+                    clauses = [ending] if ending else []
                 for text in clauses:
                     async for out in self._speak(state, event.turn, text):
                         yield out
@@ -181,11 +185,11 @@ class StreamingTTS(Handler[TTSOptionsT]):
         ctx.turns.clear()
 
 
-def _without_tail(end: ReplyEnd, unsaid: list[str]) -> ReplyEnd:
-    """``end`` with its text cut before the clauses ``unsaid``, when they end it."""
+def _ending_with(end: ReplyEnd, unsaid: list[str], ending: str) -> ReplyEnd:
+    """``end`` with the clauses ``unsaid`` that end its text replaced by ``ending``."""
     cut = end.text.rstrip()
     for clause in reversed(unsaid):
         if not cut.endswith(clause):
             return end
         cut = cut[: len(cut) - len(clause)].rstrip()
-    return replace(end, text=cut)
+    return replace(end, text=f"{cut} {ending}".strip())

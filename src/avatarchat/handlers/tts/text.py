@@ -237,3 +237,12 @@ class ClauseSplitter:
 def ends_with_sentence_end(text: str) -> bool:
     """Whether ``text`` ends with ``. ! ? …``, closing quotes and brackets aside."""
     return text.rstrip().rstrip(_CLOSERS).endswith(tuple(_SENTENCE_END))
+
+
+def without_dangling_end(clause: str) -> str:
+    """``clause`` cut at the token cap, less what cannot end a spoken phrase: a bracket left
+    open ("the Ares (Greek:") and trailing clause punctuation ("and so on:")."""
+    opened = max(clause.rfind("("), clause.rfind("["))
+    if opened > max(clause.rfind(")"), clause.rfind("]")):
+        clause = clause[:opened]
+    return clause.rstrip().rstrip(_CLAUSE_END + "-").rstrip()
