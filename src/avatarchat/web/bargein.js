@@ -16,9 +16,9 @@
 //   BargeInGate: while the avatar speaks, mutes its voice on an onset, the interrupt
 //   button or a typed message (or, as a reply starts, on speech already under way); keeps
 //   the reply muted once the server cuts it, or fades it back up after `graceMs` when the
-//   server let it go on (a cough, an "mm-hm"). Speech
-//   that goes on past `graceMs` will be cut, only later (a busy server): it keeps the
-//   reply muted while it lasts, up to MAX_WAIT_GRACES times `graceMs`.
+//   server let it go on (a cough, an "mm-hm"). Speech that goes on past `graceMs` will be
+//   cut, only later (a busy server): it keeps the reply muted while it lasts, up to
+//   MAX_WAIT_GRACES times `graceMs`.
 //
 //     open ──onset / muteNow──▶ muted ──graceMs, no cut, user quiet──▶ open (fade up)
 //       │                         │

@@ -10,7 +10,7 @@ const FALL = 0.9;
 // The bar is redrawn only when it moves this much (the tick comes every 10 ms).
 const STEP = 0.02;
 
-export function levelOf(rms) {
+function levelOf(rms) {
   if (!(rms > 0)) return 0;
   const db = 20 * Math.log10(rms);
   return Math.min(1, Math.max(0, (db - FLOOR_DB) / (FULL_DB - FLOOR_DB)));
