@@ -56,13 +56,76 @@ class BargeInSettings(HandlerOptions):
 _CLIENT_KEYS = {"client_mute", "client_onset_ms", "client_grace_ms", "client_echo_ratio", "client_min_rms"}
 
 
+class AuthSettings(HandlerOptions):
+    """``server.auth``: signed, expiring access tokens (``avatarchat token``; HS256).
+
+    Off while ``secret`` is empty. On a loopback bind that is the default; on any other bind
+    ``serve`` refuses to start without a secret unless ``--no-auth`` is given."""
+
+    #: Shared secret that signs and checks tokens: ``${AVATARCHAT_SECRET}``, 32+ characters.
+    secret: str | None = None
+    #: Longest lifetime ``avatarchat token --ttl`` may give a token.
+    max_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+
+
+class TurnSettings(HandlerOptions):
+    """``server.turn``: a TURN server with time-limited REST credentials, made per session
+    (coturn's ``use-auth-secret``: username ``expiry:name``, password HMAC-SHA1 of it), so the
+    page never sees a long-lived password."""
+
+    urls: list[str] = Field(default_factory=list)
+    #: coturn's ``static-auth-secret``: ``${TURN_SECRET}``.
+    secret: str | None = None
+    #: How long the credentials a session gets stay valid.
+    ttl_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    #: Ask the page to use relayed candidates only (``iceTransportPolicy: "relay"``).
+    relay_only: bool = False
+
+
+class MessageRate(HandlerOptions):
+    """``server.message_rate``: a token bucket per session for data-channel messages."""
+
+    per_s: float = Field(default=5.0, gt=0)
+    burst: int = Field(default=20, ge=1)
+
+
+class HttpLimits(HandlerOptions):
+    """``server.http``: what one slow or idle HTTP client may hold."""
+
+    #: A request's headers must arrive whole within this long of the connection (or of the
+    #: previous response on a kept-alive connection).
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    #: A request's body must arrive whole within this long of its headers.
+    body_timeout_s: float = Field(default=10.0, gt=0)
+    #: An idle kept-alive connection is closed after this long.
+    keepalive_timeout_s: float = Field(default=15.0, gt=0)
+    #: Open HTTP connections at once; more are closed at once.
+    max_connections: int = Field(default=256, ge=1)
+
+
 class ServerSettings(HandlerOptions):
     host: str = "127.0.0.1"
     port: int = Field(default=8282, ge=1, le=65535)
     #: Sessions at once; one more gets HTTP 503 with a message the page shows.
     max_sessions: int = Field(default=2, ge=1, le=64)
-    #: A session with no audio, text or data-channel message for this long is closed.
+    #: A session with no speech the VAD accepts and no valid user message for this long is
+    #: closed (noise, pings and bad messages do not count).
     idle_timeout_s: float = Field(default=300.0, gt=0)
+    #: A session whose client has not connected (no media) this long after the answer is
+    #: closed, freeing its slot.
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    #: The longest a session may last, whatever it does.
+    max_session_s: float = Field(default=1800.0, gt=0)
+    #: Sessions (connecting or live) one client address may hold at once.
+    max_sessions_per_client: int = Field(default=2, ge=1)
+    #: Addresses of reverse proxies whose ``X-Forwarded-For`` names the real client.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    #: Origins (``https://example.org``) allowed to call the API besides the page's own.
+    allowed_origins: list[str] = Field(default_factory=list)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    turn: TurnSettings = Field(default_factory=TurnSettings)
+    message_rate: MessageRate = Field(default_factory=MessageRate)
+    http: HttpLimits = Field(default_factory=HttpLimits)
     #: Empty by default: no STUN, nothing leaves the machine (LAN and loopback work).
     ice_servers: list[IceServer] = Field(default_factory=list)
     video_codec: Literal["vp8", "h264"] = "vp8"
