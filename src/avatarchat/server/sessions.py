@@ -44,6 +44,11 @@ class ShuttingDown(Exception):
     """The server is closing and takes no new sessions."""
 
 
+class ClientLimit(Exception):
+    """This client address already holds ``max_sessions_per_client`` sessions (connecting or
+    live); the text is safe to show to the user."""
+
+
 def session_log(logger: logging.Logger, session_id: str) -> logging.LoggerAdapter[logging.Logger]:
     """A logger whose records carry ``session`` (shown by the server's log format)."""
     return logging.LoggerAdapter(logger, {"session": session_id})
@@ -66,6 +71,8 @@ class SessionManager:
         self._clock = clock
         self._peers: dict[str, Peer] = {}
         self._opening = 0
+        self._clients: dict[str, int] = {}  # client address -> sessions opening or open
+        self._client_of: dict[str, str] = {}  # peer id -> client address
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._idle_task: asyncio.Task[None] | None = None
@@ -78,10 +85,16 @@ class SessionManager:
     def peers(self) -> list[Peer]:
         return list(self._peers.values())
 
-    async def open(self, pipeline: Any, sdp: str, type_: str) -> tuple[Peer, str]:
-        """Open a peer for an SDP offer and return it with its answer.
+    def held_by(self, client: str) -> int:
+        """Sessions (being opened or open) that ``client`` holds now."""
+        return self._clients.get(client, 0)
 
-        Raises ``ServerFull`` when no slot is free, ``ShuttingDown`` after ``close_all``, and
+    async def open(self, pipeline: Any, sdp: str, type_: str, *, client: str = "") -> tuple[Peer, str]:
+        """Open a peer for an SDP offer from ``client`` (its address) and return it with its answer.
+
+        An empty ``client`` (unknown, e.g. a test calling the manager directly) has no
+        per-client cap. Raises ``ClientLimit`` when ``client`` already holds ``max_sessions_per_client``
+        sessions, ``ServerFull`` when no slot is free, ``ShuttingDown`` after ``close_all``, and
         whatever the factory raises (``OfferError`` for a bad offer) with the slot freed.
         """
         async with self._lock:
@@ -89,10 +102,28 @@ class SessionManager:
             # gathering with STUN/TURN can take seconds and must not hold up other offers.
             if self._closing:
                 raise ShuttingDown("the server is shutting down")
+            per_client = self.settings.max_sessions_per_client
+            if client and self.held_by(client) >= per_client:
+                raise ClientLimit(f"this address already holds {per_client} session(s); close one and try again")
             n, cap = len(self._peers) + self._opening, self.settings.max_sessions
             if n >= cap:
                 raise ServerFull(f"the server is full: {cap} of {cap} sessions are in use; try again later")
             self._opening += 1
+            self._clients[client] = self.held_by(client) + 1
+        try:
+            return await self._open(pipeline, sdp, type_, client)
+        except BaseException:
+            self._release(client)
+            raise
+
+    def _release(self, client: str) -> None:
+        left = self.held_by(client) - 1
+        if left > 0:
+            self._clients[client] = left
+        else:
+            self._clients.pop(client, None)
+
+    async def _open(self, pipeline: Any, sdp: str, type_: str, client: str) -> tuple[Peer, str]:
         holder: dict[str, Any] = {"peer": None, "closed": False}
 
         def on_closed(*_: object) -> None:
@@ -111,8 +142,11 @@ class SessionManager:
             await peer.close("server stopping")
             raise ShuttingDown("the server is shutting down")
         holder["peer"] = peer
-        if not holder["closed"]:
+        if holder["closed"]:
+            self._release(client)
+        else:
             self._peers[peer.id] = peer
+            self._client_of[peer.id] = client
             session_log(log, peer.id).info("session opened (%d of %d)", len(self._peers), self.settings.max_sessions)
             self._ensure_idle_task()
             self._wake.set()
@@ -121,6 +155,7 @@ class SessionManager:
     def _forget(self, peer: Peer) -> None:
         if self._peers.get(peer.id) is peer:
             del self._peers[peer.id]
+            self._release(self._client_of.pop(peer.id, ""))
             session_log(log, peer.id).info("session closed (%d left)", len(self._peers))
             self._wake.set()
 
