@@ -31,6 +31,7 @@ from aiortc import (
 from aiortc.rtcicetransport import RTCIceGatherer
 
 from avatarchat.server.settings import ServerSettings
+from avatarchat.server.turn import turn_server_entry
 
 LOOPBACK = "127.0.0.1"
 _CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) \d+ typ ", re.MULTILINE)
@@ -41,11 +42,21 @@ class OfferError(ValueError):
     """The client's offer cannot be answered; the message is safe to show the client."""
 
 
-def ice_configuration(settings: ServerSettings) -> RTCConfiguration:
-    """ICE servers from the config. An explicit empty list: given None, aiortc would add a
-    public STUN server, and nothing may leave the machine unless the config says so."""
-    servers = [RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
-               for s in settings.ice_servers]
+def ice_configuration(settings: ServerSettings, name: str = "avatarchat-server",
+                      now: float | None = None) -> RTCConfiguration:
+    """ICE servers from the config, for the server's own agent. An explicit empty list:
+    given None, aiortc would add a public STUN server, and nothing may leave the machine
+    unless the config says so.
+
+    With ``server.turn`` set, its entry comes first with fresh REST credentials for ``name``
+    (aiortc uses only the first TURN server it is given), so a server behind NAT offers a
+    relayed candidate too. That costs one allocation per session (a round trip to the TURN
+    server before the answer; up to aioice's 5 s gathering timeout if it does not answer).
+    """
+    entry = turn_server_entry(settings, name, now)
+    servers = [] if entry is None else [RTCIceServer(**entry)]
+    servers += [RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
+                for s in settings.ice_servers]
     return RTCConfiguration(iceServers=servers)
 
 
