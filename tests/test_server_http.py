@@ -28,6 +28,7 @@ from aiohttp import web
 from avatarchat.cli.main import main
 from avatarchat.cli.serve import serve, settings_from_args, tls_context
 from avatarchat.server.app import STATE, create_app
+from avatarchat.server.httpguard import GuardedRunner
 from avatarchat.server.metrics import BUCKETS_MS, Metrics
 from avatarchat.server.peer import OfferError
 from avatarchat.server.settings import ServerSettings
@@ -109,7 +110,7 @@ async def running(settings: ServerSettings | None = None, *, loaded: asyncio.Eve
 
     settings = settings or ServerSettings()
     app = create_app(loader, settings, peer_factory=StandInPeer.open, web_root=web_root, metrics=metrics)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = GuardedRunner(app, settings.http)
     await runner.setup()
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -167,10 +168,18 @@ async def test_bad_offers_get_400_with_a_json_message(body: Any, message: str) -
         assert len(app[STATE].manager) == 0
 
 
-async def test_wrong_content_type_gets_415() -> None:
-    async with running() as (url, _), aiohttp.ClientSession() as http:
-        status, reply = await post(http, url, json.dumps(OFFER), headers={"Content-Type": "text/plain"})
-        assert status == 415 and "application/json" in reply["error"]
+async def test_wrong_or_missing_content_type_gets_415() -> None:
+    # Required, not only checked when sent: a cross-site form or simple fetch sends none or text/plain.
+    async with running() as (url, app), aiohttp.ClientSession() as http:
+        for headers in ({"Content-Type": "text/plain"}, {"Content-Type": "application/json; charset=latin-1"},
+                        {"Content-Type": "application/x-www-form-urlencoded"}):
+            status, reply = await post(http, url, json.dumps(OFFER), headers=headers)
+            assert status == 415 and ("application/json" in reply["error"] or "UTF-8" in reply["error"]), headers
+        status, reply = await post(http, url, json.dumps(OFFER).encode(), headers={},
+                                   skip_auto_headers=["Content-Type"])
+        assert status == 415 and "Content-Type: application/json" in reply["error"]
+        assert len(app[STATE].manager) == 0
+        assert (await post(http, url, OFFER, headers={"Content-Type": "application/json; charset=utf-8"}))[0] == 200
 
 
 async def test_oversized_bodies_get_413_json_with_or_without_content_length() -> None:
@@ -192,12 +201,14 @@ async def test_a_crash_in_the_peer_is_500_json_without_internals(caplog: pytest.
     async with running() as (url, app), aiohttp.ClientSession() as http:
         status, reply = await post(http, url, {"sdp": "v=0 crash", "type": "offer"})
         assert status == 500 and "secret" not in reply["error"] and "Traceback" not in reply["error"]
-        assert "secret internal detail" in caplog.text  # logged, with its traceback
+        error_id = re.fullmatch(r"could not start the session \(error id ([0-9a-f]{8})\)", reply["error"]).group(1)
+        assert "secret internal detail" in caplog.text  # logged, with its traceback, under the same id
+        assert f"[error {error_id}] opening a session failed" in caplog.text
         assert 'avatarchat_errors_total{stage="signaling"} 1' in app[STATE].metrics.render()
 
 
 async def test_full_server_refuses_with_503_and_keeps_serving() -> None:
-    async with running(ServerSettings(max_sessions=2)) as (url, app), aiohttp.ClientSession() as http:
+    async with running(ServerSettings(max_sessions=2, max_sessions_per_client=9)) as (url, app), aiohttp.ClientSession() as http:
         assert (await post(http, url))[0] == 200
         assert (await post(http, url))[0] == 200
         status, reply = await post(http, url)
@@ -211,7 +222,8 @@ async def test_full_server_refuses_with_503_and_keeps_serving() -> None:
 
 async def test_simultaneous_offers_never_exceed_max_sessions() -> None:
     StandInPeer.open_delay = 0.05  # every negotiation overlaps the others
-    async with running(ServerSettings(max_sessions=2)) as (url, app), aiohttp.ClientSession() as http:
+    async with running(ServerSettings(max_sessions=2, max_sessions_per_client=9)) as (url, app), \
+            aiohttp.ClientSession() as http:
         results = await asyncio.gather(*(post(http, url) for _ in range(6)))
         assert sorted(status for status, _ in results) == [200, 200, 503, 503, 503, 503]
         assert len(app[STATE].manager) == 2
@@ -224,12 +236,33 @@ async def test_config_gives_the_browser_the_ice_servers() -> None:
     async with running(settings) as (url, _), aiohttp.ClientSession() as http:
         async with http.get(url + "/api/config") as r:
             body = await r.json()
-            assert {k: v for k, v in body.items() if k != "barge_in"} == {"max_sessions": 4, "ice_servers": [
-                {"urls": ["stun:stun.example.org"]},
-                {"urls": ["turn:t.example.org"], "username": "u", "credential": "c"}]}
+            assert {k: v for k, v in body.items() if k != "barge_in"} == {
+                "max_sessions": 4, "ice_transport_policy": "all", "ice_servers": [
+                    {"urls": ["stun:stun.example.org"]},
+                    {"urls": ["turn:t.example.org"], "username": "u", "credential": "c"}]}
     async with running() as (url, _), aiohttp.ClientSession() as http:
         async with http.get(url + "/api/config") as r:
             assert (await r.json())["ice_servers"] == []
+
+
+async def test_config_makes_turn_credentials_per_request_and_keeps_static_passwords_from_open_servers() -> None:
+    settings = ServerSettings.model_validate({
+        "host": "0.0.0.0",  # the rule reads the bind; the test itself listens on 127.0.0.1
+        "ice_servers": [{"urls": ["turn:static.example.org"], "username": "u", "credential": "long-lived"}],
+        "turn": {"urls": ["turn:127.0.0.1:3478"], "secret": "coturn-secret", "ttl_s": 600, "relay_only": True}})
+    async with running(settings) as (url, _), aiohttp.ClientSession() as http:
+        bodies = []
+        for _ in range(2):
+            async with http.get(url + "/api/config") as r:
+                bodies.append(await r.json())
+    for body in bodies:
+        static, rest = body["ice_servers"]
+        # No auth on a non-loopback bind: anyone may ask, so the static password stays home.
+        assert static == {"urls": ["turn:static.example.org"]}
+        expiry, _, name = rest["username"].partition(":")
+        assert rest["urls"] == ["turn:127.0.0.1:3478"] and name.startswith("anon-127.0.0.1")
+        assert 590 <= int(expiry) - time.time() <= 610 and rest["credential"] != "coturn-secret"
+        assert body["ice_transport_policy"] == "relay"
 
 
 async def test_config_gives_the_page_its_barge_in_settings() -> None:

@@ -5,6 +5,10 @@ background; open the printed address when it says ``ready``. Flags override the 
 ``server:`` section. Browsers give the microphone only to ``https://`` pages or to
 ``localhost``: to use it from another machine, listen on ``--host 0.0.0.0`` with
 ``--self-signed`` (or your own ``--cert``/``--key``). Ctrl-C closes every session and stops.
+
+Off this machine, anyone who can reach the port could use the avatar: on any address other
+than loopback ``serve`` refuses to start without ``server.auth.secret`` (then every visitor
+needs a link made by ``avatarchat token``), unless ``--no-auth`` says that is intended.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     tls.add_argument("--cert", metavar="PEM", help="HTTPS certificate (with --key)")
     p.add_argument("--key", metavar="PEM", help="HTTPS private key (with --cert)")
     p.add_argument("--max-sessions", type=int, metavar="N", help="sessions at once (default 2)")
+    p.add_argument("--no-auth", action="store_true",
+                   help="serve a non-loopback address without access tokens (anyone who reaches it may talk)")
     p.set_defaults(run=run)
 
 
@@ -48,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     settings = settings_from_args(config.server, args)
+    warning = check_access(settings, no_auth=args.no_auth)
     ssl_ctx = tls_context(settings)
+    if warning:
+        _say(warning)
     _install_log_format()
     asyncio.run(serve(settings, lambda: Pipeline.load(config, progress=_say), ssl_ctx=ssl_ctx))
     return 0
@@ -82,6 +91,33 @@ def settings_from_args(base: ServerSettings, args: argparse.Namespace) -> Server
     return settings
 
 
+def check_access(settings: ServerSettings, *, no_auth: bool) -> str | None:
+    """The bind rule: ``UserError`` (one line) when ``settings`` would serve a non-loopback
+    address without access tokens and ``no_auth`` is not given, or when the auth settings
+    cannot work; the warning line to print when ``no_auth`` allows it; else None."""
+    from avatarchat.cli.main import UserError
+    from avatarchat.server.auth import is_loopback_bind, parse_networks, secret_problem
+
+    try:
+        parse_networks(settings.trusted_proxies)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    secret = settings.auth.secret
+    if secret:
+        problem = secret_problem(secret)
+        if problem:
+            raise UserError(problem)
+        return None
+    if is_loopback_bind(settings.host):
+        return None
+    if not no_auth:
+        raise UserError(f"--host {settings.host} is reachable from other machines: set server.auth.secret "
+                        "(secret: ${AVATARCHAT_SECRET}; visitors then need a link from `avatarchat token`), "
+                        "or pass --no-auth to let anyone who reaches the port talk")
+    return (f"warning: --no-auth: anyone who can reach {settings.host}:{settings.port} can use the avatar "
+            "(no access tokens)")
+
+
 def tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
     """The HTTPS context the settings ask for (None for plain HTTP); ``UserError`` if unusable."""
     from avatarchat.cli.main import UserError
@@ -108,6 +144,7 @@ async def serve(settings: ServerSettings, loader: Callable[[], Any], *, ssl_ctx:
 
     from avatarchat.cli.main import UserError
     from avatarchat.server.app import STATE, create_app
+    from avatarchat.server.httpguard import GuardedRunner
 
     say = say or _say
     listening = asyncio.Event()
@@ -119,7 +156,7 @@ async def serve(settings: ServerSettings, loader: Callable[[], Any], *, ssl_ctx:
         return await loader()
 
     app = create_app(load_when_listening, settings, **app_options)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = GuardedRunner(app, settings.http)
     await runner.setup()
     remove_handlers: Callable[[], None] = lambda: None
     try:
@@ -136,6 +173,8 @@ async def serve(settings: ServerSettings, loader: Callable[[], Any], *, ssl_ctx:
             stop, remove_handlers = _stop_on_signals()
         if await _wait_loaded(app[STATE], stop):
             say(f"ready: open {url} in a browser (up to {settings.max_sessions} sessions; Ctrl-C stops)")
+            if settings.auth.secret:
+                say(f"access tokens are on: open {url}?token=TOKEN, with TOKEN from `avatarchat token`")
             if ssl_ctx is None and not _is_loopback(settings.host):
                 say("note: browsers give the microphone only to https:// pages off localhost; add --self-signed")
             await stop.wait()

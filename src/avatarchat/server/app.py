@@ -9,8 +9,16 @@ Routes (documented for other clients in docs/PROTOCOL.md):
 - ``GET /healthz``: 503 ``{"status": "loading"}`` until the models are loaded, then 200
 - ``GET /metrics``: Prometheus text
 
-Every error is JSON ``{"error": message}``; a failure inside the server is logged with its
-traceback and the session id, and the client gets only a one-line message.
+Who may call what (server/auth.py): on a loopback bind only loopback Host names are served
+(DNS rebinding); an API request (``/api/*``, ``/metrics``) whose ``Origin`` is neither the
+page's own nor in ``server.allowed_origins`` gets 403; with ``server.auth.secret`` set, the API
+needs a token (``Authorization: Bearer``, or ``?token=``), else 401 with ``WWW-Authenticate``.
+``POST /api/offer`` takes ``Content-Type: application/json`` only (415), which a cross-site
+form or a fetch without a CORS preflight cannot send. Static files and ``/healthz`` are open.
+
+Every error is JSON ``{"error": message}`` with a 4xx for anything the client sent; a failure
+inside the server is logged with its traceback under an error id, and the client gets only a
+one-line message with that id. A client that goes away mid-request is one INFO line.
 """
 
 from __future__ import annotations
@@ -25,11 +33,17 @@ from typing import Any
 
 from aiohttp import web
 
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
+
+from avatarchat.server import auth
+from avatarchat.server.errors import client_message, log_error
 from avatarchat.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from avatarchat.server.metrics import Metrics
 from avatarchat.server.peer import OfferError
-from avatarchat.server.sessions import PeerFactory, ServerFull, SessionManager, ShuttingDown
+from avatarchat.server.sessions import ClientLimit, PeerFactory, ServerFull, SessionManager, ShuttingDown
 from avatarchat.server.settings import ServerSettings
+from avatarchat.server.turn import ice_servers_for_client
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +54,12 @@ PipelineLoader = Callable[[], Awaitable[Any]]
 _TYPES = {".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css",
           ".json": "application/json", ".svg": "image/svg+xml", ".wasm": "application/wasm"}
 _RETRY = {"Retry-After": "5"}
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="avatarchat"'}
+#: Paths that need a token when auth is on, and a matching Origin always.
+_API_PREFIXES = ("/api/", "/metrics")
+#: Longest path segment a filesystem takes (longer ones are refused before touching it).
+_MAX_NAME_BYTES = 255
+_CLAIMS = web.RequestKey("avatarchat_claims", dict)
 
 
 @dataclass
@@ -55,6 +75,7 @@ class ServerState:
     pipeline: Any = None
     load_error: BaseException | None = None
     load_task: asyncio.Task[None] | None = None
+    trusted_proxies: list[auth.Network] | None = None
 
     async def wait_loaded(self) -> Any:
         """The loaded pipeline; raises what the loader raised if loading failed."""
@@ -88,9 +109,10 @@ def create_app(pipeline_loader: PipelineLoader, settings: ServerSettings, *,
         peer_factory = PeerSession.open
     metrics = metrics or Metrics()
     state = ServerState(settings, SessionManager(settings, peer_factory, metrics), metrics, pipeline_loader,
-                        Path(web_root) if web_root is not None else WEB_ROOT)
+                        Path(web_root) if web_root is not None else WEB_ROOT,
+                        trusted_proxies=auth.parse_networks(settings.trusted_proxies))
     # client_max_size makes aiohttp refuse a longer body even without a Content-Length.
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_errors])
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_errors, _access])
     app[STATE] = state
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
@@ -129,10 +151,8 @@ async def _healthz(request: web.Request) -> web.Response:
     if state.status == "ready":
         body = {"status": "ready", "sessions": len(state.manager), "max_sessions": state.settings.max_sessions}
         return web.json_response(body)
-    body = {"status": state.status}
-    if state.load_error is not None:
-        body["error"] = _one_line(state.load_error)
-    return web.json_response(body, status=503, headers=_RETRY)
+    # Never the load error's text: it can name paths and URLs (the log and `serve` say it).
+    return web.json_response({"status": state.status}, status=503, headers=_RETRY)
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -142,40 +162,80 @@ async def _metrics(request: web.Request) -> web.Response:
 
 async def _config(request: web.Request) -> web.Response:
     settings = request.app[STATE].settings
-    ice = [s.model_dump(exclude_none=True) for s in settings.ice_servers]
+    claims = request.get(_CLAIMS)
+    name = claims["sub"] if claims else f"anon-{request.remote or 'unknown'}"
+    ice = ice_servers_for_client(settings, name)
+    if claims is None and not auth.is_loopback_bind(settings.host):
+        # A static TURN password is long-lived: only token holders (or this machine) get it.
+        # The per-session REST credentials (server.turn) expire by themselves and stay.
+        for server in ice[:len(settings.ice_servers)]:
+            server.pop("username", None)
+            server.pop("credential", None)
     return web.json_response({"ice_servers": ice, "max_sessions": settings.max_sessions,
+                              "ice_transport_policy": "relay" if settings.turn.relay_only else "all",
                               "barge_in": settings.barge_in.client()})
 
 
 async def _offer(request: web.Request) -> web.Response:
     """Answer one SDP offer (no trickle ICE: the answer carries every candidate)."""
     state = request.app[STATE]
-    if state.status != "ready":
-        message = "models are still loading" if state.status == "loading" else "the models failed to load"
-        return _error(503, message, _RETRY)
+    wrong_type = _not_json(request)
+    if wrong_type:
+        return _error(415, wrong_type)
     too_big = _too_big(request, state.settings.max_body_bytes)
     if too_big:
         return _error(413, too_big)
-    declared = request.headers.get("Content-Type")
-    if declared is not None and request.content_type != "application/json":
-        return _error(415, f"send the offer as application/json, not {request.content_type}")
-    offer = _parse_offer(await request.read())
+    if state.status != "ready":
+        message = "models are still loading" if state.status == "loading" else "the models failed to load"
+        return _error(503, message, _RETRY)
+    try:
+        body = await request.read()
+    except (HttpProcessingError, RequestPayloadError):
+        # A corrupt compressed body, or one aiohttp cannot decode.
+        return _error(400, "the request body cannot be decoded (send plain UTF-8 JSON)")
+    offer = _parse_offer(body)
     if isinstance(offer, str):
         return _error(400, offer)
+    client = auth.client_address(request.remote, request.headers.get("X-Forwarded-For"), state.trusted_proxies or [])
     try:
-        peer, answer = await state.manager.open(state.pipeline, *offer)
+        peer, answer = await state.manager.open(state.pipeline, *offer, client=client)
     except ServerFull as exc:
         return _error(503, str(exc), _RETRY)
+    except ClientLimit as exc:
+        return _error(429, str(exc), _RETRY)
     except ShuttingDown as exc:
         return _error(503, str(exc))
     except OfferError as exc:
-        return _error(400, _one_line(exc) or "the offer was refused")
+        return _error(400, _refusal(exc))
     except Exception:
         # The peer has no id yet: the log line says so rather than leaving it blank.
-        log.exception("opening a session failed", extra={"session": "(new)"})
+        error_id = log_error(logging.LoggerAdapter(log, {"session": "(new)"}), "opening a session failed")
         state.metrics.error("signaling")
-        return _error(500, "could not start the session (see the server log)")
+        return _error(500, client_message("could not start the session", error_id))
     return web.json_response({"sdp": answer, "type": "answer", "session_id": peer.id})
+
+
+def _not_json(request: web.Request) -> str | None:
+    # Required, not merely checked when present: a cross-site form or a fetch without a CORS
+    # preflight cannot send application/json, so this is what keeps other sites out.
+    if "Content-Type" not in request.headers:
+        return "send the offer with Content-Type: application/json"
+    if request.content_type != "application/json":
+        return f"send the offer as application/json, not {request.content_type[:60]}"
+    charset = request.charset
+    if charset is not None and charset.lower() not in ("utf-8", "utf8"):
+        return f"send the offer as UTF-8 JSON, not {charset[:30]}"
+    return None
+
+
+def _refusal(exc: OfferError) -> str:
+    """The 400 message of a refused offer. Our own checks' messages say what is wrong; an
+    OfferError that wraps a library's exception (aiortc's text names its internals) gets a
+    fixed message, and its text goes to the log under the same error id."""
+    if exc.__context__ is None and exc.__cause__ is None:
+        return _one_line(exc) or "the offer was refused"
+    error_id = log_error(log, "offer refused: %s", _one_line(exc), exc_info=False, level=logging.INFO)
+    return client_message("the offer cannot be answered", error_id)
 
 
 def _too_big(request: web.Request, limit: int) -> str | None:
@@ -189,8 +249,10 @@ def _too_big(request: web.Request, limit: int) -> str | None:
 def _parse_offer(body: bytes) -> tuple[str, str] | str:
     """``(sdp, type)`` from the request body, or the message of a 400."""
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError):
+        # ValueError: not UTF-8, not JSON, or an integer past Python's 4,300-digit limit;
+        # RecursionError: arrays nested thousands deep.
         return 'the body is not JSON; send {"sdp": "...", "type": "offer"}'
     if not isinstance(data, dict):
         return 'the body must be a JSON object {"sdp": "...", "type": "offer"}'
@@ -207,24 +269,82 @@ def _parse_offer(body: bytes) -> tuple[str, str] | str:
 async def _static(request: web.Request) -> web.StreamResponse:
     root = request.app[STATE].web_root.resolve()
     rel = request.match_info["tail"] or "index.html"
-    path = (root / rel).resolve()
-    # resolve() folds "..": anything that lands outside the web root does not exist.
-    if path.is_dir():
-        path = path / "index.html"
-    if not path.is_relative_to(root) or not path.is_file():
-        return _error(404, f"not found: {request.path[:200]}")
+    path = _static_path(root, rel)
+    if path is None:
+        return _error(404, f"not found: {_shown(request.path)}")
     headers = {"Cache-Control": "no-cache"}
     if path.suffix in _TYPES:
         headers["Content-Type"] = _TYPES[path.suffix] + ("; charset=utf-8" if path.suffix != ".wasm" else "")
     return web.FileResponse(path, headers=headers)
 
 
-# -- errors -----------------------------------------------------------------------------------
+def _static_path(root: Path, rel: str) -> Path | None:
+    """The file under ``root`` that ``rel`` names, or None (outside the root, missing, or a
+    name no filesystem takes: a NUL byte, a lone surrogate, a segment over 255 bytes)."""
+    if "\x00" in rel or any(len(part.encode("utf-8", "surrogatepass")) > _MAX_NAME_BYTES for part in rel.split("/")):
+        return None
+    try:
+        rel.encode("utf-8")
+        path = (root / rel).resolve()
+        # resolve() folds "..": anything that lands outside the web root does not exist.
+        if path.is_dir():
+            path = path / "index.html"
+        if not path.is_relative_to(root) or not path.is_file():
+            return None
+    except (OSError, ValueError):
+        return None
+    return path
+
+
+# -- access and errors ------------------------------------------------------------------------
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
-async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                  ) -> web.StreamResponse:
+async def _access(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Host, Origin and token checks (module docstring), before any handler runs."""
+    settings = request.app[STATE].settings
+    if auth.is_loopback_bind(settings.host):
+        port = _local_port(request)
+        if port is not None and not auth.loopback_host_ok(request.host, port, request.scheme, settings.host):
+            return _error(403, "this server answers to localhost only (the Host header names another)")
+    if not request.path.startswith(_API_PREFIXES):
+        return await handler(request)
+    origin = request.headers.get("Origin")
+    if origin is not None and not auth.origin_ok(origin, _served_origin(request), settings.allowed_origins):
+        return _error(403, "cross-origin requests are not allowed (server.allowed_origins)")
+    secret = settings.auth.secret
+    if secret:
+        token = auth.bearer_token(request.headers, request.query)
+        if token is None:
+            return _error(401, "this server needs an access token (Authorization: Bearer, or ?token=)", _CHALLENGE)
+        try:
+            request[_CLAIMS] = auth.check_token(secret, token)
+        except auth.TokenError as exc:
+            return _error(401, str(exc), {"WWW-Authenticate": 'Bearer realm="avatarchat", error="invalid_token"'})
+    return await handler(request)
+
+
+def _local_port(request: web.Request) -> int | None:
+    sock = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    return int(sock[1]) if isinstance(sock, tuple) and len(sock) >= 2 else None
+
+
+def _served_origin(request: web.Request) -> str:
+    """``scheme://Host`` of this request: the origin of the page it serves. Behind a trusted
+    proxy that ends TLS, the scheme is the one the proxy says (``X-Forwarded-Proto``)."""
+    scheme = request.scheme
+    if auth.is_trusted(request.remote, request.app[STATE].trusted_proxies or []):
+        forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+        if forwarded in ("http", "https"):
+            scheme = forwarded
+    return f"{scheme}://{request.host}"
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every error into ``{"error": message}``; never send a traceback."""
     try:
         return await handler(request)
@@ -232,21 +352,33 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
         if exc.status < 400:
             raise
         return _error(exc.status, _http_message(request, exc), {k: v for k, v in exc.headers.items() if k == "Allow"})
+    except (ConnectionResetError, RequestPayloadError) as exc:
+        # The client went away (or the connection guard closed it) mid-request: not a fault
+        # of the server, so no traceback and no error metric; the reply goes nowhere.
+        if getattr(request.protocol, "closed_for", None) is None:
+            log.info("%s %s: the client went away mid-request (%s)", request.method, _shown(request.path),
+                     type(exc).__name__)
+        return _error(400, "the request was cut off")
     except Exception:
-        log.exception("%s %s failed", request.method, request.path)
+        error_id = log_error(log, "%s %s failed", request.method, _shown(request.path))
         request.app[STATE].metrics.error("server")
-        return _error(500, "internal server error (see the server log)")
+        return _error(500, client_message("internal server error", error_id))
 
 
 def _http_message(request: web.Request, exc: web.HTTPException) -> str:
     if exc.status == 404:
-        return f"not found: {request.path[:200]}"
+        return f"not found: {_shown(request.path)}"
     if exc.status == 405:
-        return f"{request.method} is not allowed on {request.path[:200]}"
+        return f"{request.method} is not allowed on {_shown(request.path)}"
     if exc.status == 413:
         limit = request.app[STATE].settings.max_body_bytes
         return f"the request body is too large (limit {limit} bytes)"
     return exc.reason
+
+
+def _shown(path: str) -> str:
+    # A path the client chose: cut short, control characters and lone surrogates escaped.
+    return path[:200].encode("unicode_escape", "backslashreplace").decode("ascii")[:200]
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:

@@ -23,7 +23,7 @@ import {
   segments, setHeardGain, videoFps, watchAudio, watchVideo,
 } from "./probe.js";
 import {
-  UserFacingError, createPeer, getJSON, iceServersFrom, openMic, postOffer, waitForIceGathering,
+  UserFacingError, createPeer, getJSON, openMic, postOffer, rtcConfigFrom, waitForIceGathering,
   waitUntilReady,
 } from "./signaling.js";
 import { MESSAGES, clearBanner, setBadge, setVoiceVolume, showBanner, ui, voiceElement } from "./ui.js";
@@ -229,7 +229,7 @@ async function start() {
       if (!stale()) teardown("idle");
       return;
     }
-    const config = await getJSON("api/config");
+    const config = await getJSON("api/config", { auth: true });
     if (!config.ok) throw new UserFacingError(config.body?.error || MESSAGES.unreachable);
     gate.configure(settingsFrom(config.body.barge_in));
     const { stream: mic, state: micState } = await openMic(RAW_MIC);
@@ -240,7 +240,7 @@ async function start() {
       mark("micOpen");
       watchAudio("mic", mic);
     }
-    await connect(iceServersFrom(config.body), mic, stale);
+    await connect(rtcConfigFrom(config.body), mic, stale);
   } catch (err) {
     if (stale()) return;
     if (err instanceof UserFacingError) fail(err.message);
@@ -249,9 +249,9 @@ async function start() {
   }
 }
 
-async function connect(iceServers, mic, stale) {
+async function connect(rtcConfig, mic, stale) {
   // Without a microphone the page sends silence: the server expects a live audio track.
-  const { pc, dc } = createPeer(iceServers, mic || silentStream(), peerEvents);
+  const { pc, dc } = createPeer(rtcConfig, mic || silentStream(), peerEvents);
   session.pc = pc;
   session.dc = dc;
   watchVideo(ui.video);

@@ -12,8 +12,23 @@ const LOADING_WAIT_MS = 180000;
 // An error whose message is meant for the person at the page (shown in the banner as is).
 export class UserFacingError extends Error {}
 
-export async function getJSON(path) {
-  const resp = await fetch(path, { cache: "no-store" });
+// The access token of this page's own URL (`/?token=…`, made by `avatarchat token`), sent
+// only as the Authorization header of the API requests below: never in another URL, never
+// stored. null when the page was opened without one (a server without auth).
+const TOKEN = new URLSearchParams(location.search).get("token") || null;
+
+function authHeaders(extra = {}) {
+  return TOKEN ? { ...extra, Authorization: `Bearer ${TOKEN}` } : extra;
+}
+
+// A 401 means the link lacks a token, or its token expired or is not this server's.
+function refusedAccess() {
+  return new UserFacingError(TOKEN ? MESSAGES.badToken : MESSAGES.needsToken);
+}
+
+export async function getJSON(path, { auth = false } = {}) {
+  const resp = await fetch(path, { cache: "no-store", headers: auth ? authHeaders() : {} });
+  if (auth && resp.status === 401) throw refusedAccess();
   let body = null;
   try {
     body = await resp.json();
@@ -93,19 +108,23 @@ export function waitForIceGathering(pc) {
   });
 }
 
-export function iceServersFrom(config) {
-  return (config?.ice_servers || []).map((s) => {
+// The RTCPeerConnection configuration /api/config asks for: its ICE servers (TURN with
+// per-session credentials) and, for `server.turn.relay_only`, relayed candidates only.
+export function rtcConfigFrom(config) {
+  const iceServers = (config?.ice_servers || []).map((s) => {
     const server = { urls: s.urls };
     if (s.username != null) server.username = s.username;
     if (s.credential != null) server.credential = s.credential;
     return server;
   });
+  const iceTransportPolicy = config?.ice_transport_policy === "relay" ? "relay" : "all";
+  return { iceServers, iceTransportPolicy };
 }
 
 // `outgoing`: the microphone, or a silent stream (the server takes a connection that
 // sends no audio for a vanished client). `on`: {track, peerState, open, message, close}.
-export function createPeer(iceServers, outgoing, on) {
-  const pc = new RTCPeerConnection({ iceServers });
+export function createPeer(rtcConfig, outgoing, on) {
+  const pc = new RTCPeerConnection(rtcConfig);
   const track = outgoing?.getAudioTracks()[0];
   if (track) pc.addTransceiver(track, { direction: "sendrecv", streams: [outgoing] });
   else pc.addTransceiver("audio", { direction: "sendrecv" });
@@ -124,9 +143,10 @@ export function createPeer(iceServers, outgoing, on) {
 export async function postOffer(pc) {
   const resp = await fetch("api/offer", {
     method: "POST",
-    headers: { "Content-Type": "application/json" },
+    headers: authHeaders({ "Content-Type": "application/json" }),
     body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer" }),
   });
+  if (resp.status === 401) throw refusedAccess();
   let body = null;
   try {
     body = await resp.json();

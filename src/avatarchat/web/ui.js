@@ -39,6 +39,12 @@ export const MESSAGES = {
     "Connection failed — the browser could not reach the server's media port. Across networks the " +
     "server may need a STUN or TURN server (server.ice_servers in its config).",
   unreachable: "Cannot reach the server — is `avatarchat serve` running?",
+  needsToken:
+    "This server needs an access link with a token (…/?token=…): ask whoever runs it for one " +
+    "(they make it with `avatarchat token`).",
+  badToken:
+    "This server needs an access link with a token, and this link's token has expired or is not " +
+    "for this server: ask whoever runs it for a new link.",
   closedByServer: "The server ended the session (it was idle or the server stopped). Press Start to talk again.",
 };
 
