@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from avatarchat.engine.config import load_config
+from avatarchat.engine.config import load_config, redact
 from avatarchat.engine.handler import STAGES, HandlerLoadError, handlers_for
 from avatarchat.engine.pipeline import Pipeline
 from avatarchat.models import ModelFile, verify
@@ -24,12 +24,25 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def run_check_config(args: argparse.Namespace) -> int:
+    """Every option the config resolves to, one section a line; secrets (``api_key``,
+    ``server.auth.secret``, ``server.turn.secret``, ICE ``credential``...) show as ``***``
+    when set and as None or '' when not."""
     config = load_config(args.file)
     print(f"{config.path}: OK")
+    print(f"  {'session':<7} {_options(config.session.model_dump())}")
     for stage, sc in config.stages.items():
-        opts = ", ".join(f"{k}={v!r}" for k, v in sc.options.model_dump().items())
-        print(f"  {stage:<4} {sc.handler:<18} {opts}")
+        print(f"  {stage:<7} {sc.handler:<18} {_options(sc.options.model_dump())}")
+    server = redact(config.server.model_dump())
+    flat = {k: v for k, v in server.items() if not isinstance(v, dict)}
+    print(f"  {'server':<7} {_options(flat)}")
+    for name, section in server.items():
+        if isinstance(section, dict):
+            print(f"  server.{name} {_options(section)}")
     return 0
+
+
+def _options(options: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in redact(options).items())
 
 
 def run_models(args: argparse.Namespace) -> int:

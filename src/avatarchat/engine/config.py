@@ -8,6 +8,10 @@
 
 Strings may use ``${NAME}`` and ``${NAME:-default}``. Everything is validated before any
 model loads; errors name the file, the key path and the allowed values.
+
+A config file is untrusted input: at most ``MAX_CONFIG_BYTES`` are read, and its YAML is
+parsed within the depth and size limits of ``yaml_limits`` (aliases expanded), so a "billion
+laughs" file or a deeply nested one fails in milliseconds with one line naming the file.
 """
 
 from __future__ import annotations
@@ -21,12 +25,20 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from avatarchat.engine import yaml_limits
 from avatarchat.server.settings import ServerSettings
 from avatarchat.engine.handler import OPTIONAL_STAGES, STAGES, HandlerOptions, SessionSettings, handlers_for
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 TOP_LEVEL_KEYS = ("session", "server", *STAGES)
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+#: The largest config file read (the embedded default is ~4 KiB).
+MAX_CONFIG_BYTES = 256 * 1024
+#: Option names whose values are secrets (``api_key``, ``server.auth.secret``, an ICE
+#: server's ``credential``...): whatever prints a config shows them as ``***``.
+SECRET_NAME = re.compile(r"(key|secret|password|passwd|token|credential)$", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^/@\s]*@")
 
 
 class ConfigError(ValueError):
@@ -52,16 +64,59 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Read, substitute and validate a config file (the embedded default if ``path`` is None)."""
     file = Path(path) if path is not None else DEFAULT_CONFIG
     try:
-        text = file.read_text(encoding="utf-8")
+        with file.open("rb") as f:  # bounded read: the path may be a device or a huge file
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{file}: no such config file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{file}: cannot read it ({exc})") from None
+        raise ConfigError(f"{file}: cannot read it ({_one_line(str(exc))})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{file}: larger than {MAX_CONFIG_BYTES // 1024} KiB; a config is a few KiB")
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+        raw = yaml_limits.load(text)
+    except yaml_limits.YamlTooComplex as exc:
+        raise ConfigError(f"{file}: line {exc.line}: {exc}") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = "; ".join(p for p in (exc.context, exc.problem) if p) or str(exc)
+        raise ConfigError(f"{file}: not valid YAML{where}: {_one_line(what)}") from None
+    except yaml.YAMLError as exc:  # a ReaderError: a character YAML does not allow
+        what = str(exc).replace(' in "<unicode string>",', " at")
+        raise ConfigError(f"{file}: not valid YAML: {_one_line(what)}") from None
     return parse_config(raw, str(file))
+
+
+class Masked(str):
+    """A secret that is set, shown as ``***`` by ``str``, ``repr`` and f-strings."""
+
+    def __repr__(self) -> str:
+        return "***"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return "***"
+
+
+def redact(value: Any, name: str = "") -> Any:
+    """``value`` (a dumped config, a section, an option) fit to print: a set secret becomes
+    ``Masked`` (``***``), an unset one (``None``, ``""``) stays as it is, so the output still
+    says whether it is set; a password inside a URL (``https://user:pw@host``) becomes ``***``."""
+    if isinstance(value, dict):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact(v, name) for v in value)
+    if SECRET_NAME.search(name) and value not in (None, ""):
+        return Masked("***")
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1***@", value)
+    return value
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def parse_config(raw: Any, source: str = "<config>") -> Config:
@@ -115,7 +170,8 @@ def _validate(model: type[HandlerOptions], data: Any, source: str, prefix: str) 
         if err["type"] == "extra_forbidden":
             allowed = ", ".join(sorted(model.model_fields)) or "(none)"
             raise ConfigError(f"{source}: {path}: unknown key; allowed: {allowed}") from None
-        raise ConfigError(f"{source}: {path}: {err['msg']} (got {err.get('input')!r})") from None
+        got = redact(err.get("input"), str(err["loc"][-1]) if err["loc"] else prefix)
+        raise ConfigError(f"{source}: {path}: {err['msg']} (got {got!r})") from None
 
 
 def _substitute(node: Any, source: str, path: str) -> Any:
