@@ -1,22 +1,33 @@
 """The data-channel protocol (channel ``events``): JSON messages, one per channel message.
 
-Documented for other clients in docs/PROTOCOL.md. Client messages are parsed strictly: a
-message that is not JSON, too big, of an unknown type or with wrong fields raises
-``ProtocolError`` with a message that is sent back as ``{"type": "error", ...}``; the
-session goes on.
+Documented for other clients in docs/PROTOCOL.md. Client messages are parsed strictly, and
+whatever their bytes, ``parse_client_message`` either returns a message or raises
+``ProtocolError`` with a short text that is sent back as ``{"type": "error", ...}``; the
+session goes on. Checked in order, each before any costlier work: the size, UTF-8, the
+nesting depth (a scan of the brackets outside strings, before ``json`` recurses), JSON with
+finite numbers only (no ``NaN``, ``Infinity``, ``1e999``, integers of more than
+``MAX_INT_DIGITS`` digits), then the message's type and fields (unknown fields refused,
+no coercion: ``ping.t`` must be a JSON number).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-#: The largest client message accepted (bytes of UTF-8 JSON).
+#: The largest client message accepted (bytes of UTF-8 JSON). The answer's SDP advertises
+#: it as the SCTP max-message-size, so a browser refuses to send a bigger one.
 MAX_MESSAGE_BYTES = 4096
 #: The longest typed message (characters).
 MAX_TEXT_CHARS = 1000
+#: Deepest nesting of arrays and objects (every valid message has depth 1).
+MAX_DEPTH = 4
+#: Longest integer literal (Python refuses to parse ints of 4,300+ digits, with a ValueError).
+MAX_INT_DIGITS = 20
 
 
 class ProtocolError(ValueError):
@@ -24,7 +35,7 @@ class ProtocolError(ValueError):
 
 
 class _Msg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 # --- client -> server ---------------------------------------------------------------------
@@ -44,36 +55,85 @@ class InterruptMessage(_Msg):
 
 
 class PingMessage(_Msg):
-    """Keep-alive; answered with ``pong`` carrying the same ``t``."""
+    """Keep-alive; answered with ``pong`` carrying the same ``t`` (a finite number)."""
 
     type: Literal["ping"]
-    t: float | None = None
+    t: Annotated[float, Field(allow_inf_nan=False)] | None = None
 
 
 ClientMessage = Annotated[TextMessage | InterruptMessage | PingMessage, Field(discriminator="type")]
 _client = TypeAdapter(ClientMessage)
 CLIENT_TYPES = ("text", "interrupt", "ping")
 
+# A JSON string (with its escapes), then any bracket: a scan that never recurses.
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def nesting_depth(text: str) -> int:
+    """The deepest nesting of ``[`` and ``{`` outside JSON strings (a linear scan, no recursion)."""
+    depth = deepest = 0
+    for bracket in _BRACKETS.findall(_STRINGS.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _no_constant(name: str) -> Any:
+    raise ProtocolError(f"{name} is not allowed: numbers must be finite")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ProtocolError(f"number {literal[:20]} is out of range: numbers must be finite")
+    return value
+
+
+def _bounded_int(literal: str) -> int:
+    if len(literal.lstrip("-")) > MAX_INT_DIGITS:
+        raise ProtocolError(f"an integer of {len(literal)} digits is too long (limit {MAX_INT_DIGITS})")
+    return int(literal)
+
+
+def _text_of(raw: str | bytes) -> str:
+    """The message as text, within the size limit, or ``ProtocolError``."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {len(data)} bytes is too big (limit {MAX_MESSAGE_BYTES})")
+    try:
+        return data.decode("utf-8")  # strict: also refuses a str holding lone surrogates
+    except UnicodeDecodeError:
+        raise ProtocolError("message is not valid UTF-8 text") from None
+
+
+def _json_of(text: str) -> Any:
+    if nesting_depth(text) > MAX_DEPTH:
+        raise ProtocolError(f"message is nested too deeply (limit {MAX_DEPTH})")
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int)
+    except ProtocolError:
+        raise
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+        raise ProtocolError("message is not JSON") from None
+
 
 def parse_client_message(raw: str | bytes) -> TextMessage | InterruptMessage | PingMessage:
-    """Parse one data-channel message from a client, or raise ``ProtocolError``."""
-    size = len(raw.encode() if isinstance(raw, str) else raw)
-    if size > MAX_MESSAGE_BYTES:
-        raise ProtocolError(f"message of {size} bytes is too big (limit {MAX_MESSAGE_BYTES})")
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ProtocolError("message is not JSON") from None
+    """Parse one data-channel message from a client, or raise ``ProtocolError``. Never
+    raises anything else, whatever ``raw`` holds."""
+    data = _json_of(_text_of(raw))
     if not isinstance(data, dict) or "type" not in data:
         raise ProtocolError(f'message must be a JSON object with a "type" ({", ".join(CLIENT_TYPES)})')
-    if data["type"] not in CLIENT_TYPES:
-        raise ProtocolError(f"unknown message type {str(data['type'])[:40]!r}; known: {', '.join(CLIENT_TYPES)}")
+    kind = data["type"]
+    if kind not in CLIENT_TYPES:  # a str, or a list/dict that is never one of them
+        shown = kind[:40] if isinstance(kind, str) else type(kind).__name__
+        raise ProtocolError(f"unknown message type {shown!r}; known: {', '.join(CLIENT_TYPES)}")
     try:
         return _client.validate_python(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"][1:]) or "message"
-        raise ProtocolError(f"{data['type']}: {where}: {err['msg']}") from None
+        raise ProtocolError(f"{kind}: {where}: {err['msg']}") from None
 
 
 # --- server -> client -----------------------------------------------------------------------
@@ -117,4 +177,6 @@ def error(message: str, turn: int | None = None) -> dict[str, Any]:
 
 
 def encode(message: dict[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    """One message as JSON text. Raises ``ValueError`` rather than write ``NaN`` or
+    ``Infinity``, which a browser's ``JSON.parse`` refuses."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
