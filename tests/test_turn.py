@@ -74,13 +74,13 @@ def test_no_turn_entry_unless_urls_and_secret_are_both_set(turn: dict[str, objec
     settings = ServerSettings(turn=turn, ice_servers=[{"urls": ["turn:t.example.org"], "username": "u",
                                                        "credential": "c"}])
     assert ice_servers_for_client(settings, "x") == [{"urls": ["turn:t.example.org"], "username": "u", "credential": "c"}]
-    assert [s.urls for s in ice_configuration(settings).iceServers] == [["turn:t.example.org"]]
+    assert [s.urls for s in ice_configuration(settings).iceServers or []] == [["turn:t.example.org"]]
 
 
 def test_server_agent_gets_turn_credentials_first() -> None:
     """aiortc uses only the first TURN server it is given: the managed one goes first."""
     settings = turn_settings(ice_servers=[{"urls": ["turn:static.example.org"], "username": "u", "credential": "c"}])
-    servers = ice_configuration(settings, name="srv", now=NOW).iceServers
+    servers = ice_configuration(settings, name="srv", now=NOW).iceServers or []
     assert [(s.urls, s.username) for s in servers] == [(["turn:turn.example.org:3478"], "1800000000:srv"),
                                                        (["turn:static.example.org"], "u")]
     assert servers[0].credential == rest_credentials("north-wind", "srv", 3600, NOW)[1]
