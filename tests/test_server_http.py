@@ -41,7 +41,8 @@ class StandInPeer:
     """STAND-IN for ``PeerSession`` (same ``open``/``close``/``id``/``last_activity``), no WebRTC.
 
     Like the real one it counts itself in ``metrics`` and calls ``on_closed(peer)`` once.
-    ``open`` refuses an SDP containing ``refuse`` with ``OfferError`` and crashes on ``crash``.
+    ``open`` refuses an SDP containing ``refuse`` with ``OfferError`` (``library``: one that wraps a
+    library's exception) and crashes on ``crash``.
     """
 
     opened: list[StandInPeer] = []
@@ -65,6 +66,11 @@ class StandInPeer:
             raise OfferError("the offer has no audio track")
         if "crash" in sdp:
             raise RuntimeError("secret internal detail")
+        if "library" in sdp:  # as PeerSession wraps what aiortc raises
+            try:
+                raise ValueError("aiortc internals: DTLS fingerprint sha-999 at 0xdeadbeef")
+            except ValueError as exc:
+                raise OfferError(f"the offer cannot be answered: {exc}") from None
         peer = cls(metrics, on_closed)
         cls.opened.append(peer)
         if metrics is not None:

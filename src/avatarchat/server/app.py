@@ -250,10 +250,12 @@ def _parse_offer(body: bytes) -> tuple[str, str] | str:
     """``(sdp, type)`` from the request body, or the message of a 400."""
     try:
         data = json.loads(body.decode("utf-8"))
-    except (ValueError, RecursionError):
-        # ValueError: not UTF-8, not JSON, or an integer past Python's 4,300-digit limit;
-        # RecursionError: arrays nested thousands deep.
-        return 'the body is not JSON; send {"sdp": "...", "type": "offer"}'
+    except RecursionError:
+        return "the JSON is nested too deeply"
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return 'the body is not JSON; send {"sdp": "...", "type": "offer"} in UTF-8'
+    except ValueError:
+        return "a number in the JSON has too many digits"  # Python's 4,300-digit int limit
     if not isinstance(data, dict):
         return 'the body must be a JSON object {"sdp": "...", "type": "offer"}'
     sdp, type_ = data.get("sdp"), data.get("type")

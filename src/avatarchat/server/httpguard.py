@@ -26,8 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMethod, LineTooLong
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from avatarchat.server.errors import client_message, log_error
 from avatarchat.server.settings import HttpLimits
@@ -110,6 +110,15 @@ class GuardedHandler(RequestHandler):
         resp = web.json_response(body, status=status)
         resp.force_close()
         return resp
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        exc = kw.get("exc_info")
+        if isinstance(exc, RequestPayloadError | HttpProcessingError | ConnectionError):
+            # A body the client broke (corrupt gzip, cut off), found while aiohttp drains it
+            # after our 4xx: the client's fault, one line, no traceback.
+            log.info("closed a connection from %s: its request body was broken (%s)", self._peer, _short(exc, None))
+            return
+        super().log_exception(*args, **kw)
 
     # -- the watchdog -----------------------------------------------------------------------
 
