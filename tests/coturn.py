@@ -105,28 +105,40 @@ class Coturn:
 
     def __enter__(self) -> Coturn:
         binary = require_turnserver()
-        self.port = free_udp_port()
-        # Its stderr only says it cannot open IPv6 sockets here; the log file has the rest.
-        with open(self.workdir / "turnserver.stderr", "wb") as err:
-            self._proc = subprocess.Popen(self.command(binary), stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.DEVNULL, stderr=err, cwd=self.workdir)
-        try:
-            self._wait_listening()
-        except BaseException:
+        for attempt in range(3):
+            # The free port may be taken between the check and coturn's bind: then coturn
+            # retries that bind for ever, so a port it cannot bind means another port.
+            self.port = free_udp_port()
+            self.log_path.unlink(missing_ok=True)
+            # Its stderr only says it cannot open IPv6 sockets here; the log file has the rest.
+            with open(self.workdir / "turnserver.stderr", "wb") as err:
+                self._proc = subprocess.Popen(self.command(binary), stdin=subprocess.DEVNULL,
+                                              stdout=subprocess.DEVNULL, stderr=err, cwd=self.workdir)
+            try:
+                if self._wait_listening():
+                    return self
+            except BaseException:
+                self.stop()
+                raise
             self.stop()
-            raise
-        return self
+        raise RuntimeError(f"turnserver could not bind a free port in 3 tries; its log ends: {self.log_tail()}")
 
-    def _wait_listening(self) -> None:
+    def _wait_listening(self) -> bool:
+        """True once it answers STUN; False if its port was taken; raises if it exits or
+        does not answer within ``startup_timeout``."""
         assert self._proc is not None
         deadline = time.monotonic() + self.startup_timeout
+        taken = f"Cannot bind DTLS/UDP listener socket to addr {HOST}:{self.port}"
         while not stun_answers(self.port):
             if self._proc.poll() is not None:
                 raise RuntimeError(f"turnserver exited with code {self._proc.returncode} before it "
                                    f"listened; its log ends: {self.log_tail()}")
+            if taken in self.log_text():
+                return False
             if time.monotonic() > deadline:
                 raise RuntimeError(f"turnserver did not answer STUN on {HOST}:{self.port} within "
                                    f"{self.startup_timeout} s; its log ends: {self.log_tail()}")
+        return True
 
     def stop(self) -> None:
         """Terminate it (kill after 10 s). Idempotent."""
