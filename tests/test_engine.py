@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import numpy as np
 import pytest
@@ -18,8 +20,9 @@ from avatarchat.engine.events import (
     TimingMark,
     TurnCancelled,
     UserAudio,
+    UserTranscript,
 )
-from avatarchat.engine.handler import SessionInfo
+from avatarchat.engine.handler import Handler, HandlerOptions, SessionInfo, SessionSettings
 from avatarchat.engine.loop_probe import LoopLagProbe
 from avatarchat.engine.session import Session
 from tests.fakes import FakeLLM, FakeTTS
@@ -42,6 +45,36 @@ async def collect_turn(session: Session, turn: int, timeout: float = 5.0) -> lis
 
 def kinds(events: list[Event]) -> list[str]:
     return [type(e).__name__ for e in events]
+
+
+class FailingAfter(Handler[HandlerOptions]):
+    """``inner`` (an LLM) that raises after passing on ``n`` of its outputs of a final
+    transcript, or on any partial one (``only_partials``): the fault under test."""
+
+    name = "failing"
+    stage = "llm"
+    accepts = (UserTranscript,)
+
+    def __init__(self, inner: FakeLLM, n: int, only_partials: bool = False) -> None:
+        super().__init__(HandlerOptions())
+        self.inner, self.n, self.only_partials = inner, n, only_partials
+
+    def create_context(self, session: SessionInfo) -> object:
+        return self.inner.create_context(session)
+
+    async def handle(self, ctx: object, event: Event) -> AsyncIterator[Event]:
+        assert isinstance(event, UserTranscript)
+        if self.only_partials:
+            if not event.final:
+                raise RuntimeError("partial failed")
+            async for out in self.inner.handle(ctx, event):  # type: ignore[arg-type]
+                yield out
+            return
+        outputs = self.inner.handle(ctx, event)  # type: ignore[arg-type]
+        async with aclosing(outputs):
+            for _ in range(self.n + 1):
+                yield await anext(outputs)
+            raise RuntimeError("the model went away")
 
 
 async def test_events_flow_in_order_through_the_stages() -> None:
@@ -98,7 +131,7 @@ async def test_interrupt_cancels_all_open_turns() -> None:
     assert kinds(events) == ["TurnCancelled"] or kinds(events)[-1] == "TurnCancelled"
 
 
-async def test_a_failing_handler_ends_only_its_turn_with_an_error() -> None:
+async def test_a_failing_handler_ends_only_its_turn_with_an_error(caplog: pytest.LogCaptureFixture) -> None:
     llm = FakeLLM(words=["fine ", "boom ", "never"])
     async with Session([llm, FakeTTS(fail_on="boom")], SessionInfo("s")) as session:
         turn = session.say("hi")
@@ -107,10 +140,52 @@ async def test_a_failing_handler_ends_only_its_turn_with_an_error() -> None:
         assert len(errors) == 1 and errors[0].stage == "tts" and "boom" in errors[0].message
         assert isinstance(events[-1], TurnCancelled) and events[-1].reason == "error"
         assert not any(isinstance(e, ReplyText) and e.text == "never" for e in events)
+        # The log record carries the same id, with the traceback.
+        record = next(r for r in caplog.records if errors[0].error_id in r.getMessage())
+        assert record.exc_info is not None and "cannot say" in str(record.exc_info[1])
+        # The voice failed: the fallback line is shown as a reply of its own, without audio.
+        fallback = await collect_turn(session, turn + 1)
+        line = SessionInfo("s").settings.voice_fallback_reply
+        assert kinds(fallback) == ["ReplyText", "ReplyEnd"] and fallback[-1].text == line  # type: ignore[attr-defined]
         llm.words = ["still ", "here"]
         nxt = session.say("again")
         events = await collect_turn(session, nxt)
     assert [e.text for e in events if isinstance(e, ReplyAudio)] == ["still ", "here"]
+
+
+async def test_a_failing_llm_is_followed_by_its_fallback_line_spoken_downstream() -> None:
+    llm = FakeLLM(words=["The answer ", "is "])
+    settings = SessionSettings(fallback_reply="My model is away.")
+    async with Session([FailingAfter(llm, 2), FakeTTS()], SessionInfo("s", settings)) as session:
+        turn = session.say("hi")
+        failed = await collect_turn(session, turn)
+        assert kinds(failed)[-2:] == ["ErrorEvent", "TurnCancelled"]
+        fallback = await collect_turn(session, turn + 1)
+    # What the model had begun is not repeated; the fallback passes the voice, which says it.
+    assert [e.text for e in fallback if isinstance(e, ReplyAudio)] == ["My model is away."]
+    assert isinstance(fallback[-1], ReplyEnd) and fallback[-1].text == "My model is away."
+    assert llm.closed_generators == 1
+
+
+async def test_an_empty_fallback_line_says_nothing() -> None:
+    settings = SessionSettings(fallback_reply="")
+    async with Session([FailingAfter(FakeLLM(), 0), FakeTTS()], SessionInfo("s", settings)) as session:
+        turn = session.say("hi")
+        assert kinds(await collect_turn(session, turn))[-2:] == ["ErrorEvent", "TurnCancelled"]
+        nxt = session.say("again")
+        events = await collect_turn(session, nxt)
+    assert nxt == turn + 1 and [e.turn for e in events] == [nxt] * len(events)
+
+
+async def test_a_failure_on_a_partial_transcript_does_not_end_the_turn() -> None:
+    llm = FailingAfter(FakeLLM(), 0, only_partials=True)
+    async with Session([llm, FakeTTS()], SessionInfo("s")) as session:
+        turn = session.new_turn()
+        session.push(UserTranscript(turn, "what is", final=False))
+        session.push(UserTranscript(turn, "what is the time", final=True))
+        events = await collect_turn(session, turn)
+    assert not any(isinstance(e, ErrorEvent | TurnCancelled) for e in events)
+    assert isinstance(events[-1], ReplyEnd) and events[-1].text == "Hello there."
 
 
 async def test_sessions_do_not_share_state() -> None:

@@ -11,6 +11,7 @@ turn yet (raw microphone input) has ``turn = NO_TURN``.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -171,12 +172,24 @@ class TurnCancelled(Event):
     reason: str = "interrupted"
 
 
+def new_error_id() -> str:
+    """A short random id that ties what a client is told about a failure to its log record."""
+    return uuid.uuid4().hex[:8]
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorEvent(Event):
-    """A stage failed on ``turn``; the session goes on with the next turn."""
+    """A stage failed on ``turn``; the session goes on with the next turn.
+
+    ``message`` is the detail (exception type and text) for the log and for tests: it may
+    hold a server URL or a path, so it is never shown to a user. A client is told the
+    ``stage`` in plain words and the ``error_id``, which the engine's log record of the
+    failure carries too.
+    """
 
     stage: str
     message: str
+    error_id: str = field(default_factory=new_error_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,6 +61,22 @@ class SessionSettings(HandlerOptions):
     #: How many earlier exchanges (user + reply) the LLM sees.
     history_turns: int = Field(default=2, ge=0, le=50)
     language: str = "en"
+    # What the avatar says when a stage fails on a turn (the engine's error path says it
+    # as a reply of its own; "" says nothing). Never part of the LLM's history.
+    #: When the language model fails (server down, slow, stream cut, garbage).
+    fallback_reply: str = Field(default="I can't reach my language model right now.", max_length=300)
+    #: When the VAD or the speech recognition fails on the end of an utterance.
+    asr_fallback_reply: str = Field(default="Sorry, I didn't catch that.", max_length=300)
+    #: When the voice or the avatar fails: shown only, since the voice is what failed.
+    voice_fallback_reply: str = Field(default="Sorry, I lost my voice for a moment.", max_length=300)
+
+    def fallback_for(self, stage: str) -> str:
+        """The line said (or, past the voice, shown) when ``stage`` fails on a turn."""
+        if stage in ("vad", "asr"):
+            return self.asr_fallback_reply
+        if stage == "llm":
+            return self.fallback_reply
+        return self.voice_fallback_reply
 
 
 @dataclass

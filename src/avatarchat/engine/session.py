@@ -9,8 +9,15 @@ handler calls working on it in every stage at once, asks each handler to drop wh
 buffered, and emits ``TurnCancelled``. Events of a dead turn still in a queue are dropped
 where they are found, so nothing of it comes out afterwards.
 
-A handler that raises ends its turn with an ``ErrorEvent`` and a ``TurnCancelled``; the
-session and its other turns go on.
+A handler that raises ends its turn with an ``ErrorEvent`` (with an error id, logged with
+the traceback under the same id) and a ``TurnCancelled``; the session and its other turns
+go on. The avatar then answers with a short fallback line (``SessionSettings.fallback_for``
+the failed stage) as a reply of a new turn, entering the pipeline right after the stage that
+failed: after the ASR or the LLM it is spoken and animated, after the voice it is only
+shown. What was heard of a reply that failed mid-stream stays heard; nothing more of it is
+said, and the fallback follows (like an interruption). The fallback is not the model's:
+no LLM history holds it. A failure on a provisional event (speech so far, a pause, a
+partial transcript) only loses a head start: it is logged and the turn goes on.
 """
 
 from __future__ import annotations
@@ -24,9 +31,14 @@ from typing import Any, cast
 
 from avatarchat.engine.events import (
     NO_TURN,
+    EndOfTurnHint,
     ErrorEvent,
     Event,
     ReplyEnd,
+    ReplyText,
+    SpeechOngoing,
+    SpeechPaused,
+    SpeechSoFar,
     TurnCancelled,
     UserTranscript,
 )
@@ -219,8 +231,32 @@ class Session:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("%s handler %r failed on turn %s", stage.handler.stage, stage.handler.name, event.turn)
-            message = f"{stage.handler.stage} ({stage.handler.name}): {type(exc).__name__}: {exc}"
-            self._output.put_nowait(ErrorEvent(event.turn, stage.handler.stage, message))
-            if event.turn != NO_TURN:
-                self.cancel_turn(event.turn, reason="error")
+            self._failed(stage, event, exc)
+
+    def _failed(self, stage: _Stage, event: Event, exc: Exception) -> None:
+        """The error path: log under an id, tell the consumer, end the turn, say the fallback."""
+        name, where = stage.handler.name, stage.handler.stage
+        error = ErrorEvent(event.turn, where, f"{where} ({name}): {type(exc).__name__}: {exc}")
+        if _provisional(event):
+            log.warning("[error %s] %s handler %r failed on a provisional %s of turn %s; the turn goes on",
+                        error.error_id, where, name, type(event).__name__, event.turn, exc_info=exc)
+            return
+        log.error("[error %s] %s handler %r failed on turn %s", error.error_id, where, name, event.turn,
+                  exc_info=exc)
+        self._output.put_nowait(error)
+        if event.turn == NO_TURN or not self.cancel_turn(event.turn, reason="error"):
+            return  # nobody waits for a reply (or the turn had already ended)
+        line = self.info.settings.fallback_for(where).strip()
+        if line and not self._closed:
+            # A turn of its own: the failed one is cancelled, so nothing of it (deltas still
+            # queued downstream, the rest of its audio) comes out after the fallback starts.
+            turn = self.new_turn()
+            stage.outbox.put_nowait(ReplyText(turn, line))
+            stage.outbox.put_nowait(ReplyEnd(turn, line))
+
+
+def _provisional(event: Event) -> bool:
+    """Whether ``event`` only gives a stage a head start (the turn's final event follows)."""
+    if isinstance(event, UserTranscript):
+        return not event.final
+    return isinstance(event, SpeechSoFar | SpeechPaused | SpeechOngoing | EndOfTurnHint)
