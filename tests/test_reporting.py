@@ -109,12 +109,18 @@ def test_state_is_sent_on_change_or_when_forced() -> None:
     assert states(sent) == ["listening", "listening"]
 
 
-def test_errors_are_sent_and_counted() -> None:
+def test_errors_say_what_failed_and_its_id_never_how() -> None:
     report, sent, counters = reporter()
-    report.on_event(ErrorEvent(3, stage="tts", message="boom"))
-    report.on_event(ErrorEvent(NO_TURN, stage="asr", message="bad"))
-    assert sent == [{"type": "error", "message": "boom", "turn": 3}, {"type": "error", "message": "bad"}]
-    assert counters.errors == ["tts", "asr"]
+    detail = "llm (openai_compatible): LLMServerError: cannot reach the LLM server at http://10.0.0.7:8000/v1"
+    report.on_event(ErrorEvent(3, stage="llm", message=detail, error_id="1a2b3c4d"))
+    report.on_event(ErrorEvent(NO_TURN, stage="asr", message="bad", error_id="00ff00ff"))
+    report.on_event(ErrorEvent(4, stage="mystery", message="/home/me/secret.txt", error_id="12345678"))
+    assert sent == [
+        {"type": "error", "message": "the language model failed (error id 1a2b3c4d)", "turn": 3},
+        {"type": "error", "message": "speech recognition failed (error id 00ff00ff)"},
+        {"type": "error", "message": "a stage of the pipeline failed (error id 12345678)", "turn": 4},
+    ]
+    assert counters.errors == ["llm", "asr", "mystery"]
 
 
 def test_typed_text_latency_counts_from_its_arrival() -> None:

@@ -21,8 +21,10 @@ else the moment the typed text arrived, to the first reply audio / video frame h
 the encoder). A cancelled turn (interrupt, barge-in, a newer turn, an error) sends no
 more ``reply`` and no ``metrics``, except the one ``reply`` with ``interrupted`` true and the
 words heard, when it was cut (``server.bargein`` sends that); its end shows as the state
-going back to ``listening``. The server's counters still count a cut, with the stage
-timings it reached (``TurnMetrics.turn_cut``).
+going back to ``listening``. A stage failing on a turn sends ``error`` with the stage in
+plain words and an error id ("the language model failed (error id 1a2b3c4d)"), never the
+exception; the engine's fallback line then comes as a reply of a new turn. The server's
+counters still count a cut, with the stage timings it reached (``TurnMetrics.turn_cut``).
 """
 
 from __future__ import annotations
@@ -44,8 +46,18 @@ from avatarchat.engine.events import (
 )
 from avatarchat.engine.turn import stage_timings
 from avatarchat.server import protocol
+from avatarchat.server.errors import client_message
 
 State = Literal["listening", "thinking", "speaking"]
+
+#: The stages in the words a client's error message uses.
+STAGE_WORDS = {
+    "vad": "listening",
+    "asr": "speech recognition",
+    "llm": "the language model",
+    "tts": "the voice",
+    "avatar": "the avatar",
+}
 
 #: Where a turn's ``first_*_sent_ms`` count from: the first of these marks it has.
 LATENCY_STARTS = ("speech_end", "asr_start", "text_received")
@@ -119,7 +131,10 @@ class TurnReporter:
             record.ended = True
             self._send(protocol.reply(event.turn, event.text or record.reply, final=True, truncated=event.truncated))
         elif isinstance(event, ErrorEvent):
-            self._send(protocol.error(event.message, None if event.turn == NO_TURN else event.turn))
+            # What failed and the id the log has it under; never the exception text, which
+            # can name a server URL or a path.
+            what = f"{STAGE_WORDS.get(event.stage, 'a stage of the pipeline')} failed"
+            self._send(protocol.error(client_message(what, event.error_id), None if event.turn == NO_TURN else event.turn))
             if self._metrics is not None:
                 self._metrics.error(event.stage)
         elif isinstance(event, TurnCancelled):
