@@ -30,12 +30,14 @@ def port_open(port: int) -> bool:
 
 
 @contextmanager
-def serve_llm(n_ctx: int = 1024, parallel: int = 1, startup_timeout: float = 30.0) -> Iterator[str]:
+def serve_llm(n_ctx: int = 1024, parallel: int = 1, startup_timeout: float = 30.0,
+              port: int | None = None) -> Iterator[str]:
     """Start the server for the SmolLM2 GGUF; yields its base URL (``http://127.0.0.1:PORT``,
-    append ``/v1`` for the OpenAI API) once ``/health`` answers 200."""
+    append ``/v1`` for the OpenAI API) once ``/health`` answers 200. ``port``: listen there
+    (a test that stops the server and starts it again at the same address), else a free one."""
     import xllamacpp
 
-    port = free_port()
+    port = port or free_port()
     params = xllamacpp.CommonParams()
     params.model.path = str(SMOLLM2_135M.locate())
     params.n_ctx = n_ctx

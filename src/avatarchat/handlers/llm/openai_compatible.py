@@ -3,12 +3,18 @@
 Ollama, llama.cpp's ``llama-server``, vLLM, LM Studio or a hosted API. ``load`` only builds
 the client, so start-up works with the server down; a turn that cannot reach it fails with
 an error naming the URL, and the next turn tries again.
+
+A turn never hangs on the server: connecting is bounded by ``connect_timeout_s``, the first
+word by ``first_token_timeout_s``, each later silence of the stream by ``timeout_s``. A
+stream that is cut, ends before its ``finish_reason`` or cannot be parsed (non-SSE bytes,
+invalid JSON) fails the turn with ``LLMServerError``; the engine then says the fallback line.
+Nothing here logs or repeats the ``api_key``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -30,12 +36,19 @@ class OpenAICompatibleOptions(HandlerOptions):
     #: Base URL of the API, up to and including the version path (``…/v1``).
     api_url: str = "http://127.0.0.1:11434/v1"
     #: Local servers ignore it; for hosted APIs write ``${OPENAI_API_KEY}`` in the YAML.
-    api_key: str = "not-needed"
+    #: Kept out of the options' repr, so logging them never shows it.
+    api_key: str = Field(default="not-needed", repr=False)
     model: str = "default"
     temperature: float = Field(default=0.6, ge=0.0, le=2.0)
     top_p: float = Field(default=0.9, gt=0.0, le=1.0)
     max_tokens: int = Field(default=120, ge=1, le=8192)
+    #: The longest silence of the server once it has answered (between two chunks).
     timeout_s: float = Field(default=30.0, gt=0.0)
+    #: Connecting to the server (TCP and TLS) must take no longer.
+    connect_timeout_s: float = Field(default=3.0, gt=0.0)
+    #: From sending the request to the reply's first word: past it, the turn says the
+    #: fallback line instead of leaving the user in silence.
+    first_token_timeout_s: float = Field(default=8.0, gt=0.0)
     #: Retries on connection errors. 0 by default: in a conversation a quick error beats
     #: seconds of silent back-off.
     max_retries: int = Field(default=0, ge=0, le=5)
@@ -75,9 +88,8 @@ class OpenAICompatibleLLM(ChatLLM[OpenAICompatibleOptions]):
 
     def _new_client(self) -> Any:
         o = self.options
-        return self._openai.AsyncOpenAI(
-            base_url=o.api_url, api_key=o.api_key, timeout=o.timeout_s, max_retries=o.max_retries
-        )
+        timeout = self._openai.Timeout(o.timeout_s, connect=o.connect_timeout_s)
+        return self._openai.AsyncOpenAI(base_url=o.api_url, api_key=o.api_key, timeout=timeout, max_retries=o.max_retries)
 
     async def _client_for_this_loop(self) -> Any:
         # The client's connection pool belongs to the loop that first used it; a handler
@@ -95,13 +107,44 @@ class OpenAICompatibleLLM(ChatLLM[OpenAICompatibleOptions]):
         """Stream the reply; closing or cancelling this generator closes the HTTP response.
 
         Closing the response is how the server learns to stop generating. Failures raise
-        ``LLMServerError`` naming ``api_url``.
+        ``LLMServerError`` naming ``api_url`` (never the key): unreachable, no first word
+        within ``first_token_timeout_s``, a cut or unreadable stream, or one that ends
+        without a ``finish_reason``.
         """
         if self._client is None:
             raise RuntimeError("the openai_compatible LLM is not loaded")
         o = self.options
+        response: Any = None
+        chunks: AsyncGenerator[Any, None] | None = None
         try:
-            response = await (await self._client_for_this_loop()).chat.completions.create(
+            # The first word is awaited here, not across a ``yield``: a timeout must cancel
+            # this request, never whatever the consumer does while the generator waits.
+            try:
+                async with asyncio.timeout(o.first_token_timeout_s):
+                    response = await self._request(messages)
+                    chunks = aiter(response)
+                    text = await self._next_text(ctx, chunks)
+            except TimeoutError:
+                raise LLMServerError(
+                    f"the LLM server at {o.api_url} sent no first token within {o.first_token_timeout_s:g} s"
+                ) from None
+            while text is not None:
+                yield text
+                text = await self._next_text(ctx, chunks)
+            if ctx.finish_reason is None:
+                raise LLMServerError(f"the LLM server at {o.api_url} ended the stream before the reply was finished")
+        finally:
+            if chunks is not None:
+                await chunks.aclose()
+            if response is not None:
+                await response.close()
+
+    async def _request(self, messages: list[Message]) -> Any:
+        """Send the request; the streamed response once its headers are in."""
+        o = self.options
+        try:
+            client = await self._client_for_this_loop()
+            return await client.chat.completions.create(
                 model=o.model,
                 messages=messages,
                 temperature=o.temperature,
@@ -111,29 +154,45 @@ class OpenAICompatibleLLM(ChatLLM[OpenAICompatibleOptions]):
             )
         except self._openai.OpenAIError as exc:
             raise self._explain(exc) from exc
+
+    async def _next_text(self, ctx: ChatContext, chunks: AsyncIterator[Any] | None) -> str | None:
+        """The next non-empty text delta of the stream (None at its end); notes the
+        ``finish_reason`` in ``ctx``. Any failure to read or parse is an ``LLMServerError``."""
+        assert chunks is not None
         try:
-            async for chunk in response:
+            async for chunk in chunks:
                 for choice in chunk.choices or ():  # usage-only chunks have no choices
                     if choice.finish_reason:
                         ctx.finish_reason = choice.finish_reason
                     if choice.delta is not None and choice.delta.content:
-                        yield choice.delta.content
-        except self._openai.OpenAIError as exc:
+                        return str(choice.delta.content)
+            return None
+        except LLMServerError:
+            raise
+        except self._openai.APIConnectionError as exc:
+            # Mid-stream, a connection error is the stream cut off, not a server that is down.
+            cause = type(exc.__cause__ or exc).__name__
+            raise LLMServerError(f"the stream from the LLM server at {self.options.api_url} broke off ({cause})") from exc
+        except Exception as exc:
             raise self._explain(exc) from exc
-        finally:
-            await response.close()
 
     def _explain(self, exc: Exception) -> LLMServerError:
-        openai, url = self._openai, self.options.api_url
+        openai, o = self._openai, self.options
+        url = o.api_url
         if isinstance(exc, openai.APITimeoutError):
-            return LLMServerError(f"the LLM server at {url} did not answer within {self.options.timeout_s:g} s")
+            return LLMServerError(
+                f"the LLM server at {url} did not answer in time (connect {o.connect_timeout_s:g} s, "
+                f"silence {o.timeout_s:g} s)"
+            )
         if isinstance(exc, openai.APIConnectionError):
             return LLMServerError(f"cannot reach the LLM server at {url} ({exc}); is it running?")
         if isinstance(exc, openai.AuthenticationError):
             return LLMServerError(f"the LLM server at {url} rejected the API key (401): set api_key")
         if isinstance(exc, openai.NotFoundError):
-            model = self.options.model
-            return LLMServerError(f"the LLM server at {url} answered 404: check api_url and model {model!r}")
+            return LLMServerError(f"the LLM server at {url} answered 404: check api_url and model {o.model!r}")
         if isinstance(exc, openai.APIStatusError):
             return LLMServerError(f"the LLM server at {url} answered {exc.status_code}: {exc.message}")
-        return LLMServerError(f"the LLM server at {url} failed: {exc}")
+        if isinstance(exc, openai.OpenAIError):
+            return LLMServerError(f"the LLM server at {url} failed: {exc}")
+        # Bytes that are no SSE, JSON that does not parse or has the wrong shape.
+        return LLMServerError(f"the LLM server at {url} sent a stream that cannot be read ({type(exc).__name__})")
