@@ -6,8 +6,8 @@ has ``server.turn`` with its URL and secret. A client that may use relayed candi
 go through coturn, on credentials the server made for it.
 
 - An aiortc client against a real ``PeerSession`` (the embedded pipeline).
-- Headless Chromium against ``avatarchat serve``, with the page's iceTransportPolicy coming
-  from ``/api/config`` (skipped until the server sends ``ice_transport_policy``).
+- Headless Chromium against ``avatarchat serve``: the page's ``iceTransportPolicy`` and its
+  TURN credentials come from ``/api/config``.
 """
 
 from __future__ import annotations
@@ -195,9 +195,7 @@ class TestPage:
                 with page.expect_response(lambda r: r.url.endswith("/api/config")) as got:
                     page.click("#start")
                 sent = got.value.json()
-                if "ice_transport_policy" not in sent:
-                    pytest.skip("/api/config does not send ice_transport_policy yet (server/app.py)")
-                assert sent["ice_transport_policy"] == "relay"
+                assert sent.get("ice_transport_policy") == "relay", sent
                 username = sent["ice_servers"][-1]["username"]
                 wait_for(page, CONNECTED, 40)
                 pair = page.evaluate(SELECTED_PAIR)
