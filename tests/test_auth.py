@@ -173,6 +173,14 @@ async def test_dns_rebinding_host_names_get_403_on_a_loopback_bind() -> None:
             assert (await call(http, url, "/api/config", headers={"Host": host}))[0] == 200, host
 
 
+async def test_a_reverse_proxy_on_this_machine_may_pass_its_public_host_once_its_origin_is_allowed() -> None:
+    settings = ServerSettings(allowed_origins=["https://avatar.example.org"])
+    async with running(settings) as (url, _), aiohttp.ClientSession() as http:
+        proxied = {"Host": "avatar.example.org", "Origin": "https://avatar.example.org"}
+        assert (await call(http, url, "/api/config", headers=proxied))[0] == 200
+        assert (await call(http, url, "/api/config", headers={"Host": "evil.example"}))[0] == 403
+
+
 async def test_other_binds_accept_any_host_but_still_check_origin_against_it() -> None:
     async with running(ServerSettings(host="0.0.0.0")) as (url, _), aiohttp.ClientSession() as http:
         headers = {"Host": "avatar.example.org:8443", "Origin": "http://avatar.example.org:8443"}

@@ -41,7 +41,14 @@ from avatarchat.server.errors import client_message, log_error
 from avatarchat.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from avatarchat.server.metrics import Metrics
 from avatarchat.server.peer import OfferError
-from avatarchat.server.sessions import ClientLimit, PeerFactory, ServerFull, SessionManager, ShuttingDown
+from avatarchat.server.sessions import (
+    ClientLimit,
+    PeerFactory,
+    ServerFull,
+    SessionManager,
+    ShuttingDown,
+    session_log,
+)
 from avatarchat.server.settings import ServerSettings
 from avatarchat.server.turn import ice_servers_for_client
 
@@ -102,7 +109,8 @@ def create_app(pipeline_loader: PipelineLoader, settings: ServerSettings, *,
                peer_factory: PeerFactory | None = None, web_root: str | Path | None = None,
                metrics: Metrics | None = None) -> web.Application:
     """Build the app. The pipeline loads in the background from app startup; sessions are
-    opened by ``peer_factory`` (default ``PeerSession.open``) and all closed at shutdown."""
+    opened by ``peer_factory`` (default ``PeerSession.open``) and all closed at shutdown.
+    ValueError (one line) if ``settings.trusted_proxies`` holds something not an address."""
     if peer_factory is None:
         from avatarchat.server.peer import PeerSession
 
@@ -212,6 +220,9 @@ async def _offer(request: web.Request) -> web.Response:
         error_id = log_error(logging.LoggerAdapter(log, {"session": "(new)"}), "opening a session failed")
         state.metrics.error("signaling")
         return _error(500, client_message("could not start the session", error_id))
+    claims = request.get(_CLAIMS)
+    holder = f"token of {claims['sub'][:64]!r} ({str(claims['jti'])[:8]})" if claims else "no token"
+    session_log(log, peer.id).info("answered an offer from %s, %s", client, holder)
     return web.json_response({"sdp": answer, "type": "answer", "session_id": peer.id})
 
 
@@ -310,8 +321,10 @@ async def _access(request: web.Request, handler: Handler) -> web.StreamResponse:
     settings = request.app[STATE].settings
     if auth.is_loopback_bind(settings.host):
         port = _local_port(request)
-        if port is not None and not auth.loopback_host_ok(request.host, port, request.scheme, settings.host):
-            return _error(403, "this server answers to localhost only (the Host header names another)")
+        if port is not None and not auth.loopback_host_ok(request.host, port, request.scheme, settings.host,
+                                                          settings.allowed_origins):
+            return _error(403, "this server answers to localhost only (the Host header names another; "
+                               "behind a proxy, list its origin in server.allowed_origins)")
     if not request.path.startswith(_API_PREFIXES):
         return await handler(request)
     origin = request.headers.get("Origin")

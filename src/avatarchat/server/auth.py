@@ -19,6 +19,7 @@ import ipaddress
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import jwt
@@ -123,16 +124,24 @@ def split_host(host: str) -> tuple[str, int | None]:
     return name, int(port) if port.isdigit() and len(port) <= 5 else -1
 
 
-def loopback_host_ok(host: str | None, port: int, scheme: str, bind_host: str) -> bool:
+def loopback_host_ok(host: str | None, port: int, scheme: str, bind_host: str,
+                     allowed: Sequence[str] = ()) -> bool:
     """On a loopback bind, whether the Host header names this server: ``localhost``,
-    ``127.0.0.1``, ``[::1]`` (or the bound address) with the port it listens on."""
+    ``127.0.0.1``, ``[::1]`` (or the bound address) with the port it listens on, or the host
+    name of an ``allowed`` origin (a reverse proxy on this machine that passes its own Host)."""
     if not host:
         return False
     name, given = split_host(host)
+    if given != -1 and any(name == split_host(_origin_host(a))[0] for a in allowed):
+        return True
     if name not in (*_LOOPBACK_NAMES, bind_host.lower()):
         return False
     default = 443 if scheme == "https" else 80
     return (given if given is not None else default) == port
+
+
+def _origin_host(origin: str) -> str:
+    return origin.strip().lower().partition("://")[2].rstrip("/")
 
 
 def normal_origin(origin: str) -> str:
