@@ -112,8 +112,8 @@ async def healthy(url: str) -> None:
 
 async def test_half_sent_headers_are_closed_after_the_header_timeout(caplog: pytest.LogCaptureFixture) -> None:
     async with guarded() as (url, port, app):
+        t0 = time.monotonic()  # before the server's clock starts: `held` cannot undercount
         reader, writer = await connect(port)
-        t0 = time.monotonic()
         writer.write(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Slow: ".encode())
         trickle = asyncio.create_task(_trickle(writer, b"a" * 100, 0.05))  # one byte every 50 ms, never done
         try:
@@ -122,7 +122,7 @@ async def test_half_sent_headers_are_closed_after_the_header_timeout(caplog: pyt
             trickle.cancel()
             await asyncio.gather(trickle, return_exceptions=True)
             writer.close()
-        assert held >= LIMITS.header_timeout_s * 0.9
+        assert held >= LIMITS.header_timeout_s * 0.95
         await healthy(url)
         no_errors(caplog, app)
         assert any("headers did not arrive within 0.5 s" in r.getMessage() for r in caplog.records)
@@ -130,19 +130,20 @@ async def test_half_sent_headers_are_closed_after_the_header_timeout(caplog: pyt
 
 async def test_a_silent_connection_is_closed_after_the_header_timeout() -> None:
     async with guarded() as (url, port, app):
+        t0 = time.monotonic()
         reader, writer = await connect(port)
-        held = await closed_after(reader, time.monotonic(), LIMITS.header_timeout_s + SLACK_S)
+        held = await closed_after(reader, t0, LIMITS.header_timeout_s + SLACK_S)
         writer.close()
-        assert held >= LIMITS.header_timeout_s * 0.9
+        assert held >= LIMITS.header_timeout_s * 0.95
 
 
 async def test_a_one_byte_a_second_body_is_closed_after_the_body_timeout(caplog: pytest.LogCaptureFixture) -> None:
     async with guarded() as (url, port, app):
         body = json.dumps(OFFER).encode()
+        t0 = time.monotonic()
         reader, writer = await connect(port)
         writer.write(request(port, "POST", "/api/offer", b"", {"Content-Type": "application/json",
                                                                 "Content-Length": str(len(body))}))
-        t0 = time.monotonic()
         trickle = asyncio.create_task(_trickle(writer, body, 0.1))
         try:
             held = await closed_after(reader, t0, LIMITS.body_timeout_s + SLACK_S)
@@ -150,7 +151,7 @@ async def test_a_one_byte_a_second_body_is_closed_after_the_body_timeout(caplog:
             trickle.cancel()
             await asyncio.gather(trickle, return_exceptions=True)
             writer.close()
-        assert held >= LIMITS.body_timeout_s * 0.9
+        assert held >= LIMITS.body_timeout_s * 0.95
         assert len(app[STATE].manager) == 0
         await healthy(url)
         no_errors(caplog, app)
@@ -163,13 +164,13 @@ async def test_a_one_byte_a_second_body_is_closed_after_the_body_timeout(caplog:
 async def test_an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeout() -> None:
     async with guarded() as (url, port, app):
         reader, writer = await connect(port)
+        t0 = time.monotonic()  # before the response, so before the server's idle clock starts
         writer.write(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
         status_line = await asyncio.wait_for(reader.readline(), SLACK_S)
-        t0 = time.monotonic()
         assert status_line.startswith(b"HTTP/1.1 200")
         held = await closed_after(reader, t0, LIMITS.keepalive_timeout_s + SLACK_S)
         writer.close()
-        assert held >= LIMITS.keepalive_timeout_s * 0.8
+        assert held >= LIMITS.keepalive_timeout_s * 0.95
 
 
 async def test_a_kept_alive_connection_serves_the_next_request_in_time() -> None:
@@ -183,26 +184,28 @@ async def test_a_kept_alive_connection_serves_the_next_request_in_time() -> None
 
 async def test_300_connections_are_capped_then_closed_and_the_server_still_answers(
         caplog: pytest.LogCaptureFixture) -> None:
-    async with guarded() as (url, port, app):
-        conns = []
-        t0 = time.monotonic()
+    # A header deadline long enough that all 300 connect before the first admitted one times
+    # out: then exactly `max_connections` are admitted and every other one is refused.
+    limits = LIMITS.model_copy(update={"header_timeout_s": 3.0})
+    async with guarded(limits) as (url, port, app):
+        conns, opened = [], []
         for _ in range(300):
+            opened.append(time.monotonic())
             conns.append(await connect(port))
-        await asyncio.sleep(0.05)
         try:
-            held = await asyncio.gather(*(closed_after(r, t0, LIMITS.header_timeout_s + 2 * SLACK_S)
-                                          for r, _ in conns))
+            held = await asyncio.gather(*(closed_after(r, t0, limits.header_timeout_s + 2 * SLACK_S)
+                                          for (r, _), t0 in zip(conns, opened, strict=True)))
         finally:
             for _, w in conns:
                 w.close()
-        assert max(held) <= LIMITS.header_timeout_s + 2 * SLACK_S
-        # Those over the cap were closed as they came, long before the header deadline.
-        assert sum(h < LIMITS.header_timeout_s * 0.9 for h in held) >= 300 - LIMITS.max_connections - 5
+        admitted = [h for h in held if h >= limits.header_timeout_s * 0.95]
+        assert len(admitted) == limits.max_connections  # held to their header deadline, then closed
+        assert max(h for h in held if h not in admitted) < limits.header_timeout_s * 0.95  # refused at once
         await healthy(url)
         no_errors(caplog, app)
         cap_lines = [r.getMessage() for r in caplog.records if "connection cap" in r.getMessage()
                      or "max_connections" in r.getMessage()]
-        assert 1 <= len(cap_lines) <= 4, cap_lines  # a line when reached and when left, not one per refusal
+        assert len(cap_lines) == 2, cap_lines  # a line when reached and when left, not one per refusal
 
 
 async def test_a_client_that_vanishes_mid_body_is_one_info_line(caplog: pytest.LogCaptureFixture) -> None:
@@ -210,10 +213,10 @@ async def test_a_client_that_vanishes_mid_body_is_one_info_line(caplog: pytest.L
     async with guarded(limits) as (url, port, app):
         for _ in range(3):
             reader, writer = await connect(port)
-            writer.write(request(port, "POST", "/api/offer", b'{"sdp": "v=0', {"Content-Type": "application/json",
-                                                                               "Content-Length": "500"}))
-            await writer.drain()
-            await asyncio.sleep(0.1)
+            writer.write(request(port, "POST", "/api/offer", b'{"sdp": "v=0', {
+                "Content-Type": "application/json", "Content-Length": "500", "Expect": "100-continue"}))
+            # "100 Continue" says the server is in the request, reading its body: now vanish.
+            assert await asyncio.wait_for(reader.readline(), SLACK_S) == b"HTTP/1.1 100 Continue\r\n"
             writer.close()
             await writer.wait_closed()
         for _ in range(100):

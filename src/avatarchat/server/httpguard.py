@@ -201,7 +201,9 @@ class GuardedRunner(web.AppRunner):
     Use it like an AppRunner: ``await runner.setup()``, a ``web.TCPSite``, ``cleanup()``."""
 
     def __init__(self, app: web.Application, limits: HttpLimits, **kwargs: Any) -> None:
-        kwargs["keepalive_timeout"] = limits.keepalive_timeout_s
+        # The watchdog owns every deadline, keep-alive included: aiohttp's own keep-alive
+        # timer also runs from the connection's start and would cut the header deadline short.
+        kwargs.pop("keepalive_timeout", None)
         kwargs.setdefault("access_log", None)
         kwargs.setdefault("handle_signals", False)
         super().__init__(app, **kwargs)
