@@ -13,6 +13,8 @@ import numpy as np
 
 #: One turn longer than this is almost surely the wrong file (a whole recording).
 MAX_INPUT_SECONDS = 120.0
+#: Float samples this far past full scale (+40 dB) are not audio but a broken file.
+MAX_PEAK = 100.0
 
 
 class AudioInputError(ValueError):
@@ -23,8 +25,10 @@ def load_audio(path: str | os.PathLike[str], sample_rate: int = 16000,
                max_seconds: float = MAX_INPUT_SECONDS) -> np.ndarray:
     """Decode any audio file PyAV/FFmpeg reads into mono float32 at ``sample_rate``.
 
-    Any input rate and channel count is accepted (channels are averaged). Raises
-    ``AudioInputError`` for missing, non-audio, corrupt, empty, silent-NaN or too long input.
+    Any input rate and channel count is accepted (channels are averaged); samples come back
+    within -1..1 (a float file a little past full scale is clipped, as any fixed-point format
+    would be). Raises ``AudioInputError`` for missing, non-audio, corrupt, empty, NaN-filled,
+    too long input, or float samples far past full scale.
     """
     import av  # lazy: only the CLI and tests read files
 
@@ -62,7 +66,10 @@ def load_audio(path: str | os.PathLike[str], sample_rate: int = 16000,
         raise AudioInputError(f"{p}: contains no audio samples")
     if not np.all(np.isfinite(audio)):
         raise AudioInputError(f"{p}: contains NaN or infinite samples")
-    return audio
+    peak = float(np.abs(audio).max())
+    if peak > MAX_PEAK:
+        raise AudioInputError(f"{p}: samples reach {peak:.3g}, far past full scale (1.0); not audio")
+    return np.clip(audio, -1.0, 1.0, out=audio)
 
 
 def write_wav(path: str | os.PathLike[str], samples: np.ndarray, sample_rate: int) -> None:

@@ -134,6 +134,8 @@ def read_photo(path: Path) -> tuple[np.ndarray, bytes]:
     if not path.is_file():
         raise PrepareError(f"{path}: no such file")
     nbytes = path.stat().st_size
+    if nbytes == 0:
+        raise PrepareError(f"{path}: the file is empty")
     if nbytes > MAX_FILE_BYTES:
         raise PrepareError(f"{path}: {nbytes / 2**20:.0f} MB is too big "
                            f"(limit {MAX_FILE_BYTES // 2**20} MB); scale the photo down")
