@@ -3,9 +3,11 @@
 Routes (documented for other clients in docs/PROTOCOL.md):
 
 - ``GET /`` and static files of the web client (``avatarchat/web/``)
-- ``POST /api/offer``: ``{"sdp", "type": "offer"}`` -> ``{"sdp", "type": "answer", "session_id"}``
-- ``GET /api/config``: ``{"ice_servers": [...], "max_sessions": n, "barge_in": {...}}`` for the
-  browser's ICE agent and its barge-in gate
+- ``POST /api/offer``: ``{"sdp", "type": "offer"}`` -> ``{"sdp", "type": "answer", "session_id"}``;
+  503 when full, 429 when this client address holds ``max_sessions_per_client`` already
+- ``GET /api/config``: ``{"ice_servers": [...], "ice_transport_policy": "all" | "relay",
+  "max_sessions": n, "barge_in": {...}}`` for the browser's ICE agent (TURN credentials made
+  for this request) and its barge-in gate
 - ``GET /healthz``: 503 ``{"status": "loading"}`` until the models are loaded, then 200
 - ``GET /metrics``: Prometheus text
 
