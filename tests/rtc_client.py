@@ -187,6 +187,24 @@ class RtcTestClient:
         """Send a protocol message (a dict is JSON-encoded; str and bytes go as they are)."""
         self._channel.send(json.dumps(message) if isinstance(message, dict) else message)
 
+    def send_unchecked(self, message: str | bytes) -> None:
+        """Send ``message`` even if it is bigger than the server's advertised SCTP
+        max-message-size, as a client that ignores it would (lifts the limit on this
+        client's own transport only)."""
+        self.pc.sctp._remote_max_message_size = 0
+        self._channel.send(message)
+
+    async def send_raw_text(self, payload: bytes) -> None:
+        """Send ``payload`` as a text (string) message without encoding it: invalid UTF-8
+        reaches the server as a string message, as a hostile client could send it."""
+        from aiortc.rtcsctptransport import WEBRTC_STRING
+
+        await self.pc.sctp._send(self._channel.id, WEBRTC_STRING, payload)
+
+    @property
+    def channel_state(self) -> str:
+        return "none" if self._channel is None else str(self._channel.readyState)
+
     # -- receiving -------------------------------------------------------------------
 
     def _on_message(self, raw: str | bytes) -> None:

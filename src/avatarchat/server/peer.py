@@ -40,15 +40,20 @@ from avatarchat.engine.events import (
     ReplyAudio,
     ReplyEnd,
     ReplyText,
+    SpeechOngoing,
+    SpeechStarted,
     TurnCancelled,
     UserAudio,
+    UserTranscript,
 )
 from avatarchat.engine.pipeline import Pipeline
 from avatarchat.engine.session import Session
 from avatarchat.engine.turntaking import TurnTaking
 from avatarchat.server import protocol
 from avatarchat.server.bargein import PeerFloor
+from avatarchat.server.channel import ClientMessage, EventsChannel
 from avatarchat.server.echo import EchoGuard
+from avatarchat.server.errors import client_message, log_error
 from avatarchat.server.ice import (
     OfferError,
     check_offer,
@@ -60,6 +65,7 @@ from avatarchat.server.ice import (
 )
 from avatarchat.server.jitter import AIORTC_AUDIO_PREFETCH, set_audio_prefetch
 from avatarchat.server.reporting import TurnReporter
+from avatarchat.server.sctpguard import SctpGuard
 from avatarchat.server.settings import ServerSettings
 from avatarchat.server.tracks import (
     AvatarAudioTrack,
@@ -75,10 +81,13 @@ __all__ = ["OfferError", "PeerSession"]
 
 log = logging.getLogger(__name__)
 
-#: Mic RMS above this (about -40 dBFS) counts as the user being there.
-VOICE_RMS = 0.01
-#: Messages kept for a data channel that is not open yet; older ones are dropped.
-MAX_PENDING_MESSAGES = 64
+#: Engine events that count as the user being there (speech the VAD accepted, a transcript):
+#: mic noise, pings and refused messages do not.
+ACTIVITY = (SpeechStarted, SpeechOngoing, UserTranscript)
+#: The answer's ``a=max-message-size``, and the most SCTP reassembles of one message: twice
+#: the protocol's limit, so a message a little too big still reaches the parser (its sender
+#: hears why, where a browser's send() would throw), and a bigger one is dropped on the way.
+SCTP_MAX_MESSAGE_BYTES = 2 * protocol.MAX_MESSAGE_BYTES
 
 
 class _SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -95,23 +104,28 @@ class PeerSession:
     Ownership: the peer owns its RTCPeerConnection, its engine session, its tracks and every
     task it starts (the engine pump, the mic reader); ``close()`` ends all of them, awaits
     them, and calls ``on_closed`` exactly once. It is safe to call from anywhere, any
-    number of times; the peer also closes itself when the connection fails or closes, or
-    when no mic audio arrives for ``disconnect_timeout_s`` (a vanished client: aiortc has no
-    "disconnected" state and ICE consent takes ~30 s to fail).
+    number of times; the peer also closes itself when the connection fails or closes, when
+    no mic audio arrives within ``settings.connect_timeout_s`` of the answer, or for
+    ``disconnect_timeout_s`` after that (a vanished client: aiortc has no "disconnected"
+    state and ICE consent takes ~30 s to fail).
+
+    ``connected`` is True from the first mic frame on: media proves the client finished ICE,
+    DTLS and SRTP, which a half-open offer never does. ``last_activity`` moves only on speech
+    the VAD accepts, a transcript, or a valid ``text`` or ``interrupt`` message.
     """
 
     #: No mic frame for this long after the first one: the client is gone.
     disconnect_timeout_s: float = 5.0
-    #: No mic frame for this long after the answer: the client never connected.
-    connect_timeout_s: float = 30.0
 
     id: str
     last_activity: float
 
     def __init__(self, pipeline: Pipeline, settings: ServerSettings, metrics: Any | None,
-                 on_closed: Callable[[PeerSession], None] | None) -> None:
+                 on_closed: Callable[[PeerSession], None] | None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.last_activity = time.monotonic()
+        self.connected = False
         self.settings = settings
         self.video_codec: str | None = None
         self.log = _SessionLog(log, {"session": self.id})
@@ -124,8 +138,8 @@ class PeerSession:
         self._report = TurnReporter(self._send, metrics)
         self._playout = Playout(self._clock, PlayoutListener(self._started, self._report.first_frame,
                                                              self._finished))
-        self._channel: RTCDataChannel | None = None
-        self._pending: list[str] = []
+        self._events = EventsChannel(settings, self._on_message, lambda: self._report.send_state(force=True),
+                                     self.log, clock)
         self._tasks: set[asyncio.Task[None]] = set()
         self._tracks: list[MediaStreamTrack] = []
         self._mic_started = False
@@ -139,29 +153,34 @@ class PeerSession:
                                       duck_volume=barge.duck_volume)
         # Straight from the stages: a SpeechStarted must not wait behind the reply's stages.
         self._session.observe(TurnTaking.WATCHES, self._turntaking.on_event)
+        self._session.observe(ACTIVITY, self._user_active)
+        self._guard: SctpGuard | None = None
 
     # -- opening ---------------------------------------------------------------------
 
     @classmethod
     async def open(cls, pipeline: Pipeline, sdp: str, type_: str, settings: ServerSettings, *,
-                   metrics: Any | None = None,
-                   on_closed: Callable[[PeerSession], None] | None = None) -> tuple[PeerSession, str]:
+                   metrics: Any | None = None, on_closed: Callable[[PeerSession], None] | None = None,
+                   clock: Callable[[], float] = time.monotonic) -> tuple[PeerSession, str]:
         """Answer ``sdp``: returns the peer and the answer SDP with all its candidates.
 
         Raises ``OfferError`` for an offer that is not SDP, lacks an audio m-line, or that
-        aiortc refuses; nothing is left open then. Takes ~50-200 ms (session contexts,
+        aiortc refuses or fails to answer; nothing is left open then (no task, every handler
+        context closed), and the error's text names no internals. ``clock`` times the
+        message rate limit (tests pass a virtual one). Takes ~50-200 ms (session contexts,
         candidate gathering, DTLS certificate).
         """
         check_offer(sdp, type_)
-        peer = cls(pipeline, settings, metrics, on_closed)
+        peer = cls(pipeline, settings, metrics, on_closed, clock)
         try:
             answer = await peer._answer(sdp)
         except BaseException as exc:
-            await peer._teardown()
+            await asyncio.shield(peer._teardown())
             if isinstance(exc, OfferError | asyncio.CancelledError):
                 raise
-            peer.log.info("offer refused: %s: %s", type(exc).__name__, exc)
-            raise OfferError(f"the offer cannot be answered: {exc or type(exc).__name__}") from None
+            error_id = log_error(peer.log, "offer refused: %s: %s", type(exc).__name__, exc, level=logging.INFO,
+                                 exc_info=False)
+            raise OfferError(client_message("the offer cannot be answered", error_id)) from None
         if metrics is not None:
             metrics.session_opened()
         peer.log.info("peer opened (video %s)", peer.video_codec)
@@ -180,6 +199,8 @@ class PeerSession:
         for transceiver in pc.getTransceivers():
             if transceiver.kind == "audio" and self.settings.mic_prefetch_packets != AIORTC_AUDIO_PREFETCH:
                 set_audio_prefetch(transceiver.receiver, self.settings.mic_prefetch_packets)
+        if pc.sctp is not None:  # before the answer: it advertises the guard's message size
+            self._guard = SctpGuard(pc.sctp, SCTP_MAX_MESSAGE_BYTES, self._events.oversize, self.log)
         await gather_with_loopback(pc, loopback=wants_loopback(sdp))
         await pc.setLocalDescription(await pc.createAnswer())
         answer = pc.localDescription.sdp
@@ -227,6 +248,7 @@ class PeerSession:
         self._closed = True
         self.log.info("peer closing: %s", reason)
         try:
+            await self._farewell(reason)
             await self._teardown()
         finally:
             if self._metrics is not None:
@@ -238,19 +260,31 @@ class PeerSession:
                 except Exception:
                     self.log.exception("on_closed callback failed")
 
+    async def _farewell(self, reason: str) -> None:
+        """Tell the client why the session ends (a session ended by the connection itself
+        has no one to tell)."""
+        if not reason.startswith("connection"):
+            await self._events.farewell(f"the session ended: {reason}")
+
     async def _teardown(self) -> None:
+        """Stop everything the peer started. Each step runs even if one before it failed:
+        a stage task or handler context left open would outlive the peer."""
         self._closed = True
         current = asyncio.current_task()
         tasks = [t for t in self._tasks if t is not current]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._turntaking.close()
-        self._playout.stop_all()
-        for track in self._tracks:
-            track.stop()
-        await self._pc.close()
-        await self._session.close()
+        try:
+            self._turntaking.close()
+            self._playout.stop_all()
+            for track in self._tracks:
+                track.stop()
+            await self._pc.close()
+        except Exception:
+            self.log.exception("closing the connection failed")
+        finally:
+            await self._session.close()
 
     def _close_soon(self, reason: str) -> None:
         """Close from a callback or from one of the peer's own tasks (which close cancels)."""
@@ -289,7 +323,7 @@ class PeerSession:
     async def _read_mic(self, track: MediaStreamTrack) -> None:
         """Mic frames (48 kHz s16, usually stereo interleaved) → one channel, float32 →
         the engine. Closes the peer when no frame arrives in time."""
-        timeout = self.connect_timeout_s
+        timeout = self.settings.connect_timeout_s
         while True:
             try:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
@@ -300,15 +334,14 @@ class PeerSession:
             except MediaStreamError:
                 return
             except TimeoutError:
-                self._close_soon(f"no audio from the client for {timeout:.0f} s")
+                self._close_soon(f"no audio from the client for {timeout:g} s")
                 return
             timeout = self.disconnect_timeout_s
+            self.connected = True
             mono = first_channel(frame)
             samples = mono.astype(np.float32) / 32768.0
             if self._echo is not None:  # the avatar's own voice coming back must not barge in
                 samples = self._echo.process(samples, frame.sample_rate, time.monotonic())
-            if float(np.sqrt(np.mean(samples * samples))) > VOICE_RMS:
-                self.last_activity = time.monotonic()
             self._session.push(UserAudio(NO_TURN, samples, frame.sample_rate))
 
     @staticmethod
@@ -320,56 +353,25 @@ class PeerSession:
     # -- data channel ----------------------------------------------------------------
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
-        if channel.label != "events" or self._channel is not None:
-            self.log.info("ignoring data channel %r", channel.label)
-            return
-        self._channel = channel
-        channel.on("message", self._on_message)
-        if channel.readyState == "open":
-            self._channel_open()
-        else:
-            channel.on("open", self._channel_open)
-
-    def _channel_open(self) -> None:
-        self._report.send_state(force=True)
-        pending, self._pending = self._pending, []
-        for text in pending:
-            self._send_raw(text)
+        self._events.attach(channel)
 
     def _send(self, message: dict[str, Any]) -> None:
-        self._send_raw(protocol.encode(message))
+        self._events.send(message)
 
-    def _send_raw(self, text: str) -> None:
-        channel = self._channel
-        if channel is None or channel.readyState != "open":
-            # Kept until the client's channel opens; a client that never opens one
-            # only loses the oldest messages.
-            self._pending = (self._pending + [text])[-MAX_PENDING_MESSAGES:]
-            return
-        try:
-            channel.send(text)
-        except Exception as exc:  # a channel closing under us: the peer is closing too
-            self.log.debug("send failed: %s", exc)
+    def _on_message(self, message: ClientMessage) -> None:
+        """A valid client message (``EventsChannel`` refused the rest, and logs what this raises)."""
+        if isinstance(message, protocol.TextMessage):
+            self.last_activity = time.monotonic()
+            self._turntaking.interrupt("text")
+            self._report.text_received(self._session.say(message.text))
+        elif isinstance(message, protocol.InterruptMessage):
+            self.last_activity = time.monotonic()
+            self._turntaking.interrupt("interrupt")
+        else:
+            self._send({"type": "pong", "t": message.t})
 
-    def _on_message(self, raw: str | bytes) -> None:
-        """Never raises: a bad message gets an error message back, and the session goes on."""
+    def _user_active(self, _: Event) -> None:
         self.last_activity = time.monotonic()
-        try:
-            message = protocol.parse_client_message(raw)
-        except protocol.ProtocolError as exc:
-            self._send(protocol.error(str(exc)))
-            return
-        try:
-            if isinstance(message, protocol.TextMessage):
-                self._turntaking.interrupt("text")
-                self._report.text_received(self._session.say(message.text))
-            elif isinstance(message, protocol.InterruptMessage):
-                self._turntaking.interrupt("interrupt")
-            else:
-                self._send({"type": "pong", "t": message.t})
-        except Exception as exc:
-            self.log.exception("handling a %s message failed", message.type)
-            self._send(protocol.error(f"{message.type}: {type(exc).__name__}"))
 
     # -- engine output ---------------------------------------------------------------
 
@@ -421,6 +423,11 @@ class PeerSession:
     @property
     def turntaking(self) -> TurnTaking:
         return self._turntaking
+
+    @property
+    def messages_dropped(self) -> int:
+        """Data-channel messages dropped over the rate limit so far."""
+        return self._events.dropped
 
     @property
     def echo(self) -> EchoGuard | None:

@@ -1,8 +1,13 @@
-"""The sessions a server holds: capacity, idle timeout and shutdown.
+"""The sessions a server holds: capacity, per-client caps, time limits and shutdown.
 
 ``SessionManager`` opens peers through a factory (``PeerSession.open`` in the server), keeps
-at most ``max_sessions`` open or opening, forgets a peer when it reports itself closed, closes
-peers idle longer than ``idle_timeout_s`` from one asyncio task, and closes all on shutdown.
+at most ``max_sessions`` open or opening (and ``max_sessions_per_client`` per client
+address), forgets a peer when it reports itself closed, and closes all on shutdown. From one
+asyncio task it closes, each at its own deadline, a peer that has not connected within
+``connect_timeout_s`` of its answer, one idle longer than ``idle_timeout_s`` (idle: no
+speech the VAD accepted and no valid user message; the peer keeps ``last_activity``), and
+one older than ``max_session_s``. So a slot taken by an offer that never completes is free
+again ``connect_timeout_s`` later, and no client keeps a slot for ever.
 """
 
 from __future__ import annotations
@@ -24,10 +29,15 @@ CLOSE_TIMEOUT_S = 5.0
 
 
 class Peer(Protocol):
-    """What the manager needs of a peer session (``avatarchat.server.peer.PeerSession``)."""
+    """What the manager needs of a peer session (``avatarchat.server.peer.PeerSession``).
+
+    A peer may also have ``connected: bool`` (its client's media arrived); until it is True
+    the connect deadline applies. A peer without the attribute counts as connected.
+    """
 
     id: str
-    last_activity: float  # time.monotonic() of the last audio, text or data-channel message
+    #: The clock's time of the last speech the VAD accepted or valid user message.
+    last_activity: float
 
     async def close(self, reason: str = "closed") -> None: ...
 
@@ -73,6 +83,7 @@ class SessionManager:
         self._opening = 0
         self._clients: dict[str, int] = {}  # client address -> sessions opening or open
         self._client_of: dict[str, str] = {}  # peer id -> client address
+        self._opened_at: dict[str, float] = {}  # peer id -> the clock when it was answered
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._idle_task: asyncio.Task[None] | None = None
@@ -147,6 +158,7 @@ class SessionManager:
         else:
             self._peers[peer.id] = peer
             self._client_of[peer.id] = client
+            self._opened_at[peer.id] = self._clock()
             session_log(log, peer.id).info("session opened (%d of %d)", len(self._peers), self.settings.max_sessions)
             self._ensure_idle_task()
             self._wake.set()
@@ -155,6 +167,7 @@ class SessionManager:
     def _forget(self, peer: Peer) -> None:
         if self._peers.get(peer.id) is peer:
             del self._peers[peer.id]
+            self._opened_at.pop(peer.id, None)
             self._release(self._client_of.pop(peer.id, ""))
             session_log(log, peer.id).info("session closed (%d left)", len(self._peers))
             self._wake.set()
@@ -191,32 +204,46 @@ class SessionManager:
                 self._forget(p)
         return len(peers)
 
-    # -- idle timeout -------------------------------------------------------------------
+    # -- deadlines ---------------------------------------------------------------------
+
+    def deadline(self, peer: Peer) -> tuple[float, str]:
+        """When ``peer`` is to be closed (on the manager's clock) if nothing changes, and why."""
+        st = self.settings
+        opened = self._opened_at.get(peer.id, peer.last_activity)
+        due = [(peer.last_activity + st.idle_timeout_s, "idle"),
+               (opened + st.max_session_s, f"the {st.max_session_s:g} s session limit was reached")]
+        if not getattr(peer, "connected", True):
+            due.append((opened + st.connect_timeout_s, f"not connected within {st.connect_timeout_s:g} s"))
+        return min(due)
+
+    def recheck(self) -> None:
+        """Look at every deadline again now (a test's virtual clock moved; a peer connected)."""
+        self._wake.set()
 
     def _ensure_idle_task(self) -> None:
         if self._idle_task is None and not self._closing:
             self._idle_task = asyncio.create_task(self._idle_loop(), name="avatarchat-idle-sessions")
 
     async def _idle_loop(self) -> None:
-        """Sleep until the earliest idle deadline (or a change in sessions), then close the
-        peers past theirs. Activity moves a deadline later without waking this task; it is
-        re-read on waking, so an active peer only costs an early wake-up."""
-        timeout = self.settings.idle_timeout_s
+        """Sleep until the earliest deadline (or a change in sessions), then close the peers
+        past theirs. Activity moves a deadline later without waking this task; it is re-read
+        on waking, so an active peer only costs an early wake-up."""
         while True:
             self._wake.clear()
             now = self._clock()
-            expired = [p for p in self._peers.values() if now - p.last_activity >= timeout]
+            due = {p: self.deadline(p) for p in self._peers.values()}
+            expired = [(p, why) for p, (at, why) in due.items() if now >= at]
             if expired:
-                for p in expired:
-                    session_log(log, p.id).info("closing: idle for %.0f s", now - p.last_activity)
-                await asyncio.gather(*(self._close(p, "idle") for p in expired))
+                for p, why in expired:
+                    session_log(log, p.id).info("closing: %s", why)
+                await asyncio.gather(*(self._close(p, why) for p, why in expired))
                 continue
-            if not self._peers:
+            if not due:
                 await self._wake.wait()
                 continue
-            deadline = min(p.last_activity for p in self._peers.values()) + timeout
+            nearest = min(at for at, _ in due.values())
             # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancel that
             # lands as the event is set, and close_all would wait for this task forever.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, deadline - now) + 0.01):
+                async with asyncio.timeout(max(0.0, nearest - now) + 0.01):
                     await self._wake.wait()
