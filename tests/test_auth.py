@@ -234,3 +234,11 @@ def test_serve_command_exits_2_on_a_network_bind_without_auth(capsys: pytest.Cap
     assert main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "server.auth.secret" in err[0] and "--no-auth" in err[0]
+
+
+async def test_a_request_without_a_host_header_is_refused_on_a_loopback_bind() -> None:
+    from tests.test_http_hardening import exchange
+
+    async with running() as (url, _):
+        status, _, body = await exchange(int(url.rsplit(":", 1)[1]), b"GET /api/config HTTP/1.0\r\n\r\n")
+        assert status == 403 and "localhost" in json.loads(body)["error"]

@@ -323,7 +323,9 @@ async def _access(request: web.Request, handler: Handler) -> web.StreamResponse:
     settings = request.app[STATE].settings
     if auth.is_loopback_bind(settings.host):
         port = _local_port(request)
-        if port is not None and not auth.loopback_host_ok(request.host, port, request.scheme, settings.host,
+        # The header itself: aiohttp's request.host falls back to socket.getfqdn(), a DNS lookup.
+        host = request.headers.get("Host")
+        if port is not None and not auth.loopback_host_ok(host, port, request.scheme, settings.host,
                                                           settings.allowed_origins):
             return _error(403, "this server answers to localhost only (the Host header names another; "
                                "behind a proxy, list its origin in server.allowed_origins)")
@@ -357,7 +359,7 @@ def _served_origin(request: web.Request) -> str:
         forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
         if forwarded in ("http", "https"):
             scheme = forwarded
-    return f"{scheme}://{request.host}"
+    return f"{scheme}://{request.headers.get('Host', '')}"
 
 
 @web.middleware
