@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,9 +27,10 @@ import pytest
 from aiohttp import web
 
 from avatarchat.server.app import STATE, create_app
-from avatarchat.server.httpguard import GuardedRunner
+from avatarchat.server.httpguard import GuardedRunner, GuardedSite
 from avatarchat.server.metrics import Metrics
 from avatarchat.server.settings import HttpLimits, ServerSettings
+from avatarchat.server.tls import self_signed_cert, ssl_context
 from tests.test_server_http import OFFER, StandInPeer, running
 
 LIMITS = HttpLimits(header_timeout_s=0.5, body_timeout_s=0.5, keepalive_timeout_s=0.6, max_connections=40)
@@ -350,3 +352,28 @@ async def test_a_bug_in_a_handler_is_a_500_with_an_error_id_and_the_details_logg
     error_id = re.fullmatch(r"internal server error \(error id ([0-9a-f]{8})\)", error).group(1)
     record = next(r for r in caplog.records if error_id in r.getMessage())
     assert record.levelno == logging.ERROR and record.exc_info is not None  # the traceback is in the log
+
+
+async def test_a_tls_handshake_that_never_comes_is_closed_after_the_header_timeout(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cert, key = self_signed_cert(tmp_path / "tls")
+    app = create_app(_loaded, ServerSettings(http=LIMITS), peer_factory=StandInPeer.open)
+    runner = GuardedRunner(app, LIMITS)
+    await runner.setup()
+    try:
+        await GuardedSite(runner, "127.0.0.1", 0, ssl_context=ssl_context(cert, key)).start()
+        port = runner.addresses[0][1]
+        t0 = time.monotonic()
+        reader, writer = await connect(port)  # plain TCP, no ClientHello
+        held = await closed_after(reader, t0, LIMITS.header_timeout_s + SLACK_S)
+        writer.close()
+        assert held >= LIMITS.header_timeout_s * 0.95
+        async with aiohttp.ClientSession() as http, http.get(f"https://127.0.0.1:{port}/healthz", ssl=False) as r:
+            assert r.status == 200  # a real TLS client still gets in
+        no_errors(caplog, app)
+    finally:
+        await runner.cleanup()
+
+
+async def _loaded() -> str:
+    return "pipeline"

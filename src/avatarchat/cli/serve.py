@@ -140,11 +140,9 @@ async def serve(settings: ServerSettings, loader: Callable[[], Any], *, ssl_ctx:
     """Listen, load the pipeline, serve until ``stop`` is set (SIGINT/SIGTERM by default),
     then close every session. Raises ``UserError`` (one line) if the port is taken or the
     pipeline fails to load; the server is stopped first, so nothing runs half-started."""
-    from aiohttp import web
-
     from avatarchat.cli.main import UserError
     from avatarchat.server.app import STATE, create_app
-    from avatarchat.server.httpguard import GuardedRunner
+    from avatarchat.server.httpguard import GuardedRunner, GuardedSite
 
     say = say or _say
     listening = asyncio.Event()
@@ -161,7 +159,7 @@ async def serve(settings: ServerSettings, loader: Callable[[], Any], *, ssl_ctx:
     remove_handlers: Callable[[], None] = lambda: None
     try:
         try:
-            await web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_ctx).start()
+            await GuardedSite(runner, settings.host, settings.port, ssl_context=ssl_ctx).start()
         except OSError as exc:
             raise UserError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
         url = _url(settings, ssl_ctx is not None)

@@ -12,6 +12,7 @@ moves through its phases:
 - ``handling``: the app is answering; no deadline here (the app bounds its own work);
 - ``idle``: after the response, a kept-alive connection may stay silent ``keepalive_timeout_s``.
 
+On HTTPS (``GuardedSite``) the TLS handshake, too, must finish within the header deadline.
 A connection past its deadline is closed with one INFO line. Connections beyond
 ``max_connections`` are closed as soon as they open (one INFO line when the cap is reached
 and one when it is left). Requests aiohttp cannot parse (an absurd header, a request line
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -198,7 +200,8 @@ class GuardedServer(web.Server):
 class GuardedRunner(web.AppRunner):
     """``web.AppRunner`` whose connections are ``GuardedHandler``s under ``limits``.
 
-    Use it like an AppRunner: ``await runner.setup()``, a ``web.TCPSite``, ``cleanup()``."""
+    Use it like an AppRunner: ``await runner.setup()``, a ``GuardedSite`` (or any site),
+    ``cleanup()``."""
 
     def __init__(self, app: web.Application, limits: HttpLimits, **kwargs: Any) -> None:
         # The watchdog owns every deadline, keep-alive included: aiohttp's own keep-alive
@@ -207,13 +210,39 @@ class GuardedRunner(web.AppRunner):
         kwargs.setdefault("access_log", None)
         kwargs.setdefault("handle_signals", False)
         super().__init__(app, **kwargs)
-        self._limits = limits
+        self.limits = limits
         self._handler_kwargs = {k: v for k, v in kwargs.items() if k not in ("handle_signals", "shutdown_timeout")}
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()  # starts the app; its handler and request factory
-        return GuardedServer(plain.request_handler, limits=self._limits, request_factory=plain.request_factory,
+        return GuardedServer(plain.request_handler, limits=self.limits, request_factory=plain.request_factory,
                              handler_cancellation=plain.handler_cancellation, **self._handler_kwargs)
+
+
+class GuardedSite(web.BaseSite):
+    """A TCP site like ``web.TCPSite`` whose TLS handshakes must finish within the header
+    deadline (asyncio's default is 60 s, and a connection still in its handshake is not yet
+    counted against ``max_connections``)."""
+
+    def __init__(self, runner: GuardedRunner, host: str, port: int, *,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(runner, ssl_context=ssl_context)
+        self._host, self._port = host, port
+        self._handshake_s = runner.limits.header_timeout_s
+
+    @property
+    def name(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"{'https' if self._ssl_context else 'http'}://{host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()  # registers the site with its runner
+        server = self._runner.server
+        assert server is not None
+        tls = self._ssl_context
+        self._server = await asyncio.get_running_loop().create_server(
+            server, self._host, self._port, backlog=self._backlog, ssl=tls,
+            ssl_handshake_timeout=self._handshake_s if tls is not None else None)
 
 
 def _short(exc: BaseException | None, message: str | None) -> str:
