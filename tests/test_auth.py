@@ -211,6 +211,35 @@ async def test_the_per_client_cap_counts_the_forwarded_address_and_answers_429()
         assert len(app[STATE].manager) == 2
 
 
+async def test_config_makes_turn_credentials_per_request_and_keeps_static_passwords_from_open_servers() -> None:
+    settings = ServerSettings.model_validate({
+        "host": "0.0.0.0",  # the rule reads the bind; the test itself listens on 127.0.0.1
+        "ice_servers": [{"urls": ["turn:static.example.org"], "username": "u", "credential": "long-lived"}],
+        "turn": {"urls": ["turn:127.0.0.1:3478"], "secret": "coturn-secret", "ttl_s": 600, "relay_only": True}})
+    async with running(settings) as (url, _), aiohttp.ClientSession() as http:
+        bodies = []
+        for _ in range(2):
+            async with http.get(url + "/api/config") as r:
+                bodies.append(await r.json())
+    for body in bodies:
+        static, rest = body["ice_servers"]
+        # No auth on a non-loopback bind: anyone may ask, so the static password stays home.
+        assert static == {"urls": ["turn:static.example.org"]}
+        expiry, _, name = rest["username"].partition(":")
+        assert rest["urls"] == ["turn:127.0.0.1:3478"] and name.startswith("anon-127.0.0.1")
+        assert 590 <= int(expiry) - time.time() <= 610 and rest["credential"] != "coturn-secret"
+        assert body["ice_transport_policy"] == "relay"
+
+
+async def test_token_holders_get_the_static_turn_password_on_a_network_bind() -> None:
+    settings = with_auth(host="0.0.0.0", ice_servers=[{"urls": ["turn:t.example.org"], "username": "u",
+                                                       "credential": "long-lived"}])
+    async with running(settings) as (url, _), aiohttp.ClientSession() as http:
+        status, body, _ = await call(http, url, "/api/config", token=make_token(SECRET, "ada", 600))
+    assert status == 200 and body["ice_servers"] == [{"urls": ["turn:t.example.org"], "username": "u",
+                                                      "credential": "long-lived"}]
+
+
 # -- the bind rule ----------------------------------------------------------------------------
 
 
