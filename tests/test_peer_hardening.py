@@ -10,6 +10,7 @@ goes out as a string message through the client's own SCTP transport (``send_raw
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -92,6 +93,30 @@ async def test_every_killer_message_gets_one_error_and_the_session_goes_on(
     client.send({"type": "text", "text": "Say hello."})
     await client.wait_message(reply_done(), 90)
     assert not peer.closed
+
+
+async def test_big_messages_on_another_channel_are_dropped_in_reassembly(
+        session: tuple[Server, RtcTestClient], caplog: pytest.LogCaptureFixture) -> None:
+    """A client may open more channels (the server listens only to ``events``): an oversized
+    message on an unordered one is dropped on the way too, and ``events`` goes on."""
+    caplog.set_level(logging.INFO, logger="avatarchat.server")
+    srv, client = session
+    other = client.pc.createDataChannel("other", ordered=False)
+    opened = asyncio.Event()
+    other.on("open", opened.set)
+    await asyncio.wait_for(opened.wait(), 20)
+    client.pc.sctp._remote_max_message_size = 0  # a client that ignores the advertised size
+    other.send(b"\x01" * 3_000_000)
+    other.send("[" * 2_000_000)
+    await pong(client, 1.0)
+    for _ in range(3000):  # bounded (60 s): the 5 MB take a while to cross aiortc's SCTP
+        if sum("dropped a data-channel message" in r.getMessage() for r in caplog.records) >= 2:
+            break
+        await asyncio.sleep(0.02)
+    dropped = [r.getMessage() for r in caplog.records if "dropped a data-channel message" in r.getMessage()]
+    assert len(dropped) == 2 and all(f"stream {other.id} " in d for d in dropped), dropped
+    await pong(client, 2.0)
+    assert errors(client) == [] and not srv.peers[0].closed  # nobody listens there: nothing to say
 
 
 async def test_a_flood_gets_one_error_and_the_session_goes_on(pipeline: Pipeline) -> None:  # noqa: F811

@@ -360,6 +360,8 @@ class PeerSession:
 
     def _on_message(self, message: ClientMessage) -> None:
         """A valid client message (``EventsChannel`` refused the rest, and logs what this raises)."""
+        if self._closed:
+            return  # arrived while closing: the engine session may be gone already
         if isinstance(message, protocol.TextMessage):
             self.last_activity = time.monotonic()
             self._turntaking.interrupt("text")

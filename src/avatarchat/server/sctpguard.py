@@ -27,6 +27,7 @@ from typing import Any
 
 from aiortc import RTCSctpTransport
 from aiortc.rtcsctptransport import (
+    SCTP_DATA_FIRST_FRAG,
     SCTP_DATA_LAST_FRAG,
     SCTP_DATA_UNORDERED,
     WEBRTC_BINARY,
@@ -56,6 +57,7 @@ class SctpGuard:
         self._log = logger
         self._dropping: dict[int, set[int]] = {}  # stream id -> ordered stream_seq being dropped
         self._finished: dict[int, set[int]] = {}  # stream id -> dropped seqs whose last fragment came
+        self._unordered_tail: set[int] = set()  # streams whose dropped unordered message goes on
         self._receive_chunk = sctp._receive_data_chunk
         self._deliver = sctp._receive
         # Per-object attributes on the transport this peer owns: aiortc calls these through
@@ -97,12 +99,13 @@ class SctpGuard:
             if size > limit and seq not in dropping:
                 dropping.add(seq)
                 self._refused(sid, size)
-        if unordered > limit:
+        shed_unordered = unordered > limit
+        if shed_unordered and sid not in self._unordered_tail:
             self._refused(sid, unordered)
         keep, freed = [], 0
         for c in stream.reassembly:
             if c.flags & SCTP_DATA_UNORDERED:
-                drop = unordered > limit
+                drop = self._drop_unordered(sid, c, shed_unordered)
             else:
                 # Behind the stream's next sequence number: a late fragment of a message
                 # already skipped; left there, it would block the stream for ever.
@@ -117,6 +120,21 @@ class SctpGuard:
             stream.reassembly = keep
             self._sctp._advertised_rwnd += freed
         await self._skip_finished(sid, stream, dropping, finished)
+
+    def _drop_unordered(self, sid: int, chunk: Any, shed: bool) -> bool:
+        """Unordered fragments have no sequence number: a dropped message's later fragments
+        are the ones without a first-fragment flag that follow it, up to its last one."""
+        if shed:  # chunks come in TSN order: the last one seen says whether the message goes on
+            if chunk.flags & SCTP_DATA_LAST_FRAG:
+                self._unordered_tail.discard(sid)
+            else:
+                self._unordered_tail.add(sid)
+            return True
+        if sid in self._unordered_tail and not chunk.flags & SCTP_DATA_FIRST_FRAG:
+            if chunk.flags & SCTP_DATA_LAST_FRAG:
+                self._unordered_tail.discard(sid)
+            return True
+        return False
 
     async def _skip_finished(self, sid: int, stream: Any, dropping: set[int], finished: set[int]) -> None:
         """Step the stream's sequence number over dropped messages that have ended, and
