@@ -70,12 +70,16 @@ _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
 _BRACKETS = re.compile(r"[\[\]{}]")
 
 
-def nesting_depth(text: str) -> int:
-    """The deepest nesting of ``[`` and ``{`` outside JSON strings (a linear scan, no recursion)."""
+def nesting_depth(text: str, stop_above: int | None = None) -> int:
+    """The deepest nesting of ``[`` and ``{`` outside JSON strings (a linear scan, no
+    recursion); the scan stops once the depth passes ``stop_above``."""
     depth = deepest = 0
-    for bracket in _BRACKETS.findall(_STRINGS.sub("", text)):
-        depth += 1 if bracket in "[{" else -1
-        deepest = max(deepest, depth)
+    for match in _BRACKETS.finditer(_STRINGS.sub("", text)):
+        depth += 1 if match.group() in "[{" else -1
+        if depth > deepest:
+            deepest = depth
+            if stop_above is not None and deepest > stop_above:
+                break
     return deepest
 
 
@@ -108,7 +112,7 @@ def _text_of(raw: str | bytes) -> str:
 
 
 def _json_of(text: str) -> Any:
-    if nesting_depth(text) > MAX_DEPTH:
+    if nesting_depth(text, stop_above=MAX_DEPTH) > MAX_DEPTH:
         raise ProtocolError(f"message is nested too deeply (limit {MAX_DEPTH})")
     try:
         return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int)
