@@ -231,6 +231,29 @@ async def test_a_client_that_vanishes_mid_body_is_one_info_line(caplog: pytest.L
         await healthy(url)
 
 
+async def test_a_refused_body_left_unsent_does_not_hold_a_task_once_the_client_goes(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The 415 is sent without reading the body; aiohttp then drains it for up to 10 s
+    # ("lingering"). A client that leaves must end that at once, not 10 s later.
+    async with guarded() as (url, port, app):
+        before = set(asyncio.all_tasks())
+        reader, writer = await connect(port)
+        writer.write(request(port, "POST", "/api/offer", b"x" * 10, {"Content-Type": "text/plain",
+                                                                      "Content-Length": "5000"}))
+        assert (await asyncio.wait_for(reader.readline(), SLACK_S)).startswith(b"HTTP/1.1 415")
+        writer.close()
+        await writer.wait_closed()
+        deadline = time.monotonic() + 5.0  # half aiohttp's lingering time
+        while time.monotonic() < deadline and _connection_tasks(before):
+            await asyncio.sleep(0.02)
+        assert _connection_tasks(before) == []
+        no_errors(caplog, app)
+
+
+def _connection_tasks(before: set[asyncio.Task[Any]]) -> list[str]:
+    return [repr(t) for t in asyncio.all_tasks() - before if not t.done() and "RequestHandler.start" in repr(t)]
+
+
 async def _trickle(writer: asyncio.StreamWriter, data: bytes, every_s: float) -> None:
     for i in range(len(data)):
         writer.write(data[i:i + 1])
@@ -278,6 +301,8 @@ def _bad_requests(port: int) -> dict[str, bytes]:
         "bad chunk size": request(port, "POST", "/api/offer", b"zz\r\n{}\r\n0\r\n\r\n",
                                   {**json_ct, "Transfer-Encoding": "chunked", "Content-Length": ""}),
         "control bytes in a header": get("/healthz", **{"X-Ctl": "a\x01\x7fb"}),
+        "unknown Expect": post(json.dumps(OFFER).encode(), Expect="200-ok"),
+        "unknown Expect on a static file": get("/", Expect="teapot"),
         "Host with a bad port": request(port, "GET", "/api/config", b"", {"Host": "127.0.0.1:99999999"}),
     }
 
@@ -295,7 +320,15 @@ async def test_every_malformed_request_gets_a_4xx_with_a_json_body(caplog: pytes
         no_errors(caplog, app)
 
 
-async def test_a_good_gzip_body_still_works_and_a_4300_digit_number_elsewhere_is_not_a_500() -> None:
+async def test_static_files_come_whole_whatever_range_or_precondition_is_asked() -> None:
+    async with guarded() as (url, port, app):
+        for extra in ({"Range": "bytes=999999-"}, {"Range": "bytes=x-y"}, {"If-Match": '"nope"'},
+                      {"If-Unmodified-Since": "Thu, 01 Jan 1970 00:00:00 GMT"}):
+            status, headers, body = await exchange(port, request(port, "GET", "/", b"", extra))
+            assert status == 200 and headers["content-type"].startswith("text/html") and b"<" in body, extra
+
+
+async def test_a_good_gzip_body_still_works() -> None:
     async with guarded(max_sessions_per_client=9) as (url, port, app):
         body = gzip.compress(json.dumps(OFFER).encode())
         status, headers, reply = await exchange(port, request(port, "POST", "/api/offer", body, {

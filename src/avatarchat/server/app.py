@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import mimetypes
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,9 +289,12 @@ async def _static(request: web.Request) -> web.StreamResponse:
     if path is None:
         return _error(404, f"not found: {_shown(request.path)}")
     headers = {"Cache-Control": "no-cache"}
-    if path.suffix in _TYPES:
-        headers["Content-Type"] = _TYPES[path.suffix] + ("; charset=utf-8" if path.suffix != ".wasm" else "")
-    return web.FileResponse(path, headers=headers)
+    content_type = _TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    charset = "utf-8" if content_type.startswith("text/") or content_type == "application/json" else None
+    # The whole file, always (a few small files): no Range, If-Match or ETag handling, whose
+    # 416 and 412 answers aiohttp's FileResponse sends without a JSON body.
+    body = await asyncio.to_thread(path.read_bytes)
+    return web.Response(body=body, content_type=content_type, charset=charset, headers=headers)
 
 
 def _static_path(root: Path, rel: str) -> Path | None:

@@ -50,6 +50,7 @@ class GuardedHandler(RequestHandler):
         self._timer: asyncio.TimerHandle | None = None
         self._phase = "headers"
         self._payload: Any = None
+        self._answered = False  # the current request has had its response
         self._peer = "?"
         #: Why the guard closed this connection (None while it has not).
         self.closed_for: str | None = None
@@ -75,6 +76,10 @@ class GuardedHandler(RequestHandler):
         self._phase = "closed"
         self._server.release(self)
         super().connection_lost(exc)
+        if self._answered and self._payload is not None and not self._payload.is_eof():
+            # aiohttp drains an unread body after the response ("lingering", up to 10 s) and
+            # tells that read nothing when the client goes: end it now, not 10 s later.
+            self._payload.feed_eof()
 
     def data_received(self, data: bytes) -> None:
         if data and self._phase == "idle":
@@ -84,13 +89,18 @@ class GuardedHandler(RequestHandler):
 
     def request_started(self, payload: Any) -> None:
         """Called with the request's body stream once its headers are parsed."""
-        self._payload = payload
+        self._payload, self._answered = payload, False
         if self._phase != "closed":
             self._arm("body", self._limits.body_timeout_s)
 
     async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse,
                               start_time: float | None) -> tuple[web.StreamResponse, bool]:
+        if isinstance(resp, web.HTTPException) and resp.status >= 400 and resp.content_type != "application/json":
+            # Raised outside the app's middlewares (aiohttp's Expect handling): JSON like the rest.
+            resp = web.json_response({"error": " ".join((resp.text or resp.reason).split())[:200]},
+                                     status=resp.status, headers={k: v for k, v in resp.headers.items() if k == "Allow"})
         result = await super().finish_response(request, resp, start_time)
+        self._answered = True
         if self._phase != "closed":
             self._arm("idle", self._limits.keepalive_timeout_s)
         return result
