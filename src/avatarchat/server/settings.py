@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from avatarchat.engine.handler import HandlerOptions
 
@@ -73,6 +73,7 @@ class TurnSettings(HandlerOptions):
     (coturn's ``use-auth-secret``: username ``expiry:name``, password HMAC-SHA1 of it), so the
     page never sees a long-lived password."""
 
+    #: ``turn:`` or ``turns:`` URLs (aiortc silently ignores any other scheme).
     urls: list[str] = Field(default_factory=list)
     #: coturn's ``static-auth-secret``: ``${TURN_SECRET}``.
     secret: str | None = None
@@ -80,6 +81,14 @@ class TurnSettings(HandlerOptions):
     ttl_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
     #: Ask the page to use relayed candidates only (``iceTransportPolicy: "relay"``).
     relay_only: bool = False
+
+    @field_validator("urls")
+    @classmethod
+    def _turn_scheme(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(("turn:", "turns:")):
+                raise ValueError(f"{url[:80]!r} is not a TURN URL (turn:HOST:PORT or turns:HOST:PORT)")
+        return urls
 
 
 class MessageRate(HandlerOptions):
@@ -92,8 +101,8 @@ class MessageRate(HandlerOptions):
 class HttpLimits(HandlerOptions):
     """``server.http``: what one slow or idle HTTP client may hold."""
 
-    #: A request's headers must arrive whole within this long of the connection (or of the
-    #: previous response on a kept-alive connection).
+    #: A request's headers must arrive whole within this long of the connection, or of the
+    #: first byte of the next request on a kept-alive connection.
     header_timeout_s: float = Field(default=10.0, gt=0)
     #: A request's body must arrive whole within this long of its headers.
     body_timeout_s: float = Field(default=10.0, gt=0)
@@ -120,7 +129,8 @@ class ServerSettings(HandlerOptions):
     max_sessions_per_client: int = Field(default=2, ge=1)
     #: Addresses of reverse proxies whose ``X-Forwarded-For`` names the real client.
     trusted_proxies: list[str] = Field(default_factory=list)
-    #: Origins (``https://example.org``) allowed to call the API besides the page's own.
+    #: Origins (``https://example.org``) allowed to call the API besides the page's own; on a
+    #: loopback bind their host names are also accepted as Host (a reverse proxy on this machine).
     allowed_origins: list[str] = Field(default_factory=list)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     turn: TurnSettings = Field(default_factory=TurnSettings)
