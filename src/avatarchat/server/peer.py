@@ -7,7 +7,8 @@ candidate) and wires four things together:
 * the engine's output → ``Playout`` (reply audio and avatar frames, sent by the tracks of
   ``server.tracks``) and → data-channel messages (``server.reporting`` says which: the
   state, transcripts, replies and each turn's metrics);
-* the ``events`` data channel → typed text, interrupts and pings;
+* the ``events`` data channel (``server.channel``: rate-limited, strictly parsed; its SCTP
+  transport bounded by ``server.sctpguard``) → typed text, interrupts and pings;
 * the connection's life → ``close()`` when it fails, closes, or the client vanishes.
 
 Turn-taking (``engine.turntaking``, acting through ``server.bargein.PeerFloor``): speech
