@@ -14,6 +14,7 @@ import aiohttp
 from aiohttp import web
 
 from avatarchat.server.app import STATE, create_app
+from avatarchat.server.httpguard import GuardedRunner, GuardedSite
 from avatarchat.server.settings import ServerSettings
 
 
@@ -35,11 +36,12 @@ async def running(pipeline: Any, settings: ServerSettings, peer_factory: Callabl
 
     before = asyncio.all_tasks()
     app = create_app(loader, settings, peer_factory=peer_factory, web_root=web_root)
-    runner = _runner(app, settings)
+    # What `avatarchat serve` listens through: read deadlines, the connection cap, JSON for
+    # requests aiohttp's parser refuses.
+    runner = GuardedRunner(app, settings.http)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
+        await GuardedSite(runner, "127.0.0.1", 0).start()
         await app[STATE].wait_loaded()
         yield runner.addresses[0][1], app
     finally:
@@ -56,15 +58,6 @@ async def settle(before: set[asyncio.Task[Any]], timeout: float = 5.0) -> None:
         if not [t for t in asyncio.all_tasks() - before if t is not asyncio.current_task() and not t.done()]:
             return
         await asyncio.sleep(0.02)
-
-
-def _runner(app: web.Application, settings: ServerSettings) -> web.AppRunner:
-    """The runner `avatarchat serve` uses (read deadlines, connection cap, JSON parse errors)."""
-    try:
-        from avatarchat.server.httpguard import GuardedRunner
-    except ImportError:  # before the HTTP guard landed: aiohttp's own
-        return web.AppRunner(app, access_log=None, handle_signals=False)
-    return GuardedRunner(app, settings.http)
 
 
 async def post_offer(port: int, sdp: str) -> tuple[int, Any]:
