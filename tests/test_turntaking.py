@@ -24,7 +24,7 @@ from avatarchat.engine.events import (
 from avatarchat.engine.handler import HandlerOptions, SessionInfo, SessionSettings
 from avatarchat.engine.heard import SpokenChunk, heard_text, word_ends
 from avatarchat.engine.session import Session
-from avatarchat.engine.turntaking import CONFIRM_GRACE_S, TurnTaking, has_words
+from avatarchat.engine.turntaking import CONFIRM_GRACE_S, MIN_WORD_SPEECH_S, TurnTaking, has_words
 from avatarchat.handlers.llm.base import INTERRUPTED_MARK, ChatContext, ChatLLM, Message
 from avatarchat.server.bargein import PeerFloor
 from avatarchat.server.tracks import AUDIO_FRAME, MediaClock, Playout
@@ -173,6 +173,30 @@ def test_speech_that_ends_short_is_judged_by_its_transcript() -> None:
     tt2.on_event(SpeechEnded(2, audio=np.zeros(10, np.float32), speech_end=vt2.t))
     tt2.on_event(UserTranscript(2, "Stop.", final=True))
     assert floor2.cuts() == [("cut", 2, "barge-in")] and tt2.history[0].why == "words"
+
+
+def test_words_read_into_a_burst_shorter_than_a_word_do_not_cut() -> None:
+    """Echo leaking past the browser's canceller on a busy machine comes in 80-200 ms bursts,
+    and Whisper puts words to them: under MIN_WORD_SPEECH_S of voice they are noise."""
+    floor = FakeFloor()
+    tt, vt = machine(floor)
+    onset = vt.t
+    vt.advance(0.1)
+    tt.on_event(SpeechStarted(2, at=onset))
+    tt.on_event(UserTranscript(2, "The story", final=False, speech_end=onset + 0.09))
+    assert not floor.cuts() and tt.pending == 2
+    tt.on_event(SpeechEnded(2, audio=np.zeros(10, np.float32), speech_end=onset + 0.09))
+    tt.on_event(UserTranscript(2, "The story.", final=True))
+    assert not floor.cuts() and ("dismiss", 2, "backchannel") in floor.log
+
+    floor2 = FakeFloor()
+    tt2, vt2 = machine(floor2)
+    onset = vt2.t
+    vt2.advance(0.1)
+    tt2.on_event(SpeechStarted(2, at=onset))
+    tt2.on_event(SpeechEnded(2, audio=np.zeros(10, np.float32), speech_end=onset + MIN_WORD_SPEECH_S))
+    tt2.on_event(UserTranscript(2, "No.", final=True))
+    assert floor2.cuts() == [("cut", 2, "barge-in")]
 
 
 def test_a_partial_transcript_with_words_cuts_before_min_speech() -> None:

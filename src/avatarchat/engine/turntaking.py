@@ -11,7 +11,8 @@ Voice barge-in::
 
     SpeechStarted while a reply is in flight ──▶ WEIGHED (a playing reply: faded to duck_volume)
         │ SpeechOngoing: speech lasted min_speech since its onset  ─┐
-        │ a transcript (partial or final) with real words          ─┴─▶ cut the reply
+        │ a transcript (partial or final) with real words, of at   ─┴─▶ cut the reply
+        │   least MIN_WORD_SPEECH_S of voice
         │ SpeechEnded / TurnCancelled ("too short") / the deadline  ──▶ volume restored;
         │      still watching the turn's transcript: real words cut the reply,
         │      nothing or a backchannel ("mm-hm") drops the user's turn unanswered
@@ -53,6 +54,10 @@ log = logging.getLogger(__name__)
 
 #: After onset + min_speech, how long to wait for the VAD's word that speech went on.
 CONFIRM_GRACE_S = 0.12
+#: Words cut a reply only from this much voice on: no word is shorter, but a burst of the
+#: avatar's own echo that the browser's canceller lets through on a busy machine (80-200 ms)
+#: is, and Whisper reads words into it.
+MIN_WORD_SPEECH_S = 0.15
 #: Words that acknowledge rather than take the turn (and Whisper's usual words for noise).
 BACKCHANNELS = frozenset(
     "mm mmm hm hmm mhm uh huh um uhm ah oh ok okay yeah yep yes right sure wow cool "
@@ -109,6 +114,7 @@ class _Pending:
 
     turn: int
     onset: float
+    voiced_until: float | None = None
     ducked: bool = False
     weighing: bool = True
     timer: Cancellable | None = None
@@ -166,9 +172,11 @@ class TurnTaking:
         elif p is None or event.turn != p.turn:
             return
         elif isinstance(event, SpeechOngoing):
+            p.voiced_until = event.voiced_until
             if event.voiced_until - p.onset >= self.min_speech_s:
                 self._confirm("speech")
         elif isinstance(event, SpeechEnded):
+            p.voiced_until = event.speech_end
             self._unduck()  # short: the transcript decides whether it takes the floor
         elif isinstance(event, TurnCancelled):
             self._drop()  # a blip ("too short") or the turn was cancelled elsewhere
@@ -211,6 +219,11 @@ class TurnTaking:
         p = self._pending
         words = has_words(event.text)
         if p is not None and event.turn == p.turn:
+            voiced_until = event.speech_end if event.speech_end is not None else p.voiced_until
+            if words and voiced_until is not None and voiced_until - p.onset < MIN_WORD_SPEECH_S:
+                words = False  # too short to be a word: echo or a click Whisper put words to
+                if not event.final:
+                    return
             if words:
                 self._confirm("words")
             elif event.final:
