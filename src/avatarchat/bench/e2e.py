@@ -117,8 +117,16 @@ def _turn_rows(mic: list[dict[str, float]], remote: list[dict[str, float]],
             "speaking_state_after_speech_end_ms":
                 round(speaking - end, 1) if speaking is not None and not overlapped else None,
             **{f"server_{k}": metrics.get(k) for k in SERVER_METRICS},
+            # The reply's first frame against its first audio, as the server sent them: frames
+            # are placed on the audio schedule, so this is the encoder's lag (tests do not bound it).
+            "server_av_start_skew_ms": _skew(metrics),
         })
     return rows
+
+
+def _skew(metrics: dict[str, Any]) -> float | None:
+    frame, audio = metrics.get("first_frame_sent_ms"), metrics.get("first_audio_sent_ms")
+    return round(frame - audio, 1) if isinstance(frame, int | float) and isinstance(audio, int | float) else None
 
 
 def barge_in_stops(mic: list[dict[str, float]], remote: dict[str, list[float]],
