@@ -82,7 +82,8 @@ async def test_whisper_hears_what_hibari_says(whisper: WhisperHandler, fox_24k: 
     assert transcript == UserTranscript(7, transcript.text, final=True)
     assert words(transcript.text) == words(FOX)
     assert transcript.text == transcript.text.strip()
-    assert final.at - start.at < 2.0
+    # Bounded, not timed: `avatarchat bench asr` measures the time per call (~0.5 s idle).
+    assert final.at - start.at < 10.0
 
 
 @pytest.mark.slow

@@ -112,17 +112,18 @@ async def _speak_live(session: Session, audio: np.ndarray, seconds: float) -> fl
 
 @pytest.mark.slow
 async def test_complete_questions_end_early_and_half_sentences_wait(speech: dict[str, np.ndarray]) -> None:
-    vad = SileroVADHandler(SileroOptions(end_ms=1500))
+    vad = SileroVADHandler(SileroOptions(end_ms=3000))
     vad.load()
     asr = WhisperHandler(WhisperHandler.Options())
     asr.load()
     async with Session([vad, asr], SessionInfo("t")) as session:
-        EndOfTurn(session, complete_ms=250, unfinished_ms=2100)
-        waited_complete = await _speak_live(session, speech["complete"], 2.5)
-        waited_unfinished = await _speak_live(session, speech["unfinished"], 2.9)
+        EndOfTurn(session, complete_ms=250, unfinished_ms=4000)
+        waited_complete = await _speak_live(session, speech["complete"], 3.5)
+        waited_unfinished = await _speak_live(session, speech["unfinished"], 4.8)
     print(f"hangover: complete question {waited_complete:.2f} s, unfinished {waited_unfinished:.2f} s")
-    # Complete: ended once whisper's early words came back (the pause + one whisper call), before
-    # the 1.5 s default; the margin is wide because a loaded CI machine slows whisper several-fold.
-    # Unfinished: held past the default, to the 2.1 s hint.
-    assert waited_complete < 1.4
-    assert waited_unfinished > 2.0
+    # Complete: ended once whisper's early words came back (the pause + one whisper call, ~0.35 s
+    # idle), before the 3 s default; the default is long because a loaded CI machine slows
+    # whisper several-fold. Unfinished: held past the default, to the 4 s hint. (The hangovers
+    # themselves are performance figures: `avatarchat bench e2e`.)
+    assert waited_complete < 2.8
+    assert waited_unfinished > 3.9
