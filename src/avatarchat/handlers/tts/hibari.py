@@ -96,6 +96,10 @@ class HibariTTS(StreamingTTS[HibariOptions]):
         so = ort.SessionOptions()
         so.intra_op_num_threads = so.inter_op_num_threads = self.options.threads
         so.log_severity_level = 3
+        # Every sentence is a new input length: ORT's memory patterns (cached per shape) and
+        # its arena (grown per new peak) made a long session's memory grow without bound.
+        so.enable_mem_pattern = False
+        so.enable_cpu_mem_arena = False
         self._session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
         with open(path.parent / "vocab.json", encoding="utf-8") as f:
             self._vocab = json.load(f)
