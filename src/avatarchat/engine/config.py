@@ -85,6 +85,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except yaml.YAMLError as exc:  # a ReaderError: a character YAML does not allow
         what = str(exc).replace(' in "<unicode string>",', " at")
         raise ConfigError(f"{file}: not valid YAML: {_one_line(what)}") from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        # A tagged value its constructor cannot build (``!!timestamp 2024-99-99``, ``!!int abc``).
+        raise ConfigError(f"{file}: not valid YAML: a value cannot be read ({_one_line(str(exc))[:120]})") from None
     return parse_config(raw, str(file))
 
 
@@ -126,6 +129,9 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections ({', '.join(TOP_LEVEL_KEYS)})")
     raw = _substitute(raw, source, "")
+    odd = [k for k in raw if not isinstance(k, str)]
+    if odd:
+        raise ConfigError(f"{source}: {str(odd[0])[:40]!r}: a section name must be text; allowed: {', '.join(TOP_LEVEL_KEYS)}")
     unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS))
     if unknown:
         raise ConfigError(f"{source}: {unknown[0]}: unknown section; allowed: {', '.join(TOP_LEVEL_KEYS)}")
@@ -151,6 +157,8 @@ def _stage(stage: str, section: Any, source: str) -> StageConfig:
         )
     options = dict(section)
     name = options.pop("handler")
+    if not isinstance(name, str):
+        raise ConfigError(f"{source}: {stage}.handler: must be a handler name; allowed: {', '.join(sorted(available))}")
     if name not in available:
         raise ConfigError(
             f"{source}: {stage}.handler: unknown handler {name!r}; allowed: {', '.join(sorted(available))}"
