@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import ipaddress
 import logging
 import signal
@@ -59,8 +61,34 @@ def run(args: argparse.Namespace) -> int:
     if warning:
         _say(warning)
     _install_log_format()
+    fix_mmap_threshold()
     asyncio.run(serve(settings, lambda: Pipeline.load(config, progress=_say), ssl_ctx=ssl_ctx))
     return 0
+
+
+#: glibc's M_MMAP_THRESHOLD (mallopt parameter number) and its default value.
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 128 * 1024
+
+
+def fix_mmap_threshold() -> bool:
+    """Keep glibc's mmap threshold at its default, 128 KiB, for the life of the process.
+
+    glibc raises the threshold to the size of each large block freed (up to 32 MiB), and
+    the trim threshold of its arenas with it; from then on blocks that size (a 768 KiB
+    video frame, its yuv copy, render scratch arrays) come from the arenas, and each
+    thread's arena keeps up to twice that at its top, which ``malloc_trim`` does not give
+    back. A session's frames pass through many executor threads, so resident memory crept
+    up turn after turn: the soak grew 683 -> 758 MiB over 90 turns with the threshold
+    free to move, 585 -> 590 MiB with it set. Setting it turns the adjustment off.
+    Returns False where there is no glibc (nothing is changed)."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
 def settings_from_args(base: ServerSettings, args: argparse.Namespace) -> ServerSettings:
