@@ -26,8 +26,8 @@ from fractions import Fraction
 
 import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av.video.reformatter import VideoReformatter
 
 from avatarchat.audio.resample import Resampler
 from avatarchat.engine.events import AvatarFrame, ReplyAudio
