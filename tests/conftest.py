@@ -16,8 +16,15 @@ import numpy as np
 import pytest
 
 from avatarchat.audio.io import write_wav
+from avatarchat.cli.serve import limit_malloc_arenas
 from tests.browser import FAKE_MIC_RATE, ServeProcess, launch_chromium, require_chromium
 from tests.configs import greedy_default
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The test process allocates as `avatarchat serve` does, from before its first thread
+    # (glibc's arena cap only binds arenas made after it): tests/test_soak.py measures it.
+    limit_malloc_arenas()
 
 
 @pytest.fixture(autouse=True)

@@ -27,7 +27,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from avatarchat.cli.serve import fix_mmap_threshold
 from avatarchat.engine.config import load_config
 from avatarchat.engine.pipeline import Pipeline
 from avatarchat.server.app import STATE
@@ -56,7 +55,6 @@ class Figures:
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     config = load_config(short_config(tmp_path_factory.mktemp("config")))
-    fix_mmap_threshold()  # as `avatarchat serve` does at start
     return asyncio.run(Pipeline.load(config, progress=lambda _: None))
 
 

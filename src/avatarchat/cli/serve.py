@@ -61,34 +61,32 @@ def run(args: argparse.Namespace) -> int:
     if warning:
         _say(warning)
     _install_log_format()
-    fix_mmap_threshold()
+    limit_malloc_arenas()
     asyncio.run(serve(settings, lambda: Pipeline.load(config, progress=_say), ssl_ctx=ssl_ctx))
     return 0
 
 
-#: glibc's M_MMAP_THRESHOLD (mallopt parameter number) and its default value.
-_M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 128 * 1024
+#: glibc's M_ARENA_MAX (mallopt parameter number), and the arenas the server keeps.
+_M_ARENA_MAX = -8
+MALLOC_ARENAS = 2
 
 
-def fix_mmap_threshold() -> bool:
-    """Keep glibc's mmap threshold at its default, 128 KiB, for the life of the process.
+def limit_malloc_arenas() -> bool:
+    """Cap glibc's malloc arenas at ``MALLOC_ARENAS`` for the life of the process.
 
-    glibc raises the threshold to the size of each large block freed (up to 32 MiB), and
-    the trim threshold of its arenas with it; from then on blocks that size (a 768 KiB
-    video frame, its yuv copy, render scratch arrays) come from the arenas, and each
-    thread's arena keeps up to twice that at its top, which ``malloc_trim`` does not give
-    back. A session's frames pass through many executor threads, so resident memory crept
-    up turn after turn: the soak grew 683 -> 758 MiB over 90 turns with the threshold
-    free to move, 585 -> 590 MiB with it set. Setting it turns the adjustment off.
-    Returns False where there is no glibc (nothing is changed)."""
+    glibc gives each thread that allocates its own arena (up to 8 per core), and keeps freed
+    memory in each. A session's frames (768 KiB each) pass through every executor thread, so
+    each arena kept frame-sized free blocks and resident memory crept up turn after turn
+    while memory in use stayed flat. Pinning the mmap threshold instead (every frame its own
+    mmap) held memory as well but cost ~15 % of a core and ~400 ms of voice to voice in
+    `bench e2e` (page faults on every frame). Returns False where there is no glibc."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name or "libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    return bool(mallopt(_M_ARENA_MAX, MALLOC_ARENAS))
 
 
 def settings_from_args(base: ServerSettings, args: argparse.Namespace) -> ServerSettings:
