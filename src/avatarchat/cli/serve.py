@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import ctypes
 import ctypes.util
-import ipaddress
 import logging
 import signal
 import ssl
@@ -168,6 +166,7 @@ async def serve(settings: ServerSettings, loader: Callable[[], Any], *, ssl_ctx:
     pipeline fails to load; the server is stopped first, so nothing runs half-started."""
     from avatarchat.cli.main import UserError
     from avatarchat.server.app import STATE, create_app
+    from avatarchat.server.auth import is_loopback_bind
     from avatarchat.server.httpguard import GuardedRunner, GuardedSite
 
     say = say or _say
@@ -199,7 +198,7 @@ async def serve(settings: ServerSettings, loader: Callable[[], Any], *, ssl_ctx:
             say(f"ready: open {url} in a browser (up to {settings.max_sessions} sessions; Ctrl-C stops)")
             if settings.auth.secret:
                 say(f"access tokens are on: open {url}?token=TOKEN, with TOKEN from `avatarchat token`")
-            if ssl_ctx is None and not _is_loopback(settings.host):
+            if ssl_ctx is None and not is_loopback_bind(settings.host):
                 say("note: browsers give the microphone only to https:// pages off localhost; add --self-signed")
             await stop.wait()
             say(f"stopping: closing {len(app[STATE].manager)} session(s) …")
@@ -267,14 +266,6 @@ def _lan_urls(settings: ServerSettings, https: bool) -> list[str]:
     scheme = "https" if https else "http"
     return [f"{scheme}://{ip if ':' not in ip else f'[{ip}]'}:{settings.port}/"
             for ip in lan_addresses(socket.gethostname())]
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    with contextlib.suppress(ValueError):
-        return ipaddress.ip_address(host).is_loopback
-    return False
 
 
 class _SessionField(logging.Filter):
