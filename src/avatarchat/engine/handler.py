@@ -2,23 +2,29 @@
 
 A handler is one stage of the pipeline (VAD, ASR, LLM, TTS, avatar). Its life:
 
-1. ``load()`` once per process, in an executor: load the shared models. Raise
+1. ``use_session(settings)`` once, before ``load``: the config's ``session:`` section (the
+   persona a local LLM warms its cache with). Default: kept as ``self.session_settings``.
+2. ``load()`` once per process, in an executor: load the shared models. Raise
    ``HandlerLoadError`` (or anything) to stop start-up with a clear message.
-2. ``observe_session(session)`` (optional) per session, when the pipeline opens it, before
-   it starts: attach ``Session.observe`` watchers that work across stages (the silero VAD
-   attaches ``engine.endofturn``, which reads the ASR's transcripts and hints the VAD).
-   The handler whose options turn such a feature on attaches it: the engine reads no
-   handler's options.
 3. ``create_context(session)`` per session, in an executor: the per-session state
-   (history, buffers, a small stateful model).
+   (history, buffers, a small stateful model). ``session.clock`` is the only clock it reads.
 4. ``handle(ctx, event)`` for each event whose type is in ``accepts``: an async generator
    of output events. Events not accepted pass on untouched; accepted ones pass on only if
-   their type is also in ``forwards``. Blocking model calls go to ``run_blocking``. The engine may cancel
-   the generator at any ``await`` when the turn is interrupted.
-5. ``cancel_turn(ctx, turn)`` drops whatever the context buffers for that turn.
-6. ``close_context(ctx)`` when the session ends.
+   their type is also in ``forwards``. Blocking model calls go to ``run_blocking``. The engine
+   may cancel the generator at any ``await`` when the turn is interrupted.
+5. ``on_control(ctx, event)`` for each control event whose type is in ``controls`` (an
+   interruption, an end-of-turn hint, a cut reply): delivered by the engine's control lane
+   from the stage's own task, ahead of queued data, even while ``handle`` is busy. Sync and
+   quick; what it returns leaves the stage like ``handle``'s output.
+6. ``cancel_turn(ctx, turn)`` drops whatever the context buffers for that turn.
+7. ``close_context(ctx)`` when the session ends.
 
-Register a handler with ``@register`` and it can be named in the YAML config.
+Capabilities a transport needs are declared here, not found by ``hasattr``: an avatar
+handler (``AvatarHandler``) states its ``fps`` and renders ``idle_frame``s; a TTS handler
+states its output ``sample_rate``.
+
+Register a handler with ``@register`` and name it in the YAML config. Built-in handlers and
+third-party ones are found the same way: through the ``avatarchat.handlers`` entry points.
 """
 
 from __future__ import annotations
@@ -28,14 +34,14 @@ import functools
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
+
+import numpy as np
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from avatarchat.engine.clock import REAL_CLOCK, Clock
 from avatarchat.engine.events import NO_TURN, Event
-
-if TYPE_CHECKING:  # the session module imports this one
-    from avatarchat.engine.session import Session
 
 STAGES = ("vad", "asr", "llm", "tts", "avatar")
 #: Stages a config may leave out (no avatar: a voice-only pipeline).
@@ -50,6 +56,28 @@ class HandlerOptions(BaseModel):
 
 class HandlerLoadError(RuntimeError):
     """A handler could not load its models; the message says what to do."""
+
+
+class BargeInSettings(HandlerOptions):
+    """``session.barge_in``: when the user's voice takes the floor from the avatar."""
+
+    enabled: bool = True
+    #: Speech this long (from its onset) stops the reply; shorter speech only ducks it,
+    #: unless its transcript has words.
+    min_speech_ms: int = Field(default=300, ge=0, le=5000)
+    #: The reply's volume while speech is being weighed (0..1).
+    duck_volume: float = Field(default=0.2, ge=0.0, le=1.0)
+
+
+class EndOfTurnSettings(HandlerOptions):
+    """``session.end_of_turn``: the silence that ends a turn, judged from its words.
+
+    After a pause, the early transcript decides: ``complete_ms`` of silence when it ends a
+    sentence, ``unfinished_ms`` when it stops mid-sentence ("and", "the", a comma). 0 keeps
+    the VAD's own ``end_ms`` for that case."""
+
+    complete_ms: int = Field(default=0, ge=0, le=10000)
+    unfinished_ms: int = Field(default=0, ge=0, le=10000)
 
 
 class SessionSettings(HandlerOptions):
@@ -69,6 +97,8 @@ class SessionSettings(HandlerOptions):
     asr_fallback_reply: str = Field(default="Sorry, I didn't catch that.", max_length=300)
     #: When the voice or the avatar fails: shown only, since the voice is what failed.
     voice_fallback_reply: str = Field(default="Sorry, I lost my voice for a moment.", max_length=300)
+    barge_in: BargeInSettings = Field(default_factory=lambda: BargeInSettings())
+    end_of_turn: EndOfTurnSettings = Field(default_factory=lambda: EndOfTurnSettings())
 
     def fallback_for(self, stage: str) -> str:
         """The line said (or, past the voice, shown) when ``stage`` fails on a turn."""
@@ -87,6 +117,8 @@ class SessionInfo:
     settings: SessionSettings = field(default_factory=SessionSettings)
     #: Allocates a new turn id (set by the session; the VAD calls it when speech starts).
     new_turn: Callable[[], int] = field(default=lambda: NO_TURN, repr=False)
+    #: The session's one clock: every time a handler reads or stamps comes from it.
+    clock: Clock = field(default=REAL_CLOCK, repr=False)
 
 
 OptionsT = TypeVar("OptionsT", bound=HandlerOptions)
@@ -103,9 +135,16 @@ class Handler(ABC, Generic[OptionsT]):
     #: Accepted events that are also passed on, before handling (the transcript the LLM
     #: answers, the reply text the TTS speaks: the client shows both).
     forwards: ClassVar[tuple[type[Event], ...]] = ()
+    #: Control events delivered to ``on_control`` by the engine's control lane.
+    controls: ClassVar[tuple[type[Event], ...]] = ()
 
     def __init__(self, options: OptionsT) -> None:
         self.options = options
+        self.session_settings = SessionSettings()
+
+    def use_session(self, settings: SessionSettings) -> None:
+        """The config's ``session:`` section, given once before ``load``."""
+        self.session_settings = settings
 
     def load(self) -> None:
         """Load shared models (blocking; the engine runs it in an executor)."""
@@ -114,10 +153,6 @@ class Handler(ABC, Generic[OptionsT]):
         """The model files this handler uses (``avatarchat.models.ModelFile``), for `avatarchat models`."""
         return []
 
-    def observe_session(self, session: Session) -> None:
-        """Attach this handler's cross-stage watchers to a new, not yet started session
-        (``session.observe``); they live as long as the session. Default: none."""
-
     def create_context(self, session: SessionInfo) -> Any:
         return None
 
@@ -125,11 +160,32 @@ class Handler(ABC, Generic[OptionsT]):
     def handle(self, ctx: Any, event: Event) -> AsyncIterator[Event]:
         """Turn one accepted event into zero or more output events."""
 
+    def on_control(self, ctx: Any, event: Event) -> list[Event]:
+        """React to a control event of a type in ``controls`` (sync, quick, on the loop);
+        returns the events this stage emits because of it."""
+        return []
+
     def cancel_turn(self, ctx: Any, turn: int) -> None:
         """Forget anything buffered for ``turn``."""
 
     def close_context(self, ctx: Any) -> None:
         """Release per-session resources."""
+
+
+class AvatarHandler(Handler[OptionsT]):
+    """An avatar stage: what a transport needs of it between replies."""
+
+    stage: ClassVar[str] = "avatar"
+
+    @property
+    @abstractmethod
+    def fps(self) -> int:
+        """Frames per second of the avatar's video (reply and idle)."""
+
+    @abstractmethod
+    def idle_frame(self, ctx: Any, t: float) -> np.ndarray:
+        """Blocking (run it in an executor): the face between replies at time ``t`` of the
+        session's clock, as ``[H, W, 3]`` uint8 RGB. Safe from any thread."""
 
 
 async def run_blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -159,22 +215,9 @@ def handlers_for(stage: str) -> dict[str, type[Handler[Any]]]:
 
 @functools.cache
 def _load_builtin_handlers() -> None:
-    # Importing the modules runs their @register; model imports inside them are lazy.
-    import importlib
+    # Built-in and third-party handlers alike are entry points of group
+    # "avatarchat.handlers" (see pyproject.toml); loading one runs its @register.
     from importlib.metadata import entry_points
 
-    for module in BUILTIN_HANDLER_MODULES:
-        importlib.import_module(module)
     for ep in entry_points(group="avatarchat.handlers"):
         ep.load()
-
-
-BUILTIN_HANDLER_MODULES = (
-    "avatarchat.handlers.vad.silero",
-    "avatarchat.handlers.asr.whisper",
-    "avatarchat.handlers.llm.local",
-    "avatarchat.handlers.llm.openai_compatible",
-    "avatarchat.handlers.tts.hibari",
-    "avatarchat.handlers.tts.espeak",
-    "avatarchat.handlers.avatar.portrait",
-)

@@ -33,7 +33,9 @@ class Pipeline:
             if stage not in config.stages:
                 continue  # an optional stage left out
             sc = config.stages[stage]
-            handlers.append(handlers_for(stage)[sc.handler](sc.options))
+            handler = handlers_for(stage)[sc.handler](sc.options)
+            handler.use_session(config.session)
+            handlers.append(handler)
         return cls(config, handlers)
 
     @classmethod
@@ -61,8 +63,10 @@ class Pipeline:
         """A new, not yet started session (``async with pipeline.session() as s``)."""
         info = SessionInfo(session_id or uuid.uuid4().hex[:12], self.config.session)
         session = Session(self.handlers, info)
-        for handler in self.handlers:
-            handler.observe_session(session)
+        for handler in self.handlers:  # TEMPORARY until the engine wires end of turn itself
+            observe = getattr(handler, "observe_session", None)
+            if observe is not None:
+                observe(session)
         return session
 
     def handler(self, stage: str) -> Handler[Any]:
