@@ -1,24 +1,27 @@
-"""Outgoing media of one peer: one clock, the playout schedule, and the two tracks.
+"""Outgoing media: one clock, the playout schedule (the reply sink), and the WebRTC tracks.
 
-Timing model. ``MediaClock`` is the zero of both outgoing tracks: it starts at the first
-``recv()`` of either track (or the first reply scheduled, whichever is first). Audio frame
-``n`` (20 ms, 960 samples at 48 kHz) is due at ``n * 0.02`` s and carries pts ``n * 960``
-in 1/48000; video frame ``k`` is due at ``k / fps`` s and carries pts ``k / fps * 90000`` in
-1/90000. Both come from the same zero, so RTP timestamps and RTCP sender reports of the two
-tracks agree and the browser can lip-sync them.
+Timing model. ``MediaClock`` is the zero of a connection's outgoing media: it starts at the
+first ``recv()`` of either WebRTC track (or the first reply scheduled, or the WebSocket's
+first frame, whichever is first). Audio frame ``n`` (20 ms: 960 samples at 48 kHz over
+WebRTC, ``rate / 50`` at another rate) is due at ``n * 0.02`` s and carries pts
+``n * frame`` in 1/rate; video frame ``k`` is due at ``k / fps`` s and carries pts
+``k / fps * 90000`` in 1/90000. Both come from the same zero, so RTP timestamps and RTCP
+sender reports of the two tracks agree and the browser can lip-sync them. The clock reads
+time from an injectable ``engine.clock.Clock`` (the engine's), so the playout's times and
+the engine's marks compare directly.
 
-``Playout`` owns what plays. A reply is placed on the audio sample timeline when its first
-audio arrives (at the next 20 ms boundary after ``now + START_MARGIN_S``); its frames play
-at ``reply_start + pts``. TTS audio is resampled to 48 kHz as it arrives. If the reply's
-audio runs dry before ``ReplyEnd`` (the TTS fell behind) the reply's start moves later by the
-gap, so audio and frames stay in step and no word is lost; the user hears a short pause.
+``Playout`` owns what plays, and is the engine's ``ReplySink`` (engine/sink.py). A reply
+is placed on the audio sample timeline when its first audio arrives (at the next 20 ms
+boundary after ``now + START_MARGIN_S``); its frames play at ``reply_start + pts``. TTS
+audio is resampled to the playout's rate as it arrives. If the reply's audio runs dry
+before its end (the TTS fell behind) the reply's start moves later by the gap, so audio and
+frames stay in step and no word is lost; the user hears a short pause.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,10 +33,14 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av.video.reformatter import VideoReformatter
 
 from avatarchat.audio.resample import Resampler
+from avatarchat.engine.clock import REAL_CLOCK, Clock
 from avatarchat.engine.events import AvatarFrame, ReplyAudio
+from avatarchat.engine.sink import PlaybackListener
 
-AUDIO_RATE = 48000
-AUDIO_FRAME = 960  # samples per 20 ms frame
+AUDIO_RATE = 48000  # WebRTC's (Opus's) rate
+AUDIO_FRAME = 960  # samples per 20 ms frame at AUDIO_RATE
+#: Audio frames last this long at every rate.
+FRAME_S = 0.02
 VIDEO_CLOCK = 90000
 #: Between a reply's first audio arriving and its first sample playing: room for the first
 #: avatar frame (rendered right after the chunk, ~15 ms) to be there when the sound starts.
@@ -57,16 +64,17 @@ def first_channel(frame: av.AudioFrame) -> np.ndarray:
 
 
 class MediaClock:
-    """The shared zero of one peer's outgoing tracks, in ``time.monotonic()`` seconds
-    (the engine's clock, so its marks and the playout's times compare directly)."""
+    """The shared zero of one connection's outgoing media, in ``clock`` seconds (the
+    engine's clock, so its marks and the playout's times compare directly)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = REAL_CLOCK) -> None:
+        self.clock = clock
         self._t0: float | None = None
 
     def start(self) -> float:
         """Start the clock if it is not running; returns its zero. Idempotent."""
         if self._t0 is None:
-            self._t0 = time.monotonic()
+            self._t0 = self.clock.now()
         return self._t0
 
     @property
@@ -75,23 +83,23 @@ class MediaClock:
 
     def now(self) -> float:
         """Media seconds since the zero (starts the clock)."""
-        return time.monotonic() - self.start()
+        return self.clock.now() - self.start()
 
     async def sleep_until(self, t: float) -> None:
-        delay = t - self.now()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        """Return once media time ``t`` has come."""
+        await self.clock.sleep_until(self.start() + t)
 
 
 @dataclass
 class _Reply:
-    """One turn's reply on the playout schedule. Sample counts are at 48 kHz."""
+    """One turn's reply on the playout schedule. Sample counts are at the playout's rate."""
 
     turn: int
+    rate: int
     start: int | None = None  # absolute sample where reply time 0 plays; None until scheduled
-    audio: np.ndarray = field(default_factory=lambda: np.zeros(AUDIO_RATE, np.float32))
+    audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     written: int = 0  # reply samples available
-    pos: int = 0  # reply samples handed to the encoder
+    pos: int = 0  # reply samples handed out (to the encoder, or the socket)
     resampler: Resampler | None = None
     fed: int = 0  # source-rate samples fed to the resampler
     frames: deque[tuple[float, np.ndarray]] = field(default_factory=deque)
@@ -103,7 +111,7 @@ class _Reply:
     def write(self, samples: np.ndarray) -> None:
         need = self.written + len(samples)
         if need > len(self.audio):
-            grown = np.zeros(max(need, 2 * len(self.audio)), np.float32)
+            grown = np.zeros(max(need, 2 * len(self.audio), self.rate), np.float32)
             grown[: self.written] = self.audio[: self.written]
             self.audio = grown
         self.audio[self.written:need] = samples
@@ -112,41 +120,67 @@ class _Reply:
     def last_frame_time(self) -> float:
         return self.frames[-1][0] if self.frames else -math.inf
 
+    @property
+    def heard_s(self) -> float:
+        return min(self.pos, self.written) / self.rate
+
 
 @dataclass
 class PlayoutListener:
-    """Callbacks from the playout, called on the event loop from inside the tracks' recv.
-
-    ``started(turn, at)``: the reply's first audio frame was handed to the encoder (``at``
-    monotonic). ``first_frame(turn, at)``: its first avatar frame was. ``finished(turn)``:
-    the reply ended (``end`` was called) and all its audio and frames were sent. Not called
-    for turns dropped with ``stop``.
-    """
+    """The WebRTC peer's older callbacks (``finished(turn)`` only for replies played to
+    their end); ``Playout`` adapts it. New code sets a ``PlaybackListener`` instead."""
 
     started: Callable[[int, float], None] = lambda turn, at: None
     first_frame: Callable[[int, float], None] = lambda turn, at: None
     finished: Callable[[int], None] = lambda turn: None
 
+    def playback(self) -> PlaybackListener:
+        def finished(turn: int, position: float, interrupted: bool) -> None:
+            if not interrupted:
+                self.finished(turn)
+
+        return PlaybackListener(self.started, self.first_frame, finished)
+
 
 class Playout:
-    """What one peer plays: replies queued in order, one at a time, on the media clock.
+    """What one connection plays: replies queued in order, one at a time, on the media
+    clock, at ``rate`` samples a second in 20 ms frames. The engine's ``ReplySink``.
 
-    Feed it from the engine's output (``add_audio``, ``add_frame``, ``end``); the tracks
-    read it (``audio_frame``, ``video_frame``). Everything runs on the event loop; nothing
+    Feed it from the engine (``add_audio``, ``add_frame``, ``end``, ``clear``, ``duck``);
+    a transport reads it (``audio_frame``, ``video_frame``): the WebRTC tracks at 48 kHz,
+    the WebSocket's sender at the TTS's rate. Everything runs on the event loop; nothing
     blocks. A reply that arrives while another plays waits until that one finishes.
+    ``listener`` (settable any time) hears, on the loop and in the clock's seconds, when a
+    reply's first audio and first frame are handed out and when it finished: once per
+    reply, played to its end or cleared (``interrupted``), with the seconds handed out.
     """
 
-    def __init__(self, clock: MediaClock, listener: PlayoutListener | None = None) -> None:
+    def __init__(self, clock: MediaClock, listener: PlaybackListener | PlayoutListener | None = None,
+                 *, rate: int = AUDIO_RATE) -> None:
+        if rate % 50:
+            raise ValueError(f"a playout rate must be a whole number of samples per 20 ms, not {rate}")
         self.clock = clock
-        self.listener = listener or PlayoutListener()
+        self.rate = rate
+        self.frame = rate // 50
+        self.listener = listener  # type: ignore[assignment]  # the property adapts the older kind
         self._queue: deque[_Reply] = deque()
         self._by_turn: dict[int, _Reply] = {}
         self._stopped: set[int] = set()
         self._played: dict[int, float] = {}  # seconds heard, kept for finished/stopped turns
-        self._next_sample = 0  # the next absolute sample the audio track will hand out
+        self._next_sample = 0  # the next absolute sample the transport will hand out
         self._gain = 1.0  # reply volume now (barge-in ducks it) …
         self._gain_target = 1.0  # … and where it is ramping to
         self._tail = np.zeros(0, np.float32)  # a stopped reply's fade-out, still to send
+
+    @property
+    def listener(self) -> PlaybackListener:
+        return self._listener
+
+    @listener.setter
+    def listener(self, listener: PlaybackListener | PlayoutListener | None) -> None:
+        if isinstance(listener, PlayoutListener):
+            listener = listener.playback()
+        self._listener = listener or PlaybackListener()
 
     # -- input (engine side) ------------------------------------------------------------
 
@@ -156,7 +190,7 @@ class Playout:
         if reply is None or reply.ended:
             return
         if reply.resampler is None:
-            reply.resampler = Resampler(chunk.sample_rate, AUDIO_RATE)
+            reply.resampler = Resampler(chunk.sample_rate, self.rate)
         # A gap on the reply timeline (offset beyond what was fed) is silence.
         at = round(chunk.offset * chunk.sample_rate)
         if at > reply.fed:
@@ -176,30 +210,43 @@ class Playout:
         """No more audio or frames for ``turn``; it finishes once all of it was sent."""
         reply = self._by_turn.get(turn)
         if reply is None:
-            if turn not in self._stopped:
-                self._played.setdefault(turn, 0.0)
-                self.listener.finished(turn)  # a reply without audio: nothing to play
+            if turn not in self._stopped and turn not in self._played:
+                self._played[turn] = 0.0
+                self.listener.finished(turn, 0.0, False)  # a reply without audio: nothing to play
             return
         reply.ended = True
         if reply.resampler is not None:
             reply.write(reply.resampler.flush())
         self._schedule_head()
 
-    def stop(self, turn: int) -> float:
+    def clear(self, turn: int) -> float:
         """Drop everything queued for ``turn`` at once (audio and frames); later input of
-        it is ignored. The next audio frame sent carries only a 10 ms fade-out of what was
-        playing (no click), then silence. Returns the seconds played."""
+        it is ignored. The next audio frame carries only a 10 ms fade-out of what was
+        playing (no click), then silence. Returns the seconds handed out: what the user
+        heard. A reply still queued or playing finishes with ``interrupted`` true."""
         self._stopped.add(turn)
         reply = self._by_turn.pop(turn, None)
         if reply is not None:
             if reply.start is not None and reply.started and reply is self._queue[0]:
-                n = min(round(STOP_FADE_S * AUDIO_RATE), max(0, reply.written - reply.pos))
+                n = min(round(STOP_FADE_S * self.rate), max(0, reply.written - reply.pos))
                 ramp = np.linspace(self._gain, 0.0, n, endpoint=False, dtype=np.float32)
                 self._tail = reply.audio[reply.pos:reply.pos + n] * ramp
-            self._played[turn] = min(reply.pos, reply.written) / AUDIO_RATE
+            self._played[turn] = reply.heard_s
             self._queue.remove(reply)
             self._schedule_head()
+            self.listener.finished(turn, reply.heard_s, True)
         return self._played.get(turn, 0.0)
+
+    def stop(self, turn: int) -> float:
+        """``clear`` (the WebRTC peer's older name)."""
+        return self.clear(turn)
+
+    def stop_all(self) -> list[int]:
+        """``clear`` every reply queued or playing; returns their turns."""
+        turns = list(self._by_turn)
+        for turn in turns:
+            self.clear(turn)
+        return turns
 
     def duck(self, volume: float) -> None:
         """Fade reply audio to ``volume`` (0..1) over ``DUCK_FADE_S``, from the next frame
@@ -215,18 +262,12 @@ class Playout:
         """The reply volume now (1.0 unless ducked or ramping)."""
         return self._gain
 
-    def stop_all(self) -> list[int]:
-        turns = list(self._by_turn)
-        for turn in turns:
-            self.stop(turn)
-        return turns
-
     def played_seconds(self, turn: int) -> float:
-        """Seconds of ``turn``'s reply already handed to the audio encoder: what the user
-        has heard (plus the ~20-100 ms in the network and the browser's jitter buffer)."""
+        """Seconds of ``turn``'s reply already handed out: what the user has heard (plus,
+        over WebRTC, the ~20-100 ms in the network and the browser's jitter buffer)."""
         reply = self._by_turn.get(turn)
         if reply is not None:
-            return min(reply.pos, reply.written) / AUDIO_RATE
+            return reply.heard_s
         return self._played.get(turn, 0.0)
 
     @property
@@ -241,11 +282,11 @@ class Playout:
         return head.turn if head is not None and head.start is not None else None
 
     def _reply(self, turn: int) -> _Reply | None:
-        if turn in self._stopped:
+        if turn in self._stopped or turn in self._played:
             return None
         reply = self._by_turn.get(turn)
         if reply is None:
-            reply = self._by_turn[turn] = _Reply(turn)
+            reply = self._by_turn[turn] = _Reply(turn, self.rate)
             self._queue.append(reply)
         return reply
 
@@ -256,20 +297,28 @@ class Playout:
         head = self._queue[0]
         if head.start is not None or not (head.written or head.ended):
             return
-        first = math.ceil((self.clock.now() + START_MARGIN_S) * AUDIO_RATE / AUDIO_FRAME) * AUDIO_FRAME
+        first = math.ceil((self.clock.now() + START_MARGIN_S) / FRAME_S) * self.frame
         head.start = max(first, self._next_sample)
 
-    # -- output (track side) -----------------------------------------------------------
+    # -- output (transport side) -------------------------------------------------------
+
+    def sounding(self, index: int) -> bool:
+        """Whether audio frame ``index`` carries reply audio: a reply has started by its
+        end, or a cleared reply's fade-out is still to go (a sender that sends nothing
+        between replies asks this first)."""
+        head = self._queue[0] if self._queue else None
+        started = head is not None and head.start is not None and (index + 1) * self.frame > head.start
+        return started or len(self._tail) > 0
 
     def audio_frame(self, index: int) -> np.ndarray:
-        """The 960 s16 samples of absolute audio frame ``index`` (silence when idle)."""
-        sample = index * AUDIO_FRAME
-        self._next_sample = sample + AUDIO_FRAME
-        out = np.zeros(AUDIO_FRAME, np.float32)
+        """The ``frame`` s16 samples of absolute audio frame ``index`` (silence when idle)."""
+        sample = index * self.frame
+        self._next_sample = sample + self.frame
+        out = np.zeros(self.frame, np.float32)
         head = self._queue[0] if self._queue else None
-        if head is not None and head.start is not None and sample + AUDIO_FRAME > head.start:
+        if head is not None and head.start is not None and sample + self.frame > head.start:
             self._fill(head, sample, out)
-            self._maybe_finish(head, sample + AUDIO_FRAME)
+            self._maybe_finish(head, sample + self.frame)
         self._apply_gain(out)
         if len(self._tail):
             out[: len(self._tail)] += self._tail
@@ -280,7 +329,7 @@ class Playout:
         """Scale ``out`` by the reply volume, ramping linearly toward its target."""
         if self._gain == self._gain_target == 1.0:
             return
-        step = 1.0 / (DUCK_FADE_S * AUDIO_RATE)
+        step = 1.0 / (DUCK_FADE_S * self.rate)
         delta = self._gain_target - self._gain
         ramp = self._gain + np.sign(delta) * step * np.arange(1, len(out) + 1, dtype=np.float32)
         ramp = np.minimum(ramp, self._gain_target) if delta > 0 else np.maximum(ramp, self._gain_target)
@@ -291,12 +340,12 @@ class Playout:
         assert reply.start is not None
         lo = max(sample, reply.start)
         p = lo - reply.start  # reply position of the first sample of this frame it covers
-        n = sample + AUDIO_FRAME - lo
+        n = sample + self.frame - lo
         have = max(0, min(n, reply.written - p))
         out[lo - sample: lo - sample + have] = reply.audio[p:p + have]
         if have and not reply.started:
             reply.started = True
-            self.listener.started(reply.turn, time.monotonic())
+            self.listener.started(reply.turn, self.clock.clock.now())
         if have < n and not reply.ended:
             # Underrun: the rest of this frame is a pause and the reply moves later by it.
             reply.start += n - have
@@ -306,13 +355,13 @@ class Playout:
         assert reply.start is not None
         if not reply.ended or reply.pos < reply.written:
             return
-        if reply.start / AUDIO_RATE + reply.last_frame_time() > now_sample / AUDIO_RATE:
+        if (reply.start / self.rate + reply.last_frame_time()) > now_sample / self.rate:
             return  # the closing frames after the last word still have to show
-        self._played[reply.turn] = reply.written / AUDIO_RATE
+        heard = self._played[reply.turn] = reply.written / self.rate
         self._queue.popleft()
         self._by_turn.pop(reply.turn, None)
         self._schedule_head()
-        self.listener.finished(reply.turn)
+        self.listener.finished(reply.turn, heard, False)
 
     def video_frame(self, t: float) -> np.ndarray | None:
         """The reply frame to show at media time ``t`` (the latest whose time is ≤ t), or
@@ -320,14 +369,14 @@ class Playout:
         head = self._queue[0] if self._queue else None
         if head is None or head.start is None:
             return None
-        rt = t - head.start / AUDIO_RATE
+        rt = t - head.start / self.rate
         if rt < 0:
             return None
         while head.frames and head.frames[0][0] <= rt:
             head.shown = head.frames.popleft()[1]
         if head.shown is not None and not head.first_frame:
             head.first_frame = True
-            self.listener.first_frame(head.turn, time.monotonic())
+            self.listener.first_frame(head.turn, self.clock.clock.now())
         # Before the reply's first frame arrives (a slow render) the idle face stays up;
         # after, a late frame leaves the previous one on screen rather than flicker to idle.
         return head.shown
@@ -417,11 +466,12 @@ class AvatarVideoTrack(MediaStreamTrack):
 
 
 class AvatarAudioTrack(MediaStreamTrack):
-    """The avatar's voice: 20 ms frames of 48 kHz mono s16 from the playout (Opus-encoded
-    by aiortc), silence between replies. Paced by the clock like the video track.
+    """The avatar's voice: 20 ms frames of mono s16 from the playout at its rate (48 kHz
+    for WebRTC; Opus-encoded by aiortc), silence between replies. Paced by the clock like
+    the video track.
 
     ``on_sent(samples, at)``, if given, is called with every frame handed to the encoder
-    (the s16 samples, as sent) and the monotonic time it was (the echo guard's reference).
+    (the s16 samples, as sent) and the clock's time it was (the echo guard's reference).
     """
 
     kind = "audio"
@@ -437,15 +487,15 @@ class AvatarAudioTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         self._clock.start()
-        step = AUDIO_FRAME / AUDIO_RATE
-        n = max(self._next, math.floor((self._clock.now() - MAX_LAG_S) / step))
-        await self._clock.sleep_until(n * step)
-        samples = self._playout.audio_frame(n)
+        playout = self._playout
+        n = max(self._next, math.floor((self._clock.now() - MAX_LAG_S) / FRAME_S))
+        await self._clock.sleep_until(n * FRAME_S)
+        samples = playout.audio_frame(n)
         if self._on_sent is not None:
-            self._on_sent(samples, time.monotonic())
+            self._on_sent(samples, self._clock.clock.now())
         self._next = n + 1
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = AUDIO_RATE
-        frame.pts = n * AUDIO_FRAME
-        frame.time_base = Fraction(1, AUDIO_RATE)
+        frame.sample_rate = playout.rate
+        frame.pts = n * playout.frame
+        frame.time_base = Fraction(1, playout.rate)
         return frame
