@@ -184,3 +184,33 @@ def encode(message: dict[str, Any]) -> str:
     """One message as JSON text. Raises ``ValueError`` rather than write ``NaN`` or
     ``Infinity``, which a browser's ``JSON.parse`` refuses."""
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+# --- the WebSocket transport's own messages (server -> client) ------------------------------
+
+VideoMode = Literal["jpeg", "motion", "none"]
+VIDEO_MODES: tuple[VideoMode, ...] = ("jpeg", "motion", "none")
+
+
+def hello(session: str, sample_rate: int, reply_sample_rate: int, video: VideoMode,
+          fps: int | None) -> dict[str, Any]:
+    """The WebSocket's first message: the session id, the rate of the mic PCM the server
+    takes (``sample_rate``), the rate of the reply PCM it sends, the video mode, and the
+    avatar's frame rate (None without an avatar)."""
+    return {"type": "hello", "session": session, "sample_rate": sample_rate,
+            "reply_sample_rate": reply_sample_rate, "video": video, "fps": fps}
+
+
+def frame(pts: float, jpeg: str) -> dict[str, Any]:
+    """One avatar video frame (``video=jpeg``): ``pts`` seconds on the session's media
+    clock (the reply audio's), ``jpeg`` the image as base64."""
+    return {"type": "frame", "pts": round(pts, 4), "jpeg": jpeg}
+
+
+def motion(turn: int, times: tuple[float, ...], channels: tuple[str, ...],
+           values: tuple[tuple[float, ...], ...], visemes: tuple[str, ...]) -> dict[str, Any]:
+    """The mouth curves behind a stretch of a reply's frames (``video=motion``): ``times``
+    on the reply's timeline (0 = its first audio sample), one row of ``values`` (columns
+    ``channels``) and one viseme label per time."""
+    return {"type": "motion", "turn": turn, "times": [round(t, 4) for t in times], "channels": list(channels),
+            "values": [[round(v, 4) for v in row] for row in values], "visemes": list(visemes)}

@@ -1,6 +1,8 @@
 """The sessions a server holds: capacity, per-client caps, time limits and shutdown.
 
-``SessionManager`` opens peers through a factory (``PeerSession.open`` in the server), keeps
+``SessionManager`` opens sessions of every transport: WebRTC peers through a factory
+(``PeerSession.open`` in the server, ``open``), WebSocket sessions (``server.ws``) through
+``open_session``, against the same limits. It keeps
 at most ``max_sessions`` open or opening (and ``max_sessions_per_client`` per client
 address), forgets a peer when it reports itself closed, and closes all on shutdown. From one
 asyncio task it closes, each at its own deadline, a peer that has not connected within
@@ -17,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from avatarchat.server.metrics import Metrics
 from avatarchat.server.settings import ServerSettings
@@ -44,6 +46,11 @@ class Peer(Protocol):
 
 #: ``(pipeline, sdp, type_, settings, *, metrics, on_closed) -> (peer, answer_sdp)``
 PeerFactory = Callable[..., Awaitable[tuple[Any, str]]]
+#: What ``open_session`` returns besides the session (the answer SDP of a WebRTC peer).
+R = TypeVar("R")
+#: ``(on_closed) -> (session, extra)``: opens one session of any transport, which calls
+#: ``on_closed(session)`` once when it closes (possibly before this returns).
+Opener = Callable[[Callable[[Any], None]], Awaitable[tuple[Any, R]]]
 
 
 class ServerFull(Exception):
@@ -101,12 +108,22 @@ class SessionManager:
         return self._clients.get(client, 0)
 
     async def open(self, pipeline: Any, sdp: str, type_: str, *, client: str = "") -> tuple[Peer, str]:
-        """Open a peer for an SDP offer from ``client`` (its address) and return it with its answer.
+        """Open a WebRTC peer for an SDP offer from ``client`` (its address) and return it
+        with its answer, through the factory: ``open_session`` with its limits."""
+
+        def opener(on_closed: Callable[[Any], None]) -> Awaitable[tuple[Any, str]]:
+            return self._factory(pipeline, sdp, type_, self.settings, metrics=self.metrics, on_closed=on_closed)
+
+        return await self.open_session(opener, client=client)
+
+    async def open_session(self, opener: Opener[R], *, client: str = "") -> tuple[Peer, R]:
+        """Open one session of any transport with ``opener`` for ``client`` (its address)
+        and return it with what ``opener`` returned besides it.
 
         An empty ``client`` (unknown, e.g. a test calling the manager directly) has no
         per-client cap. Raises ``ClientLimit`` when ``client`` already holds ``max_sessions_per_client``
         sessions, ``ServerFull`` when no slot is free, ``ShuttingDown`` after ``close_all``, and
-        whatever the factory raises (``OfferError`` for a bad offer) with the slot freed.
+        whatever ``opener`` raises (``OfferError`` for a bad offer) with the slot freed.
         """
         async with self._lock:
             # Check and reserve together. The negotiation itself runs outside the lock: ICE
@@ -122,7 +139,7 @@ class SessionManager:
             self._opening += 1
             self._clients[client] = self.held_by(client) + 1
         try:
-            return await self._open(pipeline, sdp, type_, client)
+            return await self._open(opener, client)
         except BaseException:
             self._release(client)
             raise
@@ -134,7 +151,7 @@ class SessionManager:
         else:
             self._clients.pop(client, None)
 
-    async def _open(self, pipeline: Any, sdp: str, type_: str, client: str) -> tuple[Peer, str]:
+    async def _open(self, opener: Opener[R], client: str) -> tuple[Peer, R]:
         holder: dict[str, Any] = {"peer": None, "closed": False}
 
         def on_closed(*_: object) -> None:
@@ -144,9 +161,7 @@ class SessionManager:
                 self._forget(holder["peer"])
 
         try:
-            peer, answer = await self._factory(
-                pipeline, sdp, type_, self.settings, metrics=self.metrics, on_closed=on_closed
-            )
+            peer, extra = await opener(on_closed)
         finally:
             self._opening -= 1
         if self._closing:
@@ -162,7 +177,7 @@ class SessionManager:
             session_log(log, peer.id).info("session opened (%d of %d)", len(self._peers), self.settings.max_sessions)
             self._ensure_idle_task()
             self._wake.set()
-        return peer, answer
+        return peer, extra
 
     def _forget(self, peer: Peer) -> None:
         if self._peers.get(peer.id) is peer:
