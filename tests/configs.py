@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from avatarchat.engine.config import DEFAULT_CONFIG
+from avatarchat.config import DEFAULT_CONFIG
 
 
 def greedy_default(folder: Path, without: tuple[str, ...] = ()) -> Path:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from avatarchat.engine.config import load_config
+from avatarchat.config import load_config
 from avatarchat.engine.pipeline import Pipeline
 from avatarchat.server.peer import PeerSession
 from avatarchat.server.settings import ServerSettings

@@ -18,9 +18,10 @@ import jwt
 import pytest
 import yaml
 
-from avatarchat.cli.main import UserError, main
+from avatarchat.cli.errors import UserError
+from avatarchat.cli.main import main
 from avatarchat.cli.serve import check_access
-from avatarchat.engine.config import DEFAULT_CONFIG
+from avatarchat.config import DEFAULT_CONFIG
 from avatarchat.server.app import STATE
 from avatarchat.server.auth import check_token, client_address, make_token, parse_networks
 from avatarchat.server.settings import ServerSettings

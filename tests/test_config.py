@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from avatarchat.cli.main import main
-from avatarchat.engine.config import DEFAULT_CONFIG, ConfigError, load_config
+from avatarchat.config import DEFAULT_CONFIG, ConfigError, load_config
+from avatarchat.engine.config import PipelineConfig, load_pipeline_config
+from avatarchat.server.settings import ServerSettings
 
 GOOD = """
 session: {history_turns: 2}
@@ -38,6 +40,8 @@ def test_the_embedded_default_is_valid() -> None:
         "vad": "silero", "asr": "whisper", "llm": "local", "tts": "hibari", "avatar": "portrait",
     }
     assert config.stages["llm"].options.threads == 1  # type: ignore[attr-defined]
+    assert (config.session.end_of_turn.complete_ms, config.session.end_of_turn.unfinished_ms) == (250, 1600)
+    assert config.server == ServerSettings()
 
 
 def test_an_unknown_handler_names_the_key_and_the_choices(tmp_path: Path) -> None:
@@ -90,3 +94,36 @@ def test_check_config_cli_exits_2_with_one_line(tmp_path: Path, capsys: pytest.C
     assert "OK" in capsys.readouterr().out
     assert main(["check-config", str(tmp_path / "missing.yaml")]) == 2
     assert "no such config file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("text", "old", "new"), [
+    ("vad: {handler: silero, complete_ms: 250}", "vad.complete_ms", "session.end_of_turn.complete_ms"),
+    ("vad: {handler: silero, unfinished_ms: 0}", "vad.unfinished_ms", "session.end_of_turn.unfinished_ms"),
+    ("server: {barge_in: {enabled: false}}", "server.barge_in.enabled", "session.barge_in.enabled"),
+    ("server: {barge_in: {min_speech_ms: 250}}", "server.barge_in.min_speech_ms", "session.barge_in.min_speech_ms"),
+    ("server: {barge_in: {duck_volume: 0.3, client_mute: true}}", "server.barge_in.duck_volume",
+     "session.barge_in.duck_volume"),
+    ("server: {barge_in: {echo_guard: true}}", "server.barge_in.echo_guard", "server.echo_guard"),
+])
+def test_a_moved_key_is_one_line_naming_its_new_place(tmp_path: Path, text: str, old: str, new: str) -> None:
+    good = GOOD.replace("vad: {handler: silero}", "") if text.startswith("vad:") else GOOD
+    msg = error_of(tmp_path, good + text + "\n")
+    assert msg == f"{tmp_path / 'c.yaml'}: {old}: moved to {new}"
+
+
+def test_the_new_places_of_moved_keys_load(tmp_path: Path) -> None:
+    text = GOOD.replace("{history_turns: 2}", "{barge_in: {enabled: false, min_speech_ms: 250, duck_volume: 0.3}, "
+                                              "end_of_turn: {complete_ms: 300, unfinished_ms: 2000}}")
+    session = load_config(write(tmp_path, text + "server: {barge_in: {client_mute: false}}\n")).session
+    assert (session.barge_in.enabled, session.barge_in.min_speech_ms, session.barge_in.duck_volume) == (False, 250, 0.3)
+    assert (session.end_of_turn.complete_ms, session.end_of_turn.unfinished_ms) == (300, 2000)
+    assert "session.end_of_turn.complete_ms: Input should be less than or equal to 10000" in error_of(
+        tmp_path, GOOD.replace("{history_turns: 2}", "{end_of_turn: {complete_ms: 10001}}"))
+
+
+def test_the_engine_alone_reads_its_own_sections_and_no_server(tmp_path: Path) -> None:
+    config = load_pipeline_config(write(tmp_path, GOOD))
+    assert type(config) is PipelineConfig and config.stages["tts"].handler == "hibari"
+    with pytest.raises(ConfigError) as info:
+        load_pipeline_config(write(tmp_path, GOOD + "server: {port: 8000}\n"))
+    assert str(info.value).endswith("c.yaml: server: unknown section; allowed: session, vad, asr, llm, tts, avatar")

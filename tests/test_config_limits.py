@@ -14,7 +14,8 @@ import pytest
 
 from avatarchat.cli.main import main
 from avatarchat.engine import yaml_limits
-from avatarchat.engine.config import MAX_CONFIG_BYTES, ConfigError, load_config, redact
+from avatarchat.config import ConfigError, load_config, redact
+from avatarchat.engine.config import MAX_CONFIG_BYTES
 
 STAGES = """
 vad: {handler: silero}
@@ -101,7 +102,10 @@ def test_a_device_is_read_only_up_to_the_limit(tmp_path: Path) -> None:
 
 def test_configs_with_anchors_within_the_budget_still_load(tmp_path: Path) -> None:
     text = """
-session: {system_prompt: &persona "You are Ava.", language: &lang en}
+session:
+  system_prompt: &persona "You are Ava."
+  language: &lang en
+  barge_in: {<<: &barge {enabled: true, min_speech_ms: 250}, duck_volume: 0.3}
 vad: &vad {handler: silero, end_ms: 700}
 asr: {handler: whisper, language: *lang}
 llm:
@@ -110,7 +114,6 @@ llm:
 tts: {handler: hibari}
 server:
   allowed_origins: [%s]
-  barge_in: {<<: &barge {enabled: true, min_speech_ms: 250}, duck_volume: 0.3}
 """ % (", ".join(f'" w{i}": *bias' if i else '" w0": &bias -4' for i in range(500)),
        ", ".join(["&o https://a.example" if i == 0 else "*o" for i in range(2000)]))
     config = load_config(write(tmp_path, text))
@@ -119,7 +122,7 @@ server:
     bias = config.stages["llm"].options.logit_bias  # type: ignore[attr-defined]
     assert len(bias) == 500 and set(bias.values()) == {-4.0}
     assert config.server.allowed_origins == ["https://a.example"] * 2000
-    assert config.server.barge_in.min_speech_ms == 250 and config.server.barge_in.duck_volume == 0.3
+    assert config.session.barge_in.min_speech_ms == 250 and config.session.barge_in.duck_volume == 0.3
 
 
 @pytest.mark.parametrize("text, expected", [

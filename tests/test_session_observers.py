@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from avatarchat.engine.config import load_config
+from avatarchat.config import load_config
 from avatarchat.engine.endofturn import EndOfTurn
 from avatarchat.engine.events import Event
 from avatarchat.engine.pipeline import Pipeline

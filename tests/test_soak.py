@@ -27,7 +27,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from avatarchat.engine.config import load_config
+from avatarchat.config import load_config
 from avatarchat.engine.pipeline import Pipeline
 from avatarchat.server.app import STATE
 from avatarchat.server.settings import ServerSettings

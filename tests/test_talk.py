@@ -13,7 +13,7 @@ import pytest
 
 from avatarchat.audio.io import load_audio, write_wav
 from avatarchat.cli.main import main
-from avatarchat.engine.config import load_config
+from avatarchat.config import load_config
 from avatarchat.engine.events import SpeechEnded, TimingMark, now
 from avatarchat.engine.loop_probe import LoopLagProbe
 from avatarchat.engine.pipeline import Pipeline

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from avatarchat.engine.config import load_config
+from avatarchat.config import load_config
 from avatarchat.engine.pipeline import Pipeline
 from tests.fuzz.configs import short_config
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from avatarchat.engine.config import DEFAULT_CONFIG
+from avatarchat.config import DEFAULT_CONFIG
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,23 @@ def typed(base: dict[str, Any]) -> list[ConfigCase]:
         ("http", {"header_timeout_s": -1}), ("auth", 1), ("auth", {"secret": ["x"]}), ("auth", {"max_ttl_s": 1}),
         ("turn", {"urls": "turn:x"}), ("turn", {"ttl_s": 1}), ("ice_servers", [{"urls": []}]),
         ("ice_servers", "stun:x"), ("video_codec", "av1"), ("trusted_proxies", "10.0.0.1"),
-        ("allowed_origins", {"a": 1}), ("barge_in", {"duck_volume": 2}), ("barge_in", {"min_speech_ms": -1}),
+        ("allowed_origins", {"a": 1}), ("barge_in", {"client_grace_ms": 1}), ("echo_guard", "maybe"),
         ("mic_prefetch_packets", 0), ("max_body_bytes", 1), ("self_signed", "maybe"), ("host", ["::"]),
     ]
     for key, value in server:
         out.append(ConfigCase(f"server.{key} = {value!r:.30}", _dump({**base, "server": {key: value}})))
+    session: list[tuple[str, Any]] = [
+        ("barge_in", {"duck_volume": 2}), ("barge_in", {"min_speech_ms": -1}), ("barge_in", "on"),
+        ("end_of_turn", {"complete_ms": -1}), ("end_of_turn", {"unfinished_ms": 99999}), ("end_of_turn", [250]),
+    ]
+    for key, value in session:
+        out.append(ConfigCase(f"session.{key} = {value!r:.30}", _dump(_set(base, "session", key, value))))
+    # Keys that moved: each is refused, naming its new place.
+    for section, body in [("vad", {"complete_ms": 250}), ("vad", {"unfinished_ms": 1600}),
+                          ("server", {"barge_in": {"enabled": False}}), ("server", {"barge_in": {"echo_guard": True}})]:
+        moved = copy.deepcopy(base)
+        moved.setdefault(section, {}).update(body)
+        out.append(ConfigCase(f"moved key {section}.{next(iter(body))}", _dump(moved)))
     for path, value in [("vad.threshold", ".nan"), ("vad.threshold", ".inf"), ("llm.temperature", "-.inf"),
                         ("session.history_turns", "-5"), ("vad.end_ms", "1e400"), ("asr.threads", "0"),
                         ("llm.max_tokens", "99999999999999999999"), ("avatar.fps", "0")]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from avatarchat.engine.config import Config, ConfigError, load_config, parse_config
+from avatarchat.config import Config, ConfigError, load_config, parse_config
 from tests.fuzz.bounded import call
 from tests.fuzz.gen_config import ConfigCase, all_cases
 

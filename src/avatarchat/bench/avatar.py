@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from avatarchat.bench.stats import machine, max_rss_mb, summarize
-from avatarchat.engine.config import Config
+from avatarchat.engine.config import PipelineConfig
 from avatarchat.engine.events import (
     AvatarFrame,
     ReplyAudio,
@@ -44,7 +44,7 @@ SENTENCES = (
 LATENCY_REPLIES = 7
 
 
-async def bench_avatar(config: Config, seconds: float, paced: bool, progress: Any) -> dict[str, Any]:
+async def bench_avatar(config: PipelineConfig, seconds: float, paced: bool, progress: Any) -> dict[str, Any]:
     tts, avatar = await _load(config, progress)
     chunks = await _speech(tts, seconds)
     audio_s = sum(len(s) / tts.sample_rate for s, _, _ in chunks)
@@ -86,7 +86,7 @@ async def bench_avatar(config: Config, seconds: float, paced: bool, progress: An
     return report
 
 
-async def _load(config: Config, progress: Any) -> tuple[Any, Handler[Any]]:
+async def _load(config: PipelineConfig, progress: Any) -> tuple[Any, Handler[Any]]:
     """The config's TTS and avatar handlers only (no ASR or LLM), loaded. A config without
     an avatar stage gets the portrait handler with its default options."""
     tts_cfg = config.stages["tts"]

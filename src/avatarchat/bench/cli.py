@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 from avatarchat.audio.io import atomic_write
+from avatarchat.cli.errors import UserError
 from avatarchat.cli.progress import say as _say
-from avatarchat.engine.config import load_config
+from avatarchat.config import load_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -50,7 +51,6 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def run_pipeline(args: argparse.Namespace) -> int:
     from avatarchat.bench.pipeline import bench_pipeline
-    from avatarchat.cli.main import UserError
 
     if args.turns < 1:
         raise UserError("--turns must be at least 1")
@@ -61,7 +61,6 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
 def run_avatar(args: argparse.Namespace) -> int:
     from avatarchat.bench.avatar import bench_avatar
-    from avatarchat.cli.main import UserError
 
     if not 1.0 <= args.seconds <= 600.0:
         raise UserError("--seconds must be between 1 and 600")
@@ -72,7 +71,6 @@ def run_avatar(args: argparse.Namespace) -> int:
 
 def run_asr(args: argparse.Namespace) -> int:
     from avatarchat.bench.asr import bench_asr
-    from avatarchat.cli.main import UserError
 
     if not all(4.0 <= w <= 30.0 for w in args.windows):
         raise UserError("--windows must be between 4 and 30 seconds")
@@ -82,7 +80,6 @@ def run_asr(args: argparse.Namespace) -> int:
 
 def run_e2e(args: argparse.Namespace) -> int:
     from avatarchat.bench.e2e import bench_e2e
-    from avatarchat.cli.main import UserError
 
     if not 1 <= args.turns <= 50:
         raise UserError("--turns must be between 1 and 50")

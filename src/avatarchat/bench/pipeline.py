@@ -17,7 +17,7 @@ import numpy as np
 
 from avatarchat.audio.io import load_audio
 from avatarchat.bench.stats import machine, max_rss_mb, summarize_rows
-from avatarchat.engine.config import Config
+from avatarchat.engine.config import PipelineConfig
 from avatarchat.engine.events import (
     ReplyEnd,
     ReplyText,
@@ -43,7 +43,7 @@ QUESTIONS = (
 CHUNK_S = 0.02
 
 
-async def bench_pipeline(config: Config, turns: int, inputs: list[Path], progress: Any) -> dict[str, Any]:
+async def bench_pipeline(config: PipelineConfig, turns: int, inputs: list[Path], progress: Any) -> dict[str, Any]:
     pipeline = await Pipeline.load(config, progress=progress)
     tts = pipeline.handler("tts")
     clips = await _questions(tts, inputs, turns)

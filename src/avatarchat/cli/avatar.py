@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avatarchat.cli.errors import UserError
 from avatarchat.cli.progress import say as _say
 
 
@@ -38,7 +39,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def run_prepare(args: argparse.Namespace) -> int:
     from avatarchat.avatar.prepare import PrepareError, prepare_to_folder
-    from avatarchat.cli.main import UserError
 
     if getattr(args, "verbose", False):
         os.environ["AVATARCHAT_VERBOSE"] = "1"  # let mediapipe's native logs through

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from avatarchat.engine.config import load_config, redact
+from avatarchat.config import load_config, redact
 from avatarchat.engine.handler import STAGES, HandlerLoadError, handlers_for
 from avatarchat.engine.pipeline import Pipeline
 from avatarchat.models import ModelFile, verify

@@ -9,12 +9,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from avatarchat.audio.io import AudioInputError
+from avatarchat.cli.errors import UserError
 from avatarchat.engine.config import ConfigError
 from avatarchat.engine.handler import HandlerLoadError
-
-
-class UserError(Exception):
-    """Something the user can fix; printed as one line, exit code 2."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

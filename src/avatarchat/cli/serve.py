@@ -25,8 +25,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from avatarchat.cli.errors import UserError
 from avatarchat.cli.progress import say as _say
-from avatarchat.engine.config import load_config
+from avatarchat.config import load_config
 from avatarchat.server.settings import ServerSettings
 
 Say = Callable[[str], None]
@@ -89,7 +90,6 @@ def limit_malloc_arenas() -> bool:
 
 def settings_from_args(base: ServerSettings, args: argparse.Namespace) -> ServerSettings:
     """The config's ``server:`` settings with the command-line flags applied (and validated)."""
-    from avatarchat.cli.main import UserError
 
     updates: dict[str, Any] = {}
     for flag, setting in (("host", "host"), ("port", "port"), ("max_sessions", "max_sessions")):
@@ -119,7 +119,6 @@ def check_access(settings: ServerSettings, *, no_auth: bool) -> str | None:
     """The bind rule: ``UserError`` (one line) when ``settings`` would serve a non-loopback
     address without access tokens and ``no_auth`` is not given, or when the auth settings
     cannot work; the warning line to print when ``no_auth`` allows it; else None."""
-    from avatarchat.cli.main import UserError
     from avatarchat.server.auth import is_loopback_bind, parse_networks, secret_problem
 
     try:
@@ -144,7 +143,6 @@ def check_access(settings: ServerSettings, *, no_auth: bool) -> str | None:
 
 def tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
     """The HTTPS context the settings ask for (None for plain HTTP); ``UserError`` if unusable."""
-    from avatarchat.cli.main import UserError
     from avatarchat.server.tls import TLSError, self_signed_cert, ssl_context
 
     try:
@@ -164,7 +162,6 @@ async def serve(settings: ServerSettings, loader: Callable[[], Any], *, ssl_ctx:
     """Listen, load the pipeline, serve until ``stop`` is set (SIGINT/SIGTERM by default),
     then close every session. Raises ``UserError`` (one line) if the port is taken or the
     pipeline fails to load; the server is stopped first, so nothing runs half-started."""
-    from avatarchat.cli.main import UserError
     from avatarchat.server.app import STATE, create_app
     from avatarchat.server.auth import is_loopback_bind
     from avatarchat.server.httpguard import GuardedRunner, GuardedSite
@@ -212,7 +209,6 @@ async def serve(settings: ServerSettings, loader: Callable[[], Any], *, ssl_ctx:
 
 async def _wait_loaded(state: Any, stop: asyncio.Event) -> bool:
     """True once loaded; False if stopped first; ``UserError`` if loading failed."""
-    from avatarchat.cli.main import UserError
 
     loaded = asyncio.ensure_future(state.wait_loaded())
     stopped = asyncio.ensure_future(stop.wait())

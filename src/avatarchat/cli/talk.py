@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from avatarchat.audio.io import atomic_write, load_audio, write_wav
+from avatarchat.cli.errors import UserError
 from avatarchat.cli.progress import say as _say
-from avatarchat.engine.config import load_config
+from avatarchat.config import load_config
 from avatarchat.engine.events import SpeechEnded, TimingMark, now
 from avatarchat.engine.handler import run_blocking
 from avatarchat.engine.pipeline import Pipeline
@@ -60,7 +61,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
-    from avatarchat.cli.main import UserError
 
     if not args.turns:
         raise UserError("talk needs at least one --input AUDIO or --text TEXT")

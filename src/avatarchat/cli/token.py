@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from avatarchat.engine.config import load_config
+from avatarchat.cli.errors import UserError
+from avatarchat.config import load_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -30,7 +31,6 @@ def run(args: argparse.Namespace) -> int:
 
 def make(config_path: str | None, ttl: str, name: str) -> str:
     """A token from the config's secret; ``UserError`` (one line) when it cannot be made."""
-    from avatarchat.cli.main import UserError
     from avatarchat.server.auth import make_token, parse_ttl, secret_problem
 
     auth = load_config(config_path).server.auth

@@ -1,4 +1,4 @@
-"""YAML configuration: one section per stage plus ``session``.
+"""YAML configuration of a pipeline: ``session`` plus one section per stage.
 
     session: {system_prompt: "...", history_turns: 3, language: en}
     vad: {handler: silero, end_ms: 500}
@@ -6,8 +6,14 @@
     llm: {handler: local}
     tts: {handler: hibari}
 
+This is what the engine needs (``PipelineConfig``). An application that keeps sections of its
+own in the same file (``avatarchat.config``: ``server:``) passes their models to
+``parse_sections``; the engine validates them with the same rules and messages, knowing
+nothing of what they mean.
+
 Strings may use ``${NAME}`` and ``${NAME:-default}``. Everything is validated before any
-model loads; errors name the file, the key path and the allowed values.
+model loads; errors name the file, the key path and the allowed values. A key that moved
+(``MOVED_KEYS``) is refused with one line naming its new place.
 
 A config file is untrusted input: at most ``MAX_CONFIG_BYTES`` are read, and its YAML is
 parsed within the depth and size limits of ``yaml_limits`` (aliases expanded), so a "billion
@@ -18,19 +24,17 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from avatarchat.engine import yaml_limits
-from avatarchat.server.settings import ServerSettings
 from avatarchat.engine.handler import OPTIONAL_STAGES, STAGES, HandlerOptions, SessionSettings, handlers_for
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
-TOP_LEVEL_KEYS = ("session", "server", *STAGES)
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 #: The largest config file read (the embedded default is ~4 KiB).
@@ -40,6 +44,12 @@ MAX_CONFIG_BYTES = 256 * 1024
 SECRET_NAME = re.compile(r"(key|secret|password|passwd|token|credential)$", re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^/@\s]*@")
 
+#: Engine keys that moved: old dotted path -> where it lives now.
+MOVED_KEYS: Mapping[str, str] = {
+    "vad.complete_ms": "session.end_of_turn.complete_ms",
+    "vad.unfinished_ms": "session.end_of_turn.unfinished_ms",
+}
+
 
 class ConfigError(ValueError):
     """A config problem, already phrased for the user: ``file: key.path: what is wrong``."""
@@ -47,22 +57,35 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class StageConfig:
+    """One stage of a config: the handler's registered name and its validated options."""
+
     stage: str
     handler: str
     options: HandlerOptions
 
 
 @dataclass(frozen=True)
-class Config:
+class PipelineConfig:
+    """What the engine builds a pipeline from: the config's source (a path, for messages),
+    its ``session:`` section and, per stage present, the handler and its options."""
+
     path: str
     session: SessionSettings
     stages: dict[str, StageConfig] = field(default_factory=dict)
-    server: ServerSettings = field(default_factory=ServerSettings)
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Read, substitute and validate a config file (the embedded default if ``path`` is None)."""
-    file = Path(path) if path is not None else DEFAULT_CONFIG
+# TEMPORARY: engine/pipeline.py (the lead's) still imports this name; it goes once that
+# import reads PipelineConfig. The application's config (with ``server:``) is
+# ``avatarchat.config.Config``.
+Config = PipelineConfig
+
+
+def read_config(path: str | os.PathLike[str]) -> Any:
+    """The YAML document in ``path``, parsed within the limits above (not yet validated).
+
+    Raises ``ConfigError`` (one line naming the file) for a missing, unreadable, oversized
+    or malformed file."""
+    file = Path(path)
     try:
         with file.open("rb") as f:  # bounded read: the path may be a device or a huge file
             data = f.read(MAX_CONFIG_BYTES + 1)
@@ -74,7 +97,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{file}: larger than {MAX_CONFIG_BYTES // 1024} KiB; a config is a few KiB")
     try:
-        raw = yaml_limits.load(text)
+        return yaml_limits.load(text)
     except yaml_limits.YamlTooComplex as exc:
         raise ConfigError(f"{file}: line {exc.line}: {exc}") from None
     except yaml.MarkedYAMLError as exc:
@@ -88,7 +111,12 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except (ValueError, TypeError, OverflowError) as exc:
         # A tagged value its constructor cannot build (``!!timestamp 2024-99-99``, ``!!int abc``).
         raise ConfigError(f"{file}: not valid YAML: a value cannot be read ({_one_line(str(exc))[:120]})") from None
-    return parse_config(raw, str(file))
+
+
+def load_pipeline_config(path: str | os.PathLike[str]) -> PipelineConfig:
+    """Read and validate a config of ``session:`` and stage sections only (no application
+    sections: a ``server:`` section is an unknown section here)."""
+    return parse_sections(read_config(path), str(path))[0]
 
 
 class Masked(str):
@@ -122,19 +150,28 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def parse_config(raw: Any, source: str = "<config>") -> Config:
-    """Validate an already-parsed YAML document."""
+def parse_sections(raw: Any, source: str = "<config>", sections: Mapping[str, type[BaseModel]] | None = None,
+                   moved: Mapping[str, str] | None = None) -> tuple[PipelineConfig, dict[str, Any]]:
+    """Validate an already-parsed YAML document: the engine's sections into a
+    ``PipelineConfig``, and each of ``sections`` (an application's own top-level sections,
+    name -> pydantic model, validated as ``{}`` when absent) into its model.
+
+    A key of ``MOVED_KEYS`` or of ``moved`` (old dotted path -> new place) is refused before
+    anything is validated. Raises ``ConfigError``: ``source: key.path: what is wrong``."""
+    extra = dict(sections or {})
+    allowed = ("session", *extra, *STAGES)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections ({', '.join(TOP_LEVEL_KEYS)})")
+        raise ConfigError(f"{source}: the top level must be a mapping of sections ({', '.join(allowed)})")
     raw = _substitute(raw, source, "")
     odd = [k for k in raw if not isinstance(k, str)]
     if odd:
-        raise ConfigError(f"{source}: {str(odd[0])[:40]!r}: a section name must be text; allowed: {', '.join(TOP_LEVEL_KEYS)}")
-    unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS))
+        raise ConfigError(f"{source}: {str(odd[0])[:40]!r}: a section name must be text; allowed: {', '.join(allowed)}")
+    unknown = sorted(set(raw) - set(allowed))
     if unknown:
-        raise ConfigError(f"{source}: {unknown[0]}: unknown section; allowed: {', '.join(TOP_LEVEL_KEYS)}")
+        raise ConfigError(f"{source}: {unknown[0]}: unknown section; allowed: {', '.join(allowed)}")
+    _refuse_moved(raw, source, {**MOVED_KEYS, **(moved or {})})
     session = _validate(SessionSettings, raw.get("session") or {}, source, "session")
     stages = {}
     for stage in STAGES:
@@ -145,8 +182,19 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
             required = ", ".join(s for s in STAGES if s not in OPTIONAL_STAGES)
             raise ConfigError(f"{source}: {stage}: missing section; every config needs {required}")
         stages[stage] = _stage(stage, section, source)
-    server = _validate(ServerSettings, raw.get("server") or {}, source, "server")
-    return Config(source, session, stages, server)
+    validated = {name: _validate(model, raw.get(name) or {}, source, name) for name, model in extra.items()}
+    return PipelineConfig(source, session, stages), validated
+
+
+def _refuse_moved(raw: dict[str, Any], source: str, moved: Mapping[str, str]) -> None:
+    for old, new in moved.items():
+        node: Any = raw
+        for part in old.split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            raise ConfigError(f"{source}: {old}: moved to {new}")
 
 
 def _stage(stage: str, section: Any, source: str) -> StageConfig:
@@ -167,7 +215,7 @@ def _stage(stage: str, section: Any, source: str) -> StageConfig:
     return StageConfig(stage, name, _validate(cls.Options, options, source, stage))
 
 
-def _validate(model: type[HandlerOptions], data: Any, source: str, prefix: str) -> Any:
+def _validate(model: type[BaseModel], data: Any, source: str, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: {prefix}: must be a mapping of options")
     try:
