@@ -8,11 +8,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
+import yaml
 
+from avatarchat.config import DEFAULT_CONFIG, load_config
 from avatarchat.engine.events import ErrorEvent, Event, ReplyEnd, ReplyText, TimingMark, TurnCancelled, UserTranscript
 from avatarchat.engine.handler import HandlerOptions, SessionInfo, SessionSettings
+from avatarchat.engine.pipeline import Pipeline
 from avatarchat.engine.session import Session
 from avatarchat.handlers.llm.base import FALLBACK_REPLY, MAX_REMEMBERED_CHARS, ChatContext, ChatLLM, Message, complete_sentences
 from avatarchat.handlers.llm.local import LocalLLM
@@ -307,6 +311,38 @@ async def test_local_cancel_stops_generation(local_llm: LocalLLM) -> None:
         ctx = session._stages[0].ctx  # white-box: check what the LLM remembers
         assert [u for u, _ in ctx.history] == ["Hello!"]
         assert ctx.asked == {turn: "Tell me a very long story about a dragon."}
+
+
+PERSONA = ("You are Captain Nemo of the Nautilus, an engineer who answers questions about the sea, "
+           "ships, whales and storms in two short sentences, with the calm of a sailor who has seen every ocean.")
+OTHER_PERSONA = ("You are Doctor Watson, a retired army surgeon from London who answers questions about "
+                 "medicine, crime and travel in two short sentences, with the warmth of an old friend.")
+
+
+@pytest.mark.slow
+async def test_local_warms_the_configured_persona(tmp_path: Path) -> None:
+    # The config's persona reaches the handler through Pipeline.build (use_session) before
+    # load; load's warm-up leaves it in the only slot's KV cache, so the first question of
+    # a session with that persona reads only its own words. A persona never warmed is read
+    # whole: that is the measure's own check.
+    doc = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    doc["session"]["system_prompt"] = PERSONA
+    doc["llm"]["parallel"] = 1  # one slot: the warmed one
+    (tmp_path / "persona.yaml").write_text(yaml.safe_dump(doc))
+    config = load_config(tmp_path / "persona.yaml")
+    llm = Pipeline.build(config).handler("llm")
+    assert isinstance(llm, LocalLLM) and llm.options.parallel == 1
+    llm.load()
+    read = {}
+    for persona in (PERSONA, OTHER_PERSONA):
+        ctx = llm.create_context(SessionInfo("t", SessionSettings(system_prompt=persona)))
+        async for _ in llm.handle(ctx, UserTranscript(1, "Where do whales sleep?")):
+            pass
+        read[persona] = ctx.prompt_tokens_read
+    warmed, cold = read[PERSONA], read[OTHER_PERSONA]
+    assert warmed is not None and cold is not None
+    print(f"prompt tokens read: {warmed} with the warmed persona, {cold} with another")
+    assert cold >= 30 and warmed <= 15, read  # the personas are ~40 tokens, the question ~10
 
 
 # --- openai_compatible against llama.cpp's own HTTP server -----------------------------------

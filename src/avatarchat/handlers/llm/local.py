@@ -3,7 +3,8 @@
 One llama.cpp server object is shared by every session; it has ``parallel`` slots, so that
 many sessions generate at once and further ones wait for a free slot. Each slot keeps the
 KV cache of its last prompt ("cache_prompt"), so the system prompt and the history are not
-recomputed on every turn; ``load`` warms a slot with the default system prompt.
+recomputed on every turn; ``load`` warms a slot with the configured persona (the ``session:``
+section's ``system_prompt``, given by ``use_session`` before ``load``).
 
 xllamacpp's streaming call blocks its thread and calls back per chunk on that thread. It
 runs on this handler's own thread pool (one thread per slot); the callback hands deltas to
@@ -24,7 +25,7 @@ from typing import Any
 
 from pydantic import Field
 
-from avatarchat.engine.handler import HandlerLoadError, HandlerOptions, SessionSettings, register
+from avatarchat.engine.handler import HandlerLoadError, HandlerOptions, register
 from avatarchat.handlers.llm.base import ChatContext, ChatLLM, Message
 from avatarchat.models import ModelFile
 
@@ -94,7 +95,7 @@ class LocalLLM(ChatLLM[LocalLLMOptions]):
         return [SMOLLM2_135M]
 
     def load(self) -> None:
-        """Verify the GGUF, start llama.cpp, warm the default system prompt (blocking, ~1 s)."""
+        """Verify the GGUF, start llama.cpp, warm the configured system prompt (blocking, ~1 s)."""
         path = SMOLLM2_135M.locate()
         try:
             import xllamacpp
@@ -128,10 +129,10 @@ class LocalLLM(ChatLLM[LocalLLMOptions]):
         self._warm_up()
 
     def _warm_up(self) -> None:
-        # Fills one slot's KV cache with the default system prompt, so a session that uses
-        # it pays only for its own words on the first turn.
+        # Fills one slot's KV cache with the configured persona, so a session pays only for
+        # its own words on the first turn. The reply (one token) is thrown away.
         t0 = time.perf_counter()
-        system = SessionSettings().system_prompt
+        system = self.session_settings.system_prompt
         request = self._request([{"role": "system", "content": system}, {"role": "user", "content": "Hi"}])
         request["max_tokens"] = 1
         self._check(self._server.handle_chat_completions(request))
