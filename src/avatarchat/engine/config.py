@@ -116,7 +116,7 @@ def read_config(path: str | os.PathLike[str]) -> Any:
 def load_pipeline_config(path: str | os.PathLike[str]) -> PipelineConfig:
     """Read and validate a config of ``session:`` and stage sections only (no application
     sections: a ``server:`` section is an unknown section here)."""
-    return parse_sections(read_config(path), str(path))[0]
+    return parse_sections(read_config(path), str(Path(path)))[0]
 
 
 class Masked(str):
