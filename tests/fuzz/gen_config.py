@@ -83,11 +83,16 @@ def typed(base: dict[str, Any]) -> list[ConfigCase]:
     for key, value in session:
         out.append(ConfigCase(f"session.{key} = {value!r:.30}", _dump(_set(base, "session", key, value))))
     # Keys that moved: each is refused, naming its new place.
-    for section, body in [("vad", {"complete_ms": 250}), ("vad", {"unfinished_ms": 1600}),
-                          ("server", {"barge_in": {"enabled": False}}), ("server", {"barge_in": {"echo_guard": True}})]:
+    moved_keys: list[tuple[str, Any]] = [("vad.complete_ms", 250), ("vad.unfinished_ms", 1600),
+                                         ("server.barge_in.enabled", False), ("server.barge_in.echo_guard", True)]
+    for old, value in moved_keys:
         moved = copy.deepcopy(base)
-        moved.setdefault(section, {}).update(body)
-        out.append(ConfigCase(f"moved key {section}.{next(iter(body))}", _dump(moved)))
+        *parents, key = old.split(".")
+        node = moved
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[key] = value
+        out.append(ConfigCase(f"moved key {old}", _dump(moved)))
     for path, value in [("vad.threshold", ".nan"), ("vad.threshold", ".inf"), ("llm.temperature", "-.inf"),
                         ("session.history_turns", "-5"), ("vad.end_ms", "1e400"), ("asr.threads", "0"),
                         ("llm.max_tokens", "99999999999999999999"), ("avatar.fps", "0")]:
