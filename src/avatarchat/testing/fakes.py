@@ -1,0 +1,358 @@
+"""Hand-written fake handlers for fast engine tests: scripted, deterministic, no models.
+
+Each fake reads time only from its session's clock (``SessionInfo.clock``) and does its work
+on the event loop, so with a ``FakeClock`` a whole conversation (the user speaking, the
+reply streaming and playing) runs in virtual time:
+
+- ``ScriptedVAD`` turns a script of ``UserSpeech`` into the VAD's events as microphone
+  chunks arrive, like livekit's ``FakeUserSpeech``;
+- ``FakeASR`` gives each utterance the transcript its script says;
+- ``FakeLLM`` streams scripted replies word by word (a real ``ChatLLM``: its history is
+  the base class's);
+- ``FakeTTS`` speaks each clause as a tone with phoneme timings at a fixed rate.
+
+None of them is registered: a test builds them and hands the instances to
+``run_pipeline_test`` or to a ``Session``. They say what they saw (``requests``, ``spoken``)
+so a test can assert on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from avatarchat.engine.events import (
+    Event,
+    PhonemeTiming,
+    ReplyAudio,
+    ReplyEnd,
+    ReplyText,
+    SpeechEnded,
+    SpeechOngoing,
+    SpeechStarted,
+    TimingMark,
+    TurnCancelled,
+    UserAudio,
+    UserTranscript,
+)
+from avatarchat.engine.handler import Handler, HandlerOptions, SessionInfo
+from avatarchat.handlers.llm.base import ChatContext, ChatLLM, Message
+from avatarchat.handlers.tts.text import ClauseSplitter
+
+#: The rate of the utterances ``ScriptedVAD`` hands on (the VAD's, as silero's).
+VAD_RATE = 16_000
+
+
+# --- the user ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UserSpeech:
+    """One utterance of the scripted user: voiced from ``start`` to ``end`` (seconds after the
+    session started), heard by ``FakeASR`` as ``transcript``."""
+
+    start: float
+    end: float
+    transcript: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start < self.end:
+            raise ValueError(f"speech must start at 0 s or later and end after it starts: {self}")
+
+
+@dataclass
+class _Utterance:
+    speech: UserSpeech
+    turn: int | None = None
+    reported_until: float = 0.0  # the last SpeechOngoing's voiced_until (session time)
+    done: bool = False
+    cancelled: bool = False
+
+
+@dataclass
+class ScriptedVADContext:
+    info: SessionInfo
+    t0: float
+    pending: list[_Utterance]
+    turns: dict[int, UserSpeech] = field(default_factory=dict)
+
+
+class ScriptedVADOptions(HandlerOptions):
+    """The timing of a VAD like ``silero``'s, in milliseconds."""
+
+    start_ms: int = 96
+    progress_ms: int = 64
+    end_ms: int = 500
+    min_utterance_ms: int = 200
+
+
+class ScriptedVAD(Handler[ScriptedVADOptions]):
+    """A VAD that hears the script, not the audio: ``UserAudio`` in (any content; each chunk
+    is taken to end at its arrival on the session's clock), the events of a VAD out.
+
+    Promises, per ``UserSpeech`` (times relative to the session's start, so every session
+    replays the script): ``SpeechStarted(at=start)`` with a new turn once ``start_ms`` of it
+    has been heard (none at all for shorter speech); a ``SpeechOngoing`` every
+    ``progress_ms`` of voice after that; once ``end_ms`` of silence followed it,
+    ``TurnCancelled("too short")`` if it lasted under ``min_utterance_ms``, else
+    ``SpeechEnded(speech_end=end)`` with an utterance of matching length. Each event comes
+    out with the first chunk that arrives at or after its time. A turn the session cancels
+    says nothing more.
+    """
+
+    name = "scripted"
+    stage = "vad"
+    Options = ScriptedVADOptions
+    accepts = (UserAudio,)
+
+    def __init__(self, script: Sequence[UserSpeech], options: ScriptedVADOptions | None = None) -> None:
+        super().__init__(options or ScriptedVADOptions())
+        self.script = sorted(script, key=lambda s: s.start)
+        self._sessions: dict[str, ScriptedVADContext] = {}
+
+    def create_context(self, session: SessionInfo) -> ScriptedVADContext:
+        ctx = ScriptedVADContext(session, session.clock.now(), [_Utterance(s) for s in self.script])
+        self._sessions[session.session_id] = ctx
+        return ctx
+
+    def close_context(self, ctx: ScriptedVADContext) -> None:
+        self._sessions.pop(ctx.info.session_id, None)
+
+    def speech_of(self, session_id: str, turn: int) -> UserSpeech | None:
+        """The scripted speech that started ``turn`` of that session (for ``FakeASR``)."""
+        ctx = self._sessions.get(session_id)
+        return ctx.turns.get(turn) if ctx is not None else None
+
+    async def handle(self, ctx: ScriptedVADContext, event: Event) -> AsyncIterator[Event]:
+        now = ctx.info.clock.now()
+        for u in ctx.pending:
+            for out in self._due(ctx, u, now):
+                yield out
+        ctx.pending = [u for u in ctx.pending if not u.done]
+
+    def _due(self, ctx: ScriptedVADContext, u: _Utterance, now: float) -> list[Event]:
+        o = self.options
+        s, t0 = u.speech, ctx.t0
+        out: list[Event] = []
+        if u.turn is None:
+            if s.end - s.start < o.start_ms / 1000:
+                u.done = now >= t0 + s.end  # a click: never a turn
+                return out
+            if now < t0 + s.start + o.start_ms / 1000:
+                return out
+            u.turn = ctx.info.new_turn()
+            u.reported_until = s.start + o.start_ms / 1000
+            ctx.turns[u.turn] = s
+            out += [SpeechStarted(u.turn, at=t0 + s.start), TimingMark(u.turn, "speech_start", at=t0 + s.start)]
+        if u.cancelled:
+            u.done = now >= t0 + s.end + o.end_ms / 1000
+            return out
+        step = o.progress_ms / 1000
+        while step > 0 and u.reported_until + step <= s.end + 1e-9 and t0 + u.reported_until + step <= now + 1e-9:
+            u.reported_until += step
+            out.append(SpeechOngoing(u.turn, voiced_until=t0 + u.reported_until))
+        if now + 1e-9 >= t0 + s.end + o.end_ms / 1000:
+            u.done = True
+            if s.end - s.start < o.min_utterance_ms / 1000:
+                out.append(TurnCancelled(u.turn, reason="too short"))
+            else:
+                audio = np.zeros(int((s.end - s.start) * VAD_RATE), np.float32)
+                out += [TimingMark(u.turn, "speech_end", at=t0 + s.end), TimingMark(u.turn, "vad_end", at=now),
+                        SpeechEnded(u.turn, audio=audio, speech_end=t0 + s.end, at=now)]
+        return out
+
+    def cancel_turn(self, ctx: ScriptedVADContext, turn: int) -> None:
+        for u in ctx.pending:
+            if u.turn == turn:
+                u.cancelled = True
+
+
+class FakeASR(Handler[HandlerOptions]):
+    """``SpeechEnded`` in, the script's ``UserTranscript(final=True)`` out, ``latency_s``
+    (session clock) after it arrived, with a ``TimingMark("asr_final")``. An utterance the
+    script does not know is heard as ""."""
+
+    name = "fake"
+    stage = "asr"
+    accepts = (SpeechEnded,)
+
+    def __init__(self, vad: ScriptedVAD, latency_s: float = 0.0) -> None:
+        super().__init__(HandlerOptions())
+        self.vad = vad
+        self.latency_s = latency_s
+
+    def create_context(self, session: SessionInfo) -> SessionInfo:
+        return session
+
+    async def handle(self, ctx: SessionInfo, event: Event) -> AsyncIterator[Event]:
+        if self.latency_s > 0:
+            await ctx.clock.sleep_until(ctx.clock.now() + self.latency_s)
+        speech = self.vad.speech_of(ctx.session_id, event.turn)
+        yield TimingMark(event.turn, "asr_final", at=ctx.clock.now())
+        yield UserTranscript(event.turn, speech.transcript if speech is not None else "", final=True)
+
+
+# --- the reply ---------------------------------------------------------------------------------
+
+
+Replies = Sequence[str] | Callable[[list[Message]], str]
+
+
+class FakeLLM(ChatLLM[HandlerOptions]):
+    """A ``ChatLLM`` whose model is a script: reply ``n`` is ``replies[n]`` (the last one
+    again once they run out), or ``replies(messages)``; streamed a word per delta, the first
+    ``first_token_s`` and each next ``token_s`` later on the session's clock.
+
+    ``requests`` holds every message list the model was asked with, so a test sees the
+    history (a cut reply as the user heard it). ``active_generations()`` counts streams
+    running now; a stream stops at once when the engine closes it.
+    """
+
+    name = "fake"
+
+    def __init__(self, replies: Replies = ("Hello there. How are you today?",), *,
+                 first_token_s: float = 0.1, token_s: float = 0.05) -> None:
+        super().__init__(HandlerOptions())
+        self.replies = replies
+        self.first_token_s = first_token_s
+        self.token_s = token_s
+        self.requests: list[list[Message]] = []
+        self._active = 0
+
+    def active_generations(self) -> int:
+        return self._active
+
+    def reply_for(self, messages: list[Message]) -> str:
+        if callable(self.replies):
+            return self.replies(messages)
+        n = min(len(self.requests) - 1, len(self.replies) - 1)
+        return self.replies[n]
+
+    async def stream(self, ctx: ChatContext, messages: list[Message]) -> AsyncGenerator[str, None]:
+        clock = ctx.session.clock
+        self.requests.append([dict(m) for m in messages])
+        words = self.reply_for(messages).split(" ")
+        self._active += 1
+        try:
+            wait = self.first_token_s
+            for i, word in enumerate(words):
+                if wait > 0:
+                    await clock.sleep_until(clock.now() + wait)
+                wait = self.token_s
+                yield word if i == 0 else f" {word}"
+        finally:
+            self._active -= 1
+
+
+class FakeTTSOptions(HandlerOptions):
+    """How the fake voice speaks: each letter of a word is a phoneme of ``phoneme_ms``,
+    words are ``gap_ms`` apart; a clause takes ``synth_ms`` (session clock) to make."""
+
+    phoneme_ms: int = 60
+    gap_ms: int = 40
+    synth_ms: int = 0
+
+
+@dataclass
+class _Reply:
+    splitter: ClauseSplitter = field(default_factory=ClauseSplitter)
+    offset: float = 0.0
+    spoke: bool = False
+
+
+@dataclass
+class FakeTTSContext:
+    info: SessionInfo
+    replies: dict[int, _Reply] = field(default_factory=dict)
+
+
+class FakeTTS(Handler[FakeTTSOptions]):
+    """A voice without a model: ``ReplyText`` deltas in, one ``ReplyAudio`` per clause out
+    (the text is passed on too), then the ``ReplyEnd``.
+
+    Promises what ``StreamingTTS`` promises (clauses cut by the real ``ClauseSplitter``;
+    ``TimingMark("tts_first_audio")`` before the first chunk; ``offset`` contiguous from 0;
+    nothing of a cancelled turn), with audio of a known length: a clause of words
+    w1..wn lasts ``sum(len(w) * phoneme_ms) + n * gap_ms`` and its phoneme timings say so,
+    letter by letter with a space between words, so ``engine.heard`` can tell which words
+    a position on the reply's clock has completed. ``spoken`` lists every clause said as
+    ``(turn, text)``.
+    """
+
+    name = "fake"
+    stage = "tts"
+    Options = FakeTTSOptions
+    accepts = (ReplyText, ReplyEnd)
+    forwards = (ReplyText,)
+    sample_rate: ClassVar[int] = 16_000
+
+    def __init__(self, options: FakeTTSOptions | None = None) -> None:
+        super().__init__(options or FakeTTSOptions())
+        self.spoken: list[tuple[int, str]] = []
+
+    def create_context(self, session: SessionInfo) -> FakeTTSContext:
+        return FakeTTSContext(session)
+
+    def synthesize(self, text: str) -> tuple[np.ndarray, tuple[PhonemeTiming, ...]]:
+        """``text`` as a quiet 220 Hz tone and its letter-by-letter phoneme timings."""
+        per, gap = self.options.phoneme_ms / 1000, self.options.gap_ms / 1000
+        phonemes: list[PhonemeTiming] = []
+        t = 0.0
+        for word in text.split():
+            for letter in word:
+                phonemes.append(PhonemeTiming(letter, t, t + per))
+                t += per
+            phonemes.append(PhonemeTiming(" ", t, t + gap))
+            t += gap
+        rate = self.sample_rate
+        samples = (0.1 * np.sin(2 * np.pi * 220 * np.arange(round(t * rate)) / rate)).astype(np.float32)
+        return samples, tuple(phonemes)
+
+    async def handle(self, ctx: FakeTTSContext, event: Event) -> AsyncIterator[Event]:
+        if isinstance(event, ReplyText):
+            reply = ctx.replies.setdefault(event.turn, _Reply())
+            for clause in reply.splitter.feed(event.text):
+                async for out in self._speak(ctx, reply, event.turn, clause):
+                    yield out
+            return
+        assert isinstance(event, ReplyEnd)
+        reply = ctx.replies.get(event.turn) or _Reply()
+        for clause in reply.splitter.flush():
+            async for out in self._speak(ctx, reply, event.turn, clause):
+                yield out
+        ctx.replies.pop(event.turn, None)
+        yield event
+
+    async def _speak(self, ctx: FakeTTSContext, reply: _Reply, turn: int, text: str) -> AsyncIterator[Event]:
+        if not any(c.isalnum() for c in text):
+            return
+        clock = ctx.info.clock
+        if self.options.synth_ms > 0:
+            await clock.sleep_until(clock.now() + self.options.synth_ms / 1000)
+        samples, phonemes = self.synthesize(text)
+        if not reply.spoke:
+            reply.spoke = True
+            yield TimingMark(turn, "tts_first_audio", at=clock.now())
+        self.spoken.append((turn, text))
+        chunk = ReplyAudio(turn, samples, self.sample_rate, reply.offset, text, phonemes)
+        reply.offset += chunk.duration
+        yield chunk
+
+    def cancel_turn(self, ctx: FakeTTSContext, turn: int) -> None:
+        ctx.replies.pop(turn, None)
+
+
+def speech_seconds(text: str, options: FakeTTSOptions | None = None) -> float:
+    """How long ``FakeTTS`` (with ``options``) speaks ``text`` as one clause."""
+    o = options or FakeTTSOptions()
+    words = text.split()
+    return (sum(len(w) for w in words) * o.phoneme_ms + len(words) * o.gap_ms) / 1000
+
+
+__all__: list[str] = [
+    "FakeASR", "FakeLLM", "FakeTTS", "FakeTTSOptions", "ScriptedVAD", "ScriptedVADOptions", "UserSpeech",
+    "speech_seconds",
+]
