@@ -33,7 +33,9 @@ from avatarchat.testing.conformance import (
 )
 from avatarchat.testing.lag import assert_responsive, idle_lag
 
-pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
+# Each async case is marked for pytest-asyncio's strict mode (a third party's default);
+# the module is not, as one case is sync.
+pytestmark = pytest.mark.slow
 
 LONG = "Tell me a long story about a brave little dragon."
 SHORT = "What is the capital of France?"
@@ -67,6 +69,7 @@ async def ask(session: Session, text: str, timeout: float = 30.0) -> list[Event]
     return of_turn(await until_ended(session, turn, timeout=timeout), turn)
 
 
+@pytest.mark.asyncio
 async def test_cancel_mid_stream_stops_generation(llm_handler: Handler[Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """Cancelled right after its first delta, a turn emits TurnCancelled and nothing more,
     its generation stops within 0.5 s, and the next turn is answered in full."""
@@ -91,6 +94,7 @@ async def test_cancel_mid_stream_stops_generation(llm_handler: Handler[Any], mon
         assert_complete_reply([e for e in following if not isinstance(e, UserTranscript)], following[0].turn)
 
 
+@pytest.mark.asyncio
 async def test_reply_end_text_is_the_concatenated_deltas(llm_handler: Handler[Any]) -> None:
     """A reply streams in several deltas and its ReplyEnd, last, carries their concatenation."""
     async with session_for(llm_handler) as session:
@@ -101,6 +105,7 @@ async def test_reply_end_text_is_the_concatenated_deltas(llm_handler: Handler[An
     print(f"{llm_handler.name}: {end.text!r}")
 
 
+@pytest.mark.asyncio
 async def test_interleaved_turns_are_answered_in_order(llm_handler: Handler[Any]) -> None:
     """Two turns said back to back are both answered, one after the other: each turn's
     events form one contiguous run, in order, ending with its own ReplyEnd."""
@@ -115,6 +120,7 @@ async def test_interleaved_turns_are_answered_in_order(llm_handler: Handler[Any]
     assert_complete_reply(events[n:], b)
 
 
+@pytest.mark.asyncio
 async def test_slow_consumer_gets_every_event_in_order(llm_handler: Handler[Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """A consumer that takes 20–50 ms per event still gets every event the handler made,
     once each and in order, and the event loop stays responsive meanwhile."""
@@ -139,6 +145,7 @@ async def test_slow_consumer_gets_every_event_in_order(llm_handler: Handler[Any]
     assert_responsive(probe.lags, idle, f"{llm_handler.name}, {len(events)} events to a slow consumer")
 
 
+@pytest.mark.asyncio
 async def test_error_mid_stream_ends_only_its_turn(llm_handler: Handler[Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """A generation that fails after its first delta gives exactly one ErrorEvent naming the
     llm stage and a TurnCancelled(reason="error"), nothing more of that turn, a stopped
@@ -190,6 +197,7 @@ async def test_error_mid_stream_ends_only_its_turn(llm_handler: Handler[Any], mo
         assert_complete_reply([e for e in following if not isinstance(e, UserTranscript)], following[0].turn)
 
 
+@pytest.mark.asyncio
 async def test_empty_transcript_gives_an_empty_reply_end(llm_handler: Handler[Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """An empty (or blank) transcript is answered by ReplyEnd("") alone, without asking the model."""
     streams: list[list[Message]] = []
