@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from avatarchat.engine.clock import Cancellable
 from avatarchat.engine.events import AvatarFrame, ReplyAudio
 from avatarchat.engine.sink import PlaybackListener, ReplySink
 from avatarchat.server.tracks import MediaClock, Playout, PlayoutListener
@@ -23,7 +24,7 @@ class HandClock:
     def now(self) -> float:
         return self.t
 
-    def call_at(self, when: float, fn: Callable[[], None]) -> None:
+    def call_at(self, when: float, fn: Callable[[], None]) -> Cancellable:
         raise AssertionError("the playout sets no timers")
 
     async def sleep_until(self, when: float) -> None:
@@ -111,7 +112,7 @@ def test_a_reply_without_audio_finishes_at_its_end_and_frames_follow_the_audio()
 
 
 def test_the_older_listener_hears_only_replies_played_to_their_end() -> None:
-    clock, ended = HandClock(), []
+    clock, ended = HandClock(), list[int]()
     playout = Playout(MediaClock(clock), PlayoutListener(finished=ended.append))
     playout.add_audio(ReplyAudio(1, tone(0.1), 24000, 0.0, "a"))
     playout.end(1)

@@ -38,19 +38,22 @@ class Peer(Protocol):
     """
 
     id: str
-    #: The clock's time of the last speech the VAD accepted or valid user message.
-    last_activity: float
+
+    @property
+    def last_activity(self) -> float:
+        """The clock's time of the last speech the VAD accepted or valid user message."""
 
     async def close(self, reason: str = "closed") -> None: ...
 
 
 #: ``(pipeline, sdp, type_, settings, *, metrics, on_closed) -> (peer, answer_sdp)``
 PeerFactory = Callable[..., Awaitable[tuple[Any, str]]]
-#: What ``open_session`` returns besides the session (the answer SDP of a WebRTC peer).
+#: The session ``open_session`` opens, and what it returns besides (a WebRTC peer's answer SDP).
+S = TypeVar("S", bound=Peer)
 R = TypeVar("R")
 #: ``(on_closed) -> (session, extra)``: opens one session of any transport, which calls
 #: ``on_closed(session)`` once when it closes (possibly before this returns).
-Opener = Callable[[Callable[[Any], None]], Awaitable[tuple[Any, R]]]
+Opener = Callable[[Callable[[Any], None]], Awaitable[tuple[S, R]]]
 
 
 class ServerFull(Exception):
@@ -116,7 +119,7 @@ class SessionManager:
 
         return await self.open_session(opener, client=client)
 
-    async def open_session(self, opener: Opener[R], *, client: str = "") -> tuple[Peer, R]:
+    async def open_session(self, opener: Opener[S, R], *, client: str = "") -> tuple[S, R]:
         """Open one session of any transport with ``opener`` for ``client`` (its address)
         and return it with what ``opener`` returned besides it.
 
@@ -151,7 +154,7 @@ class SessionManager:
         else:
             self._clients.pop(client, None)
 
-    async def _open(self, opener: Opener[R], client: str) -> tuple[Peer, R]:
+    async def _open(self, opener: Opener[S, R], client: str) -> tuple[S, R]:
         holder: dict[str, Any] = {"peer": None, "closed": False}
 
         def on_closed(*_: object) -> None:
