@@ -6,7 +6,8 @@
   see that package's docstring).
 - ``run_pipeline_test``: send events, typed text or audio through a session built from
   handler instances and get the output events back (pipecat's ``run_test`` style).
-- ``FakeClock``: virtual time for the engine's ``Clock``.
+- ``FakeClock``: virtual time for the engine's ``Clock``; ``FakeSink``: a ``ReplySink``
+  that plays replies on it.
 - Fakes for fast engine tests: ``ScriptedVAD``/``UserSpeech`` (a scripted user),
   ``FakeASR``, ``FakeLLM``, ``FakeTTS``.
 """
@@ -24,16 +25,19 @@ from avatarchat.testing.fakes import (
 )
 from avatarchat.testing.harness import Audio, Wait, run_pipeline_test
 from avatarchat.testing.reading import ended, of_turn, summary
+from avatarchat.testing.sink import FakeSink, SinkRecord
 
 __all__ = [
     "Audio",
     "FakeASR",
     "FakeClock",
     "FakeLLM",
+    "FakeSink",
     "FakeTTS",
     "FakeTTSOptions",
     "ScriptedVAD",
     "ScriptedVADOptions",
+    "SinkRecord",
     "UserSpeech",
     "Wait",
     "ended",
