@@ -23,7 +23,7 @@ from avatarchat.testing.fakes import (
     UserSpeech,
     speech_seconds,
 )
-from avatarchat.testing.harness import Audio, Wait, run_pipeline_test
+from avatarchat.testing.harness import Audio, Wait, pipeline_of, run_pipeline_test
 from avatarchat.testing.reading import ended, of_turn, summary
 from avatarchat.testing.sink import FakeSink, SinkRecord
 
@@ -42,6 +42,7 @@ __all__ = [
     "Wait",
     "ended",
     "of_turn",
+    "pipeline_of",
     "run_pipeline_test",
     "speech_seconds",
     "summary",

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from avatarchat.engine.clock import REAL_CLOCK, Clock
+from avatarchat.engine.config import PipelineConfig, StageConfig
 from avatarchat.engine.events import NO_TURN, Event, TimingMark, UserAudio
 from avatarchat.engine.handler import Handler, SessionInfo, SessionSettings
 from avatarchat.engine.pipeline import Pipeline
@@ -143,6 +144,17 @@ async def run_pipeline_test(
             f"events:  {summary(out)}"
         )
     return out
+
+
+def pipeline_of(handlers: Sequence[Handler[Any]], settings: SessionSettings | None = None) -> Pipeline:
+    """A ``Pipeline`` of these handler instances (loaded already; fakes need nothing), with
+    ``settings`` as its config's ``session:`` section, as ``Pipeline.build`` would make
+    from a config file: for what takes a pipeline (``engine.conversation.Conversation``)."""
+    settings = settings or SessionSettings()
+    for handler in handlers:
+        handler.use_session(settings)
+    stages = {h.stage: StageConfig(h.stage, h.name, h.options) for h in handlers}
+    return Pipeline(PipelineConfig("<test>", settings, stages), list(handlers))
 
 
 def _session(handlers: Sequence[Handler[Any]] | Pipeline, clock: Clock | None,
