@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -19,8 +20,12 @@ def test_it_is_a_clock_and_starts_away_from_zero() -> None:
 async def test_timers_run_in_time_order_each_at_its_own_time() -> None:
     clock = FakeClock(start=0.0)
     seen: list[tuple[str, float]] = []
+
+    def timer(name: str) -> Callable[[], None]:
+        return lambda: seen.append((name, clock.now()))
+
     for name, when in [("c", 0.3), ("a", 0.1), ("b", 0.2), ("b2", 0.2)]:
-        clock.call_at(when, lambda name=name: seen.append((name, clock.now())))
+        clock.call_at(when, timer(name))
     await clock.advance(0.15)
     assert seen == [("a", 0.1)] and clock.now() == 0.15
     await clock.advance(1.0)
@@ -99,7 +104,11 @@ async def test_a_chain_of_queue_hand_offs_settles_within_one_advance() -> None:
 
 async def test_run_until_idle_and_time_does_not_go_back() -> None:
     clock = FakeClock(start=0.0)
-    clock.call_at(2.0, lambda: clock.call_at(3.5, lambda: None))
+
+    def set_another() -> None:
+        clock.call_at(3.5, lambda: None)
+
+    clock.call_at(2.0, set_another)
     assert await clock.run_until_idle() == 3.5
     with pytest.raises(ValueError):
         await clock.advance(-1)

@@ -147,7 +147,9 @@ async def test_an_error_ends_the_turn_with_the_engines_error_path() -> None:
     # The transcript the LLM passed on belonged to the failed turn: it is dropped with it.
     events = await run_pipeline_test([FakeLLM(broken)], ["Hello?"], clock=FakeClock(),
                                      expected=[ErrorEvent, TurnCancelled])
-    assert events[-1] == TurnCancelled(1, "error") and "on fire" in events[0].message
+    error = events[0]
+    assert isinstance(error, ErrorEvent) and "on fire" in error.message
+    assert events[-1] == TurnCancelled(1, "error")
 
 
 async def test_expected_types_that_differ_fail_with_both_listings() -> None:

@@ -14,7 +14,16 @@ import pytest
 
 from avatarchat.engine.handler import Handler
 from avatarchat.testing.conformance.factories import ConformanceFactory, Factories
-from avatarchat.testing.conformance.fixtures import *  # noqa: F401,F403
+# The suite's fixtures and hooks, but not its avatarchat_factories: this file gives its own.
+from avatarchat.testing.conformance.fixtures import (  # noqa: F401
+    avatar_handler,
+    llm_handler,
+    no_leaked_tasks,
+    pytest_configure,
+    pytest_generate_tests,
+    speech,
+    tts_handler,
+)
 from tests.llm_server import serve_llm
 
 

@@ -30,9 +30,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -118,7 +118,8 @@ class OutputSpy:
         real = handler.handle
 
         async def handle(ctx: Any, event: Event) -> AsyncIterator[Event]:
-            async with aclosing(real(ctx, event)) as outs:
+            # ``handle`` is an async generator (the handler contract), so it has ``aclose``.
+            async with aclosing(cast(AsyncGenerator[Event, None], real(ctx, event))) as outs:
                 async for out in outs:
                     self.outputs.append((time.monotonic(), out))
                     yield out
