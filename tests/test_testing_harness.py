@@ -23,7 +23,7 @@ from avatarchat.engine.events import (
     UserAudio,
     UserTranscript,
 )
-from avatarchat.engine.handler import SessionInfo
+from avatarchat.engine.handler import SessionInfo, SessionSettings
 from avatarchat.engine.heard import SpokenChunk, heard_text
 from avatarchat.engine.session import Session
 from avatarchat.testing import (
@@ -36,6 +36,7 @@ from avatarchat.testing import (
     UserSpeech,
     Wait,
     of_turn,
+    pipeline_of,
     run_pipeline_test,
     speech_seconds,
 )
@@ -210,3 +211,12 @@ async def run_drain(session: Session, clock: FakeClock) -> list:
     except asyncio.CancelledError:
         pass
     return out
+
+
+async def test_a_pipeline_runs_as_its_handlers_do_with_its_session_settings() -> None:
+    llm = FakeLLM(["Hello."])
+    settings = SessionSettings(system_prompt="You are Bob.")
+    events = await run_pipeline_test(pipeline_of([llm, FakeTTS()], settings), ["Hi"], clock=FakeClock(),
+                                     expected=[UserTranscript, ReplyText, ReplyAudio, ReplyEnd])
+    assert events[-1] == ReplyEnd(1, "Hello.")
+    assert llm.requests[0][0] == {"role": "system", "content": "You are Bob."}
