@@ -1,12 +1,18 @@
-// avatarchat web client: one WebRTC session with `avatarchat serve`.
+// avatarchat web client: one session with `avatarchat serve`, over WebRTC or a WebSocket.
 //
-// The browser sends its microphone (one audio track) and opens a data channel named
-// "events"; the server sends the avatar's video and voice and JSON events (docs/PROTOCOL.md).
+// WebRTC first: the browser sends its microphone (one audio track) and opens a data channel
+// named "events"; the server sends the avatar's video and voice and JSON events
+// (docs/PROTOCOL.md). When ICE has not connected ICE_FALLBACK_MS after the server's answer,
+// or fails before that (UDP blocked by a firewall or NAT), the page closes the peer
+// connection and carries the same session over a WebSocket instead (wsclient.js), and says
+// so in its status line. `?transport=ws` goes straight to the WebSocket, `?transport=webrtc`
+// never falls back. Both carry the same JSON messages, handled here alike.
 // No build step, no framework, standard APIs only (current Chromium and Firefox).
 //
 // This module owns the session (start, stop, the server's messages) and wires the others:
-//   ui.js         elements, user-facing messages, banner
+//   ui.js         elements, user-facing messages, banner, status line
 //   signaling.js  health, /api/config, the microphone, the peer connection, the offer
+//   wsclient.js   the WebSocket transport (wsaudio.js: its mic capture and reply player)
 //   chatlog.js    the conversation log        latency.js  the "Last turn" figures
 //   probe.js      envelopes, marks, frames, getStats (what tests and benchmarks read)
 //   bargein.js    muting the avatar in the page the moment the user speaks over it
@@ -19,14 +25,17 @@ import { addLine, addTypedLine, finishStreaming, onReply, onTranscript } from ".
 import { showMetrics } from "./latency.js";
 import { MicLevel } from "./miclevel.js";
 import {
-  closeEnvelopes, collectStats, ensureAudioContext, envelope, mark, onTick, probe, resetMarks,
-  segments, setHeardGain, videoFps, watchAudio, watchVideo,
+  closeEnvelopes, collectStats, ensureAudioContext, envelope, frameCounts, mark, noteFrame, onTick,
+  probe, resetMarks, segments, setHeardGain, videoFps, watchAudio, watchVideo,
 } from "./probe.js";
 import {
-  UserFacingError, createPeer, getJSON, openMic, postOffer, rtcConfigFrom, waitForIceGathering,
-  waitUntilReady,
+  UserFacingError, accessToken, createPeer, getJSON, openMic, postOffer, rtcConfigFrom,
+  waitForIceGathering, waitUntilReady,
 } from "./signaling.js";
-import { MESSAGES, clearBanner, setBadge, setVoiceVolume, showBanner, ui, voiceElement } from "./ui.js";
+import {
+  MESSAGES, clearBanner, setBadge, setStatus, setVoiceVolume, showBanner, showCanvas, ui, voiceElement,
+} from "./ui.js";
+import { WsTransport } from "./wsclient.js";
 
 const params = new URLSearchParams(location.search);
 // ?raw=1 turns off echo cancellation, noise suppression and gain control, so a test's fake
@@ -34,11 +43,20 @@ const params = new URLSearchParams(location.search);
 const RAW_MIC = params.get("raw") === "1";
 // From the answer to a connected peer connection; past this the start counts as failed.
 const CONNECT_TIMEOUT_MS = 20000;
+// "ws": WebSocket only; "webrtc": WebRTC only (no fallback); otherwise WebRTC, then WebSocket.
+const TRANSPORT = ["ws", "webrtc"].includes(params.get("transport")) ? params.get("transport") : "auto";
+// ICE on a path that works connects in well under a second (a STUN or TURN round trip or
+// two); a page that has not connected this long after the server's answer is most likely
+// behind a firewall that drops UDP, and the WebSocket gets it going.
+const ICE_FALLBACK_MS = 5000;
 
 // One session at a time; Stop (or a failure) tears it all down.
 const session = {
+  transport: null, // what carries the messages: {kind: "webrtc" | "websocket", send(msg), close()}
   pc: null,
   dc: null,
+  ws: null, // the WsTransport, when it carries the session
+  fallback: null, // why WebRTC was given up for the WebSocket (null: it was not)
   mic: null, // MediaStream or null (denied, absent, insecure origin)
   micState: "none", // none | on | muted | denied | unavailable
   sessionId: null,
@@ -47,10 +65,15 @@ const session = {
   generation: 0, // bumps on every start/stop so stale async steps give up
   pendingText: [], // typed before the data channel opened
   connectTimer: null,
+  iceTimer: null,
 };
 
-const gate = new BargeInGate(setVoiceVolume);
+const gate = new BargeInGate((volume) => {
+  setVoiceVolume(volume);
+  session.ws?.player?.setVolume(volume);
+});
 setHeardGain(() => {
+  if (session.ws) return gate.volume;
   const el = voiceElement();
   return el.muted ? 0 : el.volume;
 });
@@ -116,8 +139,7 @@ function onServerMessage(raw) {
 }
 
 function sendMessage(msg) {
-  if (!session.dc || session.dc.readyState !== "open") return false;
-  session.dc.send(JSON.stringify(msg));
+  if (!session.transport?.send(msg)) return false;
   probe.messages.push({ t: performance.now(), dir: "out", msg });
   return true;
 }
@@ -135,7 +157,10 @@ function sendText(text) {
 
 function interrupt() {
   gate.muteNow("interrupt", performance.now());
-  if (sendMessage({ type: "interrupt" })) finishStreaming(true);
+  if (!sendMessage({ type: "interrupt" })) return;
+  finishStreaming(true);
+  // The WebSocket's voice queued in this page is dropped at once (WebRTC's is muted).
+  session.ws?.flush();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -173,7 +198,9 @@ function onTrack(ev) {
 }
 
 function play(el) {
-  el.play().catch(() => {
+  el.play().catch((err) => {
+    // An AbortError: the source went before it played (Stop, a failure, the fallback).
+    if (err?.name !== "NotAllowedError") return;
     // Autoplay was refused (no user gesture reached this point): ask for one click.
     showBanner("Click anywhere on the page to hear the avatar.", "info");
     document.addEventListener(
@@ -189,13 +216,19 @@ function play(el) {
 
 function onPeerState(pc) {
   if (pc !== session.pc) return;
+  if (pc.iceConnectionState === "connected" || pc.iceConnectionState === "completed") {
+    clearTimeout(session.iceTimer);
+  }
   const state = pc.connectionState || pc.iceConnectionState;
   if (state === "connected" || state === "completed") {
     clearTimeout(session.connectTimer);
+    clearTimeout(session.iceTimer);
     mark("connected");
     if (session.connection !== "connected") setConnection("connected");
+    setStatus(MESSAGES.connectedWebRTC);
   } else if (state === "failed") {
-    fail(MESSAGES.failed);
+    if (TRANSPORT === "auto" && session.connection !== "connected") fallBack("failed to connect");
+    else fail(MESSAGES.failed);
   }
 }
 
@@ -240,7 +273,8 @@ async function start() {
       mark("micOpen");
       watchAudio("mic", mic);
     }
-    await connect(rtcConfigFrom(config.body), mic, stale);
+    if (TRANSPORT === "ws") connectWebSocket();
+    else await connectWebRTC(rtcConfigFrom(config.body), mic, stale);
   } catch (err) {
     if (stale()) return;
     if (err instanceof UserFacingError) fail(err.message);
@@ -249,11 +283,20 @@ async function start() {
   }
 }
 
-async function connect(rtcConfig, mic, stale) {
+async function connectWebRTC(rtcConfig, mic, stale) {
   // Without a microphone the page sends silence: the server expects a live audio track.
   const { pc, dc } = createPeer(rtcConfig, mic || silentStream(), peerEvents);
   session.pc = pc;
   session.dc = dc;
+  session.transport = {
+    kind: "webrtc",
+    send: (msg) => dc.readyState === "open" && (dc.send(JSON.stringify(msg)), true),
+    close: () => {
+      dc.close();
+      pc.close();
+    },
+  };
+  setStatus(MESSAGES.connectingWebRTC);
   watchVideo(ui.video);
   await pc.setLocalDescription(await pc.createOffer());
   await waitForIceGathering(pc);
@@ -264,9 +307,88 @@ async function connect(rtcConfig, mic, stale) {
   session.sessionId = answer.session_id || null;
   await pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
   mark("answered");
+  if (TRANSPORT === "auto") {
+    session.iceTimer = setTimeout(() => {
+      if (!stale() && session.pc === pc) fallBack(`did not connect within ${ICE_FALLBACK_MS / 1000} s`);
+    }, ICE_FALLBACK_MS);
+  }
   session.connectTimer = setTimeout(() => {
     if (!stale() && session.connection !== "connected") fail(MESSAGES.failed);
   }, CONNECT_TIMEOUT_MS);
+}
+
+// WebRTC could not connect: the peer connection goes (the server drops its half when its
+// connect timeout passes) and the session starts again over the WebSocket, same microphone.
+function fallBack(why) {
+  const { pc, dc } = session;
+  if (!pc || session.connection === "connected") return;
+  clearTimeout(session.iceTimer);
+  clearTimeout(session.connectTimer);
+  session.pc = session.dc = session.transport = null; // its close events are no longer ours
+  dc.close();
+  pc.close();
+  ui.video.srcObject = null;
+  ui.audio.srcObject = null;
+  session.fallback = why;
+  mark("fallback");
+  setStatus(MESSAGES.fallingBack(why));
+  addLine("system", null, `WebRTC ${why} (UDP seems blocked): switching to WebSocket.`);
+  connectWebSocket();
+}
+
+function connectWebSocket() {
+  const ctx = ensureAudioContext();
+  if (!ctx?.audioWorklet || !window.WebSocket) return fail(MESSAGES.noWebSocket);
+  if (!session.fallback) setStatus(MESSAGES.connectingWebSocket);
+  const ours = () => session.ws === transport;
+  const transport = new WsTransport({
+    token: accessToken(),
+    ctx,
+    mic: session.mic,
+    canvas: ui.canvas,
+    on: {
+      hello: (hello) => ours() && onSocketHello(hello),
+      message: (text) => ours() && onServerMessage(text),
+      frame: (now) => {
+        if (!ours()) return;
+        noteFrame(now);
+        ui.placeholder.hidden = true;
+      },
+      voice: (player) => {
+        if (!ours()) return;
+        watchAudio("remote", player.input);
+        player.setVolume(gate.volume);
+      },
+      close: (info) => ours() && onSocketClose(info),
+      micError: (err) => showBanner(`Could not send the microphone (${err?.message || err}) — you can type below.`),
+    },
+  });
+  session.ws = session.transport = transport;
+  showCanvas(true);
+  clearTimeout(session.connectTimer);
+  session.connectTimer = setTimeout(() => {
+    if (ours() && !transport.open) fail(session.fallback ? MESSAGES.fallbackFailed : MESSAGES.webSocketFailed);
+  }, CONNECT_TIMEOUT_MS);
+}
+
+function onSocketHello(hello) {
+  clearTimeout(session.connectTimer);
+  session.sessionId = hello.session || null;
+  mark("connected");
+  mark("channelOpen");
+  setConnection("connected");
+  setStatus(session.fallback ? MESSAGES.connectedFallback : MESSAGES.connectedWebSocket);
+  for (const text of session.pendingText.splice(0)) sendMessage({ type: "text", text });
+}
+
+function onSocketClose({ code, reason, opened }) {
+  if (opened) {
+    showBanner(reason ? `The server ended the session: ${reason}` : MESSAGES.closedByServer, "info");
+    teardown("idle");
+    return;
+  }
+  const why = reason ? `Could not connect over WebSocket: ${reason}` : null;
+  fail(why || (session.fallback ? MESSAGES.fallbackFailed : MESSAGES.webSocketFailed) + ` (code ${code})`);
 }
 
 function fail(message) {
@@ -284,18 +406,21 @@ function stop() {
 function teardown(state) {
   session.generation++;
   clearTimeout(session.connectTimer);
-  const { pc, dc, mic } = session;
-  session.pc = session.dc = session.mic = null;
+  clearTimeout(session.iceTimer);
+  const { transport, mic } = session;
+  session.transport = session.pc = session.dc = session.ws = session.mic = null;
   session.pendingText = [];
   session.sessionId = null;
-  if (dc) dc.close();
-  if (pc) pc.close();
+  session.fallback = null;
+  transport?.close();
   if (mic) mic.getTracks().forEach((t) => t.stop());
   closeEnvelopes();
   micLevel.reset();
   ui.video.srcObject = null;
   ui.audio.srcObject = null;
   ui.placeholder.hidden = false;
+  showCanvas(false);
+  setStatus("");
   setMuted(false);
   // The mic is released: "on"/"muted" no longer hold ("denied" stays, for the banner).
   if (session.micState === "on" || session.micState === "muted") session.micState = "none";
@@ -347,10 +472,14 @@ window.avatarchat = {
     mic: session.micState,
     dataChannel: session.dc?.readyState || null,
     banner: ui.banner.hidden ? null : ui.bannerText.textContent,
+    transport: session.transport?.kind || null, // "webrtc" | "websocket"
+    fallback: session.fallback, // why WebRTC was given up, or null
+    status: ui.status.textContent,
   }),
   messages: probe.messages,
   marks: () => ({ ...probe.marks }),
-  stats: () => collectStats(session.pc),
+  // getStats figures over WebRTC; the same shape, from the page's own counts, over WebSocket.
+  stats: async () => (session.ws ? { ...session.ws.stats(), rvfc: frameCounts() } : collectStats(session.pc)),
   frames: () => ({ count: probe.frames.count, fps: videoFps(), times: probe.frames.times.slice() }),
   // "mic", "remote" (the avatar's voice arriving) or "heard" (remote × playback volume).
   envelope,

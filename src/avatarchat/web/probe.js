@@ -73,11 +73,14 @@ class Series {
   }
 }
 
-// The RMS of a MediaStream's audio, read from an AnalyserNode at each sampling tick.
+// The RMS of a MediaStream's audio, or of an AudioNode's output (the WebSocket transport's
+// reply player), read from an AnalyserNode at each sampling tick.
 class Envelope extends Series {
-  constructor(ctx, stream) {
+  constructor(ctx, input) {
     super();
-    this.source = ctx.createMediaStreamSource(stream);
+    const node = input instanceof AudioNode;
+    this.source = node ? input : ctx.createMediaStreamSource(input);
+    this.ownSource = !node;
     this.analyser = ctx.createAnalyser();
     this.analyser.fftSize = 512;
     this.buffer = new Float32Array(this.analyser.fftSize);
@@ -95,7 +98,18 @@ class Envelope extends Series {
   }
 
   close() {
-    this.source.disconnect();
+    if (this.closed) return;
+    this.closed = true;
+    // A node that is not ours keeps its other connections (the player's way to the speaker),
+    // unless its owner has already cut them all.
+    if (this.ownSource) this.source.disconnect();
+    else {
+      try {
+        this.source.disconnect(this.analyser);
+      } catch {
+        /* already disconnected */
+      }
+    }
     this.sink.disconnect();
   }
 }
@@ -138,11 +152,12 @@ export function ensureAudioContext() {
   return audioCtx;
 }
 
-export function watchAudio(name, stream) {
+// `input`: a MediaStream, or an AudioNode of the page's context.
+export function watchAudio(name, input) {
   const ctx = ensureAudioContext();
   if (!ctx) return;
   probe.envelopes[name]?.close();
-  probe.envelopes[name] = new Envelope(ctx, stream);
+  probe.envelopes[name] = new Envelope(ctx, input);
   // A new remote stream starts a new heard series alongside it.
   if (name === "remote") delete probe.envelopes.heard;
 }
@@ -162,12 +177,18 @@ export function segments(name, options) {
 // ---------------------------------------------------------------------------------------
 // Video frames and getStats
 
+// A frame put on screen at `now` (the <video>'s frame callbacks, or the WebSocket
+// transport's canvas).
+export function noteFrame(now) {
+  mark("firstFrame");
+  probe.frames.count++;
+  probe.frames.times.push(now);
+  if (probe.frames.times.length > 600) probe.frames.times.shift();
+}
+
 export function watchVideo(video) {
   const onFrame = (now) => {
-    mark("firstFrame");
-    probe.frames.count++;
-    probe.frames.times.push(now);
-    if (probe.frames.times.length > 600) probe.frames.times.shift();
+    noteFrame(now);
     video.requestVideoFrameCallback(onFrame);
   };
   if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) {
@@ -231,6 +252,11 @@ export async function collectStats(pc) {
       out.rttMs = r.currentRoundTripTime * 1000;
     }
   });
-  out.rvfc = { frames: probe.frames.count, fps: videoFps() };
+  out.rvfc = frameCounts();
   return out;
+}
+
+// Frames put on screen since Start, and their rate over the last 3 s.
+export function frameCounts() {
+  return { frames: probe.frames.count, fps: videoFps() };
 }

@@ -17,6 +17,11 @@ export class UserFacingError extends Error {}
 // stored. null when the page was opened without one (a server without auth).
 const TOKEN = new URLSearchParams(location.search).get("token") || null;
 
+// The token, for the one request that cannot carry a header: the WebSocket's (wsclient.js).
+export function accessToken() {
+  return TOKEN;
+}
+
 function authHeaders(extra = {}) {
   return TOKEN ? { ...extra, Authorization: `Bearer ${TOKEN}` } : extra;
 }

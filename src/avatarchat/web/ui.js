@@ -10,6 +10,8 @@ export const ui = {
   bannerText: $("banner-text"),
   bannerClose: $("banner-close"),
   video: $("avatar-video"),
+  canvas: $("avatar-canvas"),
+  status: $("transport-status"),
   audio: $("avatar-audio"),
   placeholder: $("placeholder"),
   start: $("start"),
@@ -46,7 +48,24 @@ export const MESSAGES = {
     "This server needs an access link with a token, and this link's token has expired or is not " +
     "for this server: ask whoever runs it for a new link.",
   closedByServer: "The server ended the session (it was idle or the server stopped). Press Start to talk again.",
+  // The status line under the controls: which transport carries the session, and why.
+  connectingWebRTC: "Connecting over WebRTC…",
+  connectedWebRTC: "Connected over WebRTC",
+  fallingBack: (why) => `WebRTC ${why} — switching to WebSocket…`,
+  connectingWebSocket: "Connecting over WebSocket…",
+  connectedFallback: "Connected over WebSocket (UDP seems blocked)",
+  connectedWebSocket: "Connected over WebSocket (the page's link asks for it)",
+  fallbackFailed:
+    "Connection failed — WebRTC could not reach the server's media port (UDP seems blocked) and " +
+    "the WebSocket fallback could not connect either.",
+  webSocketFailed: "Could not connect over WebSocket — is `avatarchat serve` running, and this link still valid?",
+  noWebSocket: "This browser lacks what the WebSocket transport needs (WebSocket, AudioWorklet).",
 };
+
+// The status line: how the session is carried (empty when there is none).
+export function setStatus(text) {
+  ui.status.textContent = text || "";
+}
 
 export function showBanner(text, kind = "error") {
   ui.bannerText.textContent = text;
@@ -74,4 +93,11 @@ export function voiceElement() {
 export function setVoiceVolume(volume) {
   ui.video.volume = volume;
   ui.audio.volume = volume;
+}
+
+// The WebSocket transport's frames take the <video>'s place (same box, same look), and back.
+export function showCanvas(on) {
+  ui.canvas.hidden = !on;
+  ui.video.hidden = on;
+  if (!on) ui.canvas.getContext("2d").clearRect(0, 0, ui.canvas.width, ui.canvas.height);
 }
