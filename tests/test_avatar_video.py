@@ -153,7 +153,7 @@ async def test_a_cancelled_turn_renders_no_more_frames(portrait: PortraitHandler
 
 async def test_idle_frames_keep_changing(portrait: PortraitHandler) -> None:
     ctx = portrait.create_context(SessionInfo("idle"))
-    frames = [portrait.idle_frame(ctx, k / FPS) for k in range(5 * FPS)]
+    frames = [portrait.idle_frame(ctx, ctx.clock0 + k / FPS) for k in range(5 * FPS)]  # session-clock times
     diffs = [int(np.count_nonzero(a != b)) for a, b in zip(frames, frames[1:])]
     assert min(diffs) > 0, "an idle frame repeated: the avatar froze"
     assert any(f.shape == (512, 512, 3) for f in frames)
@@ -284,8 +284,7 @@ async def test_the_listening_look_comes_with_user_speech_and_goes_with_the_reply
 
     ctx = portrait.create_context(SessionInfo("listen"))
     assert portrait.idle_params(ctx, ctx.now() + 1.0).smile == 0.0
-    async for _ in portrait.handle(ctx, SpeechStarted(1)):
-        pass
+    assert portrait.on_control(ctx, SpeechStarted(1)) == []  # the control lane: at once
     assert portrait.idle_params(ctx, ctx.now() + 1.0).smile == pytest.approx(0.2)
     async for _ in portrait.handle(ctx, reply(1, chunks[:1])[0]):
         pass

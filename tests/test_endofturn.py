@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from avatarchat.audio.resample import resample
-from avatarchat.engine.endofturn import EndOfTurn, looks_unfinished
+from avatarchat.engine.endofturn import looks_unfinished
 from avatarchat.engine.events import NO_TURN, TimingMark, UserAudio
-from avatarchat.engine.handler import SessionInfo
+from avatarchat.engine.handler import EndOfTurnSettings, SessionInfo, SessionSettings
 from avatarchat.engine.session import Session
 from avatarchat.handlers.asr.whisper import WhisperHandler
 from avatarchat.handlers.vad.silero import SileroOptions, SileroVADHandler, _Detector, _End, _Pause
@@ -116,8 +116,10 @@ async def test_complete_questions_end_early_and_half_sentences_wait(speech: dict
     vad.load()
     asr = WhisperHandler(WhisperHandler.Options())
     asr.load()
-    async with Session([vad, asr], SessionInfo("t")) as session:
-        EndOfTurn(session, complete_ms=250, unfinished_ms=4000)
+    # The session wires end of turn from its settings: transcripts reach it on the control
+    # lane, and its hints go back on the lane to the VAD.
+    settings = SessionSettings(end_of_turn=EndOfTurnSettings(complete_ms=250, unfinished_ms=4000))
+    async with Session([vad, asr], SessionInfo("t", settings)) as session:
         waited_complete = await _speak_live(session, speech["complete"], 3.5)
         waited_unfinished = await _speak_live(session, speech["unfinished"], 4.8)
     print(f"hangover: complete question {waited_complete:.2f} s, unfinished {waited_unfinished:.2f} s")

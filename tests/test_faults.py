@@ -247,7 +247,7 @@ async def test_a_stream_cut_mid_reply_stops_what_the_model_had_begun(llm_url: st
             # What the model stage yields, as it yields it (the session's output may drop
             # deltas of the failed turn still queued behind the voice).
             yielded: list[Event] = []
-            session.observe((ReplyText,), yielded.append)
+            session.listen((ReplyText,), yielded.append)
             proxy.cut_after(2500)
             result = await ask(session, "Tell me a long story about a brave little dragon.")
             failed = result.error.turn

@@ -219,7 +219,7 @@ async def echoed_reply(srv: Server) -> tuple[RtcTestClient, PeerSession, int, fl
                           "requirement relies on the browser's echo cancellation and is checked with "
                           "Chromium's own in tests/test_echo_browser.py", strict=False)
 async def test_the_avatars_own_echo_does_not_stop_its_reply(pipeline: Pipeline, clients: list[RtcTestClient]) -> None:
-    server = Server(pipeline, ServerSettings(barge_in={"echo_guard": True}))
+    server = Server(pipeline, ServerSettings(echo_guard=True))
     client, peer, story, played = await echoed_reply(server)
     clients.append(client)
     try:
@@ -239,7 +239,7 @@ async def test_the_avatars_own_echo_does_not_stop_its_reply(pipeline: Pipeline, 
 
 async def test_without_the_echo_guard_the_echo_stops_the_reply(pipeline: Pipeline) -> None:
     """Proves the test above can fail: the same echo, unguarded, barges in."""
-    srv = Server(pipeline, ServerSettings(barge_in={"echo_guard": False}))
+    srv = Server(pipeline, ServerSettings(echo_guard=False))
     client, peer, story, played = await echoed_reply(srv)
     try:
         cut = [m for m in client.messages if m.get("interrupted")]

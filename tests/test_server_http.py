@@ -258,12 +258,12 @@ async def test_config_gives_the_page_its_barge_in_settings() -> None:
                 "enabled": True, "client_mute": True, "client_onset_ms": 50, "client_grace_ms": 800,
                 "client_echo_ratio": 0.15, "client_min_rms": 0.01}
     settings = ServerSettings.model_validate(
-        {"barge_in": {"enabled": False, "client_mute": False, "client_grace_ms": 1200, "echo_guard": True}})
+        {"barge_in": {"client_mute": False, "client_grace_ms": 1200}, "echo_guard": True})
     async with running(settings) as (url, _), aiohttp.ClientSession() as http:
         async with http.get(url + "/api/config") as r:
             page = (await r.json())["barge_in"]
     # Only what the page uses: server-side knobs such as the echo guard stay on the server.
-    assert page["enabled"] is False and page["client_mute"] is False and page["client_grace_ms"] == 1200
+    assert page["client_mute"] is False and page["client_grace_ms"] == 1200
     assert "echo_guard" not in page and "min_speech_ms" not in page
 
 
@@ -429,7 +429,7 @@ def test_self_signed_certificate_is_reused_and_bad_pairs_are_one_line_errors(tmp
 def test_flags_override_the_config_server_section() -> None:
     from argparse import Namespace
 
-    from avatarchat.cli.main import UserError
+    from avatarchat.cli.errors import UserError
 
     base = ServerSettings(host="0.0.0.0", max_sessions=5, self_signed=True)
     args = Namespace(host=None, port=9000, max_sessions=1, self_signed=False, cert="c.pem", key="k.pem")

@@ -15,6 +15,7 @@ from avatarchat.engine.events import (
     PhonemeTiming,
     ReplyAudio,
     ReplyEnd,
+    ReplyInterrupted,
     SpeechEnded,
     SpeechOngoing,
     SpeechStarted,
@@ -26,7 +27,7 @@ from avatarchat.engine.heard import SpokenChunk, heard_text, word_ends
 from avatarchat.engine.session import Session
 from avatarchat.engine.turntaking import CONFIRM_GRACE_S, MIN_WORD_SPEECH_S, TurnTaking, has_words
 from avatarchat.handlers.llm.base import INTERRUPTED_MARK, ChatContext, ChatLLM, Message
-from avatarchat.server.bargein import PeerFloor
+from avatarchat.engine.floor import ReplyFloor
 from avatarchat.server.tracks import AUDIO_FRAME, MediaClock, Playout
 
 # --- fakes ---------------------------------------------------------------------------------
@@ -393,8 +394,7 @@ async def test_a_cut_reply_is_remembered_as_heard_and_the_next_request_sees_it()
     info = SessionInfo("s", SessionSettings(history_turns=4))
     async with Session([llm], info) as session:
         playout = Playout(MediaClock())
-        sent: list[dict[str, Any]] = []
-        floor = PeerFloor(session, playout, [llm], sent.append, lambda turn, reason: None)
+        floor = ReplyFloor(session, playout)
         turn = session.say("Tell me a long story about a dragon.")
         async for event in session.events():
             floor.note(event)
@@ -413,9 +413,9 @@ async def test_a_cut_reply_is_remembered_as_heard_and_the_next_request_sees_it()
         assert playout.played_seconds(turn) == pytest.approx(1.72)
 
         assert floor.cut(None, "interrupt") == [turn]
-        assert sent == [{"type": "reply", "turn": turn, "text": "Once upon a time, there",
-                         "final": True, "interrupted": True}]
         assert playout.playing is None
+        cut = await anext(e async for e in session.events() if isinstance(e, ReplyInterrupted))
+        assert (cut.turn, cut.heard_text, cut.shown, cut.continued) == (turn, "Once upon a time, there", True, False)
 
         llm.reply = ["Paris."]
         nxt = session.say("What is the capital of France?")
@@ -434,11 +434,19 @@ async def test_a_cut_reply_is_remembered_as_heard_and_the_next_request_sees_it()
 async def test_a_reply_cut_while_generating_keeps_what_was_heard() -> None:
     llm = StoryLLM([f"word{i} " for i in range(200)], delay=0.01)
     async with Session([llm], SessionInfo("s")) as session:
-        floor = PeerFloor(session, Playout(MediaClock()), [llm], lambda m: None, lambda turn, reason: None)
+        floor = ReplyFloor(session, Playout(MediaClock()))
         turn = session.say("Go on and on.")
         async for event in session.events():
             if getattr(event, "text", "").startswith("word3"):
                 break
         assert floor.cut(None, "interrupt") == [turn]  # nothing played yet: nothing heard
+        # The LLM stage rewrites its history from the control lane, in its own task.
+        cut = await anext(e async for e in session.events() if isinstance(e, ReplyInterrupted))
+        assert cut.heard_text == "" and cut.heard_s == 0.0
+        await anext(e async for e in session.events() if isinstance(e, TurnCancelled))
         ctx = session.context("llm")
+        for _ in range(10):  # the control task runs once the loop does (these reads did not wait)
+            if ctx.history:
+                break
+            await asyncio.sleep(0)
         assert list(ctx.history) == [("Go on and on.", INTERRUPTED_MARK)] and ctx.asked == {}

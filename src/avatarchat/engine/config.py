@@ -74,11 +74,6 @@ class PipelineConfig:
     stages: dict[str, StageConfig] = field(default_factory=dict)
 
 
-# TEMPORARY: engine/pipeline.py (the lead's) still imports this name; it goes once that
-# import reads PipelineConfig. The application's config (with ``server:``) is
-# ``avatarchat.config.Config``.
-Config = PipelineConfig
-
 
 def read_config(path: str | os.PathLike[str]) -> Any:
     """The YAML document in ``path``, parsed within the limits above (not yet validated).

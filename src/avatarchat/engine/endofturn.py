@@ -2,9 +2,9 @@
 VAD's hangover when the user is mid-sentence and shortens it for a complete question.
 
 The VAD hands the utterance to the ASR after a short pause (``SpeechPaused``); the ASR's
-transcript of it (``final=False``, with the pause's ``speech_end``) comes back through
-``Session.observe``, and an ``EndOfTurnHint`` goes
-into the head of the pipeline for the VAD. The trade-off: a short hangover answers sooner
+transcript of it (``final=False``, with the pause's ``speech_end``) reaches ``EndOfTurn`` on
+the session's control lane, and an ``EndOfTurnHint`` goes back on the lane to the VAD. The
+session wires it from ``session.end_of_turn``. The trade-off: a short hangover answers sooner
 but cuts people who pause to think; a long one never cuts them but makes every answer wait.
 Judging the words lets complete questions end early and "I want to go to, um," wait.
 """
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import re
 
+from collections.abc import Callable
+
 from avatarchat.engine.events import EndOfTurnHint, Event, UserTranscript
-from avatarchat.engine.session import Session
 
 #: Last words after which no sentence ends, whatever the punctuation: conjunctions,
 #: articles, possessives, fillers ("... the park and." is a speaker who paused).
@@ -57,13 +58,15 @@ class EndOfTurn:
     mid-sentence; when unsure, the VAD keeps its own ``end_ms``. Either may be 0 (not sent).
     """
 
-    def __init__(self, session: Session, complete_ms: int, unfinished_ms: int) -> None:
-        self.session = session
+    WATCHES: tuple[type[Event], ...] = (UserTranscript,)
+
+    def __init__(self, signal: Callable[[Event], None], complete_ms: int, unfinished_ms: int) -> None:
+        self.signal = signal
         self.complete_ms = complete_ms
         self.unfinished_ms = unfinished_ms
-        session.observe((UserTranscript,), self._on_event)
 
-    def _on_event(self, event: Event) -> None:
+    def on_event(self, event: Event) -> None:
+        """A transcript on the control lane (``Session.listen``)."""
         assert isinstance(event, UserTranscript)
         # Only a pause's transcript: it knows which silence it was made in, and the VAD
         # drops a hint whose silence has since been broken by more speech.
@@ -72,4 +75,4 @@ class EndOfTurn:
         verdict = looks_unfinished(event.text)
         silence = {True: self.unfinished_ms, False: self.complete_ms}.get(verdict, 0)  # type: ignore[arg-type]
         if silence > 0:
-            self.session.push(EndOfTurnHint(event.turn, event.speech_end, silence))
+            self.signal(EndOfTurnHint(event.turn, event.speech_end, silence))

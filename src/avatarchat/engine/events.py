@@ -6,6 +6,12 @@ other event on untouched, so a new stage never needs to know about events it doe
 
 Every event of a user turn and its reply carries the turn id. Audio that belongs to no
 turn yet (raw microphone input) has ``turn = NO_TURN``.
+
+Some events are also *control* events (``CONTROL``): the moment a stage emits one, the
+engine's control lane hands it to every stage that reacts to it and to the engine's own
+listeners (turn-taking, end of turn), ahead of whatever data is queued, while it also
+travels down the pipeline in order. ``EndOfTurnHint`` and ``ReplyInterrupted`` are made by
+the engine and travel only the lane (``ReplyInterrupted`` also comes out to the transport).
 """
 
 from __future__ import annotations
@@ -172,6 +178,24 @@ class TurnCancelled(Event):
     reason: str = "interrupted"
 
 
+@dataclass(frozen=True, slots=True)
+class ReplyInterrupted(Event):
+    """The reply of ``turn`` was cut off (barge-in, the interrupt button, typed text, a newer
+    question) after the user heard ``heard_s`` seconds of it: ``heard_text``, its words
+    complete by then. The LLM handler keeps only those words in its history; the avatar
+    closes its mouth from the frame on screen (``on_screen``: the reply was playing).
+    ``continued``: the user went on talking (or typing), so a question whose reply they heard
+    nothing of is asked again with the next one. ``shown``: the client was shown some of its
+    text (a transport then sends the heard text as the reply's final text)."""
+
+    heard_text: str
+    heard_s: float
+    on_screen: bool
+    continued: bool
+    reason: str
+    shown: bool = False
+
+
 def new_error_id() -> str:
     """A short random id that ties what a client is told about a failure to its log record."""
     return uuid.uuid4().hex[:8]
@@ -225,3 +249,15 @@ class AvatarMotion(Event):
     channels: tuple[str, ...]
     values: tuple[tuple[float, ...], ...]
     visemes: tuple[str, ...]
+
+
+#: Events the control lane carries (see the module docstring).
+CONTROL: tuple[type[Event], ...] = (
+    SpeechStarted,
+    SpeechOngoing,
+    SpeechEnded,
+    UserTranscript,
+    EndOfTurnHint,
+    TurnCancelled,
+    ReplyInterrupted,
+)

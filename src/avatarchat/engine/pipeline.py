@@ -9,7 +9,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from avatarchat.engine.config import Config
+from avatarchat.engine.clock import REAL_CLOCK, Clock
+from avatarchat.engine.config import PipelineConfig
 from avatarchat.engine.handler import STAGES, Handler, HandlerLoadError, SessionInfo, handlers_for
 from avatarchat.engine.session import Session
 
@@ -21,12 +22,12 @@ Progress = Callable[[str], None]
 class Pipeline:
     """Shared handlers for every session. Build with ``await Pipeline.load(config)``."""
 
-    def __init__(self, config: Config, handlers: list[Handler[Any]]) -> None:
+    def __init__(self, config: PipelineConfig, handlers: list[Handler[Any]]) -> None:
         self.config = config
         self.handlers = handlers
 
     @classmethod
-    def build(cls, config: Config) -> Pipeline:
+    def build(cls, config: PipelineConfig) -> Pipeline:
         """Instantiate the handlers named in ``config`` without loading their models."""
         handlers = []
         for stage in STAGES:
@@ -39,7 +40,7 @@ class Pipeline:
         return cls(config, handlers)
 
     @classmethod
-    async def load(cls, config: Config, progress: Progress | None = None) -> Pipeline:
+    async def load(cls, config: PipelineConfig, progress: Progress | None = None) -> Pipeline:
         """Build and load every handler (in an executor), reporting each with its load time.
 
         Raises ``HandlerLoadError`` naming the stage and handler if any load fails.
@@ -59,15 +60,11 @@ class Pipeline:
         say(f"pipeline ready in {time.perf_counter() - total:.2f} s")
         return pipeline
 
-    def session(self, session_id: str | None = None) -> Session:
-        """A new, not yet started session (``async with pipeline.session() as s``)."""
-        info = SessionInfo(session_id or uuid.uuid4().hex[:12], self.config.session)
-        session = Session(self.handlers, info)
-        for handler in self.handlers:  # TEMPORARY until the engine wires end of turn itself
-            observe = getattr(handler, "observe_session", None)
-            if observe is not None:
-                observe(session)
-        return session
+    def session(self, session_id: str | None = None, clock: Clock = REAL_CLOCK) -> Session:
+        """A new, not yet started session (``async with pipeline.session() as s``) on
+        ``clock``."""
+        info = SessionInfo(session_id or uuid.uuid4().hex[:12], self.config.session, clock=clock)
+        return Session(self.handlers, info)
 
     def handler(self, stage: str) -> Handler[Any]:
         return next(h for h in self.handlers if h.stage == stage)

@@ -1,13 +1,22 @@
 """A session: one conversation, a chain of stages joined by asyncio queues.
 
-Each stage runs as one task. It takes events from its input queue; those its handler
-accepts are handled (one at a time, in order), all others are passed on. The output of
-the last stage is the session's output, read with ``events()``.
+Each stage has one worker task. It takes events from its input queue; those its handler
+accepts are handled (one at a time, in order), all others are passed on. The output of the
+last stage is the session's output, read with ``events()``.
 
-Cancelling a turn is an engine operation: ``cancel_turn`` marks the turn dead, cancels the
-handler calls working on it in every stage at once, asks each handler to drop what it
-buffered, and emits ``TurnCancelled``. Events of a dead turn still in a queue are dropped
-where they are found, so nothing of it comes out afterwards.
+The control lane. An event of a ``CONTROL`` type that a stage emits goes on down the
+pipeline, and at the same moment to every stage whose handler lists its type in
+``controls`` (through the stage's control queue and control task, ahead of queued data; the
+worker also drains that queue before each event it handles, so a control event is never
+overtaken by data sent after it) and to the engine's listeners (``listen``: turn-taking,
+end of turn). ``signal`` puts an engine-made control event on the lane (``EndOfTurnHint``,
+``ReplyInterrupted``; the latter also comes out of ``events()``).
+
+Cancelling a turn is an engine operation: ``cancel_turn`` marks the turn dead, stops the
+handler calls working on it in every stage at once (their worker is cancelled and picks up
+the next event), asks each handler to drop what it buffered, and emits ``TurnCancelled``.
+Events of a dead turn still in a queue are dropped where they are found, so nothing of it
+comes out afterwards.
 
 A handler that raises ends its turn with an ``ErrorEvent`` (with an error id, logged with
 the traceback under the same id) and a ``TurnCancelled``; the session and its other turns
@@ -29,12 +38,17 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import numpy as np
+
+from avatarchat.engine.endofturn import EndOfTurn
 from avatarchat.engine.events import (
+    CONTROL,
     NO_TURN,
     EndOfTurnHint,
     ErrorEvent,
     Event,
     ReplyEnd,
+    ReplyInterrupted,
     ReplyText,
     SpeechOngoing,
     SpeechPaused,
@@ -42,9 +56,12 @@ from avatarchat.engine.events import (
     TurnCancelled,
     UserTranscript,
 )
-from avatarchat.engine.handler import Handler, SessionInfo, run_blocking
+from avatarchat.engine.handler import AvatarHandler, Handler, SessionInfo, run_blocking
 
 log = logging.getLogger(__name__)
+
+
+Listener = Callable[[Event], None]
 
 
 @dataclass
@@ -53,9 +70,13 @@ class _Stage:
     ctx: Any
     inbox: asyncio.Queue[Event]
     outbox: asyncio.Queue[Event]
-    task: asyncio.Task[None] | None = None
+    control: asyncio.Queue[Event]
+    worker: asyncio.Task[None] | None = None
+    steer: asyncio.Task[None] | None = None
+    #: The turn of the event the worker is handling (NO_TURN between events).
     busy_turn: int = NO_TURN
-    busy: asyncio.Task[None] | None = None
+    #: ``cancel_turn`` cancelled the worker to stop ``busy_turn``: it goes on afterwards.
+    stopping: bool = False
 
 
 class Session:
@@ -71,7 +92,10 @@ class Session:
         self._open_turns: set[int] = set()
         self._last_turn = 0
         self._closed = False
-        self._observers: list[tuple[tuple[type[Event], ...], Callable[[Event], None]]] = []
+        self._listeners: list[tuple[tuple[type[Event], ...], Listener]] = []
+        eot = info.settings.end_of_turn
+        if eot.complete_ms or eot.unfinished_ms:
+            self.listen(EndOfTurn.WATCHES, EndOfTurn(self.signal, eot.complete_ms, eot.unfinished_ms).on_event)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -84,8 +108,9 @@ class Session:
             # In an executor: a context may load a small model (the VAD's ONNX session took
             # 45-65 ms), which would stall every other session's loop.
             ctx = await run_blocking(handler.create_context, self.info)
-            stage = _Stage(handler, ctx, inbox, outbox)
-            stage.task = asyncio.create_task(self._run(stage), name=f"stage-{handler.stage}")
+            stage = _Stage(handler, ctx, inbox, outbox, asyncio.Queue())
+            stage.worker = asyncio.create_task(self._work(stage), name=f"stage-{handler.stage}")
+            stage.steer = asyncio.create_task(self._steer(stage), name=f"control-{handler.stage}")
             self._stages.append(stage)
             inbox = outbox
 
@@ -94,7 +119,7 @@ class Session:
         if self._closed:
             return
         self._closed = True
-        tasks = [t for s in self._stages for t in (s.busy, s.task) if t is not None]
+        tasks = [t for s in self._stages for t in (s.worker, s.steer) if t is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -143,25 +168,37 @@ class Session:
                 self._open_turns.discard(event.turn)
             yield event
 
-    def observe(self, types: tuple[type[Event], ...], callback: Callable[[Event], None]) -> None:
-        """Call ``callback(event)`` the moment any stage emits an event of ``types``.
+    def listen(self, types: tuple[type[Event], ...], callback: Listener) -> None:
+        """Call ``callback(event)`` the moment an event of ``types`` is emitted by a stage,
+        made by ``cancel_turn`` or ``signal``led: for engine parts that must not wait behind
+        a stage busy with a reply (turn-taking, end of turn), and for tests.
+        Called on the loop, in order, never for events of cancelled turns (except their
+        ``TurnCancelled``); the callback must not block, and what it raises is logged."""
+        self._listeners.append((types, callback))
 
-        For turn-taking, which must not wait behind a stage busy with a reply (a stage
-        handles its events one at a time, so a ``SpeechStarted`` reaches ``events()`` only
-        after the LLM, TTS and avatar have finished what they were doing). The event still
-        goes down the pipeline as usual. Called on the loop, in emission order, never for
-        events of cancelled turns; the callback must not block, and what it raises is
-        logged and ignored.
-        """
-        self._observers.append((types, callback))
+    def signal(self, event: Event) -> None:
+        """Put an engine-made control event on the lane (``EndOfTurnHint``,
+        ``ReplyInterrupted``); a ``ReplyInterrupted`` also comes out of ``events()``."""
+        if self._closed:
+            return
+        if isinstance(event, ReplyInterrupted):
+            self._output.put_nowait(event)
+        self._broadcast(event)
 
-    def _notify(self, event: Event) -> None:
-        for types, callback in self._observers:
+    def _broadcast(self, event: Event) -> None:
+        """A control event to the stages that react to it, and to the listeners."""
+        for stage in self._stages:
+            if isinstance(event, stage.handler.controls):
+                stage.control.put_nowait(event)
+        self._tell(event)
+
+    def _tell(self, event: Event) -> None:
+        for types, callback in self._listeners:
             if isinstance(event, types):
                 try:
                     callback(event)
                 except Exception:
-                    log.exception("observer of %s failed", type(event).__name__)
+                    log.exception("listener of %s failed", type(event).__name__)
 
     # -- cancellation ----------------------------------------------------------------
 
@@ -170,15 +207,21 @@ class Session:
         if turn in self._cancelled or turn not in self._open_turns:
             return False
         self._cancelled.add(turn)
+        current = asyncio.current_task()
         for stage in self._stages:
-            if stage.busy is not None and stage.busy_turn == turn:
-                stage.busy.cancel()
+            # Not the worker that is calling (a handler failing, a listener acting on what
+            # the stage just emitted): it is past its awaits, and its outputs are now dead.
+            if stage.busy_turn == turn and stage.worker not in (None, current) and not stage.stopping:
+                stage.stopping = True
+                stage.worker.cancel()  # type: ignore[union-attr]
             try:
                 stage.handler.cancel_turn(stage.ctx, turn)
             except Exception:
                 log.exception("%s.cancel_turn failed", stage.handler.name)
         # Straight to the output: it must not wait behind the dead turn's queued events.
-        self._output.put_nowait(TurnCancelled(turn, reason))
+        cancelled = TurnCancelled(turn, reason)
+        self._output.put_nowait(cancelled)
+        self._broadcast(cancelled)
         return True
 
     def interrupt(self, reason: str = "interrupted") -> list[int]:
@@ -186,37 +229,87 @@ class Session:
         return [t for t in sorted(self._open_turns) if self.cancel_turn(t, reason)]
 
     def context(self, stage: str) -> Any:
-        """The handler context of ``stage`` in this session (for transports that render
-        between turns, e.g. the avatar's idle frames); None if the pipeline has no such
-        stage. Valid after ``start()`` until ``close()``."""
+        """The handler context of ``stage`` (None if the pipeline has no such stage), for
+        tests and diagnostics that inspect a handler's state (an LLM's history). A transport
+        never needs it: what it may ask of a handler is in the handler contract."""
         return next((s.ctx for s in self._stages if s.handler.stage == stage), None)
+
+    @property
+    def avatar(self) -> AvatarHandler[Any] | None:
+        """The pipeline's avatar handler, if it has one."""
+        return next((s.handler for s in self._stages if isinstance(s.handler, AvatarHandler)), None)
+
+    def idle_frame(self, t: float) -> np.ndarray | None:
+        """Blocking (run it in an executor): the avatar between replies at time ``t`` of
+        the session's clock; None without an avatar stage. Valid after ``start()``."""
+        stage = next((s for s in self._stages if isinstance(s.handler, AvatarHandler)), None)
+        if stage is None:
+            return None
+        return cast(AvatarHandler[Any], stage.handler).idle_frame(stage.ctx, t)
+
+    def running(self, turn: int) -> bool:
+        """Whether ``turn`` is still being worked on (neither ended nor cancelled)."""
+        return turn in self._open_turns and turn not in self._cancelled
 
     @property
     def open_turns(self) -> frozenset[int]:
         return frozenset(self._open_turns)
 
     def _is_dead(self, event: Event) -> bool:
-        return event.turn in self._cancelled and not isinstance(event, TurnCancelled | ErrorEvent)
+        return event.turn in self._cancelled and not isinstance(event, TurnCancelled | ErrorEvent | ReplyInterrupted)
 
     # -- the stage loop --------------------------------------------------------------
 
-    async def _run(self, stage: _Stage) -> None:
+    async def _work(self, stage: _Stage) -> None:
         handler = stage.handler
         while True:
             event = await stage.inbox.get()
             if self._is_dead(event):
                 continue
-            if not isinstance(event, handler.accepts) or isinstance(event, handler.forwards):
-                stage.outbox.put_nowait(event)
-            if not isinstance(event, handler.accepts):
+            accepted = isinstance(event, handler.accepts)
+            if not accepted or isinstance(event, handler.forwards):
+                stage.outbox.put_nowait(event)  # on the lane already, if it is a control event
+            if not accepted:
+                continue
+            self._drain_control(stage)
+            if self._is_dead(event):
                 continue
             stage.busy_turn = event.turn
-            stage.busy = asyncio.create_task(self._handle(stage, event))
             try:
-                # asyncio.wait does not raise when `busy` alone is cancelled by cancel_turn.
-                await asyncio.wait({stage.busy})
+                await self._handle(stage, event)
+            except asyncio.CancelledError:
+                if not stage.stopping or self._closed:
+                    raise
             finally:
-                stage.busy, stage.busy_turn = None, NO_TURN
+                stage.busy_turn = NO_TURN
+            if self._closed:
+                return
+            if stage.stopping:
+                # cancel_turn stopped this event's turn, not the stage: take the cancel back.
+                stage.stopping = False
+                task = asyncio.current_task()
+                while task is not None and task.cancelling():
+                    task.uncancel()
+
+    async def _steer(self, stage: _Stage) -> None:
+        """The stage's control task: control events as they come, even while its worker
+        is busy handling data."""
+        while True:
+            self._control(stage, await stage.control.get())
+
+    def _drain_control(self, stage: _Stage) -> None:
+        while not stage.control.empty():
+            self._control(stage, stage.control.get_nowait())
+
+    def _control(self, stage: _Stage, event: Event) -> None:
+        try:
+            outputs = stage.handler.on_control(stage.ctx, event)
+        except Exception:
+            log.exception("%s handler %r failed on a %s control event", stage.handler.stage,
+                          stage.handler.name, type(event).__name__)
+            return
+        for out in outputs:
+            self._emit(stage, out)
 
     async def _handle(self, stage: _Stage, event: Event) -> None:
         try:
@@ -224,14 +317,21 @@ class Session:
             outputs_gen = cast(AsyncGenerator[Event, None], stage.handler.handle(stage.ctx, event))
             async with aclosing(outputs_gen) as outputs:
                 async for out in outputs:
-                    if not self._is_dead(out):
-                        stage.outbox.put_nowait(out)
-                        if self._observers:
-                            self._notify(out)
+                    self._emit(stage, out)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self._failed(stage, event, exc)
+
+    def _emit(self, stage: _Stage, event: Event) -> None:
+        """``event`` leaves ``stage``: down the pipeline, and on the lane if it is control."""
+        if self._is_dead(event):
+            return
+        stage.outbox.put_nowait(event)
+        if isinstance(event, CONTROL):
+            self._broadcast(event)
+        elif self._listeners:
+            self._tell(event)
 
     def _failed(self, stage: _Stage, event: Event, exc: Exception) -> None:
         """The error path: log under an id, tell the consumer, end the turn, say the fallback."""

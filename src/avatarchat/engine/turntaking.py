@@ -2,10 +2,10 @@
 the floor from the avatar's reply.
 
 ``TurnTaking`` is a small state machine fed with the session's user-side events the moment
-a stage emits them (``Session.observe``: not through the pipeline, where they would wait
-behind a stage busy with the reply). It acts on a ``Floor``: whatever plays the reply (the
-WebRTC peer's playout). It is transport-independent and clock-injectable, so it is tested
-with fakes and virtual time.
+a stage emits them (the control lane, ``Session.listen``: not through the pipeline, where
+they would wait behind a stage busy with the reply). It acts on a ``Floor``: the replies as
+a ``ReplySink`` plays them (``engine.floor``). ``engine.conversation`` wires it for every
+transport; it is clock-injectable, so it is tested with fakes and virtual time.
 
 Voice barge-in::
 
@@ -33,13 +33,13 @@ interrupt button cut everything at once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from avatarchat.engine.clock import REAL_CLOCK, Cancellable
 from avatarchat.engine.events import (
     Event,
     SpeechEnded,
@@ -47,7 +47,6 @@ from avatarchat.engine.events import (
     SpeechStarted,
     TurnCancelled,
     UserTranscript,
-    now,
 )
 
 log = logging.getLogger(__name__)
@@ -63,10 +62,6 @@ BACKCHANNELS = frozenset(
     "mm mmm hm hmm mhm uh huh um uhm ah oh ok okay yeah yep yes right sure wow cool "
     "i see got it thank thanks you".split()
 )
-
-
-class Cancellable(Protocol):
-    def cancel(self) -> None: ...
 
 
 #: ``call_at(when, fn)``: run ``fn`` at engine-clock time ``when``; returns a handle.
@@ -99,11 +94,6 @@ class Floor(Protocol):
 def has_words(text: str) -> bool:
     """Whether ``text`` says something that takes the turn: any word not a backchannel."""
     return any(w not in BACKCHANNELS for w in re.findall(r"[a-z0-9']+", text.lower()))
-
-
-def loop_scheduler(when: float, fn: Callable[[], None]) -> Cancellable:
-    """The real scheduler: ``fn`` on the running loop at engine time ``when``."""
-    return asyncio.get_running_loop().call_later(max(0.0, when - now()), fn)
 
 
 @dataclass
@@ -143,8 +133,8 @@ class TurnTaking:
     WATCHES: tuple[type[Event], ...] = (SpeechStarted, SpeechOngoing, SpeechEnded, TurnCancelled, UserTranscript)
 
     def __init__(self, floor: Floor, *, enabled: bool = True, min_speech_s: float = 0.3,
-                 duck_volume: float = 0.2, clock: Callable[[], float] = now,
-                 call_at: Scheduler = loop_scheduler,
+                 duck_volume: float = 0.2, clock: Callable[[], float] = REAL_CLOCK.now,
+                 call_at: Scheduler = REAL_CLOCK.call_at,
                  on_barge_in: Callable[[BargeIn], None] | None = None) -> None:
         self.floor = floor
         self.enabled = enabled

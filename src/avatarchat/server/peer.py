@@ -1,22 +1,16 @@
 """One browser (or other WebRTC client) connected to one engine session.
 
 ``PeerSession.open`` answers the client's offer (no trickle: the answer carries every
-candidate) and wires four things together:
+candidate). Everything that is not WebRTC (the engine conversation with its turn-taking
+and cuts, the protocol messages, the client's messages, activity) is the transport-
+independent ``server.client.ClientSession``; the peer adds the media and the wire:
 
-* the client's microphone → ``UserAudio`` into the engine session (48 kHz mono float32);
-* the engine's output → ``Playout`` (reply audio and avatar frames, sent by the tracks of
-  ``server.tracks``) and → data-channel messages (``server.reporting`` says which: the
-  state, transcripts, replies and each turn's metrics);
+* the client's microphone → the conversation (48 kHz mono float32);
+* the conversation's replies → ``Playout`` (the engine's ``ReplySink`` here), sent by the
+  tracks of ``server.tracks`` on one media clock; idle video between replies;
 * the ``events`` data channel (``server.channel``: rate-limited, strictly parsed; its SCTP
-  transport bounded by ``server.sctpguard``) → typed text, interrupts and pings;
+  transport bounded by ``server.sctpguard``) ↔ the protocol messages;
 * the connection's life → ``close()`` when it fails, closes, or the client vanishes.
-
-Turn-taking (``engine.turntaking``, acting through ``server.bargein.PeerFloor``): speech
-that starts while a reply plays ducks it, and stops it once it has lasted
-``barge_in.min_speech_ms`` or has words; a newer question supersedes older replies in
-flight; a typed message and the interrupt button stop every reply. A reply stopped part-way
-is sent once more as ``reply`` with ``interrupted: true`` and the text the user heard, which
-is also what the LLM remembers of it.
 """
 
 from __future__ import annotations
@@ -34,25 +28,12 @@ import numpy as np
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from avatarchat.engine.events import (
-    NO_TURN,
-    AvatarFrame,
-    Event,
-    ReplyAudio,
-    ReplyEnd,
-    ReplyText,
-    SpeechOngoing,
-    SpeechStarted,
-    TurnCancelled,
-    UserAudio,
-    UserTranscript,
-)
 from avatarchat.engine.pipeline import Pipeline
 from avatarchat.engine.session import Session
 from avatarchat.engine.turntaking import TurnTaking
 from avatarchat.server import protocol
-from avatarchat.server.bargein import PeerFloor
 from avatarchat.server.channel import ClientMessage, EventsChannel
+from avatarchat.server.client import ClientSession
 from avatarchat.server.echo import EchoGuard
 from avatarchat.server.errors import client_message, log_error
 from avatarchat.server.ice import (
@@ -65,7 +46,6 @@ from avatarchat.server.ice import (
     wants_loopback,
 )
 from avatarchat.server.jitter import AIORTC_AUDIO_PREFETCH, set_audio_prefetch
-from avatarchat.server.reporting import TurnReporter
 from avatarchat.server.sctpguard import SctpGuard
 from avatarchat.server.settings import ServerSettings
 from avatarchat.server.tracks import (
@@ -74,7 +54,6 @@ from avatarchat.server.tracks import (
     IdleFrames,
     MediaClock,
     Playout,
-    PlayoutListener,
     first_channel,
 )
 
@@ -82,9 +61,6 @@ __all__ = ["OfferError", "PeerSession"]
 
 log = logging.getLogger(__name__)
 
-#: Engine events that count as the user being there (speech the VAD accepted, a transcript):
-#: mic noise, pings and refused messages do not.
-ACTIVITY = (SpeechStarted, SpeechOngoing, UserTranscript)
 #: The answer's ``a=max-message-size``, and the most SCTP reassembles of one message: twice
 #: the protocol's limit, so a message a little too big still reaches the parser (its sender
 #: hears why, where a browser's send() would throw), and a bigger one is dropped on the way.
@@ -119,13 +95,11 @@ class PeerSession:
     disconnect_timeout_s: float = 5.0
 
     id: str
-    last_activity: float
 
     def __init__(self, pipeline: Pipeline, settings: ServerSettings, metrics: Any | None,
                  on_closed: Callable[[PeerSession], None] | None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.id = uuid.uuid4().hex[:12]
-        self.last_activity = time.monotonic()
         self.connected = False
         self.settings = settings
         self.video_codec: str | None = None
@@ -134,12 +108,11 @@ class PeerSession:
         self._metrics = metrics
         self._on_closed = on_closed
         self._pc = RTCPeerConnection(ice_configuration(settings))
-        self._session: Session = pipeline.session(self.id)
         self._clock = MediaClock()
-        self._report = TurnReporter(self._send, metrics)
-        self._playout = Playout(self._clock, PlayoutListener(self._started, self._report.first_frame,
-                                                             self._finished))
-        self._events = EventsChannel(settings, self._on_message, lambda: self._report.send_state(force=True),
+        self._playout = Playout(self._clock)
+        self._client = ClientSession(pipeline, self._playout, self._send, session_id=self.id, logger=self.log,
+                                     metrics=metrics)
+        self._events = EventsChannel(settings, self._on_message, lambda: self._client.report.send_state(force=True),
                                      self.log, clock)
         self._tasks: set[asyncio.Task[None]] = set()
         self._tracks: list[MediaStreamTrack] = []
@@ -147,14 +120,7 @@ class PeerSession:
         self._closed = False
         self._close_task: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
-        self._floor = PeerFloor(self._session, self._playout, pipeline.handlers, self._send, self._report.drop)
-        barge = settings.barge_in
-        self._echo = EchoGuard() if barge.echo_guard else None
-        self._turntaking = TurnTaking(self._floor, enabled=barge.enabled, min_speech_s=barge.min_speech_ms / 1000,
-                                      duck_volume=barge.duck_volume)
-        # Straight from the stages: a SpeechStarted must not wait behind the reply's stages.
-        self._session.observe(TurnTaking.WATCHES, self._turntaking.on_event)
-        self._session.observe(ACTIVITY, self._user_active)
+        self._echo = EchoGuard() if settings.echo_guard else None
         self._guard: SctpGuard | None = None
 
     # -- opening ---------------------------------------------------------------------
@@ -188,7 +154,7 @@ class PeerSession:
         return peer, answer
 
     async def _answer(self, sdp: str) -> str:
-        await self._session.start()
+        await self._client.start()
         self._add_tracks()
         pc = self._pc
         pc.on("track", self._on_track)
@@ -206,23 +172,23 @@ class PeerSession:
         await pc.setLocalDescription(await pc.createAnswer())
         answer = pc.localDescription.sdp
         self.video_codec = negotiated_codec(answer, "video")
-        self._spawn(self._pump(), "pump")
         return answer
 
     def _add_tracks(self) -> None:
         """The avatar's tracks go in before the offer is applied: the video transceiver's
         codec preference only counts if it exists when aiortc intersects the codecs."""
-        stage = self._avatar_stage()
-        fps = stage.fps if stage is not None else 25
+        conversation = self._client.conversation
+        fps = conversation.fps or 25
         render: Callable[[float], np.ndarray] | None = None
-        if stage is not None:
-            ctx = self._session.context("avatar")
+        if conversation.fps is not None:
             clock = self._clock
 
             def render(t: float) -> np.ndarray:  # type: ignore[misc]
-                # In the executor. Media time → the avatar context's session clock (the
-                # media clock is running by then: the video track's recv started it).
-                return stage.idle_frame(ctx, t + clock.t0 - ctx.clock0)
+                # In the executor. Media time → the engine clock (the media clock is running
+                # by then: the video track's recv started it).
+                frame = conversation.idle_frame(t + clock.t0)
+                assert frame is not None
+                return frame
 
         video = AvatarVideoTrack(self._clock, self._playout, IdleFrames(render, fps), fps)
         audio = AvatarAudioTrack(self._clock, self._playout, None if self._echo is None else self._echo.played)
@@ -231,9 +197,6 @@ class PeerSession:
         self._pc.addTrack(video)
         video_transceiver = next(t for t in self._pc.getTransceivers() if t.sender.track is video)
         prefer_video_codec(video_transceiver, self.settings.video_codec)
-
-    def _avatar_stage(self) -> Any | None:
-        return next((h for h in self._pipeline.handlers if h.stage == "avatar"), None)
 
     # -- closing ---------------------------------------------------------------------
 
@@ -277,15 +240,13 @@ class PeerSession:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         try:
-            self._turntaking.close()
-            self._playout.stop_all()
             for track in self._tracks:
                 track.stop()
             await self._pc.close()
         except Exception:
             self.log.exception("closing the connection failed")
         finally:
-            await self._session.close()
+            await self._client.close()
 
     def _close_soon(self, reason: str) -> None:
         """Close from a callback or from one of the peer's own tasks (which close cancels)."""
@@ -343,7 +304,7 @@ class PeerSession:
             samples = mono.astype(np.float32) / 32768.0
             if self._echo is not None:  # the avatar's own voice coming back must not barge in
                 samples = self._echo.process(samples, frame.sample_rate, time.monotonic())
-            self._session.push(UserAudio(NO_TURN, samples, frame.sample_rate))
+            self._client.push_mic(samples, frame.sample_rate)
 
     @staticmethod
     async def _drain(track: MediaStreamTrack) -> None:
@@ -360,58 +321,8 @@ class PeerSession:
         self._events.send(message)
 
     def _on_message(self, message: ClientMessage) -> None:
-        """A valid client message (``EventsChannel`` refused the rest, and logs what this raises)."""
-        if self._closed:
-            return  # arrived while closing: the engine session may be gone already
-        if isinstance(message, protocol.TextMessage):
-            self.last_activity = time.monotonic()
-            self._turntaking.interrupt("text")
-            self._report.text_received(self._session.say(message.text))
-        elif isinstance(message, protocol.InterruptMessage):
-            self.last_activity = time.monotonic()
-            self._turntaking.interrupt("interrupt")
-        else:
-            self._send({"type": "pong", "t": message.t})
-
-    def _user_active(self, _: Event) -> None:
-        self.last_activity = time.monotonic()
-
-    # -- engine output ---------------------------------------------------------------
-
-    async def _pump(self) -> None:
-        """The engine session's output → playout and messages, until the peer closes."""
-        async for event in self._session.events():
-            try:
-                self._on_event(event)
-            except Exception:  # one bad event must not end the conversation
-                self.log.exception("handling %s failed", type(event).__name__)
-
-    def _on_event(self, event: Event) -> None:
-        """Media to the playout (and what turn-taking must know of it); the rest to the
-        messages. A ``ReplyEnd`` is reported before ``Playout.end``, which may finish the
-        turn at once (a reply without audio): its final text goes before its metrics."""
-        if isinstance(event, ReplyAudio | ReplyText):
-            self._floor.note(event)
-        if isinstance(event, ReplyAudio):
-            self._playout.add_audio(event)
-        elif isinstance(event, AvatarFrame):
-            self._playout.add_frame(event)
-        elif isinstance(event, TurnCancelled):
-            self._playout.stop(event.turn)
-            self._floor.forget(event.turn)
-        self._report.on_event(event)
-        if isinstance(event, ReplyEnd):
-            self._playout.end(event.turn)
-
-    def _started(self, turn: int, at: float) -> None:
-        """The first audio of ``turn``'s reply went out (from the tracks' recv, on the loop)."""
-        self._report.started(turn, at)
-        self._turntaking.reply_started(turn)
-
-    def _finished(self, turn: int) -> None:
-        """The playout sent all of ``turn``'s reply (from the tracks' recv, on the loop)."""
-        self._floor.forget(turn)
-        self._report.finished(turn)
+        if not self._closed:  # arrived while closing: the engine session may be gone already
+            self._client.on_message(message)
 
     # -- for tests and the app ---------------------------------------------------------
 
@@ -420,12 +331,18 @@ class PeerSession:
         return self._playout
 
     @property
+    def last_activity(self) -> float:
+        """When the user last spoke (speech the VAD accepted, a transcript) or sent a valid
+        ``text`` or ``interrupt`` (monotonic seconds)."""
+        return self._client.last_activity
+
+    @property
     def session(self) -> Session:
-        return self._session
+        return self._client.conversation.session
 
     @property
     def turntaking(self) -> TurnTaking:
-        return self._turntaking
+        return self._client.conversation.turntaking
 
     @property
     def messages_dropped(self) -> int:

@@ -1,4 +1,4 @@
-"""What a peer's client is told about its turns: engine events → data-channel messages
+"""What a client is told about its turns: engine events → protocol messages
 (``server.protocol``), the avatar's state, and each turn's latency metrics.
 
 Apart from ``server.peer`` because it is pure bookkeeping: no connection, no tasks, no
@@ -20,7 +20,7 @@ playout has finished, ``metrics`` with the engine's stage timings plus
 else the moment the typed text arrived, to the first reply audio / video frame handed to
 the encoder). A cancelled turn (interrupt, barge-in, a newer turn, an error) sends no
 more ``reply`` and no ``metrics``, except the one ``reply`` with ``interrupted`` true and the
-words heard, when it was cut (``server.bargein`` sends that); its end shows as the state
+words heard, when it was cut (from ``ReplyInterrupted``); its end shows as the state
 going back to ``listening``. A stage failing on a turn sends ``error`` with the stage in
 plain words and an error id ("the language model failed (error id 1a2b3c4d)"), never the
 exception; the engine's fallback line then comes as a reply of a new turn. The server's
@@ -39,6 +39,7 @@ from avatarchat.engine.events import (
     ErrorEvent,
     Event,
     ReplyEnd,
+    ReplyInterrupted,
     ReplyText,
     TimingMark,
     TurnCancelled,
@@ -137,6 +138,12 @@ class TurnReporter:
             self._send(protocol.error(client_message(what, event.error_id), None if event.turn == NO_TURN else event.turn))
             if self._metrics is not None:
                 self._metrics.error(event.stage)
+        elif isinstance(event, ReplyInterrupted):
+            # Cut part-way: the client is told the words heard (if it was shown any of it),
+            # and the server's counters count the cut.
+            if event.shown:
+                self._send(protocol.reply(event.turn, event.heard_text, final=True, interrupted=True))
+            self.drop(event.turn, event.reason)
         elif isinstance(event, TurnCancelled):
             self.drop(event.turn)
 

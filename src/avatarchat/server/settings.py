@@ -18,18 +18,11 @@ class IceServer(HandlerOptions):
 
 
 class BargeInSettings(HandlerOptions):
-    """``server.barge_in``: the user's voice taking the floor from the avatar's reply."""
+    """``server.barge_in``: the page's side of barge-in. When the user's voice takes the
+    floor is the engine's business (``session.barge_in``: enabled, min_speech_ms,
+    duck_volume); this is what the browser does before the server has decided.
+    """
 
-    enabled: bool = True
-    #: Speech must last this long from its onset to stop the reply (shorter: a cough, a
-    #: click, an "mm-hm"); a transcript with real words stops it sooner.
-    min_speech_ms: int = Field(default=300, ge=0, le=5000)
-    #: Reply volume while a possible barge-in is weighed (0..1).
-    duck_volume: float = Field(default=0.2, ge=0.0, le=1.0)
-    #: Remove the avatar's own voice from the mic before the VAD hears it (clients without
-    #: echo cancellation): see server/echo.py. Off by default: through Opus both ways it
-    #: removes only ~7 dB, and the VAD still hears the rest (tests/test_peer_bargein.py, xfail).
-    echo_guard: bool = False
     #: The page mutes the avatar itself the moment it hears the user start to speak over a
     #: reply (web/bargein.js), before this server has even received the speech; it keeps the
     #: reply muted once the server cuts it, or fades it back up after ``client_grace_ms``.
@@ -47,10 +40,11 @@ class BargeInSettings(HandlerOptions):
     #: The quietest mic RMS (0..1, after the browser's processing) that may count as speech.
     client_min_rms: float = Field(default=0.01, gt=0.0, le=1.0)
 
-    def client(self) -> dict[str, bool | int | float]:
-        """What the page needs (``/api/config``'s ``barge_in``). ``enabled`` comes along: where
-        voice may not cut a reply, the page does not mute one for it either."""
-        return {"enabled": self.enabled, **self.model_dump(include=_CLIENT_KEYS)}
+    def client(self, enabled: bool = True) -> dict[str, bool | int | float]:
+        """What the page needs (``/api/config``'s ``barge_in``), with ``enabled`` from
+        ``session.barge_in``: where voice may not cut a reply, the page does not mute one
+        for it either."""
+        return {"enabled": enabled, **self.model_dump(include=_CLIENT_KEYS)}
 
 
 _CLIENT_KEYS = {"client_mute", "client_onset_ms", "client_grace_ms", "client_echo_ratio", "client_min_rms"}
@@ -149,3 +143,7 @@ class ServerSettings(HandlerOptions):
     #: Largest HTTP request body accepted (the SDP offer), bytes.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     barge_in: BargeInSettings = Field(default_factory=BargeInSettings)
+    #: Remove the avatar's own voice from the mic before the VAD hears it (clients without
+    #: echo cancellation): see server/echo.py. Off by default: through Opus both ways it
+    #: removes only ~7 dB, and the VAD still hears the rest (tests/test_peer_bargein.py, xfail).
+    echo_guard: bool = False

@@ -34,7 +34,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from avatarchat.engine.events import Event, SpeechEnded, SpeechPaused, SpeechSoFar, TimingMark, UserTranscript, now
+from avatarchat.engine.events import Event, SpeechEnded, SpeechPaused, SpeechSoFar, TimingMark, UserTranscript
+from avatarchat.engine.clock import REAL_CLOCK, Clock
 from avatarchat.engine.handler import Handler, HandlerLoadError, HandlerOptions, SessionInfo, register, run_blocking
 from avatarchat.models import ModelFile, verify
 
@@ -189,6 +190,7 @@ class WhisperContext:
     speech_end, text) for the end of the turn to reuse."""
 
     language: str
+    clock: Clock = REAL_CLOCK  # the session's
     early: tuple[int, float, str] | None = None
 
 
@@ -241,8 +243,8 @@ class WhisperHandler(Handler[WhisperOptions]):
         if self.english_only:
             if (self.options.language or session.settings.language) != "en":
                 log.warning("whisper %s only knows English; transcribing as English", self.options.model)
-            return WhisperContext("en")
-        return WhisperContext(self.options.language or session.settings.language)
+            return WhisperContext("en", session.clock)
+        return WhisperContext(self.options.language or session.settings.language, session.clock)
 
     def transcribe(self, audio: np.ndarray, language: str) -> str:
         """Blocking: the text of one 16 kHz mono utterance ("" when nothing is said)."""
@@ -323,7 +325,7 @@ class WhisperHandler(Handler[WhisperOptions]):
         if isinstance(event, SpeechSoFar):
             # A growing transcript for the page. One that waited behind a slow call is
             # stale: a newer one, or the pause, is already on its way.
-            if now() - event.voiced_until < _STALE_PARTIAL_S:
+            if ctx.clock.now() - event.voiced_until < _STALE_PARTIAL_S:
                 text = await run_blocking(self.transcribe, event.audio, ctx.language)
                 if text:
                     yield UserTranscript(event.turn, text, final=False)
@@ -331,14 +333,14 @@ class WhisperHandler(Handler[WhisperOptions]):
         if isinstance(event, SpeechPaused):
             # Transcribe while the VAD waits out its hangover: if the user says no more, the
             # end of the turn finds its transcript ready (about one whisper call saved).
-            yield TimingMark(event.turn, "asr_early_start")
+            yield TimingMark(event.turn, "asr_early_start", at=ctx.clock.now())
             text = await run_blocking(self.transcribe, event.audio, ctx.language)
             ctx.early = (event.turn, event.speech_end, text)
-            yield TimingMark(event.turn, "asr_early_final")
+            yield TimingMark(event.turn, "asr_early_final", at=ctx.clock.now())
             yield UserTranscript(event.turn, text, final=False, speech_end=event.speech_end)
             return
         assert isinstance(event, SpeechEnded)
-        yield TimingMark(event.turn, "asr_start")
+        yield TimingMark(event.turn, "asr_start", at=ctx.clock.now())
         early, ctx.early = ctx.early, None
         if early is not None and early[:2] == (event.turn, event.speech_end):
             text = early[2]  # nothing was said since the pause: the same audio, the same words
@@ -346,5 +348,5 @@ class WhisperHandler(Handler[WhisperOptions]):
             text = await run_blocking(self.transcribe, event.audio, ctx.language)
         # The mark goes first: the LLM stage answers the transcript before it passes on
         # anything queued behind it.
-        yield TimingMark(event.turn, "asr_final")
+        yield TimingMark(event.turn, "asr_final", at=ctx.clock.now())
         yield UserTranscript(event.turn, text, final=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -30,11 +29,12 @@ from avatarchat.engine.events import (
     Event,
     ReplyAudio,
     ReplyEnd,
+    ReplyInterrupted,
     SpeechStarted,
     TimingMark,
 )
 from avatarchat.engine.handler import (
-    Handler,
+    AvatarHandler,
     HandlerLoadError,
     HandlerOptions,
     SessionInfo,
@@ -69,11 +69,12 @@ class _Turn:
 
 @dataclass
 class PortraitContext:
-    """Per-session state. ``clock0`` is the session clock's zero (monotonic seconds)."""
+    """Per-session state. ``clock0`` is where the face's own timeline starts on the
+    session's clock (``session.clock``)."""
 
     session: SessionInfo
     animator: Animator
-    clock0: float = field(default_factory=time.monotonic)
+    clock0: float = 0.0
     turns: dict[int, _Turn] = field(default_factory=dict)
     #: The turn the animator shows (turn ids only grow; an older reply is not resumed).
     current: int = NO_TURN
@@ -84,12 +85,12 @@ class PortraitContext:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def now(self) -> float:
-        """Seconds on this session's clock."""
-        return time.monotonic() - self.clock0
+        """Seconds on the face's timeline (from ``clock0``)."""
+        return self.session.clock.now() - self.clock0
 
 
 @register
-class PortraitHandler(Handler[PortraitOptions]):
+class PortraitHandler(AvatarHandler[PortraitOptions]):
     """Renders AvatarFrames for each ReplyAudio chunk.
 
     Promises, per turn: before the first frame a ``TimingMark(turn, "avatar_first_frame")``;
@@ -103,9 +104,12 @@ class PortraitHandler(Handler[PortraitOptions]):
     name: ClassVar[str] = "portrait"
     stage: ClassVar[str] = "avatar"
     Options: ClassVar[type[HandlerOptions]] = PortraitOptions
-    accepts: ClassVar[tuple[type[Event], ...]] = (ReplyAudio, ReplyEnd, SpeechStarted)
-    # The audio goes on to the client; SpeechStarted only switches on the listening look.
-    forwards: ClassVar[tuple[type[Event], ...]] = (ReplyAudio, SpeechStarted)
+    accepts: ClassVar[tuple[type[Event], ...]] = (ReplyAudio, ReplyEnd)
+    # The audio goes on to the client.
+    forwards: ClassVar[tuple[type[Event], ...]] = (ReplyAudio,)
+    # At once, not behind the frames being rendered: the user speaking switches on the
+    # listening look; a cut reply closes the mouth from the frame on screen.
+    controls: ClassVar[tuple[type[Event], ...]] = (SpeechStarted, ReplyInterrupted)
 
     def __init__(self, options: PortraitOptions) -> None:
         super().__init__(options)
@@ -134,16 +138,20 @@ class PortraitHandler(Handler[PortraitOptions]):
     def create_context(self, session: SessionInfo) -> PortraitContext:
         seed = zlib.crc32(session.session_id.encode())
         animator = Animator(seed, self.options.anticipation_ms / 1000.0, self.options.timing_lead_ms / 1000.0)
-        return PortraitContext(session, animator)
+        return PortraitContext(session, animator, clock0=session.clock.now())
 
     # -- events ---------------------------------------------------------------------------
 
-    async def handle(self, ctx: PortraitContext, event: Event) -> AsyncIterator[Event]:
+    def on_control(self, ctx: PortraitContext, event: Event) -> list[Event]:
         if isinstance(event, SpeechStarted):
             with ctx.lock:
                 ctx.listening_turn = max(ctx.listening_turn, event.turn)
                 ctx.animator.idle.set_listening(True, ctx.now())
-            return
+        elif isinstance(event, ReplyInterrupted) and event.on_screen:
+            self.halt(ctx, event.turn, event.heard_s)
+        return []
+
+    async def handle(self, ctx: PortraitContext, event: Event) -> AsyncIterator[Event]:
         if isinstance(event, ReplyAudio):
             async for out in self._chunk(ctx, event):
                 yield out
@@ -250,7 +258,7 @@ class PortraitHandler(Handler[PortraitOptions]):
             ctx.animator.stop(ctx.now() - ctx.animator.origin)
 
     def halt(self, ctx: PortraitContext, turn: int, shown: float) -> None:
-        """The transport cut ``turn``'s reply while reply time ``shown`` was on screen:
+        """(``ReplyInterrupted``, on the control lane.) The transport cut ``turn``'s reply while reply time ``shown`` was on screen:
         stop rendering it, and let the idle frames close the mouth smoothly from that frame
         (``CLOSE_S``) instead of from where rendering had got to (rendering runs ahead of
         playout, and a reply whose rendering finished is no longer a turn of this stage).
@@ -277,6 +285,6 @@ class PortraitHandler(Handler[PortraitOptions]):
             return ctx.animator.idle_params(t)
 
     def idle_frame(self, ctx: PortraitContext, t: float) -> np.ndarray:
-        """Blocking (~one render, ~10 ms): the idle animation at session time ``t``
-        (``ctx.now()`` for live video). Safe from any thread; run it in an executor."""
-        return self._render_batch([self.idle_params(ctx, t)])[0]
+        """Blocking (~one render, ~10 ms): the idle animation at time ``t`` of the session's
+        clock. Safe from any thread; run it in an executor."""
+        return self._render_batch([self.idle_params(ctx, t - ctx.clock0)])[0]

@@ -21,7 +21,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-from avatarchat.engine.events import Event, ReplyEnd, ReplyText, TimingMark, UserTranscript
+from avatarchat.engine.events import Event, ReplyEnd, ReplyInterrupted, ReplyText, TimingMark, UserTranscript
 from avatarchat.engine.handler import Handler, HandlerOptions, SessionInfo
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,8 @@ class ChatLLM(Handler[OptionsT]):
     accepts: ClassVar[tuple[type[Event], ...]] = (UserTranscript,)
     # The transcript goes on to the client, which shows what it heard.
     forwards: ClassVar[tuple[type[Event], ...]] = (UserTranscript,)
+    # A cut reply: history keeps only what the user heard of it.
+    controls: ClassVar[tuple[type[Event], ...]] = (ReplyInterrupted,)
 
     def create_context(self, session: SessionInfo) -> ChatContext:
         return ChatContext(session)
@@ -223,7 +225,7 @@ class ChatLLM(Handler[OptionsT]):
         user_text = ctx.question(user_text)
         ctx.unheard.clear()
         ctx.remember_question(turn, user_text)
-        yield TimingMark(turn, "llm_start")
+        yield TimingMark(turn, "llm_start", at=ctx.session.clock.now())
         parts: list[str] = []
         ctx.finish_reason = None
         names = speaker_names(ctx.system_prompt)
@@ -234,13 +236,13 @@ class ChatLLM(Handler[OptionsT]):
                 if not delta:
                     continue
                 if not parts:
-                    yield TimingMark(turn, "llm_first_token")
+                    yield TimingMark(turn, "llm_first_token", at=ctx.session.clock.now())
                 parts.append(delta)
                 yield ReplyText(turn, delta)
 
         if not parts:
             log.info("llm %s gave an empty reply on turn %s; saying the fallback", self.name, turn)
-            yield TimingMark(turn, "llm_first_token")
+            yield TimingMark(turn, "llm_first_token", at=ctx.session.clock.now())
             parts.append(FALLBACK_REPLY)
             yield ReplyText(turn, FALLBACK_REPLY)
         reply = "".join(parts)
@@ -278,6 +280,13 @@ class ChatLLM(Handler[OptionsT]):
         else:
             self.record_interrupted(ctx, user_text, heard_text)
         return True
+
+    def on_control(self, ctx: ChatContext, event: Event) -> list[Event]:
+        """``ReplyInterrupted``: remember the exchange as heard (``record_cut``)."""
+        assert isinstance(event, ReplyInterrupted)
+        if not self.record_cut(ctx, event.turn, event.heard_text, continued=event.continued):
+            log.info("llm %s: turn %s was cut but is not in history", self.name, event.turn)
+        return []
 
     def cancel_turn(self, ctx: Any, turn: int) -> None:
         # Nothing buffered: cancelling the handle() task closes the stream, which stops

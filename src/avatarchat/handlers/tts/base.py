@@ -23,6 +23,7 @@ from avatarchat.engine.events import (
     ReplyText,
     TimingMark,
 )
+from avatarchat.engine.clock import REAL_CLOCK, Clock
 from avatarchat.engine.handler import Handler, HandlerOptions, SessionInfo, run_blocking
 from avatarchat.handlers.tts.text import ClauseSplitter, clean_for_speech, ends_with_sentence_end, without_dangling_end
 
@@ -76,6 +77,7 @@ class _TurnState:
     #: all if the LLM stops at its token cap first.
     held: list[str] = field(default_factory=list)
     cancelled: bool = False
+    clock: Clock = REAL_CLOCK  # the session's
 
 
 @dataclass
@@ -125,7 +127,7 @@ class StreamingTTS(Handler[TTSOptionsT]):
         state: _TurnState | None  # a ReplyEnd may come for a turn that never had text
         if isinstance(event, ReplyText):
             state = ctx.turns.setdefault(
-                event.turn, _TurnState(ClauseSplitter(first_max_words=self.options.first_clause_max_words))
+                event.turn, _TurnState(ClauseSplitter(first_max_words=self.options.first_clause_max_words), clock=ctx.session.clock)
             )
             for clause in state.splitter.feed_clauses(event.text):
                 if state.said_sentence and not clause.ends_sentence:
@@ -169,7 +171,7 @@ class StreamingTTS(Handler[TTSOptionsT]):
         if not state.spoke:
             samples, phonemes = trim_leading_silence(samples, phonemes, self.sample_rate)
             state.spoke = True
-            yield TimingMark(turn, "tts_first_audio")
+            yield TimingMark(turn, "tts_first_audio", at=state.clock.now())
         chunk = ReplyAudio(turn, samples, self.sample_rate, state.offset, text=text, phonemes=phonemes)
         state.offset += chunk.duration
         yield chunk

@@ -24,7 +24,6 @@ import numpy as np
 from pydantic import Field
 
 from avatarchat.audio.resample import Resampler
-from avatarchat.engine.endofturn import EndOfTurn
 from avatarchat.engine.events import (
     NO_TURN,
     EndOfTurnHint,
@@ -37,10 +36,8 @@ from avatarchat.engine.events import (
     TimingMark,
     TurnCancelled,
     UserAudio,
-    now,
 )
 from avatarchat.engine.handler import Handler, HandlerOptions, SessionInfo, register, run_blocking
-from avatarchat.engine.session import Session
 from avatarchat.models import ModelFile
 
 RATE = 16_000
@@ -77,14 +74,6 @@ class SileroOptions(HandlerOptions):
     partial_ms: int = Field(
         0, ge=0, le=60_000,
         description="while speech goes on, the utterance so far to the ASR this often (0: off)",
-    )
-    complete_ms: int = Field(
-        0, ge=0, le=10_000,
-        description="hangover once the early transcript reads as a complete sentence (0: off)",
-    )
-    unfinished_ms: int = Field(
-        0, ge=0, le=10_000,
-        description="hangover once it ends mid-sentence: 'and', 'the', a comma (0: off)",
     )
 
 
@@ -266,6 +255,8 @@ class SileroContext:
     anchors_pos: list[float] = field(default_factory=list)  # input end of each chunk (16 kHz)
     anchors_at: list[float] = field(default_factory=list)  # its arrival on the clock
     turn: int = NO_TURN
+    ingesting: bool = False  # the detector is busy in a worker thread
+    hints: list[EndOfTurnHint] = field(default_factory=list)  # arrived while it was
 
     def ingest(self, x: np.ndarray, rate: int) -> list[_Decision]:
         """Resample ``x`` to 16 kHz and run the detector over it."""
@@ -314,11 +305,14 @@ class SileroVADHandler(Handler[SileroOptions]):
     name = "silero"
     stage = "vad"
     Options = SileroOptions
-    accepts = (UserAudio, EndOfTurnHint)
+    accepts = (UserAudio,)
+    # The hangover for a pause, from its early transcript (``engine.endofturn``).
+    controls = (EndOfTurnHint,)
 
-    def __init__(self, options: SileroOptions, clock: Callable[[], float] = now) -> None:
+    def __init__(self, options: SileroOptions, clock: Callable[[], float] | None = None) -> None:
         super().__init__(options)
-        # Injectable so tests can replay audio "in real time" without waiting for it.
+        # The arrival time of each chunk; default: the session's clock. Injectable so tests
+        # can replay audio "in real time" without waiting for it.
         self.clock = clock
         self._model_path: str | None = None
 
@@ -340,29 +334,42 @@ class SileroVADHandler(Handler[SileroOptions]):
         # Not shared: the model carries recurrent state and audio context from one window
         # to the next, and one instance must not be used from two streams. An instance is
         # small (the ONNX is 2 MB), so each session gets its own.
-        return SileroContext(session, _Detector(self._new_vad(), self.options), self.clock)
+        return SileroContext(session, _Detector(self._new_vad(), self.options), self.clock or session.clock.now)
 
     async def handle(self, ctx: SileroContext, event: Event) -> AsyncIterator[Event]:
-        if isinstance(event, EndOfTurnHint):
-            for out in self._hint(ctx, event):
-                yield out
-            return
         assert isinstance(event, UserAudio)
-        arrived, arrived_real = ctx.clock(), now()
+        # Decisions are dated on the session's clock by the arrival of the audio that made
+        # them: one clock, and a replayed stream decides at the times it was "captured".
+        arrived = ctx.clock()
         x = to_mono_float32(event.samples)
         if len(x) == 0:
             return
         rate = int(event.sample_rate)
         if len(x) > _INLINE_MAX_S * rate:
-            decisions = await run_blocking(ctx.ingest, x, rate)
+            ctx.ingesting = True  # a hint meanwhile waits: the detector is in a worker thread
+            try:
+                decisions = await run_blocking(ctx.ingest, x, rate)
+            finally:
+                ctx.ingesting = False
         else:
             decisions = ctx.ingest(x, rate)
         assert ctx.resampler is not None
         input_end = ctx.stream_base + ctx.resampler.input_samples * RATE / rate
         ctx.anchor(input_end, arrived)
         for d in decisions:
-            for out in self._events(ctx, d, arrived + (now() - arrived_real)):
+            for out in self._events(ctx, d, arrived):
                 yield out
+        hints, ctx.hints = ctx.hints, []
+        for hint in hints:
+            for out in self._hint(ctx, hint):
+                yield out
+
+    def on_control(self, ctx: SileroContext, event: Event) -> list[Event]:
+        assert isinstance(event, EndOfTurnHint)
+        if ctx.ingesting:
+            ctx.hints.append(event)
+            return []
+        return self._hint(ctx, event)
 
     def _events(self, ctx: SileroContext, d: _Decision, decided: float) -> list[Event]:
         if isinstance(d, _Start):
@@ -414,11 +421,3 @@ class SileroVADHandler(Handler[SileroOptions]):
     def close_context(self, ctx: SileroContext) -> None:
         ctx.detector.windows.clear()
         ctx.detector.vad = None  # frees the native instance once no worker holds it
-
-    def observe_session(self, session: Session) -> None:
-        """End of turn from the words (``engine.endofturn``), when ``complete_ms`` or
-        ``unfinished_ms`` is set: it reads the ASR's pause transcripts and sends this VAD
-        ``EndOfTurnHint``s. Attached here, not by the engine: these are this VAD's options."""
-        complete, unfinished = self.options.complete_ms, self.options.unfinished_ms
-        if complete or unfinished:
-            EndOfTurn(session, complete, unfinished)  # lives as long as the session's observer
