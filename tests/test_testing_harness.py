@@ -74,14 +74,16 @@ async def test_a_scripted_user_is_heard_and_answered() -> None:
         [Audio.silence(2.5)], turns=[1], clock=clock,
     )
     kinds = [type(e) for e in events if not isinstance(e, TimingMark | SpeechOngoing)]
-    assert kinds == [SpeechStarted, UserTranscript, ReplyText, ReplyText, ReplyText, ReplyAudio, ReplyEnd]
+    assert kinds == [SpeechStarted, UserTranscript, UserTranscript, ReplyText, ReplyText, ReplyText, ReplyAudio,
+                     ReplyEnd]
     started = events[0]
     assert isinstance(started, SpeechStarted) and started.at == pytest.approx(t0 + 0.5)
     ongoing = [e.voiced_until - t0 for e in events if isinstance(e, SpeechOngoing)]
     # One every 64 ms of voice after the 96 ms that started the turn, up to the speech's end.
     assert ongoing == pytest.approx([0.596 + 0.064 * k for k in range(1, 15)])
-    transcript = next(e for e in events if isinstance(e, UserTranscript))
-    assert transcript.text == "What time is it?"
+    # At the pause (200 ms of silence) the words so far, at the end the final words.
+    assert [(e.text, e.final, e.speech_end) for e in events if isinstance(e, UserTranscript)] == [
+        ("What time is it?", False, pytest.approx(t0 + 1.5)), ("What time is it?", True, None)]
     marks = {e.name: e.at - t0 for e in events if isinstance(e, TimingMark) and e.name in ("speech_end", "vad_end")}
     assert marks == pytest.approx({"speech_end": 1.5, "vad_end": 2.0})
 

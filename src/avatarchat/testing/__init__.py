@@ -13,19 +13,11 @@
 """
 
 from avatarchat.testing.clock import FakeClock
-from avatarchat.testing.fakes import (
-    FakeASR,
-    FakeLLM,
-    FakeTTS,
-    FakeTTSOptions,
-    ScriptedVAD,
-    ScriptedVADOptions,
-    UserSpeech,
-    speech_seconds,
-)
+from avatarchat.testing.fakes import FakeLLM, FakeTTS, FakeTTSOptions, speech_seconds
 from avatarchat.testing.harness import Audio, Wait, pipeline_of, run_pipeline_test
 from avatarchat.testing.reading import ended, of_turn, summary
 from avatarchat.testing.sink import FakeSink, SinkRecord
+from avatarchat.testing.user import FakeASR, ScriptedVAD, ScriptedVADOptions, UserSpeech
 
 __all__ = [
     "Audio",

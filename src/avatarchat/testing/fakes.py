@@ -1,12 +1,9 @@
-"""Hand-written fake handlers for fast engine tests: scripted, deterministic, no models.
+"""Hand-written fake handlers of the reply side for fast engine tests: scripted,
+deterministic, no models (the user side is ``avatarchat.testing.user``).
 
 Each fake reads time only from its session's clock (``SessionInfo.clock``) and does its work
-on the event loop, so with a ``FakeClock`` a whole conversation (the user speaking, the
-reply streaming and playing) runs in virtual time:
+on the event loop, so with a ``FakeClock`` a whole conversation runs in virtual time:
 
-- ``ScriptedVAD`` turns a script of ``UserSpeech`` into the VAD's events as microphone
-  chunks arrive, like livekit's ``FakeUserSpeech``;
-- ``FakeASR`` gives each utterance the transcript its script says;
 - ``FakeLLM`` streams scripted replies word by word (a real ``ChatLLM``: its history is
   the base class's);
 - ``FakeTTS`` speaks each clause as a tone with phoneme timings at a fixed rate.
@@ -24,175 +21,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from avatarchat.engine.events import (
-    Event,
-    PhonemeTiming,
-    ReplyAudio,
-    ReplyEnd,
-    ReplyText,
-    SpeechEnded,
-    SpeechOngoing,
-    SpeechStarted,
-    TimingMark,
-    TurnCancelled,
-    UserAudio,
-    UserTranscript,
-)
+from avatarchat.engine.events import Event, PhonemeTiming, ReplyAudio, ReplyEnd, ReplyText, TimingMark
 from avatarchat.engine.handler import Handler, HandlerOptions, SessionInfo
 from avatarchat.handlers.llm.base import ChatContext, ChatLLM, Message
 from avatarchat.handlers.tts.text import ClauseSplitter
-
-#: The rate of the utterances ``ScriptedVAD`` hands on (the VAD's, as silero's).
-VAD_RATE = 16_000
-
-
-# --- the user ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class UserSpeech:
-    """One utterance of the scripted user: voiced from ``start`` to ``end`` (seconds after the
-    session started), heard by ``FakeASR`` as ``transcript``."""
-
-    start: float
-    end: float
-    transcript: str = ""
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.start < self.end:
-            raise ValueError(f"speech must start at 0 s or later and end after it starts: {self}")
-
-
-@dataclass
-class _Utterance:
-    speech: UserSpeech
-    turn: int | None = None
-    reported_until: float = 0.0  # the last SpeechOngoing's voiced_until (session time)
-    done: bool = False
-    cancelled: bool = False
-
-
-@dataclass
-class ScriptedVADContext:
-    info: SessionInfo
-    t0: float
-    pending: list[_Utterance]
-    turns: dict[int, UserSpeech] = field(default_factory=dict)
-
-
-class ScriptedVADOptions(HandlerOptions):
-    """The timing of a VAD like ``silero``'s, in milliseconds."""
-
-    start_ms: int = 96
-    progress_ms: int = 64
-    end_ms: int = 500
-    min_utterance_ms: int = 200
-
-
-class ScriptedVAD(Handler[ScriptedVADOptions]):
-    """A VAD that hears the script, not the audio: ``UserAudio`` in (any content; each chunk
-    is taken to end at its arrival on the session's clock), the events of a VAD out.
-
-    Promises, per ``UserSpeech`` (times relative to the session's start, so every session
-    replays the script): ``SpeechStarted(at=start)`` with a new turn once ``start_ms`` of it
-    has been heard (none at all for shorter speech); a ``SpeechOngoing`` every
-    ``progress_ms`` of voice after that; once ``end_ms`` of silence followed it,
-    ``TurnCancelled("too short")`` if it lasted under ``min_utterance_ms``, else
-    ``SpeechEnded(speech_end=end)`` with an utterance of matching length. Each event comes
-    out with the first chunk that arrives at or after its time. A turn the session cancels
-    says nothing more.
-    """
-
-    name = "scripted"
-    stage = "vad"
-    Options = ScriptedVADOptions
-    accepts = (UserAudio,)
-
-    def __init__(self, script: Sequence[UserSpeech], options: ScriptedVADOptions | None = None) -> None:
-        super().__init__(options or ScriptedVADOptions())
-        self.script = sorted(script, key=lambda s: s.start)
-        self._sessions: dict[str, ScriptedVADContext] = {}
-
-    def create_context(self, session: SessionInfo) -> ScriptedVADContext:
-        ctx = ScriptedVADContext(session, session.clock.now(), [_Utterance(s) for s in self.script])
-        self._sessions[session.session_id] = ctx
-        return ctx
-
-    def close_context(self, ctx: ScriptedVADContext) -> None:
-        self._sessions.pop(ctx.info.session_id, None)
-
-    def speech_of(self, session_id: str, turn: int) -> UserSpeech | None:
-        """The scripted speech that started ``turn`` of that session (for ``FakeASR``)."""
-        ctx = self._sessions.get(session_id)
-        return ctx.turns.get(turn) if ctx is not None else None
-
-    async def handle(self, ctx: ScriptedVADContext, event: Event) -> AsyncIterator[Event]:
-        now = ctx.info.clock.now()
-        for u in ctx.pending:
-            for out in self._due(ctx, u, now):
-                yield out
-        ctx.pending = [u for u in ctx.pending if not u.done]
-
-    def _due(self, ctx: ScriptedVADContext, u: _Utterance, now: float) -> list[Event]:
-        o = self.options
-        s, t0 = u.speech, ctx.t0
-        out: list[Event] = []
-        if u.turn is None:
-            if s.end - s.start < o.start_ms / 1000:
-                u.done = now >= t0 + s.end  # a click: never a turn
-                return out
-            if now < t0 + s.start + o.start_ms / 1000:
-                return out
-            u.turn = ctx.info.new_turn()
-            u.reported_until = s.start + o.start_ms / 1000
-            ctx.turns[u.turn] = s
-            out += [SpeechStarted(u.turn, at=t0 + s.start), TimingMark(u.turn, "speech_start", at=t0 + s.start)]
-        if u.cancelled:
-            u.done = now >= t0 + s.end + o.end_ms / 1000
-            return out
-        step = o.progress_ms / 1000
-        while step > 0 and u.reported_until + step <= s.end + 1e-9 and t0 + u.reported_until + step <= now + 1e-9:
-            u.reported_until += step
-            out.append(SpeechOngoing(u.turn, voiced_until=t0 + u.reported_until))
-        if now + 1e-9 >= t0 + s.end + o.end_ms / 1000:
-            u.done = True
-            if s.end - s.start < o.min_utterance_ms / 1000:
-                out.append(TurnCancelled(u.turn, reason="too short"))
-            else:
-                audio = np.zeros(int((s.end - s.start) * VAD_RATE), np.float32)
-                out += [TimingMark(u.turn, "speech_end", at=t0 + s.end), TimingMark(u.turn, "vad_end", at=now),
-                        SpeechEnded(u.turn, audio=audio, speech_end=t0 + s.end, at=now)]
-        return out
-
-    def cancel_turn(self, ctx: ScriptedVADContext, turn: int) -> None:
-        for u in ctx.pending:
-            if u.turn == turn:
-                u.cancelled = True
-
-
-class FakeASR(Handler[HandlerOptions]):
-    """``SpeechEnded`` in, the script's ``UserTranscript(final=True)`` out, ``latency_s``
-    (session clock) after it arrived, with a ``TimingMark("asr_final")``. An utterance the
-    script does not know is heard as ""."""
-
-    name = "fake"
-    stage = "asr"
-    accepts = (SpeechEnded,)
-
-    def __init__(self, vad: ScriptedVAD, latency_s: float = 0.0) -> None:
-        super().__init__(HandlerOptions())
-        self.vad = vad
-        self.latency_s = latency_s
-
-    def create_context(self, session: SessionInfo) -> SessionInfo:
-        return session
-
-    async def handle(self, ctx: SessionInfo, event: Event) -> AsyncIterator[Event]:
-        if self.latency_s > 0:
-            await ctx.clock.sleep_until(ctx.clock.now() + self.latency_s)
-        speech = self.vad.speech_of(ctx.session_id, event.turn)
-        yield TimingMark(event.turn, "asr_final", at=ctx.clock.now())
-        yield UserTranscript(event.turn, speech.transcript if speech is not None else "", final=True)
 
 
 # --- the reply ---------------------------------------------------------------------------------
@@ -352,7 +184,4 @@ def speech_seconds(text: str, options: FakeTTSOptions | None = None) -> float:
     return (sum(len(w) for w in words) * o.phoneme_ms + len(words) * o.gap_ms) / 1000
 
 
-__all__: list[str] = [
-    "FakeASR", "FakeLLM", "FakeTTS", "FakeTTSOptions", "ScriptedVAD", "ScriptedVADOptions", "UserSpeech",
-    "speech_seconds",
-]
+__all__: list[str] = ["FakeLLM", "FakeTTS", "FakeTTSOptions", "speech_seconds"]
