@@ -98,6 +98,9 @@ async def run_pipeline_test(
     fails. On a real clock the wait is at most ``timeout`` seconds. Failing either way
     raises ``AssertionError`` listing what came out.
 
+    ``settings``: the session's ``session:`` settings (barge-in, end of turn, persona);
+    default: the pipeline's, or ``SessionSettings()``.
+
     ``expected``: the types the returned events must have, in order, leaving out those of
     ``ignore`` (timing marks by default); a mismatch raises ``AssertionError`` with both.
     """
@@ -160,12 +163,9 @@ def pipeline_of(handlers: Sequence[Handler[Any]], settings: SessionSettings | No
 def _session(handlers: Sequence[Handler[Any]] | Pipeline, clock: Clock | None,
              settings: SessionSettings | None, session_id: str) -> Session:
     if isinstance(handlers, Pipeline):
-        session = handlers.session(session_id)
-        if clock is not None:
-            session.info.clock = clock
-        if settings is not None:
-            session.info.settings = settings
-        return session
+        if settings is None:
+            return handlers.session(session_id, clock=clock or REAL_CLOCK)
+        handlers = handlers.handlers
     info = SessionInfo(session_id, settings or SessionSettings(), clock=clock or REAL_CLOCK)
     return Session(list(handlers), info)
 
