@@ -6,7 +6,9 @@ VAD is not asked to cut it (``serve`` uses the VAD on the live microphone).
 
 Each reply is written as ``turn-N.wav``; with an avatar stage in the config (and no
 ``--no-avatar``) also as ``turn-N.mp4`` (H.264 + AAC, the frames and the audio on the reply's
-one clock) and ``turn-N.png``, a contact sheet of frames sampled across the reply.
+one clock) and ``turn-N.png``, a contact sheet of frames sampled across the reply. The
+conversation is the engine's ``Conversation``, as in ``serve``; its reply sink writes files
+(``cli.talk_sink``).
 """
 
 from __future__ import annotations
@@ -21,15 +23,18 @@ from typing import Any
 
 import numpy as np
 
-from avatarchat.audio.io import atomic_write, load_audio, write_wav
+from avatarchat.audio.io import atomic_write, load_audio
 from avatarchat.cli.errors import UserError
 from avatarchat.cli.progress import say as _say
 from avatarchat.config import load_config
-from avatarchat.engine.events import SpeechEnded, TimingMark, now
-from avatarchat.engine.handler import run_blocking
+from avatarchat.cli.talk_sink import FileSink, SavedReply
+from avatarchat.engine.conversation import Conversation, ConversationListener
+from avatarchat.engine.events import Event, ReplyEnd, SpeechEnded, TimingMark, TurnCancelled, now
 from avatarchat.engine.pipeline import Pipeline
-from avatarchat.engine.session import Session
-from avatarchat.engine.turn import TurnResult, collect_turn
+from avatarchat.engine.turn import TurnResult
+
+#: A turn that has not ended by then is reported as failed.
+TURN_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -79,30 +84,53 @@ def run(args: argparse.Namespace) -> int:
 
 async def _talk(config: Any, turns: list[TurnInput], out: Path) -> list[dict[str, Any]]:
     pipeline = await Pipeline.load(config, progress=_say)
+    out.mkdir(parents=True, exist_ok=True)
+    sink = FileSink(out, _fps(config))
+    results: dict[int, TurnResult] = {}
+    ended: dict[int, asyncio.Future[None]] = {}
+
+    def on_event(event: Event) -> None:
+        result = results.get(event.turn)
+        if result is None:
+            return  # the fallback line of a failed turn, or another turn's
+        result.add(event)
+        if isinstance(event, ReplyEnd | TurnCancelled) and not ended[event.turn].done():
+            ended[event.turn].set_result(None)
+
+    conversation = Conversation(pipeline, sink, ConversationListener(event=on_event), session_id="talk")
+    await conversation.start()
     records = []
-    async with pipeline.session("talk") as session:
+    try:
         for i, item in enumerate(turns, 1):
             _say(f"turn {i}/{len(turns)}: {item.value if item.kind == 'text' else Path(item.value).name} …")
-            result = await _run_turn(session, item)
-            # Encoding the video takes a few hundred ms: off the event loop.
-            records.append(await run_blocking(_save_turn, out, i, item, result, _fps(config)))
+            turn = _ask(conversation, item)
+            results[turn], ended[turn] = TurnResult(turn), asyncio.get_running_loop().create_future()
+            sink.expect(turn, f"turn-{i}")
+            async with asyncio.timeout(TURN_TIMEOUT_S):
+                await ended[turn]
+                saved = await sink.saved(turn)
+            result = results[turn]
+            records.append(_record(i, item, result, saved))
             _say(f"  you:    {result.user_text!r}")
             _say(f"  avatar: {result.reply_text!r}" + (f"  ERROR: {'; '.join(result.errors)}" if result.errors else ""))
+    finally:
+        await conversation.close()
     transcript = {"config": config.path, "turns": records}
     atomic_write(out / "transcript.json", lambda f: f.write(json.dumps(transcript, indent=2).encode()))
     _say(f"wrote {len(records)} turn(s) to {out}/ (transcript.json)")
     return records
 
 
-async def _run_turn(session: Session, item: TurnInput) -> TurnResult:
+def _ask(conversation: Conversation, item: TurnInput) -> int:
+    """Start the turn of one input; a recorded file is one utterance, so it skips the VAD."""
     if item.kind == "text":
-        turn = session.say(item.value)
-    else:
-        turn = session.new_turn()
-        t = now()
-        session.push(TimingMark(turn, "speech_end", t))
-        session.push(SpeechEnded(turn, item.audio, speech_end=t))  # type: ignore[arg-type]
-    return await collect_turn(session, turn)
+        return conversation.say(item.value)
+    session = conversation.session
+    turn = session.new_turn()
+    t = now()
+    session.push(TimingMark(turn, "speech_end", t))
+    session.push(SpeechEnded(turn, item.audio, speech_end=t))  # type: ignore[arg-type]
+    return turn
 
 
 def _fps(config: Any) -> int:
@@ -110,28 +138,16 @@ def _fps(config: Any) -> int:
     return int(getattr(avatar.options, "fps", 25)) if avatar is not None else 25
 
 
-def _save_turn(out: Path, index: int, item: TurnInput, result: TurnResult, fps: int = 25) -> dict[str, Any]:
-    audio = result.audio()
-    name = f"turn-{index}.wav"
-    if len(audio):
-        write_wav(out / name, audio, result.sample_rate)
-    video = None
-    if result.frames:
-        from avatarchat.avatar.video import contact_sheet, save_png, write_mp4
-
-        timed = [(f.pts, f.image) for f in result.frames]
-        video = f"turn-{index}.mp4"
-        write_mp4(out / video, timed, fps, audio, result.sample_rate)
-        save_png(out / f"turn-{index}.png", contact_sheet(timed))
+def _record(index: int, item: TurnInput, result: TurnResult, saved: SavedReply) -> dict[str, Any]:
     return {
         "turn": index,
         "input": {"audio": item.value} if item.kind == "audio" else {"text": item.value},
         "user": result.user_text,
         "reply": result.reply_text,
-        "audio": name if len(audio) else None,
-        "audio_seconds": round(len(audio) / result.sample_rate, 3),
-        "video": video,
-        "frames": len(result.frames),
+        "audio": saved.audio,
+        "audio_seconds": saved.audio_seconds,
+        "video": saved.video,
+        "frames": saved.frames,
         "timings_ms": result.timings_ms(),
         "error": "; ".join(result.errors) or (f"turn {result.cancelled}" if result.cancelled else None),
     }

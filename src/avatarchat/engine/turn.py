@@ -54,15 +54,7 @@ class TurnResult:
 
     def audio(self) -> np.ndarray:
         """The reply's samples placed at their offsets on the reply timeline."""
-        if not self.chunks:
-            return np.zeros(0, np.float32)
-        sr = self.sample_rate
-        end = max(round(c.offset * sr) + len(c.samples) for c in self.chunks)
-        out = np.zeros(end, np.float32)
-        for c in self.chunks:
-            start = round(c.offset * sr)
-            out[start:start + len(c.samples)] = c.samples
-        return out
+        return place(self.chunks)
 
     def timings_ms(self) -> dict[str, float]:
         return stage_timings(self.marks)
@@ -85,6 +77,20 @@ class TurnResult:
             self.errors.append(event.message)
         elif isinstance(event, TurnCancelled):
             self.cancelled = event.reason
+
+
+def place(chunks: list[ReplyAudio]) -> np.ndarray:
+    """Reply chunks' samples placed at their offsets (silence in any gap), at the first
+    chunk's rate; empty without chunks."""
+    if not chunks:
+        return np.zeros(0, np.float32)
+    rate = chunks[0].sample_rate
+    end = max(round(c.offset * rate) + len(c.samples) for c in chunks)
+    out = np.zeros(end, np.float32)
+    for c in chunks:
+        start = round(c.offset * rate)
+        out[start:start + len(c.samples)] = c.samples
+    return out
 
 
 def stage_timings(marks: dict[str, float]) -> dict[str, float]:
