@@ -5,6 +5,9 @@ Routes (documented for other clients in docs/PROTOCOL.md):
 - ``GET /`` and static files of the web client (``avatarchat/web/``)
 - ``POST /api/offer``: ``{"sdp", "type": "offer"}`` -> ``{"sdp", "type": "answer", "session_id"}``;
   503 when full, 429 when this client address holds ``max_sessions_per_client`` already
+- ``GET /api/ws?video=jpeg|motion|none``: the WebSocket transport (server/ws.py): the same
+  conversation and messages as WebRTC's data channel, with mic and reply audio as binary
+  PCM; before the upgrade, the same 503/429 as an offer, and 400 for a bad query
 - ``GET /api/config``: ``{"ice_servers": [...], "ice_transport_policy": "all" | "relay",
   "max_sessions": n, "barge_in": {...}}`` for the browser's ICE agent (TURN credentials made
   for this request) and its barge-in gate
@@ -39,7 +42,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from avatarchat.server import auth
+from avatarchat.server import auth, protocol
 from avatarchat.server.errors import client_message, log_error
 from avatarchat.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from avatarchat.server.metrics import Metrics
@@ -129,6 +132,7 @@ def create_app(pipeline_loader: PipelineLoader, settings: ServerSettings, *,
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/api/config", _config)
     app.router.add_post("/api/offer", _offer)
+    app.router.add_get("/api/ws", _websocket)
     app.router.add_get("/{tail:.*}", _static)
     app.on_startup.append(_start_loading)
     app.on_shutdown.append(_close_sessions)
@@ -227,6 +231,48 @@ async def _offer(request: web.Request) -> web.Response:
     holder = f"token of {claims['sub'][:64]!r} ({str(claims['jti'])[:8]})" if claims else "no token"
     session_log(log, peer.id).info("answered an offer from %s, %s", client, holder)
     return web.json_response({"sdp": answer, "type": "answer", "session_id": peer.id})
+
+
+async def _websocket(request: web.Request) -> web.StreamResponse:
+    """One WebSocket session (server/ws.py). Refusals (not ready, full, this client's cap, a
+    bad query, not an upgrade) are HTTP answers before the upgrade, as for an offer."""
+    from avatarchat.server.ws import WsSession
+
+    state = request.app[STATE]
+    if not web.WebSocketResponse().can_prepare(request).ok:
+        return _error(400, "GET /api/ws is a WebSocket: send a WebSocket handshake (Upgrade: websocket)")
+    video = request.query.get("video", "none")
+    if video not in protocol.VIDEO_MODES:
+        return _error(400, f"video must be one of {', '.join(protocol.VIDEO_MODES)}, not {video[:20]!r}")
+    if state.status != "ready":
+        message = "models are still loading" if state.status == "loading" else "the models failed to load"
+        return _error(503, message, _RETRY)
+    client = auth.client_address(request.remote, request.headers.get("X-Forwarded-For"), state.trusted_proxies or [])
+
+    async def opener(on_closed: Callable[[Any], None]) -> tuple[WsSession, None]:
+        session = await WsSession.open(request, state.pipeline, state.settings, video,  # type: ignore[arg-type]
+                                       metrics=state.metrics, on_closed=on_closed)
+        return session, None
+
+    try:
+        session, _ = await state.manager.open_session(opener, client=client)
+    except ServerFull as exc:
+        return _error(503, str(exc), _RETRY)
+    except ClientLimit as exc:
+        return _error(429, str(exc), _RETRY)
+    except ShuttingDown as exc:
+        return _error(503, str(exc))
+    except web.HTTPException:
+        raise
+    except Exception:
+        error_id = log_error(logging.LoggerAdapter(log, {"session": "(new)"}), "opening a websocket failed")
+        state.metrics.error("signaling")
+        return _error(500, client_message("could not start the session", error_id))
+    claims = request.get(_CLAIMS)
+    holder = f"token of {claims['sub'][:64]!r} ({str(claims['jti'])[:8]})" if claims else "no token"
+    session_log(log, session.id).info("websocket from %s, %s", client, holder)
+    await session.serve()
+    return session.ws
 
 
 def _not_json(request: web.Request) -> str | None:
