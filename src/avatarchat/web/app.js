@@ -12,6 +12,7 @@
 // This module owns the session (start, stop, the server's messages) and wires the others:
 //   ui.js         elements, user-facing messages, banner, status line
 //   signaling.js  health, /api/config, the microphone, the peer connection, the offer
+//   rtcmedia.js   the WebRTC tracks on the page's media elements
 //   wsclient.js   the WebSocket transport (wsaudio.js: its mic capture and reply player)
 //   chatlog.js    the conversation log        latency.js  the "Last turn" figures
 //   probe.js      envelopes, marks, frames, getStats (what tests and benchmarks read)
@@ -35,6 +36,7 @@ import {
 import {
   MESSAGES, clearBanner, setBadge, setStatus, setVoiceVolume, showBanner, showCanvas, ui, voiceElement,
 } from "./ui.js";
+import { clearMedia, playTrack } from "./rtcmedia.js";
 import { WsTransport } from "./wsclient.js";
 
 const params = new URLSearchParams(location.search);
@@ -167,52 +169,12 @@ function interrupt() {
 // Connecting
 
 const peerEvents = {
-  track: onTrack,
+  track: playTrack,
   peerState: onPeerState,
   open: onChannelOpen,
   message: onServerMessage,
   close: onChannelClose,
 };
-
-function onTrack(ev) {
-  if (ev.track.kind === "audio") watchAudio("remote", new MediaStream([ev.track]));
-  const shared = ev.streams && ev.streams[0];
-  if (shared) {
-    // The server sends audio and video in one stream: played by one element, the browser's
-    // lip-sync aligns them by their RTP/RTCP timestamps (separate elements would drift).
-    if (ui.video.srcObject !== shared) ui.video.srcObject = shared;
-    ui.video.muted = false;
-    if (ev.track.kind === "video") ui.placeholder.hidden = true;
-    play(ui.video);
-    return;
-  }
-  const stream = new MediaStream([ev.track]);
-  if (ev.track.kind === "video") {
-    ui.video.srcObject = stream;
-    ui.placeholder.hidden = true;
-    play(ui.video);
-  } else if (ev.track.kind === "audio") {
-    ui.audio.srcObject = stream;
-    play(ui.audio);
-  }
-}
-
-function play(el) {
-  el.play().catch((err) => {
-    // An AbortError: the source went before it played (Stop, a failure, the fallback).
-    if (err?.name !== "NotAllowedError") return;
-    // Autoplay was refused (no user gesture reached this point): ask for one click.
-    showBanner("Click anywhere on the page to hear the avatar.", "info");
-    document.addEventListener(
-      "click",
-      () => {
-        el.play().catch(() => {});
-        clearBanner();
-      },
-      { once: true },
-    );
-  });
-}
 
 function onPeerState(pc) {
   if (pc !== session.pc) return;
@@ -327,8 +289,7 @@ function fallBack(why) {
   session.pc = session.dc = session.transport = null; // its close events are no longer ours
   dc.close();
   pc.close();
-  ui.video.srcObject = null;
-  ui.audio.srcObject = null;
+  clearMedia();
   session.fallback = why;
   mark("fallback");
   setStatus(MESSAGES.fallingBack(why));
@@ -381,14 +342,21 @@ function onSocketHello(hello) {
   for (const text of session.pendingText.splice(0)) sendMessage({ type: "text", text });
 }
 
-function onSocketClose({ code, reason, opened }) {
+async function onSocketClose({ code, reason, opened }) {
   if (opened) {
     showBanner(reason ? `The server ended the session: ${reason}` : MESSAGES.closedByServer, "info");
     teardown("idle");
     return;
   }
-  const why = reason ? `Could not connect over WebSocket: ${reason}` : null;
-  fail(why || (session.fallback ? MESSAGES.fallbackFailed : MESSAGES.webSocketFailed) + ` (code ${code})`);
+  // A refused upgrade (full, not ready) is an HTTP answer the browser does not show to the
+  // page: /healthz's session count tells the commonest case apart.
+  const transport = session.ws;
+  const health = await getJSON("healthz").catch(() => null);
+  if (session.ws !== transport) return;
+  const counts = health?.body;
+  if (counts && counts.sessions >= counts.max_sessions) fail(MESSAGES.full);
+  else if (reason) fail(`Could not connect over WebSocket: ${reason}`);
+  else fail(`${session.fallback ? MESSAGES.fallbackFailed : MESSAGES.webSocketFailed} (code ${code})`);
 }
 
 function fail(message) {
@@ -416,8 +384,7 @@ function teardown(state) {
   if (mic) mic.getTracks().forEach((t) => t.stop());
   closeEnvelopes();
   micLevel.reset();
-  ui.video.srcObject = null;
-  ui.audio.srcObject = null;
+  clearMedia();
   ui.placeholder.hidden = false;
   showCanvas(false);
   setStatus("");
