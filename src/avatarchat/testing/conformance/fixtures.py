@@ -89,14 +89,17 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     """
     before = set(asyncio.all_tasks())
     yield
+    # Two loop turns first: the loop's finalizer hook only schedules the creation of its
+    # aclose() task (call_soon), and cancelled tasks need a turn to finish unwinding.
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
     deadline = time.monotonic() + _FINALIZER_GRACE_S
     while time.monotonic() < deadline and any(_is_asyncgen_finalizer(t) for t in _new_tasks(before)):
         await asyncio.sleep(0.005)
-    await asyncio.sleep(0)  # cancelled tasks get one loop turn to finish unwinding
     leaked = _new_tasks(before)
     for t in leaked:
         t.cancel()
-    assert not leaked, f"the case leaked asyncio tasks: {[t.get_name() for t in leaked]}"
+    assert not leaked, f"the case leaked asyncio tasks: {[f'{t.get_name()} ({t.get_coro()!r})' for t in leaked]}"
 
 
 def _new_tasks(before: set[asyncio.Task[Any]]) -> list[asyncio.Task[Any]]:
