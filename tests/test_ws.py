@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import sys
 import time
 import wave
@@ -220,6 +221,30 @@ async def test_jpeg_video_sends_avatar_frames_at_its_fps(app: App) -> None:
     span = client.frames[-1][0] - client.frames[0][0]
     print(f"\nidle video: {(len(client.frames) - 1) / span:.1f} fps, "
           f"{session.video_bytes / session.video_sent / 1024:.1f} KiB a frame (JPEG), dropped {session.video_dropped}")
+
+
+async def test_a_client_that_stops_reading_loses_video_frames_not_audio(app: App) -> None:
+    """aiohttp's client stops reading the socket while its queue is full (flow control), so
+    the server's write buffer fills: video frames are dropped there, audio and messages wait."""
+    async with aiohttp.ClientSession() as http, http.ws_connect(app.url + "/api/ws?video=jpeg") as ws:
+        assert (await ws.receive_json())["type"] == "hello"
+        await ws.send_json({"type": "text", "text": "Say hello."})
+        session = app.manager.peers[0]
+        await asyncio.wait_for(_until(lambda: session.video_dropped >= 25), 60)  # a second of frames
+        assert len(app.manager) == 1
+        audio = frames = 0
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # read it all: the reply's audio arrives whole
+            msg = await ws.receive(timeout=60)
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                audio += len(msg.data)
+            elif msg.type == aiohttp.WSMsgType.TEXT:
+                m = json.loads(msg.data)
+                frames += m["type"] == "frame"
+                if m["type"] == "metrics":
+                    break
+        reply_bytes = session.playout.played_seconds(1) * session.reply_rate * 2
+        assert frames > 0 and reply_bytes > 0 and audio >= reply_bytes, (audio, reply_bytes)
 
 
 async def test_motion_video_sends_the_mouth_curves_of_a_reply(app: App) -> None:
