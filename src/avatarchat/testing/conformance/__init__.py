@@ -4,7 +4,7 @@ Each case runs every handler registered for its stage (built in or from an
 ``avatarchat.handlers`` entry point), or those chosen with ``--avatarchat-handler``. A
 third-party handler's repository runs it on its own handler with::
 
-    pip install 'avatarchat[test]'        # pytest and pytest-asyncio come with it
+    pip install avatarchat pytest pytest-asyncio
     pip install -e .                       # registers the handler's entry point
     pytest -p avatarchat.testing.plugin --pyargs avatarchat.testing.conformance \
         --avatarchat-handler tts:myvoice \
@@ -17,7 +17,8 @@ stage runs. ``--avatarchat-factories MODULE[:ATTR]`` names a dict (``FACTORIES``
 handler whose default options do not work, where its blocking core is (``core``) and which
 call of it the error cases break (``fail_at``). A handler built by ``cls(cls.Options())``
 whose core is the standard one of its base class (``ChatLLM.stream``,
-``StreamingTTS.synthesize``) needs no factory.
+``StreamingTTS.synthesize``) needs no factory. The cases run in pytest-asyncio's strict
+mode as well as its auto mode; they mark themselves.
 
 This repository runs the same cases from ``tests/conformance``, whose ``conftest.py``
 supplies the built-in handlers' factories by overriding the ``avatarchat_factories``
