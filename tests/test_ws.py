@@ -290,6 +290,14 @@ async def test_a_silent_client_is_closed_after_the_connect_timeout(pipeline: Pip
         assert len(served.manager) == 1 and talker.close_code is None
 
 
+async def test_a_client_that_only_sends_silence_is_closed_when_idle(pipeline: Pipeline) -> None:
+    async with running(pipeline, ServerSettings(idle_timeout_s=1.5)) as served:
+        client = await served.client("ws")  # its mic sends silence: connected, never active
+        await client.wait_closed(30)
+        assert client.of_type("error")[-1]["message"] == "the session ended: idle"
+        await asyncio.wait_for(_until(lambda: len(served.manager) == 0), 20)
+
+
 async def test_a_websocket_outlives_the_http_deadlines(pipeline: Pipeline) -> None:
     """The connection watchdog's header, body and keep-alive deadlines end with the upgrade."""
     limits = HttpLimits(header_timeout_s=0.5, body_timeout_s=0.5, keepalive_timeout_s=0.5)

@@ -302,13 +302,18 @@ class Playout:
 
     # -- output (transport side) -------------------------------------------------------
 
+    @property
+    def fading(self) -> bool:
+        """A cleared reply's fade-out is still to be handed out."""
+        return len(self._tail) > 0
+
     def sounding(self, index: int) -> bool:
         """Whether audio frame ``index`` carries reply audio: a reply has started by its
         end, or a cleared reply's fade-out is still to go (a sender that sends nothing
         between replies asks this first)."""
         head = self._queue[0] if self._queue else None
         started = head is not None and head.start is not None and (index + 1) * self.frame > head.start
-        return started or len(self._tail) > 0
+        return started or self.fading
 
     def audio_frame(self, index: int) -> np.ndarray:
         """The ``frame`` s16 samples of absolute audio frame ``index`` (silence when idle)."""

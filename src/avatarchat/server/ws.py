@@ -155,7 +155,7 @@ class WsPlayout(Playout):
     @property
     def busy(self) -> bool:
         """A reply is queued or playing, or a cleared one's fade-out is still to go."""
-        return bool(self.turns) or self.sounding(-1)
+        return bool(self.turns) or self.fading
 
 
 class WsSession:
