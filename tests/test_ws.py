@@ -298,6 +298,14 @@ async def test_a_client_that_only_sends_silence_is_closed_when_idle(pipeline: Pi
         await asyncio.wait_for(_until(lambda: len(served.manager) == 0), 20)
 
 
+async def test_shutdown_tells_the_client_and_closes_the_socket(app: App) -> None:
+    client = await app.client("ws")
+    assert await app.manager.close_all() == 1
+    await client.wait_closed(20)
+    assert client.of_type("error")[-1]["message"] == "the session ended: server stopping"
+    assert len(app.manager) == 0 and app.metrics.sessions_active == 0
+
+
 async def test_a_websocket_outlives_the_http_deadlines(pipeline: Pipeline) -> None:
     """The connection watchdog's header, body and keep-alive deadlines end with the upgrade."""
     limits = HttpLimits(header_timeout_s=0.5, body_timeout_s=0.5, keepalive_timeout_s=0.5)
