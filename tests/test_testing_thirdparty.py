@@ -127,7 +127,8 @@ def install_toyllm(site: Path) -> None:
 
 def run_suite(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, dict[str, str]]]:
     """The suite in a subprocess from the third party's repository; returns the process and,
-    per case id, its outcome ("passed", "failed", "skipped") and failure message."""
+    per case (``test_llm_conformance::test_x[handler]``), its outcome ("passed", "failed",
+    "skipped") and failure messages."""
     repo = tmp_path / "repo"
     repo.mkdir(exist_ok=True)
     report = tmp_path / "report.xml"
@@ -142,7 +143,8 @@ def run_suite(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[s
         for case in ET.parse(report).getroot().iter("testcase"):
             # A failed case has a <failure>, one whose fixture failed an <error>; a teardown
             # error (a leaked task) comes as a second <testcase> of the same name.
-            entry = outcomes.setdefault(case.get("name", ""), {"outcome": "passed", "message": ""})
+            module = case.get("classname", "").rpartition(".")[2]
+            entry = outcomes.setdefault(f"{module}::{case.get('name', '')}", {"outcome": "passed", "message": ""})
             for bad in (case.find("failure"), case.find("error")):
                 if bad is not None:
                     entry["outcome"] = "failed"
@@ -152,6 +154,11 @@ def run_suite(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[s
     return proc, outcomes
 
 
+def case(key: str) -> str:
+    """``test_x`` of ``module::test_x[handler]``."""
+    return key.partition("::")[2].partition("[")[0]
+
+
 def test_a_third_party_handler_runs_the_packaged_suite_with_its_factory(tmp_path: Path) -> None:
     install_toyllm(tmp_path / "site")
     proc, outcomes = run_suite(
@@ -159,8 +166,8 @@ def test_a_third_party_handler_runs_the_packaged_suite_with_its_factory(tmp_path
         "--avatarchat-factories", "toyllm.conformance",
     )
     log = proc.stdout[-4000:] + proc.stderr[-2000:]
-    echo = {name.split("[")[0]: o for name, o in outcomes.items() if name.endswith("[toy_echo]")}
-    stubborn = {name.split("[")[0]: o for name, o in outcomes.items() if name.endswith("[toy_stubborn]")}
+    echo = {case(name): o for name, o in outcomes.items() if name.endswith("[toy_echo]")}
+    stubborn = {case(name): o for name, o in outcomes.items() if name.endswith("[toy_stubborn]")}
     # Every LLM case ran on both; no built-in handler was tested; TTS and avatar cases had none.
     assert set(echo) == set(stubborn) == CASES, log
     assert all(o["outcome"] == "skipped" for n, o in outcomes.items() if "[toy_" not in n), log
@@ -180,7 +187,7 @@ def test_a_handler_that_is_not_registered_or_has_no_factory_is_told_what_to_do(t
     assert "entry point in the 'avatarchat.handlers' group" in said
 
     proc, outcomes = run_suite(tmp_path, "--avatarchat-handler", "llm:toy_echo", "-k", "concatenated")
-    case = outcomes["test_reply_end_text_is_the_concatenated_deltas[toy_echo]"]
-    assert case["outcome"] == "failed", proc.stdout[-3000:]
-    assert "has no conformance factory and cannot be built with default options" in case["message"]
-    assert "--avatarchat-factories" in case["message"]
+    result = outcomes["test_llm_conformance::test_reply_end_text_is_the_concatenated_deltas[toy_echo]"]
+    assert result["outcome"] == "failed", proc.stdout[-3000:]
+    assert "has no conformance factory and cannot be built with default options" in result["message"]
+    assert "--avatarchat-factories" in result["message"]

@@ -24,7 +24,7 @@ import numpy as np
 from avatarchat.engine.events import Event, PhonemeTiming, ReplyAudio, ReplyEnd, ReplyText, TimingMark
 from avatarchat.engine.handler import Handler, HandlerOptions, SessionInfo
 from avatarchat.handlers.llm.base import ChatContext, ChatLLM, Message
-from avatarchat.handlers.tts.text import ClauseSplitter
+from avatarchat.handlers.tts.text import ClauseSplitter, clean_for_speech
 
 
 # --- the reply ---------------------------------------------------------------------------------
@@ -105,7 +105,8 @@ class FakeTTS(Handler[FakeTTSOptions]):
     """A voice without a model: ``ReplyText`` deltas in, one ``ReplyAudio`` per clause out
     (the text is passed on too), then the ``ReplyEnd``.
 
-    Promises what ``StreamingTTS`` promises (clauses cut by the real ``ClauseSplitter``;
+    Promises what ``StreamingTTS`` promises (clauses cut by the real ``ClauseSplitter``
+    and cleaned by ``clean_for_speech``;
     ``TimingMark("tts_first_audio")`` before the first chunk; ``offset`` contiguous from 0;
     nothing of a cancelled turn), with audio of a known length: a clause of words
     w1..wn lasts ``sum(len(w) * phoneme_ms) + n * gap_ms`` and its phoneme timings say so,
@@ -159,7 +160,8 @@ class FakeTTS(Handler[FakeTTSOptions]):
         yield event
 
     async def _speak(self, ctx: FakeTTSContext, reply: _Reply, turn: int, text: str) -> AsyncIterator[Event]:
-        if not any(c.isalnum() for c in text):
+        text = clean_for_speech(text)  # as StreamingTTS: no emoji, hashtags or markup said
+        if not text:
             return
         clock = ctx.info.clock
         if self.options.synth_ms > 0:

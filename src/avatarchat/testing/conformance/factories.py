@@ -3,8 +3,8 @@
 A handler whose default options work and whose blocking core is the standard one of its
 base class (``ChatLLM.stream``, ``StreamingTTS.synthesize``) needs nothing here. Anything
 else (options, a server to talk to, the call that does one unit of blocking work) goes in
-a ``ConformanceFactory`` under the handler's registered name, in the dict the
-``avatarchat_factories`` fixture returns (``--avatarchat-factories MODULE[:ATTR]``).
+a ``ConformanceFactory`` under the handler's registered name (or ``"STAGE:NAME"``), in the
+dict the ``avatarchat_factories`` fixture returns (``--avatarchat-factories MODULE[:ATTR]``).
 """
 
 from __future__ import annotations
@@ -97,8 +97,10 @@ def selected(stage: str, choices: list[str] | None) -> list[str]:
     return names
 
 
-def factory_for(name: str, factories: Factories) -> ConformanceFactory:
-    return factories.get(name, ConformanceFactory())
+def factory_for(stage: str, name: str, factories: Factories) -> ConformanceFactory:
+    """The factory of handler ``name`` of ``stage``: under ``"STAGE:NAME"`` (where two
+    stages have handlers of one name) or ``"NAME"``; the default one if neither."""
+    return factories.get(f"{stage}:{name}") or factories.get(name) or ConformanceFactory()
 
 
 def _loaded(handler: Handler[Any]) -> Handler[Any]:
@@ -109,7 +111,7 @@ def _loaded(handler: Handler[Any]) -> Handler[Any]:
 def build_handler(stage: str, name: str, request: pytest.FixtureRequest, factories: Factories) -> Handler[Any]:
     """The registered handler ``name`` of ``stage``, loaded, as its factory says."""
     cls = handlers_for(stage)[name]
-    make = factory_for(name, factories).build
+    make = factory_for(stage, name, factories).build
     if make is not None:
         return make(request)
     try:
@@ -124,7 +126,7 @@ def build_handler(stage: str, name: str, request: pytest.FixtureRequest, factori
 
 def core_of(handler: Handler[Any], factories: Factories) -> tuple[object, str]:
     """Where ``handler`` does one unit of blocking work (see ``ConformanceFactory.core``)."""
-    core = factory_for(handler.name, factories).core
+    core = factory_for(handler.stage, handler.name, factories).core
     if core is not None:
         return core(handler)
     if isinstance(handler, StreamingTTS):

@@ -234,7 +234,7 @@ async def test_error_mid_stream_ends_only_its_turn(avatar_handler: Handler[Any],
     rendered), and the next turn on the same session is animated in full."""
     # Test double: a real renderer does not fail on demand, so its blocking core is
     # wrapped to raise once, on a later call (the factory says which).
-    fail_at = factory_for(avatar_handler.name, avatarchat_factories).fail_at
+    fail_at = factory_for(avatar_handler.stage, avatar_handler.name, avatarchat_factories).fail_at
     core = CoreSpy(*core_of(avatar_handler, avatarchat_factories), monkeypatch, fail_at=fail_at)
     spy = OutputSpy(avatar_handler, monkeypatch)
     async with session_for(avatar_handler) as session:

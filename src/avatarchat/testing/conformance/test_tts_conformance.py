@@ -183,7 +183,7 @@ async def test_error_mid_stream_ends_only_its_turn(tts_handler: Handler[Any], mo
     synthesized), and the next turn on the same session is spoken in full."""
     # Test double: a real voice does not fail on demand, so its blocking core is wrapped
     # to raise on its second call, once.
-    fail_at = factory_for(tts_handler.name, avatarchat_factories).fail_at
+    fail_at = factory_for(tts_handler.stage, tts_handler.name, avatarchat_factories).fail_at
     core = CoreSpy(*core_of(tts_handler, avatarchat_factories), monkeypatch, fail_at=fail_at)
     spy = OutputSpy(tts_handler, monkeypatch)
     text = "This is the first clause. This one fails. This one is never spoken."
