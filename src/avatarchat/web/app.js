@@ -30,7 +30,7 @@ import {
   probe, resetMarks, segments, setHeardGain, videoFps, watchAudio, watchVideo,
 } from "./probe.js";
 import {
-  UserFacingError, accessToken, createPeer, getJSON, openMic, postOffer, rtcConfigFrom,
+  UserFacingError, accessToken, createPeer, getJSON, iceHeardBack, openMic, postOffer, rtcConfigFrom,
   waitForIceGathering, waitUntilReady,
 } from "./signaling.js";
 import {
@@ -48,8 +48,9 @@ const CONNECT_TIMEOUT_MS = 20000;
 // "ws": WebSocket only; "webrtc": WebRTC only (no fallback); otherwise WebRTC, then WebSocket.
 const TRANSPORT = ["ws", "webrtc"].includes(params.get("transport")) ? params.get("transport") : "auto";
 // ICE on a path that works connects in well under a second (a STUN or TURN round trip or
-// two); a page that has not connected this long after the server's answer is most likely
-// behind a firewall that drops UDP, and the WebSocket gets it going.
+// two). A page whose connectivity checks have had no answer at all this long after the
+// server's answer is behind something that drops UDP: the WebSocket gets it going. One
+// that has had answers (UDP passes, the rest is slow) waits out CONNECT_TIMEOUT_MS first.
 const ICE_FALLBACK_MS = 5000;
 
 // One session at a time; Stop (or a failure) tears it all down.
@@ -59,6 +60,7 @@ const session = {
   dc: null,
   ws: null, // the WsTransport, when it carries the session
   fallback: null, // why WebRTC was given up for the WebSocket (null: it was not)
+  udpBlocked: false, // ... and whether that was for want of any answer over UDP
   mic: null, // MediaStream or null (denied, absent, insecure origin)
   micState: "none", // none | on | muted | denied | unavailable
   sessionId: null,
@@ -189,7 +191,7 @@ function onPeerState(pc) {
     if (session.connection !== "connected") setConnection("connected");
     setStatus(MESSAGES.connectedWebRTC);
   } else if (state === "failed") {
-    if (TRANSPORT === "auto" && session.connection !== "connected") fallBack("failed to connect");
+    if (TRANSPORT === "auto" && session.connection !== "connected") fallBack(MESSAGES.iceFailed, true);
     else fail(MESSAGES.failed);
   }
 }
@@ -270,18 +272,21 @@ async function connectWebRTC(rtcConfig, mic, stale) {
   await pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
   mark("answered");
   if (TRANSPORT === "auto") {
-    session.iceTimer = setTimeout(() => {
-      if (!stale() && session.pc === pc) fallBack(`did not connect within ${ICE_FALLBACK_MS / 1000} s`);
+    session.iceTimer = setTimeout(async () => {
+      const heard = await iceHeardBack(pc);
+      if (!heard && !stale() && session.pc === pc) fallBack(MESSAGES.noUdpAnswer(ICE_FALLBACK_MS / 1000), true);
     }, ICE_FALLBACK_MS);
   }
   session.connectTimer = setTimeout(() => {
-    if (!stale() && session.connection !== "connected") fail(MESSAGES.failed);
+    if (stale() || session.connection === "connected") return;
+    if (TRANSPORT === "auto") fallBack(MESSAGES.notConnectedIn(CONNECT_TIMEOUT_MS / 1000), false);
+    else fail(MESSAGES.failed);
   }, CONNECT_TIMEOUT_MS);
 }
 
 // WebRTC could not connect: the peer connection goes (the server drops its half when its
 // connect timeout passes) and the session starts again over the WebSocket, same microphone.
-function fallBack(why) {
+function fallBack(why, udpBlocked) {
   const { pc, dc } = session;
   if (!pc || session.connection === "connected") return;
   clearTimeout(session.iceTimer);
@@ -291,9 +296,10 @@ function fallBack(why) {
   pc.close();
   clearMedia();
   session.fallback = why;
+  session.udpBlocked = udpBlocked;
   mark("fallback");
-  setStatus(MESSAGES.fallingBack(why));
-  addLine("system", null, `WebRTC ${why} (UDP seems blocked): switching to WebSocket.`);
+  setStatus(MESSAGES.fallingBack);
+  addLine("system", null, `WebRTC ${why}: switching to WebSocket.`);
   connectWebSocket();
 }
 
@@ -338,7 +344,8 @@ function onSocketHello(hello) {
   mark("connected");
   mark("channelOpen");
   setConnection("connected");
-  setStatus(session.fallback ? MESSAGES.connectedFallback : MESSAGES.connectedWebSocket);
+  if (!session.fallback) setStatus(MESSAGES.connectedWebSocket);
+  else setStatus(session.udpBlocked ? MESSAGES.connectedNoUdp : MESSAGES.connectedFallback);
   for (const text of session.pendingText.splice(0)) sendMessage({ type: "text", text });
 }
 
@@ -380,6 +387,7 @@ function teardown(state) {
   session.pendingText = [];
   session.sessionId = null;
   session.fallback = null;
+  session.udpBlocked = false;
   transport?.close();
   if (mic) mic.getTracks().forEach((t) => t.stop());
   closeEnvelopes();

@@ -145,6 +145,22 @@ export function createPeer(rtcConfig, outgoing, on) {
   return { pc, dc };
 }
 
+// Whether any ICE candidate pair has heard back from the server (a connectivity check's
+// answer, or any packet): UDP reaches it, however slow the rest may be. False when nothing
+// came back, or the browser keeps no such figures.
+export async function iceHeardBack(pc) {
+  let heard = false;
+  try {
+    (await pc.getStats()).forEach((r) => {
+      if (r.type !== "candidate-pair") return;
+      if (r.state === "succeeded" || r.responsesReceived > 0 || r.bytesReceived > 0) heard = true;
+    });
+  } catch {
+    /* a closed connection */
+  }
+  return heard;
+}
+
 export async function postOffer(pc) {
   const resp = await fetch("api/offer", {
     method: "POST",

@@ -51,9 +51,14 @@ export const MESSAGES = {
   // The status line under the controls: which transport carries the session, and why.
   connectingWebRTC: "Connecting over WebRTC…",
   connectedWebRTC: "Connected over WebRTC",
-  fallingBack: (why) => `WebRTC ${why} — switching to WebSocket…`,
+  fallingBack: "WebRTC could not connect — switching to WebSocket…",
   connectingWebSocket: "Connecting over WebSocket…",
-  connectedFallback: "Connected over WebSocket (UDP seems blocked)",
+  connectedNoUdp: "Connected over WebSocket (UDP seems blocked)",
+  connectedFallback: "Connected over WebSocket (WebRTC could not connect)",
+  // Why WebRTC was given up (the chat log's line: "WebRTC <why>: switching to WebSocket.").
+  noUdpAnswer: (s) => `had no answer over UDP in ${s} s (UDP seems blocked)`,
+  iceFailed: "could not find a path to the server (ICE failed)",
+  notConnectedIn: (s) => `did not connect within ${s} s`,
   connectedWebSocket: "Connected over WebSocket (the page's link asks for it)",
   fallbackFailed:
     "Connection failed — WebRTC could not reach the server's media port (UDP seems blocked) and " +
