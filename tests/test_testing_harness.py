@@ -163,7 +163,7 @@ async def test_expected_types_that_differ_fail_with_both_listings() -> None:
 
 async def test_a_pipeline_that_never_ends_the_turn_fails_instead_of_hanging() -> None:
     with pytest.raises(AssertionError, match="stuck: nothing left to wake"):
-        await run_pipeline_test([FakeTTS()], [ReplyText(1, "No end.")], clock=FakeClock())
+        await run_pipeline_test([FakeTTS()], [ReplyText(1, "No end.")], clock=FakeClock(), timeout=0.2)
     with pytest.raises(AssertionError, match="no end after 0.2 s"):
         await run_pipeline_test([FakeTTS()], [ReplyText(1, "No end.")], timeout=0.2)
     with pytest.raises(ValueError, match="nothing to wait for"):
@@ -222,3 +222,16 @@ async def test_a_pipeline_runs_as_its_handlers_do_with_its_session_settings() ->
                                      expected=[UserTranscript, ReplyText, ReplyAudio, ReplyEnd])
     assert events[-1] == ReplyEnd(1, "Hello.")
     assert llm.requests[0][0] == {"role": "system", "content": "You are Bob."}
+
+
+async def test_a_real_handler_working_in_an_executor_runs_on_a_fake_clock() -> None:
+    """Work off the loop is waited for in real time: a voice synthesizing in a worker thread
+    (espeak-ng here) speaks the whole reply while the fake clock stands still."""
+    from avatarchat.handlers.tts.espeak import EspeakOptions, EspeakTTS
+
+    tts = EspeakTTS(EspeakOptions())
+    tts.load()
+    clock = FakeClock()
+    events = await run_pipeline_test([tts], [ReplyText(1, "Hello there. How are you?"), ReplyEnd(1)], clock=clock)
+    assert [e.text for e in events if isinstance(e, ReplyAudio)] == ["Hello there.", "How are you?"]
+    assert clock.elapsed == 0.0
