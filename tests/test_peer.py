@@ -233,8 +233,8 @@ async def test_playout_without_avatar_sends_a_static_frame() -> None:
 
     clock = MediaClock()
     ended: list[int] = []
-    from avatarchat.server.tracks import PlayoutListener
-    playout = Playout(clock, PlayoutListener(finished=ended.append))
+    from avatarchat.engine.sink import PlaybackListener
+    playout = Playout(clock, PlaybackListener(finished=lambda turn, heard, interrupted: ended.append(turn)))
     track = AvatarAudioTrack(clock, playout)
     tone = np.full(2400, 0.5, np.float32)  # 100 ms at 24 kHz
     playout.add_audio(ReplyAudio(7, tone, 24000, 0.0, "a"))

@@ -301,7 +301,7 @@ def test_playout_ducks_within_40_ms_restores_and_stops_with_a_short_fade() -> No
     playout.restore()
     back = np.concatenate([playout.audio_frame(n + k) for k in range(4, 7)]).astype(np.float32) / 32767
     assert abs(back[-1] - 0.5) < 1e-3 and playout.volume == 1.0
-    playout.stop(1)
+    playout.clear(1)
     tail = playout.audio_frame(n + 7).astype(np.float32) / 32767
     assert 0 < np.abs(tail[:480]).max() <= 0.5 and not tail[480:].any()
     assert not playout.audio_frame(n + 8).any()

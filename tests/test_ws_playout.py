@@ -12,7 +12,7 @@ import pytest
 from avatarchat.engine.clock import Cancellable
 from avatarchat.engine.events import AvatarFrame, ReplyAudio
 from avatarchat.engine.sink import PlaybackListener, ReplySink
-from avatarchat.server.tracks import MediaClock, Playout, PlayoutListener
+from avatarchat.server.tracks import MediaClock, Playout
 
 
 class HandClock:
@@ -109,17 +109,6 @@ def test_a_reply_without_audio_finishes_at_its_end_and_frames_follow_the_audio()
     play(playout, clock, 1, first)
     assert playout.video_frame(first * 0.02) is face
     assert [e[0] for e in heard.events[1:]] == ["started", "frame"]
-
-
-def test_the_older_listener_hears_only_replies_played_to_their_end() -> None:
-    clock, ended = HandClock(), list[int]()
-    playout = Playout(MediaClock(clock), PlayoutListener(finished=ended.append))
-    playout.add_audio(ReplyAudio(1, tone(0.1), 24000, 0.0, "a"))
-    playout.end(1)
-    playout.add_audio(ReplyAudio(2, tone(0.1), 24000, 0.0, "b"))
-    start = playout._queue[0].start // playout.frame  # type: ignore[operator]
-    play(playout, clock, 8, start)  # turn 1 whole, then some of turn 2
-    assert 0.0 < playout.stop(2) < 0.1 and ended == [1]
 
 
 def test_a_rate_that_is_not_whole_20_ms_frames_is_refused() -> None:

@@ -188,6 +188,14 @@ class AvatarHandler(Handler[OptionsT]):
         session's clock, as ``[H, W, 3]`` uint8 RGB. Safe from any thread."""
 
 
+class TTSHandler(Handler[OptionsT]):
+    """A voice stage: what a transport needs of it before any reply."""
+
+    stage: ClassVar[str] = "tts"
+    #: The rate of every ``ReplyAudio`` it emits (a WebSocket client is told it up front).
+    sample_rate: ClassVar[int]
+
+
 async def run_blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a blocking model call in the default executor so the event loop never stalls."""
     loop = asyncio.get_running_loop()

@@ -11,7 +11,7 @@ from typing import Any
 
 from avatarchat.engine.clock import REAL_CLOCK, Clock
 from avatarchat.engine.config import PipelineConfig
-from avatarchat.engine.handler import STAGES, Handler, HandlerLoadError, SessionInfo, handlers_for
+from avatarchat.engine.handler import STAGES, Handler, HandlerLoadError, SessionInfo, TTSHandler, handlers_for
 from avatarchat.engine.session import Session
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,12 @@ class Pipeline:
         ``clock``."""
         info = SessionInfo(session_id or uuid.uuid4().hex[:12], self.config.session, clock=clock)
         return Session(self.handlers, info)
+
+    @property
+    def reply_sample_rate(self) -> int | None:
+        """The rate of the reply audio, as the voice handler declares it (``TTSHandler``)."""
+        tts = next((h for h in self.handlers if isinstance(h, TTSHandler)), None)
+        return tts.sample_rate if tts is not None else None
 
     def handler(self, stage: str) -> Handler[Any]:
         return next(h for h in self.handlers if h.stage == stage)

@@ -37,18 +37,25 @@ ACTIVITY = (SpeechStarted, SpeechOngoing, UserTranscript)
 
 
 class ClientSession:
-    """See the module docstring. ``start()``, feed it, ``close()`` (idempotent)."""
+    """See the module docstring. ``start()``, feed it, ``close()`` (idempotent).
+    ``on_event``: the transport's own hook on every engine event, before the reporter."""
 
     def __init__(self, pipeline: Pipeline, sink: ReplySink, send: Callable[[dict[str, Any]], None], *,
                  session_id: str, logger: logging.Logger | logging.LoggerAdapter[Any],
-                 metrics: Any | None = None, clock: Clock = REAL_CLOCK) -> None:
+                 metrics: Any | None = None, clock: Clock = REAL_CLOCK,
+                 on_event: Callable[[Event], None] | None = None) -> None:
         self.id = session_id
         self.log = logger
         self.last_activity = time.monotonic()
         self.report = TurnReporter(send, metrics)
         self._send = send
         report = self.report
-        listener = ConversationListener(event=report.on_event, started=report.started,
+        def on_engine_event(event: Event) -> None:
+            if on_event is not None:  # the transport's own use first (a WebSocket's motion)
+                on_event(event)
+            report.on_event(event)
+
+        listener = ConversationListener(event=on_engine_event, started=report.started,
                                         first_frame=report.first_frame, finished=report.finished,
                                         heard_whole=report.drop)
         self.conversation = Conversation(pipeline, sink, listener, session_id=session_id, clock=clock)

@@ -159,7 +159,7 @@ class TurnReporter:
             self._metrics.turn_cut(cut, turn_timings(record.marks))
         self.send_state()
 
-    # -- from the playout (``PlayoutListener`` callbacks, on the loop) ----------------
+    # -- from the playout (``PlaybackListener`` callbacks, on the loop) ----------------
 
     def started(self, turn: int, at: float) -> None:
         record = self._turns.get(turn)

@@ -50,6 +50,13 @@ class BargeInSettings(HandlerOptions):
 _CLIENT_KEYS = {"client_mute", "client_onset_ms", "client_grace_ms", "client_echo_ratio", "client_min_rms"}
 
 
+class WebSocketSettings(HandlerOptions):
+    """``server.websocket``: the ``/api/ws`` transport."""
+
+    #: The rate of the mic PCM a client sends (told in ``hello``).
+    sample_rate: Literal[8000, 16000, 24000, 48000] = 16000
+
+
 class AuthSettings(HandlerOptions):
     """``server.auth``: signed, expiring access tokens (``avatarchat token``; HS256).
 
@@ -143,6 +150,7 @@ class ServerSettings(HandlerOptions):
     #: Largest HTTP request body accepted (the SDP offer), bytes.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     barge_in: BargeInSettings = Field(default_factory=BargeInSettings)
+    websocket: WebSocketSettings = Field(default_factory=lambda: WebSocketSettings())
     #: Remove the avatar's own voice from the mic before the VAD hears it (clients without
     #: echo cancellation): see server/echo.py. Off by default: through Opus both ways it
     #: removes only ~7 dB, and the VAD still hears the rest (tests/test_peer_bargein.py, xfail).

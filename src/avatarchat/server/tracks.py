@@ -125,23 +125,6 @@ class _Reply:
         return min(self.pos, self.written) / self.rate
 
 
-@dataclass
-class PlayoutListener:
-    """The WebRTC peer's older callbacks (``finished(turn)`` only for replies played to
-    their end); ``Playout`` adapts it. New code sets a ``PlaybackListener`` instead."""
-
-    started: Callable[[int, float], None] = lambda turn, at: None
-    first_frame: Callable[[int, float], None] = lambda turn, at: None
-    finished: Callable[[int], None] = lambda turn: None
-
-    def playback(self) -> PlaybackListener:
-        def finished(turn: int, position: float, interrupted: bool) -> None:
-            if not interrupted:
-                self.finished(turn)
-
-        return PlaybackListener(self.started, self.first_frame, finished)
-
-
 class Playout:
     """What one connection plays: replies queued in order, one at a time, on the media
     clock, at ``rate`` samples a second in 20 ms frames. The engine's ``ReplySink``.
@@ -155,14 +138,14 @@ class Playout:
     reply, played to its end or cleared (``interrupted``), with the seconds handed out.
     """
 
-    def __init__(self, clock: MediaClock, listener: PlaybackListener | PlayoutListener | None = None,
+    def __init__(self, clock: MediaClock, listener: PlaybackListener | None = None,
                  *, rate: int = AUDIO_RATE) -> None:
         if rate % 50:
             raise ValueError(f"a playout rate must be a whole number of samples per 20 ms, not {rate}")
         self.clock = clock
         self.rate = rate
         self.frame = rate // 50
-        self.listener = listener  # type: ignore[assignment]  # the property adapts the older kind
+        self.listener = listener or PlaybackListener()
         self._queue: deque[_Reply] = deque()
         self._by_turn: dict[int, _Reply] = {}
         self._stopped: set[int] = set()
@@ -171,16 +154,6 @@ class Playout:
         self._gain = 1.0  # reply volume now (barge-in ducks it) …
         self._gain_target = 1.0  # … and where it is ramping to
         self._tail = np.zeros(0, np.float32)  # a stopped reply's fade-out, still to send
-
-    @property
-    def listener(self) -> PlaybackListener:
-        return self._listener
-
-    @listener.setter
-    def listener(self, listener: PlaybackListener | PlayoutListener | None) -> None:
-        if isinstance(listener, PlayoutListener):
-            listener = listener.playback()
-        self._listener = listener or PlaybackListener()
 
     # -- input (engine side) ------------------------------------------------------------
 
@@ -236,17 +209,6 @@ class Playout:
             self._schedule_head()
             self.listener.finished(turn, reply.heard_s, True)
         return self._played.get(turn, 0.0)
-
-    def stop(self, turn: int) -> float:
-        """``clear`` (the WebRTC peer's older name)."""
-        return self.clear(turn)
-
-    def stop_all(self) -> list[int]:
-        """``clear`` every reply queued or playing; returns their turns."""
-        turns = list(self._by_turn)
-        for turn in turns:
-            self.clear(turn)
-        return turns
 
     def duck(self, volume: float) -> None:
         """Fade reply audio to ``volume`` (0..1) over ``DUCK_FADE_S``, from the next frame

@@ -52,17 +52,21 @@ from avatarchat.server.tracks import FRAME_S, MAX_LAG_S, IdleFrames, MediaClock,
 
 log = logging.getLogger(__name__)
 
-#: The mic PCM's rate unless the server says otherwise in ``hello``.
-MIC_RATE = 16000
 #: The most mic audio one binary message may carry.
 MAX_MIC_S = 1.0
 #: Mic audio a client may send ahead of real time (a burst), and how fast the allowance
 #: refills (a little over real time: a client's clock and the server's drift apart).
 MIC_BURST_S = 3.0
 MIC_REFILL = 1.25
-#: aiohttp closes the connection (code 1009) on a message bigger than this: twice the
-#: largest valid one, so a message a little too big still gets an ``error`` and is dropped.
-MAX_FRAME_BYTES = 2 * max(round(MAX_MIC_S * MIC_RATE) * 2, protocol.MAX_MESSAGE_BYTES)
+#: The reply audio's rate when the voice declares none.
+REPLY_RATE = 24000
+
+
+def max_frame_bytes(mic_rate: int) -> int:
+    """aiohttp closes the connection (code 1009) on a message bigger than this: twice the
+    largest valid one, so a message a little too big still gets an ``error`` and is dropped."""
+    return 2 * max(round(MAX_MIC_S * mic_rate) * 2, protocol.MAX_MESSAGE_BYTES)
+
 #: Pings every this many seconds; a client that answers none for half that is gone.
 HEARTBEAT_S = 10.0
 #: Video frames are dropped, not queued, while this much is waiting to be written (audio
@@ -176,21 +180,18 @@ class WsSession:
         self.video = video
         self.connected = False
         self.log = session_log(log, self.id)
-        self.ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=HEARTBEAT_S, compress=False)
-        self.mic_rate = MIC_RATE
-        tts = next((h for h in pipeline.handlers if h.stage == "tts"), None)
-        self.reply_rate = int(getattr(tts, "sample_rate", MIC_RATE))
+        self.mic_rate = settings.websocket.sample_rate
+        self.ws = web.WebSocketResponse(max_msg_size=max_frame_bytes(self.mic_rate), heartbeat=HEARTBEAT_S,
+                                        compress=False)
         self._metrics = metrics
         self._on_closed = on_closed
         self._media = MediaClock(clock)
+        self.reply_rate = pipeline.reply_sample_rate or REPLY_RATE
         self.playout = WsPlayout(self._media, self.reply_rate)
         self.client = ClientSession(pipeline, self.playout, self.send, session_id=self.id, logger=self.log,
-                                    metrics=metrics, clock=clock)
+                                    metrics=metrics, clock=clock,
+                                    on_event=self._motion if video == "motion" else None)
         self.conversation = self.client.conversation
-        if video == "motion":
-            # The mouth curves go to the client too, before the reporter sees the event.
-            listener = self.conversation.listener
-            listener.event = _also(self._motion, listener.event)
         self._gate = MessageGate(settings, self._on_message, self.send, self.log, rate_clock)
         self._mic = MicAllowance(clock)
         self._outbox: asyncio.Queue[str | bytes] = asyncio.Queue()
@@ -440,13 +441,3 @@ class WsSession:
 
     async def wait_closed(self) -> None:
         await self._done.wait()
-
-
-
-def _also(first: Callable[[Event], None], then: Callable[[Event], None]) -> Callable[[Event], None]:
-    """A callback that calls ``first(x)`` then ``then(x)``."""
-    def both(x: Event) -> None:
-        first(x)
-        then(x)
-
-    return both

@@ -24,7 +24,7 @@ from avatarchat.engine.events import (
     TimingMark,
 )
 from avatarchat.engine.clock import REAL_CLOCK, Clock
-from avatarchat.engine.handler import Handler, HandlerOptions, SessionInfo, run_blocking
+from avatarchat.engine.handler import TTSHandler, Handler, HandlerOptions, SessionInfo, run_blocking
 from avatarchat.handlers.tts.text import ClauseSplitter, clean_for_speech, ends_with_sentence_end, without_dangling_end
 
 Synthesis = tuple[np.ndarray, tuple[PhonemeTiming, ...]]
@@ -88,7 +88,7 @@ class TTSContext:
     turns: dict[int, _TurnState] = field(default_factory=dict)
 
 
-class StreamingTTS(Handler[TTSOptionsT]):
+class StreamingTTS(TTSHandler[TTSOptionsT]):
     """Speaks ``ReplyText`` deltas clause by clause; passes ``ReplyEnd`` on after the last audio.
 
     Promises, per turn: a ``TimingMark(turn, "tts_first_audio")`` right before the first
