@@ -31,6 +31,7 @@ from avatarchat.server.app import STATE, create_app
 from avatarchat.server.httpguard import GuardedRunner
 from avatarchat.server.metrics import BUCKETS_MS, Metrics
 from avatarchat.server.peer import OfferError
+from avatarchat.engine.handler import SessionSettings
 from avatarchat.server.settings import ServerSettings
 from avatarchat.server.tls import TLSError, self_signed_cert, ssl_context
 
@@ -105,8 +106,8 @@ def web_root(tmp_path: Path) -> Path:
 
 @asynccontextmanager
 async def running(settings: ServerSettings | None = None, *, loaded: asyncio.Event | None = None,
-                  web_root: Path | None = None, metrics: Metrics | None = None
-                  ) -> AsyncIterator[tuple[str, web.Application]]:
+                  web_root: Path | None = None, metrics: Metrics | None = None,
+                  session: SessionSettings | None = None) -> AsyncIterator[tuple[str, web.Application]]:
     """The app on 127.0.0.1 (a free port); the pipeline 'loads' when ``loaded`` is set."""
 
     async def loader() -> str:
@@ -115,7 +116,8 @@ async def running(settings: ServerSettings | None = None, *, loaded: asyncio.Eve
         return "pipeline"
 
     settings = settings or ServerSettings()
-    app = create_app(loader, settings, peer_factory=StandInPeer.open, web_root=web_root, metrics=metrics)
+    app = create_app(loader, settings, peer_factory=StandInPeer.open, web_root=web_root, metrics=metrics,
+                     session=session)
     runner = GuardedRunner(app, settings.http)
     await runner.setup()
     try:
@@ -259,11 +261,13 @@ async def test_config_gives_the_page_its_barge_in_settings() -> None:
                 "client_echo_ratio": 0.15, "client_min_rms": 0.01}
     settings = ServerSettings.model_validate(
         {"barge_in": {"client_mute": False, "client_grace_ms": 1200}, "echo_guard": True})
-    async with running(settings) as (url, _), aiohttp.ClientSession() as http:
+    session = SessionSettings.model_validate({"barge_in": {"enabled": False}})
+    async with running(settings, session=session) as (url, _), aiohttp.ClientSession() as http:
         async with http.get(url + "/api/config") as r:
             page = (await r.json())["barge_in"]
     # Only what the page uses: server-side knobs such as the echo guard stay on the server.
-    assert page["client_mute"] is False and page["client_grace_ms"] == 1200
+    # ``enabled`` is the engine's (session.barge_in): where voice may not cut, the page does not mute.
+    assert page["enabled"] is False and page["client_mute"] is False and page["client_grace_ms"] == 1200
     assert "echo_guard" not in page and "min_speech_ms" not in page
 
 

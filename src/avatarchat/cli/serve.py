@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         _say(warning)
     _install_log_format()
     limit_malloc_arenas()
-    asyncio.run(serve(settings, lambda: Pipeline.load(config, progress=_say), ssl_ctx=ssl_ctx))
+    asyncio.run(serve(settings, lambda: Pipeline.load(config, progress=_say), ssl_ctx=ssl_ctx,
+                      session=config.session))
     return 0
 
 

@@ -33,7 +33,7 @@ import json
 import logging
 import mimetypes
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from avatarchat.engine.handler import SessionSettings
 from avatarchat.server import auth, protocol
 from avatarchat.server.errors import client_message, log_error
 from avatarchat.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -89,6 +90,7 @@ class ServerState:
     load_error: BaseException | None = None
     load_task: asyncio.Task[None] | None = None
     trusted_proxies: list[auth.Network] | None = None
+    session: SessionSettings = field(default_factory=SessionSettings)
 
     async def wait_loaded(self) -> Any:
         """The loaded pipeline; raises what the loader raised if loading failed."""
@@ -113,9 +115,10 @@ STATE = web.AppKey("avatarchat_state", ServerState)
 
 def create_app(pipeline_loader: PipelineLoader, settings: ServerSettings, *,
                peer_factory: PeerFactory | None = None, web_root: str | Path | None = None,
-               metrics: Metrics | None = None) -> web.Application:
+               metrics: Metrics | None = None, session: SessionSettings | None = None) -> web.Application:
     """Build the app. The pipeline loads in the background from app startup; sessions are
     opened by ``peer_factory`` (default ``PeerSession.open``) and all closed at shutdown.
+    ``session`` is the config's ``session:`` section (the page is told whether barge-in is on).
     ValueError (one line) if ``settings.trusted_proxies`` holds something not an address."""
     if peer_factory is None:
         from avatarchat.server.peer import PeerSession
@@ -124,7 +127,8 @@ def create_app(pipeline_loader: PipelineLoader, settings: ServerSettings, *,
     metrics = metrics or Metrics()
     state = ServerState(settings, SessionManager(settings, peer_factory, metrics), metrics, pipeline_loader,
                         Path(web_root) if web_root is not None else WEB_ROOT,
-                        trusted_proxies=auth.parse_networks(settings.trusted_proxies))
+                        trusted_proxies=auth.parse_networks(settings.trusted_proxies),
+                        session=session or SessionSettings())
     # client_max_size makes aiohttp refuse a longer body even without a Content-Length.
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_errors, _access])
     app[STATE] = state
@@ -188,7 +192,7 @@ async def _config(request: web.Request) -> web.Response:
             server.pop("credential", None)
     return web.json_response({"ice_servers": ice, "max_sessions": settings.max_sessions,
                               "ice_transport_policy": "relay" if settings.turn.relay_only else "all",
-                              "barge_in": settings.barge_in.client()})
+                              "barge_in": settings.barge_in.client(request.app[STATE].session.barge_in.enabled)})
 
 
 async def _offer(request: web.Request) -> web.Response:
