@@ -273,7 +273,9 @@ class UdpBlackHole:
 @pytest.fixture(scope="module")
 def blocked_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServeProcess, UdpBlackHole]]:
     """A server that tells pages to relay all media through a TURN server whose UDP is
-    dropped: ICE cannot connect, everything else (HTTP, WebSocket) works."""
+    dropped: ICE cannot connect, everything else (HTTP, WebSocket) works. One session at a
+    time: the page's WebSocket must wait until the server drops the abandoned WebRTC
+    attempt (its connect timeout), which the page rides out by asking again."""
     hole = UdpBlackHole()
     folder = tmp_path_factory.mktemp("config")
     config = yaml.safe_load(greedy_default(folder).read_text())
@@ -281,6 +283,8 @@ def blocked_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[S
         "ice_servers": [{"urls": [f"turn:127.0.0.1:{hole.port}?transport=udp"],
                          "username": "page", "credential": "unused"}],
         "turn": {"relay_only": True},
+        "max_sessions": 1,
+        "connect_timeout_s": 15,
     })
     path = folder / "blocked.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -307,7 +311,8 @@ def test_the_page_falls_back_to_websocket_when_udp_is_blocked_and_says_so(
         assert said, log_lines(page, "system")
         marks = page.evaluate("avatarchat.marks()")
         print(f"\nChromium: {said[0]!r}, {marks['fallback'] - marks['answered']:.0f} ms after the answer; "
-              f"connected over WebSocket {marks['connected'] - marks['fallback']:.0f} ms later")
+              f"connected over WebSocket {marks['connected'] - marks['fallback']:.0f} ms later, "
+              f"after {page.evaluate('avatarchat.state().retries')} refusal(s) while the server held the attempt")
         # WebRTC was given up only after its few seconds (ICE_FALLBACK_MS in app.js).
         assert marks["fallback"] - marks["answered"] >= 4900, marks
         assert hole.swallowed > 0, "the page never tried the blocked UDP path"

@@ -52,6 +52,9 @@ const TRANSPORT = ["ws", "webrtc"].includes(params.get("transport")) ? params.ge
 // server's answer is behind something that drops UDP: the WebSocket gets it going. One
 // that has had answers (UDP passes, the rest is slow) waits out CONNECT_TIMEOUT_MS first.
 const ICE_FALLBACK_MS = 5000;
+// Asking a full server again after a fallback: every FULL_RETRY_MS, FULL_RETRIES times.
+const FULL_RETRY_MS = 2000;
+const FULL_RETRIES = 8;
 
 // One session at a time; Stop (or a failure) tears it all down.
 const session = {
@@ -61,6 +64,7 @@ const session = {
   ws: null, // the WsTransport, when it carries the session
   fallback: null, // why WebRTC was given up for the WebSocket (null: it was not)
   udpBlocked: false, // ... and whether that was for want of any answer over UDP
+  fullRetries: 0,
   mic: null, // MediaStream or null (denied, absent, insecure origin)
   micState: "none", // none | on | muted | denied | unavailable
   sessionId: null,
@@ -361,7 +365,12 @@ async function onSocketClose({ code, reason, opened }) {
   const health = await getJSON("healthz").catch(() => null);
   if (session.ws !== transport) return;
   const counts = health?.body;
-  if (counts && counts.sessions >= counts.max_sessions) fail(MESSAGES.full);
+  const full = counts && counts.sessions >= counts.max_sessions;
+  // After a fallback the server still counts the abandoned WebRTC attempt until its connect
+  // timeout (server.connect_timeout_s) lets it go: a full server is asked again meanwhile.
+  if (full && session.fallback && session.fullRetries++ < FULL_RETRIES) {
+    setTimeout(() => session.ws === transport && connectWebSocket(), FULL_RETRY_MS);
+  } else if (full) fail(MESSAGES.full);
   else if (reason) fail(`Could not connect over WebSocket: ${reason}`);
   else fail(`${session.fallback ? MESSAGES.fallbackFailed : MESSAGES.webSocketFailed} (code ${code})`);
 }
@@ -388,6 +397,7 @@ function teardown(state) {
   session.sessionId = null;
   session.fallback = null;
   session.udpBlocked = false;
+  session.fullRetries = 0;
   transport?.close();
   if (mic) mic.getTracks().forEach((t) => t.stop());
   closeEnvelopes();
@@ -450,6 +460,7 @@ window.avatarchat = {
     transport: session.transport?.kind || null, // "webrtc" | "websocket"
     fallback: session.fallback, // why WebRTC was given up, or null
     status: ui.status.textContent,
+    retries: session.fullRetries, // WebSockets a full server refused after the fallback
   }),
   messages: probe.messages,
   marks: () => ({ ...probe.marks }),
