@@ -295,6 +295,22 @@ def blocked_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[S
         hole.close()
 
 
+def test_where_udp_passes_the_page_stays_on_webrtc_and_says_so(quiet_browser: Any, server: ServeProcess) -> None:
+    page = open_page(quiet_browser, server.url)  # no ?transport: WebRTC first
+    try:
+        page.click("#start")
+        wait_for(page, CONNECTED, 20)
+        # Past the fallback's deadline (ICE_FALLBACK_MS, 5 s after the answer): still WebRTC.
+        wait_for(page, "() => avatarchat.now() - avatarchat.marks().answered > 6000", 20)
+        state = page.evaluate("avatarchat.state()")
+        assert state["transport"] == "webrtc" and state["fallback"] is None, state
+        assert state["dataChannel"] == "open" and state["status"] == "Connected over WebRTC", state
+        assert "fallback" not in page.evaluate("avatarchat.marks()")
+        assert page.locator("#avatar-video").is_visible() and not page.locator("#avatar-canvas").is_visible()
+    finally:
+        close_pages(server, page)
+
+
 def test_the_page_falls_back_to_websocket_when_udp_is_blocked_and_says_so(
         quiet_browser: Any, blocked_server: tuple[ServeProcess, UdpBlackHole]) -> None:
     server, hole = blocked_server
