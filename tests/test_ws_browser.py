@@ -241,6 +241,34 @@ def test_a_full_server_says_so_over_websocket(quiet_browser: Any) -> None:
             second.context.close()
 
 
+def test_speaking_over_the_reply_over_websocket_mutes_it_in_the_page_and_the_server_cuts_it(
+        pw: Any, server: ServeProcess, tmp_path: Path) -> None:
+    """test_bargein_browser.py's scenario and checks, over the WebSocket: a cough over the
+    story mutes it in the page for the grace time only; a question mutes it at once, the
+    server cuts it, and the question is answered."""
+    from tests.test_bargein_browser import barge_in_wav, check_page_barge_in
+
+    browser = launch_chromium(pw, fake_audio=barge_in_wav(tmp_path / "barge_in.wav"))
+    page = open_page(browser, server.url + WS, raw=False)
+    try:
+        page.click("#start")
+        wait_for(page, CONNECTED, 20)
+        assert page.evaluate("avatarchat.state().transport") == "websocket"
+        wait_for(page, "() => /dragon/i.test(document.querySelector('#log .msg.user')?.textContent)", 30)
+        wait_for(page, "() => document.querySelector('#log .msg.avatar.interrupted')", 40)
+        wait_for(page, "() => [...document.querySelectorAll('#log .msg.avatar[data-final]')]"
+                       ".some((li) => !li.classList.contains('interrupted'))", 60)
+        user = log_lines(page, "user")
+        assert len(user) == 2 and "dragon" in user[0].lower(), user
+        assert "capital" in user[1].lower() and "france" in user[1].lower(), user
+        messages = page.evaluate("avatarchat.messages")
+        cut_at = next(m["t"] for m in messages if m["msg"].get("interrupted"))
+        check_page_barge_in(page, cut_at)
+    finally:
+        close_pages(server, page)
+        browser.close()
+
+
 # --- the fallback ------------------------------------------------------------------------------
 
 
