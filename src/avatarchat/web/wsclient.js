@@ -17,6 +17,9 @@ import { ReplyPlayer, captureMic } from "./wsaudio.js";
 const MAX_FRAME_DELAY_MS = 250;
 // Keep-alive pings measure the round trip (pings do not count as activity on the server).
 const PING_EVERY_MS = 5000;
+// Mic audio is dropped, not queued, while this much waits in the socket (a congested
+// uplink): speech heard seconds late would only start turns late.
+const MAX_MIC_BACKLOG_BYTES = 32 * 1024;
 
 // ws(s)://<this page's origin and path>/api/ws?video=jpeg&token=…: a browser cannot put the
 // token in a header of a WebSocket request, so it goes in the query (the server accepts both).
@@ -100,7 +103,7 @@ export class WsTransport {
     this.player = null;
     this.capture = null;
     this.rttMs = null;
-    this.sent = { messages: 0, audio: 0, bytes: 0 };
+    this.sent = { messages: 0, audio: 0, bytes: 0, dropped: 0 };
     this.view = new FrameView(canvas, (now) => on.frame(now));
     this.socket = new WebSocket(socketUrl(token));
     this.socket.binaryType = "arraybuffer";
@@ -173,6 +176,10 @@ export class WsTransport {
   async startMic(rate) {
     const sendBlock = (block) => {
       if (this.socket.readyState !== WebSocket.OPEN) return;
+      if (this.socket.bufferedAmount > MAX_MIC_BACKLOG_BYTES) {
+        this.sent.dropped++;
+        return;
+      }
       this.socket.send(block);
       this.sent.audio++;
       this.sent.bytes += block.byteLength;
@@ -202,7 +209,7 @@ export class WsTransport {
       transport: "websocket",
       video: { framesReceived: v.received, framesDecoded: v.shown, framesDropped: v.dropped, frameWidth: v.width, frameHeight: v.height },
       audio: { totalSamplesReceived: p.samples, chunks: p.chunks, underruns: p.underruns, flushes: p.flushes, leadMs: (this.player?.lead() ?? 0) * 1000 },
-      mic: { packetsSent: this.sent.audio, bytesSent: this.sent.bytes },
+      mic: { packetsSent: this.sent.audio, bytesSent: this.sent.bytes, packetsDropped: this.sent.dropped },
       rttMs: this.rttMs,
       hello: this.hello,
     };
