@@ -218,22 +218,11 @@ async def _offer(request: web.Request) -> web.Response:
     client = auth.client_address(request.remote, request.headers.get("X-Forwarded-For"), state.trusted_proxies or [])
     try:
         peer, answer = await state.manager.open(state.pipeline, *offer, client=client)
-    except ServerFull as exc:
-        return _error(503, str(exc), _RETRY)
-    except ClientLimit as exc:
-        return _error(429, str(exc), _RETRY)
-    except ShuttingDown as exc:
-        return _error(503, str(exc))
     except OfferError as exc:
         return _error(400, _refusal(exc))
-    except Exception:
-        # The peer has no id yet: the log line says so rather than leaving it blank.
-        error_id = log_error(logging.LoggerAdapter(log, {"session": "(new)"}), "opening a session failed")
-        state.metrics.error("signaling")
-        return _error(500, client_message("could not start the session", error_id))
-    claims = request.get(_CLAIMS)
-    holder = f"token of {claims['sub'][:64]!r} ({str(claims['jti'])[:8]})" if claims else "no token"
-    session_log(log, peer.id).info("answered an offer from %s, %s", client, holder)
+    except Exception as exc:
+        return _not_opened(state, exc, "opening a session failed")
+    session_log(log, peer.id).info("answered an offer from %s, %s", client, _holder(request))
     return web.json_response({"sdp": answer, "type": "answer", "session_id": peer.id})
 
 
@@ -260,23 +249,34 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
 
     try:
         session, _ = await state.manager.open_session(opener, client=client)
-    except ServerFull as exc:
-        return _error(503, str(exc), _RETRY)
-    except ClientLimit as exc:
-        return _error(429, str(exc), _RETRY)
-    except ShuttingDown as exc:
-        return _error(503, str(exc))
     except web.HTTPException:
         raise
-    except Exception:
-        error_id = log_error(logging.LoggerAdapter(log, {"session": "(new)"}), "opening a websocket failed")
-        state.metrics.error("signaling")
-        return _error(500, client_message("could not start the session", error_id))
-    claims = request.get(_CLAIMS)
-    holder = f"token of {claims['sub'][:64]!r} ({str(claims['jti'])[:8]})" if claims else "no token"
-    session_log(log, session.id).info("websocket from %s, %s", client, holder)
+    except Exception as exc:
+        return _not_opened(state, exc, "opening a websocket failed")
+    session_log(log, session.id).info("websocket from %s, %s", client, _holder(request))
     await session.serve()
     return session.ws
+
+
+def _not_opened(state: ServerState, exc: Exception, what: str) -> web.Response:
+    """The answer to a session that could not be opened, whatever the transport: full,
+    this client's cap, shutting down, or a failure (logged under an error id)."""
+    if isinstance(exc, ServerFull):
+        return _error(503, str(exc), _RETRY)
+    if isinstance(exc, ClientLimit):
+        return _error(429, str(exc), _RETRY)
+    if isinstance(exc, ShuttingDown):
+        return _error(503, str(exc))
+    # The session has no id yet: the log line says so rather than leaving it blank.
+    error_id = log_error(logging.LoggerAdapter(log, {"session": "(new)"}), what)  # called in the except
+    state.metrics.error("signaling")
+    return _error(500, client_message("could not start the session", error_id))
+
+
+def _holder(request: web.Request) -> str:
+    """Whose token opened a session, for the log."""
+    claims = request.get(_CLAIMS)
+    return f"token of {claims['sub'][:64]!r} ({str(claims['jti'])[:8]})" if claims else "no token"
 
 
 def _not_json(request: web.Request) -> str | None:

@@ -128,12 +128,9 @@ class EventsChannel:
     # -- to the client ---------------------------------------------------------------
 
     def send(self, message: dict[str, Any]) -> None:
-        try:
-            text = protocol.encode(message)
-        except ValueError:  # NaN or Infinity somewhere: not JSON a browser can read
-            self._log.warning("not sending a %s message with a non-finite number", message.get("type"))
-            return
-        self._send_text(text)
+        text = protocol.encode_or_skip(message, self._log)
+        if text is not None:
+            self._send_text(text)
 
     def _send_text(self, text: str) -> None:
         channel = self._channel

@@ -13,6 +13,7 @@ no coercion: ``ping.t`` must be a JSON number).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from typing import Annotated, Any, Literal
@@ -184,6 +185,16 @@ def encode(message: dict[str, Any]) -> str:
     """One message as JSON text. Raises ``ValueError`` rather than write ``NaN`` or
     ``Infinity``, which a browser's ``JSON.parse`` refuses."""
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def encode_or_skip(message: dict[str, Any], logger: logging.Logger | logging.LoggerAdapter[Any]) -> str | None:
+    """``encode``, or None (and a warning) for a message with a non-finite number: what a
+    transport sends is never a message a browser cannot read."""
+    try:
+        return encode(message)
+    except ValueError:
+        logger.warning("not sending a %s message with a non-finite number", message.get("type"))
+        return None
 
 
 # --- the WebSocket transport's own messages (server -> client) ------------------------------

@@ -296,12 +296,9 @@ class WsSession:
 
     def send(self, message: dict[str, Any]) -> None:
         """Queue a protocol message for the client (never blocks, never raises)."""
-        try:
-            text = protocol.encode(message)
-        except ValueError:  # NaN or Infinity somewhere: not JSON a browser can read
-            self.log.warning("not sending a %s message with a non-finite number", message.get("type"))
-            return
-        self._queue(text)
+        text = protocol.encode_or_skip(message, self.log)
+        if text is not None:
+            self._queue(text)
 
     def _queue(self, item: str | bytes) -> None:
         if self._closed:
