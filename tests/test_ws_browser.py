@@ -93,7 +93,8 @@ def test_forced_websocket_speaks_a_typed_reply_and_shows_frames(
         # The avatar's frames, drawn on the canvas in the video's place (same box).
         wait_for(page, "async () => (await avatarchat.stats()).rvfc.frames >= 10", 20)
         stats = page.evaluate("avatarchat.stats()")
-        assert (stats["video"]["frameWidth"], stats["video"]["frameHeight"]) == (512, 512), stats["video"]
+        assert (stats["video"]["frameWidth"], stats["video"]["frameHeight"]) == (512, 512), (
+            stats, page.evaluate("avatarchat.state()"), page.locator("#log").inner_text()[-800:], server.log_tail(3000))
         assert page.locator("#avatar-canvas").is_visible() and not page.locator("#avatar-video").is_visible()
         assert page.locator("#avatar-canvas").bounding_box() == page.locator(".video-wrap").bounding_box()
         canvas = tmp_path / "canvas.png"
