@@ -72,7 +72,7 @@ def test_firefox_over_websocket_speaks_a_typed_reply_and_shows_frames(
     firefox.wait_for(CONNECTED, 20)
     state = firefox.js("return avatarchat.state()")
     assert state["transport"] == "websocket" and state["mic"] == "on", state
-    firefox.wait_for("async () => (await avatarchat.stats()).rvfc.frames >= 10", 20)
+    firefox.wait_for("() => avatarchat.frames().count >= 10", 20)
     assert firefox.call("() => !document.querySelector('#avatar-canvas').hidden"
                         " && document.querySelector('#avatar-video').hidden")
 
