@@ -67,8 +67,8 @@ class SpeechPaused(Event):
 class EndOfTurnHint(Event):
     """How long the silence after ``speech_end`` must last before ``turn`` ends, judged from
     its early transcript (a complete question: short; a trailing "and", "the" or comma:
-    long). It enters at the head of the pipeline, like user input, for the VAD; the VAD
-    ignores it once the user has spoken again (``speech_end`` no longer matches)."""
+    long). The engine's end of turn puts it on the control lane for the VAD, which ignores
+    it once the user has spoken again (``speech_end`` no longer matches)."""
 
     speech_end: float
     silence_ms: int

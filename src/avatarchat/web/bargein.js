@@ -1,5 +1,5 @@
 // Page-side barge-in: the avatar goes quiet in this page the moment the user starts to
-// speak over it. The server decides whether the reply is really cut (server/bargein.py,
+// speak over it. The server decides whether the reply is really cut (engine/floor.py,
 // engine/turntaking.py), but the microphone's trip to it and the browser's receive jitter
 // buffer (~120-170 ms) alone take most of the 200 ms in which a barge-in should be heard
 // to work; only the page can be that fast.

@@ -88,7 +88,8 @@ def complete_sentences(text: str) -> str:
 
 @dataclass
 class ChatContext:
-    """One session's conversation state. Used by one stage task only, so no locking.
+    """One session's conversation state. Used only by its stage's tasks (the worker and the
+    control lane's ``on_control``), both on the event loop, so no locking.
 
     ``history`` holds the last ``settings.history_turns`` exchanges as (user, reply) pairs;
     older ones fall off. ``asked`` maps the turns whose reply has not completed to what the
