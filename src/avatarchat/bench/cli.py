@@ -42,6 +42,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     pe.add_argument("--compare", metavar="CONFIG2", help="also run this config and report both side by side")
     _common(pe)
     pe.set_defaults(run=run_e2e)
+    pl = bsub.add_parser("load", help="N real sessions at once (aiortc clients, niced): voice to voice, fps, "
+                                      "server CPU per idle and talking session, RSS, failed turns")
+    pl.add_argument("--sessions", default="1,2,4,8", help="connected sessions per scenario (default 1,2,4,8)")
+    pl.add_argument("--modes", default="video,client", help="avatar modes, in order (default video,client)")
+    pl.add_argument("--talkers", help="sessions asking at the same moment: K for every N, or N:K,... "
+                                      "(default: all of 1 or 2, 2 of 4, 1 of 8 or more)")
+    pl.add_argument("--rounds", type=int, default=4, help="rounds of questions per scenario (default 4)")
+    pl.add_argument("--idle", type=float, default=20.0, help="seconds all sessions stay idle (default 20)")
+    pl.add_argument("--baseline", type=float, default=5.0, help="seconds of server CPU with no session (default 5)")
+    pl.add_argument("--turn-timeout", type=float, default=30.0, help="seconds to an audible reply before a turn fails (default 30)")
+    pl.add_argument("--config", "-c", help="YAML config (default: the embedded default)")
+    pl.add_argument("--json", type=Path, help="write the JSON here ('-': to stdout, the table to stderr)")
+    pl.set_defaults(run=run_load)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -94,6 +107,12 @@ def run_e2e(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     _emit(report, args.json)
     return 0
+
+
+def run_load(args: argparse.Namespace) -> int:
+    from avatarchat.bench.load import run_from_args
+
+    return run_from_args(args)
 
 
 def _emit(report: dict[str, object], path: Path | None) -> None:
