@@ -36,7 +36,8 @@ from pydantic import Field
 
 from avatarchat.engine.events import Event, SpeechEnded, SpeechPaused, SpeechSoFar, TimingMark, UserTranscript
 from avatarchat.engine.clock import REAL_CLOCK, Clock
-from avatarchat.engine.handler import Handler, HandlerLoadError, HandlerOptions, SessionInfo, register, run_blocking
+from avatarchat.engine.handler import Handler, HandlerLoadError, HandlerOptions, SessionInfo, register
+from avatarchat.engine.scheduling import Priority, run_model
 from avatarchat.models import ModelFile, verify
 
 log = logging.getLogger(__name__)
@@ -326,7 +327,9 @@ class WhisperHandler(Handler[WhisperOptions]):
             # A growing transcript for the page. One that waited behind a slow call is
             # stale: a newer one, or the pause, is already on its way.
             if ctx.clock.now() - event.voiced_until < _STALE_PARTIAL_S:
-                text = await run_blocking(self.transcribe, event.audio, ctx.language)
+                # Only the page shows it: any session's turn-critical call goes first.
+                text = await run_model(self.transcribe, event.audio, ctx.language, lane="asr",
+                                       priority=Priority.BACKGROUND)
                 if text:
                     yield UserTranscript(event.turn, text, final=False)
             return
@@ -334,7 +337,9 @@ class WhisperHandler(Handler[WhisperOptions]):
             # Transcribe while the VAD waits out its hangover: if the user says no more, the
             # end of the turn finds its transcript ready (about one whisper call saved).
             yield TimingMark(event.turn, "asr_early_start", at=ctx.clock.now())
-            text = await run_blocking(self.transcribe, event.audio, ctx.language)
+            # Turn-critical: it decides the hangover, and is usually the final transcript.
+            text = await run_model(self.transcribe, event.audio, ctx.language, lane="asr",
+                                   priority=Priority.CRITICAL)
             ctx.early = (event.turn, event.speech_end, text)
             yield TimingMark(event.turn, "asr_early_final", at=ctx.clock.now())
             yield UserTranscript(event.turn, text, final=False, speech_end=event.speech_end)
@@ -345,7 +350,8 @@ class WhisperHandler(Handler[WhisperOptions]):
         if early is not None and early[:2] == (event.turn, event.speech_end):
             text = early[2]  # nothing was said since the pause: the same audio, the same words
         else:
-            text = await run_blocking(self.transcribe, event.audio, ctx.language)
+            text = await run_model(self.transcribe, event.audio, ctx.language, lane="asr",
+                                   priority=Priority.CRITICAL)
         # The mark goes first: the LLM stage answers the transcript before it passes on
         # anything queued behind it.
         yield TimingMark(event.turn, "asr_final", at=ctx.clock.now())

@@ -24,7 +24,8 @@ from avatarchat.engine.events import (
     TimingMark,
 )
 from avatarchat.engine.clock import REAL_CLOCK, Clock
-from avatarchat.engine.handler import TTSHandler, Handler, HandlerOptions, SessionInfo, run_blocking
+from avatarchat.engine.handler import TTSHandler, Handler, HandlerOptions, SessionInfo
+from avatarchat.engine.scheduling import Priority, run_model
 from avatarchat.handlers.tts.text import ClauseSplitter, clean_for_speech, ends_with_sentence_end, without_dangling_end
 
 Synthesis = tuple[np.ndarray, tuple[PhonemeTiming, ...]]
@@ -164,7 +165,10 @@ class StreamingTTS(TTSHandler[TTSOptionsT]):
         text = clean_for_speech(raw)
         if not text or state.cancelled:
             return
-        samples, phonemes = await run_blocking(self.synthesize, text)
+        # The first chunk decides when the user hears the answer; the rest has the first
+        # chunk's playing time to be ready.
+        priority = Priority.NORMAL if state.spoke else Priority.CRITICAL
+        samples, phonemes = await run_model(self.synthesize, text, lane="tts", priority=priority)
         # The turn may have been cancelled while the executor worked; its result is dropped.
         if state.cancelled or len(samples) == 0:
             return

@@ -37,7 +37,8 @@ from avatarchat.engine.events import (
     TurnCancelled,
     UserAudio,
 )
-from avatarchat.engine.handler import Handler, HandlerOptions, SessionInfo, register, run_blocking
+from avatarchat.engine.handler import Handler, HandlerOptions, SessionInfo, register
+from avatarchat.engine.scheduling import Priority, run_model
 from avatarchat.models import ModelFile
 
 RATE = 16_000
@@ -348,7 +349,8 @@ class SileroVADHandler(Handler[SileroOptions]):
         if len(x) > _INLINE_MAX_S * rate:
             ctx.ingesting = True  # a hint meanwhile waits: the detector is in a worker thread
             try:
-                decisions = await run_blocking(ctx.ingest, x, rate)
+                # Turn-critical: the end of speech may be in this audio.
+                decisions = await run_model(ctx.ingest, x, rate, lane="vad", priority=Priority.CRITICAL)
             finally:
                 ctx.ingesting = False
         else:
