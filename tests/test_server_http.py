@@ -155,7 +155,9 @@ async def test_offer_answers_and_counts_the_session() -> None:
     async with running() as (url, app), aiohttp.ClientSession() as http:
         status, body = await post(http, url)
         assert status == 200
-        assert body == {"sdp": "v=0 stand-in answer", "type": "answer", "session_id": StandInPeer.opened[0].id}
+        # The stand-in pipeline has no avatar a page could draw: video, whatever was asked.
+        assert body == {"sdp": "v=0 stand-in answer", "type": "answer", "session_id": StandInPeer.opened[0].id,
+                        "avatar": "video"}
         async with http.get(url + "/healthz") as r:
             assert (await r.json())["sessions"] == 1
 
@@ -245,7 +247,7 @@ async def test_config_gives_the_browser_the_ice_servers() -> None:
         async with http.get(url + "/api/config") as r:
             body = await r.json()
             assert {k: v for k, v in body.items() if k != "barge_in"} == {
-                "max_sessions": 4, "ice_transport_policy": "all", "ice_servers": [
+                "max_sessions": 4, "ice_transport_policy": "all", "avatar": None, "ice_servers": [
                     {"urls": ["stun:stun.example.org"]},
                     {"urls": ["turn:t.example.org"], "username": "u", "credential": "c"}]}
     async with running() as (url, _), aiohttp.ClientSession() as http:

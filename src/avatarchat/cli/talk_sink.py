@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from avatarchat.audio.io import write_wav
-from avatarchat.engine.events import AvatarFrame, ReplyAudio
+from avatarchat.engine.events import AvatarFrame, AvatarPose, ReplyAudio
 from avatarchat.engine.handler import run_blocking
 from avatarchat.engine.sink import PlaybackListener
 from avatarchat.engine.turn import place
@@ -67,9 +67,9 @@ class FileSink:
         if reply is not None:
             reply.chunks.append(chunk)
 
-    def add_frame(self, frame: AvatarFrame) -> None:
+    def add_frame(self, frame: AvatarFrame | AvatarPose) -> None:
         reply = self._replies.get(frame.turn)
-        if reply is not None:
+        if reply is not None and isinstance(frame, AvatarFrame):  # talk always renders
             reply.frames.append((frame.pts, frame.image))
 
     def end(self, turn: int) -> None:

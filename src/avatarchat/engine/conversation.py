@@ -21,7 +21,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from avatarchat.engine.clock import REAL_CLOCK, Clock
 from avatarchat.engine.events import (
     NO_TURN,
     AvatarFrame,
+    AvatarPose,
     Event,
     ReplyAudio,
     ReplyEnd,
@@ -75,11 +76,12 @@ class Conversation:
     started (the pump, turn-taking's timer, the session's stages). Not thread-safe."""
 
     def __init__(self, pipeline: Pipeline, sink: ReplySink, listener: ConversationListener | None = None, *,
-                 session_id: str | None = None, clock: Clock = REAL_CLOCK) -> None:
+                 session_id: str | None = None, clock: Clock = REAL_CLOCK,
+                 avatar_output: Literal["frames", "params"] = "frames") -> None:
         self.listener = listener or ConversationListener()
         self.clock = clock
         self.sink = sink
-        self.session: Session = pipeline.session(session_id, clock=clock)
+        self.session: Session = pipeline.session(session_id, clock=clock, avatar_output=avatar_output)
         self.floor = ReplyFloor(self.session, sink, lambda turn: self.listener.heard_whole(turn))
         barge = pipeline.config.session.barge_in
         self.turntaking = TurnTaking(self.floor, enabled=barge.enabled, min_speech_s=barge.min_speech_ms / 1000,
@@ -137,6 +139,17 @@ class Conversation:
         """Blocking: the avatar between replies at clock time ``t`` (None: no avatar)."""
         return self.session.idle_frame(t)
 
+    def idle_pose(self, t: float) -> tuple[float, ...] | None:
+        """Cheap: the avatar's parameters between replies at clock time ``t`` (None: no
+        avatar, or one that makes no poses)."""
+        return self.session.idle_pose(t)
+
+    @property
+    def pose_names(self) -> tuple[str, ...]:
+        """The names of the avatar's pose values (empty: no poses)."""
+        avatar = self.session.avatar
+        return avatar.pose_names if avatar is not None else ()
+
     # -- the pump and the sink's callbacks -------------------------------------------------
 
     async def _pump(self) -> None:
@@ -154,7 +167,7 @@ class Conversation:
             self.floor.note(event)
         if isinstance(event, ReplyAudio):
             self.sink.add_audio(event)
-        elif isinstance(event, AvatarFrame):
+        elif isinstance(event, AvatarFrame | AvatarPose):
             self.sink.add_frame(event)
         elif isinstance(event, TurnCancelled):
             self.sink.clear(event.turn)

@@ -238,6 +238,19 @@ class AvatarFrame(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class AvatarPose(Event):
+    """A reply frame's face parameters instead of its image, for a client that renders the
+    avatar itself (``SessionInfo.avatar_output == "params"``). ``values`` are in the order
+    of ``names`` (the avatar handler's ``pose_names``); ``index`` and ``pts`` as for an
+    ``AvatarFrame``, on the reply timeline."""
+
+    index: int
+    pts: float
+    names: tuple[str, ...]
+    values: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class AvatarMotion(Event):
     """The mouth curves behind a stretch of frames, for a client-side renderer.
 

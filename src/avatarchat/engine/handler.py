@@ -34,7 +34,7 @@ import functools
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import numpy as np
 
@@ -119,6 +119,9 @@ class SessionInfo:
     new_turn: Callable[[], int] = field(default=lambda: NO_TURN, repr=False)
     #: The session's one clock: every time a handler reads or stamps comes from it.
     clock: Clock = field(default=REAL_CLOCK, repr=False)
+    #: What the avatar stage sends: rendered ``frames`` (``AvatarFrame``, video), or the
+    #: face's ``params`` per frame (``AvatarPose``) for a client that draws the avatar.
+    avatar_output: Literal["frames", "params"] = "frames"
 
 
 OptionsT = TypeVar("OptionsT", bound=HandlerOptions)
@@ -186,6 +189,19 @@ class AvatarHandler(Handler[OptionsT]):
     def idle_frame(self, ctx: Any, t: float) -> np.ndarray:
         """Blocking (run it in an executor): the face between replies at time ``t`` of the
         session's clock, as ``[H, W, 3]`` uint8 RGB. Safe from any thread."""
+
+    #: The names of an ``AvatarPose``'s values (empty: the handler makes no poses).
+    pose_names: ClassVar[tuple[str, ...]] = ()
+
+    def idle_pose(self, ctx: Any, t: float) -> tuple[float, ...] | None:
+        """Cheap, any thread: the face's parameters (``pose_names`` order) between replies
+        at time ``t`` of the session's clock; None if the handler makes no poses."""
+        return None
+
+    def client_assets(self) -> tuple[dict[str, Any], bytes] | None:
+        """What a page needs to draw this avatar from its poses: a JSON-able rig document
+        and the portrait as PNG (computed once); None if it cannot be drawn by a page."""
+        return None
 
 
 class TTSHandler(Handler[OptionsT]):

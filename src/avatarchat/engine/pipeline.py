@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from avatarchat.engine.clock import REAL_CLOCK, Clock
 from avatarchat.engine.config import PipelineConfig
@@ -60,10 +60,12 @@ class Pipeline:
         say(f"pipeline ready in {time.perf_counter() - total:.2f} s")
         return pipeline
 
-    def session(self, session_id: str | None = None, clock: Clock = REAL_CLOCK) -> Session:
+    def session(self, session_id: str | None = None, clock: Clock = REAL_CLOCK,
+                avatar_output: Literal["frames", "params"] = "frames") -> Session:
         """A new, not yet started session (``async with pipeline.session() as s``) on
-        ``clock``."""
-        info = SessionInfo(session_id or uuid.uuid4().hex[:12], self.config.session, clock=clock)
+        ``clock``; its avatar sends ``avatar_output`` (see ``SessionInfo``)."""
+        info = SessionInfo(session_id or uuid.uuid4().hex[:12], self.config.session, clock=clock,
+                           avatar_output=avatar_output)
         return Session(self.handlers, info)
 
     @property

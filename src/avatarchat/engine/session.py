@@ -247,6 +247,14 @@ class Session:
             return None
         return cast(AvatarHandler[Any], stage.handler).idle_frame(stage.ctx, t)
 
+    def idle_pose(self, t: float) -> tuple[float, ...] | None:
+        """Cheap, any thread: the avatar's parameters between replies at time ``t`` of the
+        session's clock; None without an avatar stage or poses. Valid after ``start()``."""
+        stage = next((s for s in self._stages if isinstance(s.handler, AvatarHandler)), None)
+        if stage is None:
+            return None
+        return cast(AvatarHandler[Any], stage.handler).idle_pose(stage.ctx, t)
+
     def running(self, turn: int) -> bool:
         """Whether ``turn`` is still being worked on (neither ended nor cancelled)."""
         return turn in self._open_turns and turn not in self._cancelled

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from avatarchat.engine.events import AvatarFrame, ReplyAudio
+from avatarchat.engine.events import AvatarFrame, AvatarPose, ReplyAudio
 
 
 def _ignore_start(turn: int, at: float) -> None:
@@ -53,8 +53,9 @@ class ReplySink(Protocol):
     def add_audio(self, chunk: ReplyAudio) -> None:
         """Queue ``chunk`` at ``chunk.offset`` on its turn's reply (a new turn is queued)."""
 
-    def add_frame(self, frame: AvatarFrame) -> None:
-        """Queue an avatar frame to show at ``frame.pts`` on its turn's reply."""
+    def add_frame(self, frame: AvatarFrame | AvatarPose) -> None:
+        """Queue an avatar frame (an image, or a pose for a client that draws the avatar)
+        to show at ``frame.pts`` on its turn's reply."""
 
     def end(self, turn: int) -> None:
         """Nothing more comes for ``turn``; it finishes once all of it has played."""

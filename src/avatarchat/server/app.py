@@ -3,13 +3,15 @@
 Routes (documented for other clients in docs/PROTOCOL.md):
 
 - ``GET /`` and static files of the web client (``avatarchat/web/``)
-- ``POST /api/offer``: ``{"sdp", "type": "offer"}`` -> ``{"sdp", "type": "answer", "session_id"}``;
-  503 when full, 429 when this client address holds ``max_sessions_per_client`` already
-- ``GET /api/ws?video=jpeg|motion|none``: the WebSocket transport (server/ws.py): the same
+- ``POST /api/offer``: ``{"sdp", "type": "offer", "avatar"?: "client"|"video"}`` -> ``{"sdp", "type":
+  "answer", "session_id", "avatar"}``; 503 when full, 429 when this client address holds
+  ``max_sessions_per_client`` already
+- ``GET /api/avatar/rig``, ``GET /api/avatar/image.png``: what a page draws the avatar with
+- ``GET /api/ws?video=jpeg|motion|params|none``: the WebSocket transport (server/ws.py): the same
   conversation and messages as WebRTC's data channel, with mic and reply audio as binary
   PCM; before the upgrade, the same 503/429 as an offer, and 400 for a bad query
 - ``GET /api/config``: ``{"ice_servers": [...], "ice_transport_policy": "all" | "relay",
-  "max_sessions": n, "barge_in": {...}}`` for the browser's ICE agent (TURN credentials made
+  "max_sessions": n, "barge_in": {...}, "avatar": {...} | null}`` for the browser's ICE agent (TURN credentials made
   for this request) and its barge-in gate
 - ``GET /healthz``: 503 ``{"status": "loading"}`` until the models are loaded, then 200
 - ``GET /metrics``: Prometheus text
@@ -44,6 +46,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from avatarchat.engine.handler import SessionSettings
 from avatarchat.server import auth, protocol
+from avatarchat.server.avatar_http import IMAGE_PATH, RIG_PATH, ClientAvatar, serve_bytes
 from avatarchat.server.errors import client_message, log_error
 from avatarchat.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from avatarchat.server.metrics import Metrics
@@ -56,7 +59,7 @@ from avatarchat.server.sessions import (
     ShuttingDown,
     session_log,
 )
-from avatarchat.server.settings import ServerSettings
+from avatarchat.server.settings import AvatarOutput, ServerSettings, avatar_output
 from avatarchat.server.turn import ice_servers_for_client
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,8 @@ class ServerState:
     load_task: asyncio.Task[None] | None = None
     trusted_proxies: list[auth.Network] | None = None
     session: SessionSettings = field(default_factory=SessionSettings)
+    #: The avatar as a page draws it (None: no avatar, or one only the server can render).
+    client_avatar: ClientAvatar | None = None
 
     async def wait_loaded(self) -> Any:
         """The loaded pipeline; raises what the loader raised if loading failed."""
@@ -105,12 +110,21 @@ class ServerState:
         # Never raises: the error is kept for `wait_loaded`, so it is never "unretrieved".
         try:
             self.pipeline = await self.loader()
+            self.client_avatar = await asyncio.get_running_loop().run_in_executor(None, _client_avatar, self.pipeline)
             self.status = "ready"
         except Exception as exc:
             self.load_error, self.status = exc, "failed"
 
 
 STATE = web.AppKey("avatarchat_state", ServerState)
+
+
+def _client_avatar(pipeline: Any) -> ClientAvatar | None:
+    try:
+        return ClientAvatar.of(pipeline)
+    except Exception:  # the page falls back to video: no reason to refuse to start
+        log.exception("the avatar's rig for pages could not be made; pages get video")
+        return None
 
 
 def create_app(pipeline_loader: PipelineLoader, settings: ServerSettings, *,
@@ -137,6 +151,8 @@ def create_app(pipeline_loader: PipelineLoader, settings: ServerSettings, *,
     app.router.add_get("/api/config", _config)
     app.router.add_post("/api/offer", _offer)
     app.router.add_get("/api/ws", _websocket)
+    app.router.add_get("/" + RIG_PATH, _avatar_rig)
+    app.router.add_get("/" + IMAGE_PATH, _avatar_image)
     app.router.add_get("/{tail:.*}", _static)
     app.on_startup.append(_start_loading)
     app.on_shutdown.append(_close_sessions)
@@ -181,6 +197,7 @@ async def _metrics(request: web.Request) -> web.Response:
 
 async def _config(request: web.Request) -> web.Response:
     settings = request.app[STATE].settings
+    avatar = request.app[STATE].client_avatar
     claims = request.get(_CLAIMS)
     name = claims["sub"] if claims else f"anon-{request.remote or 'unknown'}"
     ice = ice_servers_for_client(settings, name)
@@ -192,7 +209,22 @@ async def _config(request: web.Request) -> web.Response:
             server.pop("credential", None)
     return web.json_response({"ice_servers": ice, "max_sessions": settings.max_sessions,
                               "ice_transport_policy": "relay" if settings.turn.relay_only else "all",
-                              "barge_in": settings.barge_in.client(request.app[STATE].session.barge_in.enabled)})
+                              "barge_in": settings.barge_in.client(request.app[STATE].session.barge_in.enabled),
+                              "avatar": avatar.config(settings) if avatar is not None else None})
+
+
+async def _avatar_rig(request: web.Request) -> web.Response:
+    avatar = request.app[STATE].client_avatar
+    if avatar is None:
+        return _error(404, "this server has no avatar a page can draw")
+    return serve_bytes(request, avatar.rig, "application/json")
+
+
+async def _avatar_image(request: web.Request) -> web.Response:
+    avatar = request.app[STATE].client_avatar
+    if avatar is None:
+        return _error(404, "this server has no avatar a page can draw")
+    return serve_bytes(request, avatar.image, "image/png")
 
 
 async def _offer(request: web.Request) -> web.Response:
@@ -215,15 +247,18 @@ async def _offer(request: web.Request) -> web.Response:
     offer = _parse_offer(body)
     if isinstance(offer, str):
         return _error(400, offer)
+    sdp, type_, asked = offer
+    # Only an avatar a page can draw is drawn by one.
+    avatar = avatar_output(state.settings.avatar_mode, asked) if state.client_avatar is not None else "video"
     client = auth.client_address(request.remote, request.headers.get("X-Forwarded-For"), state.trusted_proxies or [])
     try:
-        peer, answer = await state.manager.open(state.pipeline, *offer, client=client)
+        peer, answer = await state.manager.open(state.pipeline, sdp, type_, client=client, avatar=avatar)
     except OfferError as exc:
         return _error(400, _refusal(exc))
     except Exception as exc:
         return _not_opened(state, exc, "opening a session failed")
     session_log(log, peer.id).info("answered an offer from %s, %s", client, _holder(request))
-    return web.json_response({"sdp": answer, "type": "answer", "session_id": peer.id})
+    return web.json_response({"sdp": answer, "type": "answer", "session_id": peer.id, "avatar": avatar})
 
 
 async def _websocket(request: web.Request) -> web.StreamResponse:
@@ -240,6 +275,9 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
     if state.status != "ready":
         message = "models are still loading" if state.status == "loading" else "the models failed to load"
         return _error(503, message, _RETRY)
+    if video in ("jpeg", "params"):  # who draws the avatar, as for an offer
+        drawn = avatar_output(state.settings.avatar_mode, "client" if video == "params" else "video")
+        video = "params" if drawn == "client" and state.client_avatar is not None else "jpeg"
     client = auth.client_address(request.remote, request.headers.get("X-Forwarded-For"), state.trusted_proxies or [])
 
     async def opener(on_closed: Callable[[Any], None]) -> tuple[WsSession, None]:
@@ -310,8 +348,8 @@ def _too_big(request: web.Request, limit: int) -> str | None:
     return None
 
 
-def _parse_offer(body: bytes) -> tuple[str, str] | str:
-    """``(sdp, type)`` from the request body, or the message of a 400."""
+def _parse_offer(body: bytes) -> tuple[str, str, AvatarOutput] | str:
+    """``(sdp, type, avatar)`` from the request body, or the message of a 400."""
     try:
         data = json.loads(body.decode("utf-8"))
     except RecursionError:
@@ -329,7 +367,10 @@ def _parse_offer(body: bytes) -> tuple[str, str] | str:
         return '"type" is missing or not a string; it must be "offer"'
     if type_ != "offer":
         return f'"type" must be "offer", not {type_[:20]!r}'
-    return sdp, type_
+    avatar = data.get("avatar", "video")
+    if avatar not in ("client", "video"):
+        return '"avatar" must be "client" (the page draws it) or "video" (the server renders it)'
+    return sdp, type_, "client" if avatar == "client" else "video"
 
 
 async def _static(request: web.Request) -> web.StreamResponse:

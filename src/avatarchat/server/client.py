@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -43,7 +43,8 @@ class ClientSession:
     def __init__(self, pipeline: Pipeline, sink: ReplySink, send: Callable[[dict[str, Any]], None], *,
                  session_id: str, logger: logging.Logger | logging.LoggerAdapter[Any],
                  metrics: Any | None = None, clock: Clock = REAL_CLOCK,
-                 on_event: Callable[[Event], None] | None = None) -> None:
+                 on_event: Callable[[Event], None] | None = None,
+                 avatar_output: Literal["frames", "params"] = "frames") -> None:
         self.id = session_id
         self.log = logger
         self.last_activity = time.monotonic()
@@ -58,7 +59,8 @@ class ClientSession:
         listener = ConversationListener(event=on_engine_event, started=report.started,
                                         first_frame=report.first_frame, finished=report.finished,
                                         heard_whole=report.drop)
-        self.conversation = Conversation(pipeline, sink, listener, session_id=session_id, clock=clock)
+        self.conversation = Conversation(pipeline, sink, listener, session_id=session_id, clock=clock,
+                                         avatar_output=avatar_output)
         self.conversation.session.listen(ACTIVITY, self._user_active)
         self._closed = False
 

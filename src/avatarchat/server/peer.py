@@ -47,7 +47,8 @@ from avatarchat.server.ice import (
 )
 from avatarchat.server.jitter import AIORTC_AUDIO_PREFETCH, set_audio_prefetch
 from avatarchat.server.sctpguard import SctpGuard
-from avatarchat.server.settings import ServerSettings
+from avatarchat.server.face import face_sender
+from avatarchat.server.settings import AvatarOutput, ServerSettings
 from avatarchat.server.tracks import (
     AvatarAudioTrack,
     AvatarVideoTrack,
@@ -98,8 +99,10 @@ class PeerSession:
 
     def __init__(self, pipeline: Pipeline, settings: ServerSettings, metrics: Any | None,
                  on_closed: Callable[[PeerSession], None] | None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, avatar: AvatarOutput = "video") -> None:
         self.id = uuid.uuid4().hex[:12]
+        #: Who draws the avatar: the server (``video``) or the page (``client``).
+        self.avatar: AvatarOutput = avatar
         self.connected = False
         self.settings = settings
         self.video_codec: str | None = None
@@ -111,9 +114,8 @@ class PeerSession:
         self._clock = MediaClock()
         self._playout = Playout(self._clock)
         self._client = ClientSession(pipeline, self._playout, self._send, session_id=self.id, logger=self.log,
-                                     metrics=metrics)
-        self._events = EventsChannel(settings, self._on_message, lambda: self._client.report.send_state(force=True),
-                                     self.log, clock)
+                                     metrics=metrics, avatar_output="params" if avatar == "client" else "frames")
+        self._events = EventsChannel(settings, self._on_message, self._channel_opened, self.log, clock)
         self._tasks: set[asyncio.Task[None]] = set()
         self._tracks: list[MediaStreamTrack] = []
         self._mic_started = False
@@ -122,13 +124,15 @@ class PeerSession:
         self._done = asyncio.Event()
         self._echo = EchoGuard() if settings.echo_guard else None
         self._guard: SctpGuard | None = None
+        self._face_started = False
 
     # -- opening ---------------------------------------------------------------------
 
     @classmethod
     async def open(cls, pipeline: Pipeline, sdp: str, type_: str, settings: ServerSettings, *,
                    metrics: Any | None = None, on_closed: Callable[[PeerSession], None] | None = None,
-                   clock: Callable[[], float] = time.monotonic) -> tuple[PeerSession, str]:
+                   clock: Callable[[], float] = time.monotonic,
+                   avatar: AvatarOutput = "video") -> tuple[PeerSession, str]:
         """Answer ``sdp``: returns the peer and the answer SDP with all its candidates.
 
         Raises ``OfferError`` for an offer that is not SDP, lacks an audio m-line, or that
@@ -138,7 +142,7 @@ class PeerSession:
         candidate gathering, DTLS certificate).
         """
         check_offer(sdp, type_)
-        peer = cls(pipeline, settings, metrics, on_closed, clock)
+        peer = cls(pipeline, settings, metrics, on_closed, clock, avatar)
         try:
             answer = await peer._answer(sdp)
         except BaseException as exc:
@@ -150,7 +154,7 @@ class PeerSession:
             raise OfferError(client_message("the offer cannot be answered", error_id)) from None
         if metrics is not None:
             metrics.session_opened()
-        peer.log.info("peer opened (video %s)", peer.video_codec)
+        peer.log.info("peer opened (avatar: %s, video %s)", peer.avatar, peer.video_codec)
         return peer, answer
 
     async def _answer(self, sdp: str) -> str:
@@ -178,6 +182,11 @@ class PeerSession:
         """The avatar's tracks go in before the offer is applied: the video transceiver's
         codec preference only counts if it exists when aiortc intersects the codecs."""
         conversation = self._client.conversation
+        audio = AvatarAudioTrack(self._clock, self._playout, None if self._echo is None else self._echo.played)
+        self._tracks.append(audio)
+        self._pc.addTrack(audio)
+        if self.avatar == "client":
+            return  # the page draws the avatar from the face rows (server/face.py): no video
         fps = conversation.fps or 25
         render: Callable[[float], np.ndarray] | None = None
         if conversation.fps is not None:
@@ -191,9 +200,7 @@ class PeerSession:
                 return frame
 
         video = AvatarVideoTrack(self._clock, self._playout, IdleFrames(render, fps), fps)
-        audio = AvatarAudioTrack(self._clock, self._playout, None if self._echo is None else self._echo.played)
-        self._tracks += [audio, video]
-        self._pc.addTrack(audio)
+        self._tracks.append(video)
         self._pc.addTrack(video)
         video_transceiver = next(t for t in self._pc.getTransceivers() if t.sender.track is video)
         prefer_video_codec(video_transceiver, self.settings.video_codec)
@@ -316,6 +323,14 @@ class PeerSession:
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         self._events.attach(channel)
+
+    def _channel_opened(self) -> None:
+        self._client.report.send_state(force=True)
+        if self.avatar == "client" and not self._closed and not self._face_started:
+            self._face_started = True
+            sender = face_sender(self._client.conversation, self._playout, self._clock, self._send)
+            if sender is not None:
+                self._spawn(sender.run(), "face")
 
     def _send(self, message: dict[str, Any]) -> None:
         self._events.send(message)

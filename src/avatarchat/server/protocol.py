@@ -199,8 +199,8 @@ def encode_or_skip(message: dict[str, Any], logger: logging.Logger | logging.Log
 
 # --- the WebSocket transport's own messages (server -> client) ------------------------------
 
-VideoMode = Literal["jpeg", "motion", "none"]
-VIDEO_MODES: tuple[VideoMode, ...] = ("jpeg", "motion", "none")
+VideoMode = Literal["jpeg", "motion", "params", "none"]
+VIDEO_MODES: tuple[VideoMode, ...] = ("jpeg", "motion", "params", "none")
 
 
 def hello(session: str, sample_rate: int, reply_sample_rate: int, video: VideoMode,
@@ -225,3 +225,24 @@ def motion(turn: int, times: tuple[float, ...], channels: tuple[str, ...],
     ``channels``) and one viseme label per time."""
     return {"type": "motion", "turn": turn, "times": [round(t, 4) for t in times], "channels": list(channels),
             "values": [[round(v, 4) for v in row] for row in values], "visemes": list(visemes)}
+
+
+# --- the client-drawn avatar (``avatar: client`` over WebRTC, ``video=params`` over a WebSocket) --
+
+
+def media_clock(media_zero: float, fps: int, names: tuple[str, ...]) -> dict[str, Any]:
+    """Where this connection's media time 0 is on the server's wall clock (Unix seconds),
+    the face's frame rate, and the names of a ``face`` row's values, in order."""
+    return {"type": "clock", "media_zero": round(media_zero, 6), "fps": fps, "names": list(names)}
+
+
+def face(k0: int, rows: list[tuple[float, ...]]) -> dict[str, Any]:
+    """The face's parameters for frames ``k0``, ``k0 + 1``, …: frame k shows at media time
+    ``k / fps``. A later row for the same frame replaces an earlier one."""
+    return {"type": "face", "k0": k0, "rows": [list(r) for r in rows]}
+
+
+def audio_at(t: float) -> dict[str, Any]:
+    """(WebSocket, ``video=params``.) The next binary audio frame starts at media time ``t``;
+    the ones after it follow on, 20 ms each, until the next ``audio_at``."""
+    return {"type": "audio_at", "t": round(t, 4)}

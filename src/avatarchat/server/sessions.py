@@ -110,12 +110,17 @@ class SessionManager:
         """Sessions (being opened or open) that ``client`` holds now."""
         return self._clients.get(client, 0)
 
-    async def open(self, pipeline: Any, sdp: str, type_: str, *, client: str = "") -> tuple[Peer, str]:
+    async def open(self, pipeline: Any, sdp: str, type_: str, *, client: str = "",
+                   avatar: str = "video") -> tuple[Peer, str]:
         """Open a WebRTC peer for an SDP offer from ``client`` (its address) and return it
-        with its answer, through the factory: ``open_session`` with its limits."""
+        with its answer, through the factory: ``open_session`` with its limits. ``avatar``
+        (``client`` or ``video``) is who draws the avatar; a factory is only told when it
+        is not the default."""
+        extra = {} if avatar == "video" else {"avatar": avatar}
 
         def opener(on_closed: Callable[[Any], None]) -> Awaitable[tuple[Any, str]]:
-            return self._factory(pipeline, sdp, type_, self.settings, metrics=self.metrics, on_closed=on_closed)
+            return self._factory(pipeline, sdp, type_, self.settings, metrics=self.metrics, on_closed=on_closed,
+                                 **extra)
 
         return await self.open_session(opener, client=client)
 

@@ -140,6 +140,11 @@ class ServerSettings(HandlerOptions):
     #: Empty by default: no STUN, nothing leaves the machine (LAN and loopback work).
     ice_servers: list[IceServer] = Field(default_factory=list)
     video_codec: Literal["vp8", "h264"] = "vp8"
+    #: Who draws the avatar. ``client``: the page, with WebGL, from the face's parameters the
+    #: server sends (~1 % of a core per session, where a server-rendered video costs ~40 %);
+    #: ``video``: the server renders and encodes it; ``auto``: what each page asks for (the
+    #: page asks for ``client`` where WebGL works). Without an avatar stage it changes nothing.
+    avatar_mode: Literal["auto", "client", "video"] = "auto"
     #: HTTPS: a certificate and key (PEM), or `self_signed: true` to generate one.
     certfile: str | None = None
     keyfile: str | None = None
@@ -155,3 +160,12 @@ class ServerSettings(HandlerOptions):
     #: echo cancellation): see server/echo.py. Off by default: through Opus both ways it
     #: removes only ~7 dB, and the VAD still hears the rest (tests/test_peer_bargein.py, xfail).
     echo_guard: bool = False
+
+
+AvatarOutput = Literal["client", "video"]
+
+
+def avatar_output(mode: Literal["auto", "client", "video"], asked: AvatarOutput) -> AvatarOutput:
+    """What a connection gets: ``asked`` where ``server.avatar_mode`` is ``auto``, else the
+    mode the server is set to."""
+    return asked if mode == "auto" else mode

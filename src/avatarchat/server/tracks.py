@@ -34,7 +34,7 @@ from av.video.reformatter import VideoReformatter
 
 from avatarchat.audio.resample import Resampler
 from avatarchat.engine.clock import REAL_CLOCK, Clock
-from avatarchat.engine.events import AvatarFrame, ReplyAudio
+from avatarchat.engine.events import AvatarFrame, AvatarPose, ReplyAudio
 from avatarchat.engine.sink import PlaybackListener
 
 AUDIO_RATE = 48000  # WebRTC's (Opus's) rate
@@ -102,8 +102,8 @@ class _Reply:
     pos: int = 0  # reply samples handed out (to the encoder, or the socket)
     resampler: Resampler | None = None
     fed: int = 0  # source-rate samples fed to the resampler
-    frames: deque[tuple[float, np.ndarray]] = field(default_factory=deque)
-    shown: np.ndarray | None = None
+    frames: deque[tuple[float, AvatarFrame | AvatarPose]] = field(default_factory=deque)
+    shown: AvatarFrame | AvatarPose | None = None
     ended: bool = False
     started: bool = False
     first_frame: bool = False
@@ -173,11 +173,12 @@ class Playout:
         reply.fed += len(chunk.samples)
         self._schedule_head()
 
-    def add_frame(self, frame: AvatarFrame) -> None:
-        """Queue an avatar frame to show at ``reply_start + frame.pts``."""
+    def add_frame(self, frame: AvatarFrame | AvatarPose) -> None:
+        """Queue an avatar frame (or a pose, for a client that draws the avatar) to show at
+        ``reply_start + frame.pts``."""
         reply = self._reply(frame.turn)
         if reply is not None:
-            reply.frames.append((frame.pts, frame.image))
+            reply.frames.append((frame.pts, frame))
 
     def end(self, turn: int) -> None:
         """No more audio or frames for ``turn``; it finishes once all of it was sent."""
@@ -333,6 +334,29 @@ class Playout:
     def video_frame(self, t: float) -> np.ndarray | None:
         """The reply frame to show at media time ``t`` (the latest whose time is ≤ t), or
         None when no reply is on screen (show the idle animation)."""
+        shown = self.show(t)
+        return shown.image if isinstance(shown, AvatarFrame) else None
+
+    def pose_ahead(self, t: float) -> tuple[float, ...] | None:
+        """The pose a reply will show at media time ``t`` (now or later), as far as it is
+        known now: None where no reply is on screen then (the idle face). Changes nothing:
+        a reply that starts, slips (an underrun) or is cleared changes the answer."""
+        head = self._queue[0] if self._queue else None
+        if head is None or head.start is None:
+            return None
+        rt = t - head.start / self.rate
+        if rt < 0 or (head.ended and rt > head.last_frame_time() + FRAME_S):
+            return None
+        candidate = head.shown
+        for pts, frame in head.frames:
+            if pts > rt:
+                break
+            candidate = frame
+        return candidate.values if isinstance(candidate, AvatarPose) else None
+
+    def show(self, t: float) -> AvatarFrame | AvatarPose | None:
+        """What of the head reply is on screen at media time ``t`` (the latest frame whose
+        time is ≤ t; the first one tells the listener), or None (idle)."""
         head = self._queue[0] if self._queue else None
         if head is None or head.start is None:
             return None

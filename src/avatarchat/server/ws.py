@@ -41,11 +41,12 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from avatarchat.engine.clock import REAL_CLOCK, Clock
-from avatarchat.engine.events import AvatarFrame, AvatarMotion, Event, ReplyAudio
+from avatarchat.engine.events import AvatarFrame, AvatarMotion, AvatarPose, Event, ReplyAudio
 from avatarchat.engine.pipeline import Pipeline
 from avatarchat.server import protocol
 from avatarchat.server.channel import ClientMessage, MessageGate
 from avatarchat.server.client import ClientSession
+from avatarchat.server.face import face_sender
 from avatarchat.server.sessions import session_log
 from avatarchat.server.settings import ServerSettings
 from avatarchat.server.tracks import FRAME_S, MAX_LAG_S, IdleFrames, MediaClock, Playout
@@ -152,7 +153,7 @@ class WsPlayout(Playout):
         super().add_audio(chunk)
         self.arrived.set()
 
-    def add_frame(self, frame: AvatarFrame) -> None:
+    def add_frame(self, frame: AvatarFrame | AvatarPose) -> None:
         super().add_frame(frame)
         self.arrived.set()
 
@@ -190,7 +191,8 @@ class WsSession:
         self.playout = WsPlayout(self._media, self.reply_rate)
         self.client = ClientSession(pipeline, self.playout, self.send, session_id=self.id, logger=self.log,
                                     metrics=metrics, clock=clock,
-                                    on_event=self._motion if video == "motion" else None)
+                                    on_event=self._motion if video == "motion" else None,
+                                    avatar_output="params" if video == "params" else "frames")
         self.conversation = self.client.conversation
         self._gate = MessageGate(settings, self._on_message, self.send, self.log, rate_clock)
         self._mic = MicAllowance(clock)
@@ -241,6 +243,9 @@ class WsSession:
         session._spawn(session._send_audio(), "ws-audio")
         if video == "jpeg" and fps is not None:
             session._spawn(session._send_video(fps), "ws-video")
+        face = face_sender(session.conversation, session.playout, session._media, session.send)
+        if video == "params" and face is not None:
+            session._spawn(face.run(), "ws-face")
         session.log.info("websocket opened (video %s)", video)
         return session
 
@@ -334,6 +339,7 @@ class WsSession:
         never skipped: after a stall they go out back to back (TCP keeps them all)."""
         playout, media = self.playout, self._media
         n = 0
+        last = -2  # the last frame index sent
         while True:
             while not playout.busy:
                 playout.arrived.clear()
@@ -343,7 +349,10 @@ class WsSession:
             sounding = playout.sounding(n)
             pcm = playout.audio_frame(n)  # before its start: silence, not sent
             if sounding:
+                if self.video == "params" and last != n - 1:  # where a page drawing the face is
+                    self.send(protocol.audio_at(n * FRAME_S))
                 self._queue(pcm.astype("<i2").tobytes())
+                last = n
             n += 1
 
     async def _send_video(self, fps: int) -> None:

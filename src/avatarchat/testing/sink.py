@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from avatarchat.engine.clock import Cancellable, Clock
-from avatarchat.engine.events import AvatarFrame, ReplyAudio
+from avatarchat.engine.events import AvatarFrame, AvatarPose, ReplyAudio
 from avatarchat.engine.sink import PlaybackListener
 
 
@@ -66,7 +66,7 @@ class FakeSink:
             reply.available = max(reply.available, chunk.offset + chunk.duration)
         self._play()
 
-    def add_frame(self, frame: AvatarFrame) -> None:
+    def add_frame(self, frame: AvatarFrame | AvatarPose) -> None:
         reply = self._reply(frame.turn)
         if reply is None:
             return

@@ -13,7 +13,7 @@ import math
 import threading
 import zlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,6 +26,7 @@ from avatarchat.engine.events import (
     NO_TURN,
     AvatarFrame,
     AvatarMotion,
+    AvatarPose,
     Event,
     ReplyAudio,
     ReplyEnd,
@@ -41,6 +42,14 @@ from avatarchat.engine.handler import (
     register,
     run_blocking,
 )
+
+#: The order of an ``AvatarPose``'s values: FaceParams' fields.
+POSE_NAMES: tuple[str, ...] = tuple(f.name for f in fields(FaceParams))
+
+
+def pose_values(params: FaceParams) -> tuple[float, ...]:
+    return tuple(float(getattr(params, name)) for name in POSE_NAMES)
+
 
 #: Frames rendered per executor call after the first: small enough to keep the first
 #: frames of a chunk prompt, large enough that the executor hops cost nothing.
@@ -115,6 +124,7 @@ class PortraitHandler(AvatarHandler[PortraitOptions]):
         super().__init__(options)
         self.asset: Any = None
         self.renderer: Any = None  # anything with render(FaceParams) -> [H, W, 3] uint8
+        self._client_assets: tuple[dict[str, Any], bytes] | None = None
 
     def load(self) -> None:
         from avatarchat.avatar.asset import AvatarAssetError, load_avatar
@@ -163,7 +173,7 @@ class PortraitHandler(AvatarHandler[PortraitOptions]):
                 closed = ctx.animator.finish()
             # Up to the first frame with the mouth fully closed: idle frames go on from it.
             indices = self._indices(state, 0.0, closed + 1.0 / self.fps)
-            if self.options.emit_motion and indices:
+            if self._emits_motion(ctx) and indices:
                 yield self._motion(ctx, event.turn, indices)
             async for out in self._render(ctx, state, event.turn, indices):
                 yield out
@@ -191,7 +201,7 @@ class PortraitHandler(AvatarHandler[PortraitOptions]):
         with ctx.lock:
             ctx.animator.speak(chunk)
         indices = self._indices(state, chunk.offset, chunk.offset + chunk.duration)
-        if self.options.emit_motion and indices:
+        if self._emits_motion(ctx) and indices:
             yield self._motion(ctx, chunk.turn, indices)
         async for out in self._render(ctx, state, chunk.turn, indices):
             yield out
@@ -221,8 +231,16 @@ class PortraitHandler(AvatarHandler[PortraitOptions]):
             visemes=curves.visemes,
         )
 
+    def _emits_motion(self, ctx: PortraitContext) -> bool:
+        # A client sent poses has everything the mouth curves would tell it.
+        return self.options.emit_motion and ctx.session.avatar_output == "frames"
+
     async def _render(self, ctx: PortraitContext, state: _Turn, turn: int,
                       indices: list[int]) -> AsyncIterator[Event]:
+        if ctx.session.avatar_output == "params":
+            for out in self._poses(ctx, state, turn, indices):
+                yield out
+            return
         pos = 0
         while pos < len(indices) and not state.cancelled:
             size = 1 if not state.first_frame_sent else BATCH
@@ -240,6 +258,22 @@ class PortraitHandler(AvatarHandler[PortraitOptions]):
                 yield AvatarFrame(turn, image, index=k, pts=k / self.fps)
             state.next_index = batch[-1] + 1
             pos += size
+
+    def _poses(self, ctx: PortraitContext, state: _Turn, turn: int, indices: list[int]) -> list[Event]:
+        """The frames' parameters instead of their images: no render, so all at once
+        (~0.1 ms a frame)."""
+        if not indices or state.cancelled:
+            return []
+        with ctx.lock:
+            params = ctx.animator.params([k / self.fps for k in indices])
+        out: list[Event] = []
+        if not state.first_frame_sent:
+            state.first_frame_sent = True
+            out.append(TimingMark(turn, "avatar_first_frame"))
+        out += [AvatarPose(turn, index=k, pts=k / self.fps, names=POSE_NAMES, values=pose_values(p))
+                for k, p in zip(indices, params)]
+        state.next_index = indices[-1] + 1
+        return out
 
     def _render_batch(self, params: list[FaceParams]) -> list[np.ndarray]:
         if self.renderer is None:
@@ -283,6 +317,22 @@ class PortraitHandler(AvatarHandler[PortraitOptions]):
         """The face at session time ``t`` between replies (cheap, any thread)."""
         with ctx.lock:
             return ctx.animator.idle_params(t)
+
+    pose_names: ClassVar[tuple[str, ...]] = POSE_NAMES
+
+    def client_assets(self) -> tuple[dict[str, Any], bytes] | None:
+        """The rig document and the portrait PNG a page draws this avatar with (web/avatar/)."""
+        if self.renderer is None:
+            return None
+        if self._client_assets is None:
+            from avatarchat.avatar.rig_export import portrait_png, rig_document
+
+            self._client_assets = (rig_document(self.renderer), portrait_png(self.renderer))
+        return self._client_assets
+
+    def idle_pose(self, ctx: PortraitContext, t: float) -> tuple[float, ...]:
+        """The idle face's parameters at time ``t`` of the session's clock (cheap)."""
+        return pose_values(self.idle_params(ctx, t - ctx.clock0))
 
     def idle_frame(self, ctx: PortraitContext, t: float) -> np.ndarray:
         """Blocking (~one render, ~10 ms): the idle animation at time ``t`` of the session's
