@@ -55,6 +55,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     pl.add_argument("--config", "-c", help="YAML config (default: the embedded default)")
     pl.add_argument("--json", type=Path, help="write the JSON here ('-': to stdout, the table to stderr)")
     pl.set_defaults(run=run_load)
+    pc = bsub.add_parser("sched", help="in-process sessions, some asking at once, some idle at 25 fps: "
+                                       "speech end to first reply audio per scheduler (executor, FIFO, priority, nice)")
+    pc.add_argument("--talking", type=int, default=2, help="sessions asking at the same moment (default 2)")
+    pc.add_argument("--idle", type=int, default=2, help="sessions that only show the idle avatar (default 2)")
+    pc.add_argument("--rounds", type=int, default=6, help="blocks per scheduler, interleaved (default 6)")
+    _common(pc)
+    pc.set_defaults(run=run_sched)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -113,6 +120,16 @@ def run_load(args: argparse.Namespace) -> int:
     from avatarchat.bench.load import run_from_args
 
     return run_from_args(args)
+
+
+def run_sched(args: argparse.Namespace) -> int:
+    from avatarchat.bench.sched import MAX_TALKING, bench_sched
+
+    if not (1 <= args.talking <= MAX_TALKING and 0 <= args.idle <= 16 and 1 <= args.rounds <= 100):
+        raise UserError(f"--talking must be 1..{MAX_TALKING}, --idle 0..16, --rounds 1..100")
+    report = asyncio.run(bench_sched(load_config(args.config), args.talking, args.idle, args.rounds, _say))
+    _emit(report, args.json)
+    return 0
 
 
 def _emit(report: dict[str, object], path: Path | None) -> None:

@@ -1,0 +1,222 @@
+"""``avatarchat bench sched``: turn-critical latency with several sessions on one machine,
+under each way of scheduling the blocking model calls, compared within one run.
+
+One pipeline (the config's real models) serves every session. Per block, ``talking``
+sessions each hear a question ending at the same moment (live-paced 20 ms chunks, VAD
+included) while every session, talking or not, keeps a 25 fps video stream going as the
+server's video track does: an idle render (``Session.idle_frame``, a ``BACKGROUND`` job of
+the "render" lane) when no reply is on screen, and a yuv conversion and VP8 encode per frame
+in the default executor (where aiortc encodes). A frame due more than ``MAX_LAG_S`` ago is
+skipped, as the track does. Blocks rotate through the schedulers, so drift in the machine's
+load spreads over all of them alike.
+
+Schedulers compared:
+
+- ``executor``: every model call in the loop's default executor (before issue 11);
+- ``fifo``: the lanes of ``default_lanes()``, first come first served;
+- ``priority``: the same lanes, turn-critical first;
+- ``priority+nice``: and background jobs on niced threads (nice 10).
+
+Reported per scheduler: speech end → first reply audio ready (what the user waits, less
+playout) median and p90, its stages, and the video fps each session achieved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from avatarchat.bench.pipeline import QUESTIONS
+from avatarchat.bench.stats import machine, max_rss_mb, summarize
+from avatarchat.engine.config import PipelineConfig
+from avatarchat.engine.events import ReplyAudio, ReplyEnd, SpeechStarted, TurnCancelled, UserAudio
+from avatarchat.engine.pipeline import Pipeline
+from avatarchat.engine.scheduling import Priority, Scheduler, default_lanes, run_model, use_scheduler
+from avatarchat.engine.session import Session
+from avatarchat.engine.turn import TurnResult
+
+CHUNK_S = 0.02
+MAX_TALKING = len(QUESTIONS)
+MAX_LAG_S = 0.2  # as server.tracks: a frame this late is skipped
+LEAD_S = 1.0  # idle video before the questions start
+TAIL_S = 1.5  # silence after the questions (the hangover is shorter)
+
+SCHEDULERS: dict[str, Callable[[], Scheduler]] = {
+    "executor": lambda: Scheduler({}),
+    "fifo": lambda: Scheduler(default_lanes(), prioritize=False, background_nice=0),
+    "priority": lambda: Scheduler(default_lanes(), background_nice=0),
+    "priority+nice": lambda: Scheduler(default_lanes(), background_nice=10),
+}
+
+
+@dataclass
+class _Video:
+    """One session's 25 fps stream: frames sent, and until when a reply is on screen."""
+
+    fps: int
+    sent: int = 0
+    idle_renders: int = 0
+    replying_until: float = 0.0
+    reply_audio_s: float = 0.0
+    first_audio_at: float | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+async def bench_sched(config: PipelineConfig, talking: int, idle: int, rounds: int,
+                      progress: Any) -> dict[str, Any]:
+    pipeline = await Pipeline.load(config, progress=progress)
+    tts: Any = pipeline.handler("tts")
+    clips = []
+    for q in QUESTIONS[:talking]:
+        samples, _ = await run_model(tts.synthesize, q, lane="tts")
+        clips.append((q, np.asarray(samples, np.float32), tts.sample_rate))
+    schedulers = {name: make() for name, make in SCHEDULERS.items()}
+    turns: dict[str, list[dict[str, Any]]] = {name: [] for name in schedulers}
+    fps: dict[str, list[float]] = {name: [] for name in schedulers}
+    cpu0, wall0, load0 = os.times(), time.monotonic(), machine()
+    try:
+        names = list(schedulers)
+        for r in range(rounds):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for name in order:
+                with use_scheduler(schedulers[name]):
+                    rows, rates = await _block(pipeline, clips, talking + idle)
+                turns[name] += rows
+                fps[name] += rates
+                waits = ", ".join(f"{row['first_audio_after_speech_end_ms']}" for row in rows)
+                progress(f"round {r + 1}/{rounds} {name:<14} speech end → first audio {waits} ms; "
+                         f"fps {', '.join(f'{x:.1f}' for x in rates)}")
+    finally:
+        for s in schedulers.values():
+            await asyncio.to_thread(s.close)
+    cpu1, wall = os.times(), time.monotonic() - wall0
+    return {
+        "benchmark": "sched",
+        "config": config.path,
+        "sessions": {"talking": talking, "idle": idle},
+        "rounds": rounds,
+        "lanes": default_lanes(),
+        "machine_before": load0,
+        "machine_after": machine(),
+        "process_cpu_share": round((cpu1.user + cpu1.system - cpu0.user - cpu0.system) / wall, 2),
+        "max_rss_mb": max_rss_mb(),
+        "summary": {name: _summary(turns[name], fps[name]) for name in schedulers},
+        "turns": turns,
+    }
+
+
+def _summary(rows: list[dict[str, Any]], fps: list[float]) -> dict[str, Any]:
+    keys = ["first_audio_after_speech_end_ms", "first_audio_after_asr_ms", "vad_hangover_ms",
+            "asr_early_ms", "asr_ms", "llm_first_token_ms", "tts_first_audio_ms"]
+    out: dict[str, Any] = {k: summarize(row.get(k) for row in rows) for k in keys}
+    out["failed_turns"] = sum(1 for row in rows if row.get("first_audio_after_speech_end_ms") is None)
+    out["video_fps"] = summarize(fps)
+    return out
+
+
+async def _block(pipeline: Pipeline, clips: list[tuple[str, np.ndarray, int]], sessions: int
+                 ) -> tuple[list[dict[str, Any]], list[float]]:
+    """One block: every session opened, the talking ones each ask once, all at once."""
+    longest = max(len(a) / rate for _, a, rate in clips)
+    async with contextlib.AsyncExitStack() as stack:
+        opened = [await stack.enter_async_context(pipeline.session(f"bench-{i}")) for i in range(sessions)]
+        videos = [_Video(pipeline.handler("avatar").fps) for _ in opened]  # type: ignore[attr-defined]
+        background = [asyncio.create_task(_stream(s, v), name=f"video-{i}")
+                      for i, (s, v) in enumerate(zip(opened, videos))]
+        background += [asyncio.create_task(_drain(s), name="drain") for s in opened[len(clips):]]
+        try:
+            rows = await asyncio.gather(*(_turn(s, v, audio, rate, LEAD_S + longest - len(audio) / rate)
+                                          for s, v, (_, audio, rate) in zip(opened, videos, clips)))
+        finally:
+            for t in background:
+                t.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+    now = time.monotonic()
+    return list(rows), [v.sent / (now - v.started) for v in videos]
+
+
+async def _drain(session: Session) -> None:
+    """An idle session's output is read (and dropped) as a transport would."""
+    async for _ in session.events():
+        pass
+
+
+async def _turn(session: Session, video: _Video, audio: np.ndarray, rate: int, lead_s: float) -> dict[str, Any]:
+    """Stream ``audio`` after ``lead_s`` of silence; the turn's timings once its reply ends."""
+    chunk = int(rate * CHUNK_S)
+    signal = np.concatenate([np.zeros(int(lead_s * rate), np.float32), audio,
+                             np.zeros(int(TAIL_S * rate), np.float32)])
+
+    async def feed() -> None:
+        start = time.monotonic()
+        for k, i in enumerate(range(0, len(signal), chunk)):
+            await asyncio.sleep(max(0.0, start + k * CHUNK_S - time.monotonic()))
+            session.push(UserAudio(-1, signal[i:i + chunk], rate))
+
+    feeder = asyncio.create_task(feed(), name="feed")
+    result: TurnResult | None = None
+    try:
+        async with asyncio.timeout(60):
+            async for ev in session.events():
+                if isinstance(ev, SpeechStarted) and result is None:
+                    result = TurnResult(ev.turn)
+                if result is None or ev.turn != result.turn:
+                    continue
+                result.add(ev)
+                if isinstance(ev, ReplyAudio):
+                    now = time.monotonic()
+                    video.first_audio_at = video.first_audio_at or now
+                    video.reply_audio_s += ev.duration
+                    video.replying_until = video.first_audio_at + video.reply_audio_s
+                if isinstance(ev, ReplyEnd | TurnCancelled):
+                    break
+        await feeder
+    except TimeoutError:
+        pass
+    finally:
+        feeder.cancel()
+        await asyncio.gather(feeder, return_exceptions=True)
+    if result is None:
+        return {"error": "no speech detected"}
+    row: dict[str, Any] = dict(result.timings_ms())
+    row.setdefault("first_audio_after_speech_end_ms", None)
+    row["user_text"], row["reply_text"] = result.user_text, result.reply_text
+    row["error"] = "; ".join(result.errors) or result.cancelled
+    return row
+
+
+async def _stream(session: Session, video: _Video) -> None:
+    """25 fps as the server's video track: idle renders in the render lane (BACKGROUND)
+    between replies, a yuv conversion and VP8 encode of every frame in the default executor."""
+    import av
+    from aiortc.codecs.vpx import Vp8Encoder
+
+    encoder = Vp8Encoder()
+    loop = asyncio.get_running_loop()
+    start, k = time.monotonic(), 0
+    image: np.ndarray | None = None
+
+    def encode(picture: np.ndarray) -> None:
+        frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
+        encoder.encode(frame)
+
+    while True:
+        k = max(k, int((time.monotonic() - start - MAX_LAG_S) * video.fps))
+        await asyncio.sleep(max(0.0, start + k / video.fps - time.monotonic()))
+        if image is None or time.monotonic() >= video.replying_until:
+            image = await run_model(session.idle_frame, time.monotonic(), lane="render",
+                                    priority=Priority.BACKGROUND)
+            video.idle_renders += 1
+        # During a reply the last image stands in for the reply's frames: their renders
+        # are the avatar stage's, counted in the pipeline already.
+        assert image is not None
+        await loop.run_in_executor(None, encode, image)
+        video.sent += 1
+        k += 1
