@@ -9,8 +9,8 @@ decodes and caches it as an image).
 
 Coordinates are pixels of the portrait with OpenCV's convention (pixel i's centre at i);
 a GL renderer adds 0.5. Displacements are rounded to ``DECIMALS`` (1/1000 px: the rounding
-error of a whole frame stays below 0.01 px), which keeps the document small (~100 KB,
-~40 KB gzipped for a 478-landmark face).
+error of a whole frame stays below 0.01 px), which keeps the document small: for the
+built-in avatar (546 points, 478 landmarks) 65 KB as ``json.dumps`` writes it, 19 KB gzipped.
 
 Both functions are pure: they read the renderer and never change it.
 """

@@ -1,0 +1,241 @@
+// The avatar drawn in the page with WebGL2, from the avatar's own assets: the portrait
+// (GET /api/avatar/image.png) warped by the rig (GET /api/avatar/rig, rig.js), as the
+// Python renderer (avatar/render.py) draws it, so the same FaceParams give the same picture.
+//
+// API (stable; PAGE and the tests use it):
+//   const r = await AvatarRenderer.create(canvas, rigDoc, imageUrlOrBitmap);
+//                      // throws Error("WebGL2 is not available ...") when it cannot draw:
+//                      // the page then shows the server's video instead
+//   r.draw(params);    // params: {jaw: .., ...} or an array in PARAM_NAMES order
+//   r.readPixels();    // the last frame, RGBA rows top first (call right after draw)
+//   r.destroy();       // frees the GL objects (the canvas stays)
+//
+// A frame: (1) the portrait, texel for texel; (2) the triangles that can move, at their
+// deformed positions, sampling the portrait at their rest positions (the forward
+// piecewise-affine warp the Python renderer inverts); (3) past half-closed, the eyes'
+// lid tint; (4) the inner mouth (cavity, tongue, teeth) inside the inner-lip polygon.
+// The canvas keeps the portrait's size; CSS may scale it. No allocation per frame that
+// matters: the points, overlays and uniforms live in preallocated arrays.
+
+import { compileRig, deformInto, paramValues } from "./rig.js";
+import { EyeGeometry, MouthGeometry, clamp01 } from "./overlays.js";
+import {
+  BACKGROUND_FS, BACKGROUND_VS, EYE_FS, MOUTH_FS, RECT_VS, WARP_FS, WARP_VS,
+} from "./shaders.js";
+
+const MOVED_PX = 1e-3; // render.py: at or below this the portrait is shown as it is
+
+function compile(gl, vsSource, fsSource) {
+  const prog = gl.createProgram();
+  for (const [type, src] of [[gl.VERTEX_SHADER, vsSource], [gl.FRAGMENT_SHADER, fsSource]]) {
+    const sh = gl.createShader(type);
+    gl.shaderSource(sh, src);
+    gl.compileShader(sh);
+    if (!gl.getShaderParameter(sh, gl.COMPILE_STATUS)) {
+      const log = gl.getShaderInfoLog(sh);
+      gl.deleteShader(sh);
+      throw new Error(`avatar renderer: shader does not compile: ${log}`);
+    }
+    gl.attachShader(prog, sh);
+    gl.deleteShader(sh); // freed with the program
+  }
+  gl.linkProgram(prog);
+  if (!gl.getProgramParameter(prog, gl.LINK_STATUS)) {
+    throw new Error(`avatar renderer: program does not link: ${gl.getProgramInfoLog(prog)}`);
+  }
+  const n = gl.getProgramParameter(prog, gl.ACTIVE_UNIFORMS);
+  const uniforms = {};
+  for (let i = 0; i < n; i++) {
+    const name = gl.getActiveUniform(prog, i).name.replace(/\[0\]$/, "");
+    uniforms[name] = gl.getUniformLocation(prog, name);
+  }
+  return { prog, u: uniforms };
+}
+
+async function loadBitmap(image) {
+  if (typeof image !== "string") return image;
+  const resp = await fetch(image);
+  if (!resp.ok) throw new Error(`avatar renderer: ${image}: HTTP ${resp.status}`);
+  // No colour management and no premultiplication: the texels must be the PNG's bytes.
+  return createImageBitmap(await resp.blob(), { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+}
+
+export class AvatarRenderer {
+  /** A renderer on `canvas` (resized to the portrait); rejects when WebGL2 is unavailable. */
+  static async create(canvas, rigDoc, imageUrlOrBitmap) {
+    const rig = compileRig(rigDoc); // validates the document before touching the canvas
+    const gl = canvas.getContext("webgl2", {
+      alpha: false, antialias: false, depth: false, stencil: false, premultipliedAlpha: false,
+      preserveDrawingBuffer: false, powerPreference: "low-power",
+    });
+    if (!gl) throw new Error("WebGL2 is not available in this browser");
+    const bitmap = await loadBitmap(imageUrlOrBitmap);
+    if (bitmap.width !== rig.size || bitmap.height !== rig.size) {
+      throw new Error(`avatar renderer: the image is ${bitmap.width}x${bitmap.height}, the rig ${rig.size}x${rig.size}`);
+    }
+    canvas.width = rig.size;
+    canvas.height = rig.size;
+    return new AvatarRenderer(gl, rigDoc, bitmap);
+  }
+
+  constructor(gl, doc, bitmap) {
+    this.gl = gl;
+    this.doc = doc;
+    const rig = compileRig(doc);
+    this.size = rig.size;
+    this.points = new Float32Array(2 * rig.nPoints);
+    this.values = new Float64Array(12);
+    this.mouth = new MouthGeometry(doc);
+    this.eyes = doc.eyes.map((e) => new EyeGeometry(doc, e));
+    this.pixels = null;
+
+    this.tex = gl.createTexture();
+    gl.bindTexture(gl.TEXTURE_2D, this.tex);
+    gl.pixelStorei(gl.UNPACK_FLIP_Y_WEBGL, false);
+    gl.pixelStorei(gl.UNPACK_PREMULTIPLY_ALPHA_WEBGL, false);
+    gl.pixelStorei(gl.UNPACK_COLORSPACE_CONVERSION_WEBGL, gl.NONE);
+    gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGBA8, gl.RGBA, gl.UNSIGNED_BYTE, bitmap);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MIN_FILTER, gl.LINEAR);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MAG_FILTER, gl.LINEAR);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_S, gl.CLAMP_TO_EDGE);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE);
+
+    this.background = compile(gl, BACKGROUND_VS, BACKGROUND_FS);
+    this.warp = compile(gl, WARP_VS, WARP_FS);
+    this.mouthProg = compile(gl, RECT_VS, MOUTH_FS);
+    this.eyeProg = compile(gl, RECT_VS, EYE_FS);
+
+    // The warp mesh: rest positions (static), deformed positions (per frame), triangles.
+    this.vao = gl.createVertexArray();
+    gl.bindVertexArray(this.vao);
+    this.restBuf = gl.createBuffer();
+    gl.bindBuffer(gl.ARRAY_BUFFER, this.restBuf);
+    gl.bufferData(gl.ARRAY_BUFFER, Float32Array.from(doc.rest), gl.STATIC_DRAW);
+    const restLoc = gl.getAttribLocation(this.warp.prog, "a_rest");
+    gl.enableVertexAttribArray(restLoc);
+    gl.vertexAttribPointer(restLoc, 2, gl.FLOAT, false, 0, 0);
+    this.posBuf = gl.createBuffer();
+    gl.bindBuffer(gl.ARRAY_BUFFER, this.posBuf);
+    gl.bufferData(gl.ARRAY_BUFFER, this.points.byteLength, gl.DYNAMIC_DRAW);
+    const posLoc = gl.getAttribLocation(this.warp.prog, "a_pos");
+    gl.enableVertexAttribArray(posLoc);
+    gl.vertexAttribPointer(posLoc, 2, gl.FLOAT, false, 0, 0);
+    this.indexBuf = gl.createBuffer();
+    gl.bindBuffer(gl.ELEMENT_ARRAY_BUFFER, this.indexBuf);
+    gl.bufferData(gl.ELEMENT_ARRAY_BUFFER, Uint16Array.from(doc.triangles), gl.STATIC_DRAW);
+    this.nIndices = doc.triangles.length;
+    gl.bindVertexArray(null);
+    this.emptyVao = gl.createVertexArray(); // attribute-less draws (full screen, rectangles)
+
+    for (const p of [this.background, this.warp, this.mouthProg, this.eyeProg]) {
+      gl.useProgram(p.prog);
+      gl.uniform1f(p.u.u_size, this.size);
+      if (p.u.u_tex) gl.uniform1i(p.u.u_tex, 0);
+    }
+    const c = doc.mouth.colours;
+    const u = this.mouthProg.u;
+    gl.useProgram(this.mouthProg.prog);
+    gl.uniform3fv(u.u_cavEdge, c.cavity_edge);
+    gl.uniform3fv(u.u_cavDeep, c.cavity_deep);
+    gl.uniform3fv(u.u_tongueCol, c.tongue);
+    gl.uniform3fv(u.u_teethCol, c.teeth);
+    gl.uniform1f(u.u_dimL, 0.86);
+    gl.uniform1i(u.u_npoly, this.mouth.nPoly);
+  }
+
+  /** Draw the frame for `params` (object by name or array in PARAM_NAMES order). */
+  draw(params) {
+    const gl = this.gl;
+    if (!gl) throw new Error("avatar renderer: destroyed");
+    const v = paramValues(params, this.values);
+    const moved = deformInto(this.doc, v, this.points);
+    gl.viewport(0, 0, this.size, this.size);
+    gl.disable(gl.BLEND);
+    gl.activeTexture(gl.TEXTURE0);
+    gl.bindTexture(gl.TEXTURE_2D, this.tex);
+    gl.useProgram(this.background.prog);
+    gl.bindVertexArray(this.emptyVao);
+    gl.drawArrays(gl.TRIANGLES, 0, 3);
+    if (!(moved > MOVED_PX)) return;
+
+    gl.useProgram(this.warp.prog);
+    gl.bindVertexArray(this.vao);
+    gl.bindBuffer(gl.ARRAY_BUFFER, this.posBuf);
+    gl.bufferSubData(gl.ARRAY_BUFFER, 0, this.points);
+    gl.drawElements(gl.TRIANGLES, this.nIndices, gl.UNSIGNED_SHORT, 0);
+
+    gl.bindVertexArray(this.emptyVao);
+    gl.enable(gl.BLEND);
+    gl.blendFunc(gl.ONE, gl.ONE_MINUS_SRC_ALPHA);
+    const blink = clamp01(v[5]);
+    if (blink >= 0.5) this._drawEyes((blink - 0.5) / 0.5);
+    if (this.mouth.update(this.points, v)) this._drawMouth();
+    gl.disable(gl.BLEND);
+  }
+
+  _drawEyes(k) {
+    const gl = this.gl;
+    const { prog, u } = this.eyeProg;
+    gl.useProgram(prog);
+    gl.uniform1f(u.u_k, k);
+    for (const eye of this.eyes) {
+      if (!eye.update(this.points)) continue;
+      gl.uniform4fv(u.u_rect, eye.rect);
+      gl.uniform2fv(u.u_ring, eye.ring);
+      gl.uniform2fv(u.u_lash, eye.lash);
+      gl.uniform1i(u.u_n, eye.idx.length);
+      gl.uniform4fv(u.u_eye, eye.info);
+      gl.uniform3fv(u.u_skin, eye.skin);
+      gl.drawArrays(gl.TRIANGLES, 0, 6);
+    }
+  }
+
+  _drawMouth() {
+    const gl = this.gl;
+    const m = this.mouth;
+    const { prog, u } = this.mouthProg;
+    gl.useProgram(prog);
+    gl.uniform4fv(u.u_rect, m.rect);
+    gl.uniform2fv(u.u_poly, m.poly);
+    gl.uniform4fv(u.u_cav, m.cav);
+    gl.uniform4fv(u.u_tongue, m.tongue);
+    gl.uniform4fv(u.u_tongue2, m.tongue2);
+    gl.uniform4fv(u.u_xs, m.xsInfo);
+    gl.uniform2fv(u.u_edge, m.edge);
+    gl.uniform4fv(u.u_cols, m.cols);
+    gl.uniform4fv(u.u_bandX, m.bandX);
+    gl.uniform2fv(u.u_bandOn, m.bandOn);
+    gl.drawArrays(gl.TRIANGLES, 0, 6);
+  }
+
+  /** The frame just drawn as RGBA bytes, rows from the top (call in the same task as draw). */
+  readPixels() {
+    const gl = this.gl;
+    const s = this.size;
+    if (!this.pixels) {
+      this.pixels = new Uint8Array(4 * s * s);
+      this.row = new Uint8Array(4 * s);
+    }
+    const px = this.pixels;
+    gl.readPixels(0, 0, s, s, gl.RGBA, gl.UNSIGNED_BYTE, px);
+    for (let y = 0; y < s / 2; y++) { // GL's rows start at the bottom
+      const a = 4 * s * y, b = 4 * s * (s - 1 - y);
+      this.row.set(px.subarray(a, a + 4 * s));
+      px.copyWithin(a, b, b + 4 * s);
+      px.set(this.row, b);
+    }
+    return px;
+  }
+
+  /** Free the GL objects; draw() afterwards throws. */
+  destroy() {
+    const gl = this.gl;
+    if (!gl) return;
+    for (const p of [this.background, this.warp, this.mouthProg, this.eyeProg]) gl.deleteProgram(p.prog);
+    for (const b of [this.restBuf, this.posBuf, this.indexBuf]) gl.deleteBuffer(b);
+    gl.deleteVertexArray(this.vao);
+    gl.deleteVertexArray(this.emptyVao);
+    gl.deleteTexture(this.tex);
+    this.gl = null;
+  }
+}
