@@ -103,7 +103,7 @@ async def page(renderer: PortraitRenderer) -> AsyncIterator[Any]:
                                               args=chromium_args(fake_ui=False))
             try:
                 pg = await browser.new_page()
-                await pg.goto(f"http://127.0.0.1:{port}/")
+                await pg.goto(f"http://127.0.0.1:{port}/", timeout=120_000)
                 await pg.wait_for_function("() => window.parity !== undefined", timeout=60_000)
                 error = await pg.evaluate("() => window.parity.error || null")
                 assert error is None, f"the page could not start the renderer: {error}"
@@ -163,14 +163,16 @@ async def test_browser_frames_match_the_python_renderer(page: Any, renderer: Por
         opened[y0:y1, x0:x1].mean(), opened[mouth].mean())
 
 
-async def test_draw_time_and_no_webgl(page: Any) -> None:
+async def test_draw_time_no_webgl_and_blob(page: Any) -> None:
     """Reports draw() time in SwiftShader (no bound: the machine is shared); without WebGL2
-    create() rejects with a message the page can show."""
+    create() rejects with a message the page can show; the portrait given as a Blob draws
+    the same frame as the portrait's URL."""
     for name in ("neutral", "jaw", "pose_brows"):
         ms = await page.evaluate("([p, n]) => window.parity.drawMs(p, n)", [SETS[name].as_dict(), 30])
         print(f"draw {name}: {ms:.2f} ms (SwiftShader, incl. a 1-pixel read-back)")
     message = await page.evaluate("() => window.parity.noWebGL()")
     assert message is not None and "WebGL2 is not available" in message
+    assert await page.evaluate("p => window.parity.sameFromBlob(p)", SETS["jaw"].as_dict())
 
 
 async def test_rig_js_moves_points_as_the_python_rig(page: Any, renderer: PortraitRenderer) -> None:

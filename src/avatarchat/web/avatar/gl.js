@@ -3,12 +3,18 @@
 // Python renderer (avatar/render.py) draws it, so the same FaceParams give the same picture.
 //
 // API (stable; PAGE and the tests use it):
-//   const r = await AvatarRenderer.create(canvas, rigDoc, imageUrlOrBitmap);
+//   const r = await AvatarRenderer.create(canvas, rigDoc, image);
+//                      // image: the portrait's URL (fetched without credentials), or a Blob
+//                      // of the PNG (fetch it yourself where a token is needed), or an
+//                      // ImageBitmap made with {colorSpaceConversion: "none"}
 //                      // throws Error("WebGL2 is not available ...") when it cannot draw:
 //                      // the page then shows the server's video instead
 //   r.draw(params);    // params: {jaw: .., ...} or an array in PARAM_NAMES order
 //   r.readPixels();    // the last frame, RGBA rows top first (call right after draw)
 //   r.destroy();       // frees the GL objects (the canvas stays)
+//   r.lost             // true once the browser has taken the WebGL context away (a GPU
+//                      // reset, too many contexts): draw() then throws, and the page may
+//                      // create a new renderer on a new canvas or show the video
 //
 // A frame: (1) the portrait, texel for texel; (2) the triangles that can move, at their
 // deformed positions, sampling the portrait at their rest positions (the forward
@@ -52,12 +58,18 @@ function compile(gl, vsSource, fsSource) {
   return { prog, u: uniforms };
 }
 
+// The portrait from a URL, a Blob (the page fetched it, e.g. with its token) or an image
+// the page decoded itself (ImageBitmap, HTMLImageElement, canvas).
 async function loadBitmap(image) {
-  if (typeof image !== "string") return image;
-  const resp = await fetch(image);
-  if (!resp.ok) throw new Error(`avatar renderer: ${image}: HTTP ${resp.status}`);
+  let blob = image;
+  if (typeof image === "string") {
+    const resp = await fetch(image);
+    if (!resp.ok) throw new Error(`avatar renderer: ${image}: HTTP ${resp.status}`);
+    blob = await resp.blob();
+  }
+  if (!(blob instanceof Blob)) return image;
   // No colour management and no premultiplication: the texels must be the PNG's bytes.
-  return createImageBitmap(await resp.blob(), { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+  return createImageBitmap(blob, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
 }
 
 export class AvatarRenderer {
@@ -70,8 +82,9 @@ export class AvatarRenderer {
     });
     if (!gl) throw new Error("WebGL2 is not available in this browser");
     const bitmap = await loadBitmap(imageUrlOrBitmap);
-    if (bitmap.width !== rig.size || bitmap.height !== rig.size) {
-      throw new Error(`avatar renderer: the image is ${bitmap.width}x${bitmap.height}, the rig ${rig.size}x${rig.size}`);
+    const w = bitmap.naturalWidth || bitmap.width, h = bitmap.naturalHeight || bitmap.height;
+    if (w !== rig.size || h !== rig.size) {
+      throw new Error(`avatar renderer: the image is ${w}x${h}, the rig ${rig.size}x${rig.size}`);
     }
     canvas.width = rig.size;
     canvas.height = rig.size;
@@ -147,6 +160,7 @@ export class AvatarRenderer {
   draw(params) {
     const gl = this.gl;
     if (!gl) throw new Error("avatar renderer: destroyed");
+    if (gl.isContextLost()) throw new Error("avatar renderer: the WebGL context was lost");
     const v = paramValues(params, this.values);
     const moved = deformInto(this.doc, v, this.points);
     gl.viewport(0, 0, this.size, this.size);
@@ -206,6 +220,11 @@ export class AvatarRenderer {
     gl.uniform4fv(u.u_bandX, m.bandX);
     gl.uniform2fv(u.u_bandOn, m.bandOn);
     gl.drawArrays(gl.TRIANGLES, 0, 6);
+  }
+
+  /** Whether the browser took the WebGL context away (draw() throws then). */
+  get lost() {
+    return !this.gl || this.gl.isContextLost();
   }
 
   /** The frame just drawn as RGBA bytes, rows from the top (call in the same task as draw). */

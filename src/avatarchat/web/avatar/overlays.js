@@ -198,10 +198,13 @@ export class EyeGeometry {
     this.ring = new Float32Array(32);
     this.lash = new Float32Array(32);
     this.rect = new Float32Array(4);
+    this.byAngle = (k) => this.angle[k];
+    this.byX = (k) => this.p[2 * this.idx[k]];
   }
 
   /** Fill ring, lash line and rectangle for points `p`; false when the eye is off the image. */
   update(p) {
+    this.p = p;
     const n = this.idx.length;
     let mx = 0, my = 0, minX = Infinity, minY = Infinity, maxX = -Infinity, maxY = -Infinity;
     for (let k = 0; k < n; k++) {
@@ -219,13 +222,13 @@ export class EyeGeometry {
       this.order[k] = k;
       this.angle[k] = Math.atan2(p[2 * this.idx[k] + 1] - my, p[2 * this.idx[k]] - mx);
     }
-    sortBy(this.order, n, (k) => this.angle[k]);
+    sortBy(this.order, n, this.byAngle);
     for (let k = 0; k < n; k++) {
       const i = this.idx[this.order[k]];
       this.ring[2 * k] = p[2 * i]; this.ring[2 * k + 1] = p[2 * i + 1];
     }
     for (let k = 0; k < n; k++) this.order[k] = k;
-    sortBy(this.order, n, (k) => p[2 * this.idx[k]]);
+    sortBy(this.order, n, this.byX);
     for (let k = 0; k < n; k++) {
       const i = this.idx[this.order[k]];
       this.lash[2 * k] = p[2 * i]; this.lash[2 * k + 1] = p[2 * i + 1];

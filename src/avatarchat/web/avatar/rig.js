@@ -113,12 +113,14 @@ function pucker(c, p, amount) {
 
 // Head pose and breath on the face points: deform.py FaceRig._head.
 function head(c, p, v) {
-  const rad = (i) => (clamp(v[i], -c.maxDeg, c.maxDeg) * Math.PI) / 180;
-  const yaw = rad(7), pitch = rad(8), roll = rad(9);
+  const k = Math.PI / 180;
+  const yaw = clamp(v[7], -c.maxDeg, c.maxDeg) * k;
+  const pitch = clamp(v[8], -c.maxDeg, c.maxDeg) * k;
+  const roll = clamp(v[9], -c.maxDeg, c.maxDeg) * k;
   const cy = Math.cos(yaw), sy = Math.sin(yaw), cp = Math.cos(pitch), sp = Math.sin(pitch);
   const cr = Math.cos(roll), sr = Math.sin(roll);
-  const [fx, fy] = c.faceC;
-  const [px, py] = c.pivot;
+  const fx = c.faceC[0], fy = c.faceC[1];
+  const px = c.pivot[0], py = c.pivot[1];
   const lift = c.breathPx * clamp(v[10], 0, 1);
   for (let i = 0; i < c.nFace; i++) {
     const z = c.depth[i];
