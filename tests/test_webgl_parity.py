@@ -157,6 +157,9 @@ async def test_browser_frames_match_the_python_renderer(page: Any, renderer: Por
     for name, (whole, face, lips) in figures.items():
         assert whole <= WHOLE_BOUND and face <= FACE_BOUND and lips <= MOUTH_BOUND, (name, whole, face, lips)
     assert figures["neutral"] == (0.0, 0.0, 0.0)  # at rest the portrait, exactly
+    # A frame repaints what the one before it painted: back at rest, nothing is left over.
+    again = await _browser_frame(page, SETS["neutral"], renderer.size)
+    assert np.array_equal(again, renderer.image)
     # The bounds are tight enough to tell an open mouth from a closed one.
     opened = np.abs(frames["jaw"].astype(np.int16) - frames["neutral"].astype(np.int16))
     assert opened[y0:y1, x0:x1].mean() > 3 * FACE_BOUND and opened[mouth].mean() > 3 * MOUTH_BOUND, (

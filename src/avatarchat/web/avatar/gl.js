@@ -31,6 +31,12 @@ import {
 
 const MOVED_PX = 1e-3; // render.py: at or below this the portrait is shown as it is
 
+// a := the smallest rectangle holding rectangles a and b ([x0, y0, x1, y1)).
+function unite(a, b) {
+  a[0] = Math.min(a[0], b[0]); a[1] = Math.min(a[1], b[1]);
+  a[2] = Math.max(a[2], b[2]); a[3] = Math.max(a[3], b[3]);
+}
+
 function compile(gl, vsSource, fsSource) {
   const prog = gl.createProgram();
   for (const [type, src] of [[gl.VERTEX_SHADER, vsSource], [gl.FRAGMENT_SHADER, fsSource]]) {
@@ -78,7 +84,8 @@ export class AvatarRenderer {
     const rig = compileRig(rigDoc); // validates the document before touching the canvas
     const gl = canvas.getContext("webgl2", {
       alpha: false, antialias: false, depth: false, stencil: false, premultipliedAlpha: false,
-      preserveDrawingBuffer: false, powerPreference: "low-power",
+      // Kept between frames, so that a frame repaints only the face (a third of the image).
+      preserveDrawingBuffer: true, powerPreference: "low-power",
     });
     if (!gl) throw new Error("WebGL2 is not available in this browser");
     const bitmap = await loadBitmap(imageUrlOrBitmap);
@@ -101,6 +108,14 @@ export class AvatarRenderer {
     this.mouth = new MouthGeometry(doc);
     this.eyes = doc.eyes.map((e) => new EyeGeometry(doc, e));
     this.pixels = null;
+    // Rectangles [x0, y0, x1, y1) in image pixels: see draw().
+    this.whole = Float64Array.of(0, 0, this.size, this.size);
+    this.faceRegion = Float64Array.from(doc.face_region);
+    this.paint = new Float64Array(4);
+    this.lastPaint = new Float64Array(4);
+    this.scissor = new Float64Array(4);
+    this.painted = false; // the canvas holds a whole frame (it is cleared when created)
+    this.partial = true; // repaint only what changes (false: the whole canvas every frame)
 
     this.tex = gl.createTexture();
     gl.bindTexture(gl.TEXTURE_2D, this.tex);
@@ -162,29 +177,46 @@ export class AvatarRenderer {
     if (!gl) throw new Error("avatar renderer: destroyed");
     if (gl.isContextLost()) throw new Error("avatar renderer: the WebGL context was lost");
     const v = paramValues(params, this.values);
-    const moved = deformInto(this.doc, v, this.points);
+    const moved = deformInto(this.doc, v, this.points) > MOVED_PX;
+    const blink = clamp01(v[5]);
+    const eyes = moved && blink >= 0.5;
+    const mouth = moved && this.mouth.update(this.points, v);
+    // What this frame paints: the face region and the overlays; plus what the last frame
+    // painted (a frame's overlays may reach past the face region), all of it on the first.
+    const r = this.paint;
+    r.set(this.faceRegion);
+    if (eyes) {
+      for (const eye of this.eyes) if ((eye.visible = eye.update(this.points))) unite(r, eye.rect);
+    }
+    if (mouth) unite(r, this.mouth.rect);
+    this.scissor.set(this.painted ? this.lastPaint : this.whole);
+    unite(this.scissor, r);
+    this.lastPaint.set(r);
+    this.painted = this.partial;
+    const sc = this.scissor;
     gl.viewport(0, 0, this.size, this.size);
+    gl.enable(gl.SCISSOR_TEST);
+    gl.scissor(sc[0], this.size - sc[3], sc[2] - sc[0], sc[3] - sc[1]);
     gl.disable(gl.BLEND);
     gl.activeTexture(gl.TEXTURE0);
     gl.bindTexture(gl.TEXTURE_2D, this.tex);
     gl.useProgram(this.background.prog);
     gl.bindVertexArray(this.emptyVao);
     gl.drawArrays(gl.TRIANGLES, 0, 3);
-    if (!(moved > MOVED_PX)) return;
-
-    gl.useProgram(this.warp.prog);
-    gl.bindVertexArray(this.vao);
-    gl.bindBuffer(gl.ARRAY_BUFFER, this.posBuf);
-    gl.bufferSubData(gl.ARRAY_BUFFER, 0, this.points);
-    gl.drawElements(gl.TRIANGLES, this.nIndices, gl.UNSIGNED_SHORT, 0);
-
-    gl.bindVertexArray(this.emptyVao);
-    gl.enable(gl.BLEND);
-    gl.blendFunc(gl.ONE, gl.ONE_MINUS_SRC_ALPHA);
-    const blink = clamp01(v[5]);
-    if (blink >= 0.5) this._drawEyes((blink - 0.5) / 0.5);
-    if (this.mouth.update(this.points, v)) this._drawMouth();
-    gl.disable(gl.BLEND);
+    if (moved) {
+      gl.useProgram(this.warp.prog);
+      gl.bindVertexArray(this.vao);
+      gl.bindBuffer(gl.ARRAY_BUFFER, this.posBuf);
+      gl.bufferSubData(gl.ARRAY_BUFFER, 0, this.points);
+      gl.drawElements(gl.TRIANGLES, this.nIndices, gl.UNSIGNED_SHORT, 0);
+      gl.bindVertexArray(this.emptyVao);
+      gl.enable(gl.BLEND);
+      gl.blendFunc(gl.ONE, gl.ONE_MINUS_SRC_ALPHA);
+      if (eyes) this._drawEyes((blink - 0.5) / 0.5);
+      if (mouth) this._drawMouth();
+      gl.disable(gl.BLEND);
+    }
+    gl.disable(gl.SCISSOR_TEST);
   }
 
   _drawEyes(k) {
@@ -193,7 +225,7 @@ export class AvatarRenderer {
     gl.useProgram(prog);
     gl.uniform1f(u.u_k, k);
     for (const eye of this.eyes) {
-      if (!eye.update(this.points)) continue;
+      if (!eye.visible) continue;
       gl.uniform4fv(u.u_rect, eye.rect);
       gl.uniform2fv(u.u_ring, eye.ring);
       gl.uniform2fv(u.u_lash, eye.lash);

@@ -198,6 +198,7 @@ export class EyeGeometry {
     this.ring = new Float32Array(32);
     this.lash = new Float32Array(32);
     this.rect = new Float32Array(4);
+    this.visible = false; // set by the renderer: update() found the eye on the image
     this.byAngle = (k) => this.angle[k];
     this.byX = (k) => this.p[2 * this.idx[k]];
   }
