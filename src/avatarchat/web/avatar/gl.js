@@ -80,7 +80,7 @@ async function loadBitmap(image) {
 
 export class AvatarRenderer {
   /** A renderer on `canvas` (resized to the portrait); rejects when WebGL2 is unavailable. */
-  static async create(canvas, rigDoc, imageUrlOrBitmap) {
+  static async create(canvas, rigDoc, image) {
     const rig = compileRig(rigDoc); // validates the document before touching the canvas
     const gl = canvas.getContext("webgl2", {
       alpha: false, antialias: false, depth: false, stencil: false, premultipliedAlpha: false,
@@ -88,7 +88,7 @@ export class AvatarRenderer {
       preserveDrawingBuffer: true, powerPreference: "low-power",
     });
     if (!gl) throw new Error("WebGL2 is not available in this browser");
-    const bitmap = await loadBitmap(imageUrlOrBitmap);
+    const bitmap = await loadBitmap(image);
     const w = bitmap.naturalWidth || bitmap.width, h = bitmap.naturalHeight || bitmap.height;
     if (w !== rig.size || h !== rig.size) {
       throw new Error(`avatar renderer: the image is ${w}x${h}, the rig ${rig.size}x${rig.size}`);
@@ -176,6 +176,13 @@ export class AvatarRenderer {
     const gl = this.gl;
     if (!gl) throw new Error("avatar renderer: destroyed");
     if (gl.isContextLost()) throw new Error("avatar renderer: the WebGL context was lost");
+    const canvas = gl.canvas;
+    if (canvas.width !== this.size || canvas.height !== this.size) {
+      // Resized from outside (which clears it): back to the portrait's size, painted anew.
+      canvas.width = this.size;
+      canvas.height = this.size;
+      this.painted = false;
+    }
     const v = paramValues(params, this.values);
     const moved = deformInto(this.doc, v, this.points) > MOVED_PX;
     const blink = clamp01(v[5]);
