@@ -229,9 +229,11 @@ def run_scenario(server: ServeProcess, spec: dict[str, Any], baseline_s: float, 
             marks[name] = (now, cpu)
             if name == "connected":
                 progress(f"{label}: {spec['sessions']} connected (server answered {ev['answered']}); warming up")
+            elif name == "warmup_wave":
+                progress(f"{label}: warm-up (not counted) {_v2v_line(ev['turns'])}")
             elif name == "warmup":
                 warmups = ev["turns"]
-                progress(f"{label}: warm-up turns {_v2v_line(warmups)}; idle {spec['idle_s']:.0f} s")
+                progress(f"{label}: idle {spec['idle_s']:.0f} s")
             elif name == "round_start":
                 marks["round"] = (now, cpu)
             elif name == "round_end":
@@ -244,7 +246,7 @@ def run_scenario(server: ServeProcess, spec: dict[str, Any], baseline_s: float, 
             elif name == "error":
                 error = ev["message"]
     except RuntimeError as exc:
-        error = str(exc)
+        error = f"{exc}; the clients' log ends:\n{client.log_tail()}"
     finally:
         code = client.stop()
     if not result and error is None:

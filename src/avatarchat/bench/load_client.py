@@ -148,6 +148,7 @@ class LoadSession:
         self._changed: asyncio.Future[None] | None = None
         self._open = asyncio.Event()
         self._channel: Any = None
+        self.states: list[tuple[float, str]] = []  # the peer connection's state changes
 
     async def connect(self, http: aiohttp.ClientSession, url: str, timeout: float) -> None:
         """Offer (mic, receive video, ``events``), post it, and wait for the channel and the
@@ -159,6 +160,7 @@ class LoadSession:
         self._channel.on("open", self._open.set)
         self._channel.on("message", self._on_message)
         pc.on("track", self._on_track)
+        pc.on("connectionstatechange", lambda: self.states.append((time.monotonic(), pc.connectionState)))
         offer = await pc.createOffer()
         await gather_with_loopback(pc, loopback=True)  # aioice finds no candidate on a lo-only machine
         await pc.setLocalDescription(offer)
@@ -228,10 +230,15 @@ class LoadSession:
         except TimeoutError:
             return None
 
-    async def ask(self, question: Question, audio: np.ndarray, spec: ClientSpec) -> dict[str, Any]:
-        """Speak ``audio`` now and follow its turn to the reply's end (or a timeout)."""
+    async def ask(self, question: Question, audio: np.ndarray, spec: ClientSpec, cut: bool = False) -> dict[str, Any]:
+        """Speak ``audio`` now and follow its turn to the reply's end (or a timeout); with
+        ``cut``, interrupt the reply once it is heard (a warm-up needs no more)."""
         first, seen = len(self.messages), len(self.levels)
-        t_end = await self.mic.play(audio, speech_end(audio))
+        end = speech_end(audio)
+        try:  # the mic stops being read if the connection drops
+            t_end = await asyncio.wait_for(self.mic.play(audio, end), end / RATE + spec.turn_timeout_s)
+        except TimeoutError:
+            return self._turn_row(question, first, None, None, False, "the microphone stopped sending")
 
         def heard() -> float | None:
             nonlocal seen
@@ -242,8 +249,9 @@ class LoadSession:
             return None
 
         onset = await self.until(heard, spec.turn_timeout_s)
-        of_turn = self.messages[first:]
-        final = next((m for m in of_turn if m.get("type") == "transcript" and m.get("final")), {})
+        if onset is not None and cut:
+            self._channel.send(json.dumps({"type": "interrupt"}))
+        final = next((m for m in self.messages[first:] if m.get("type") == "transcript" and m.get("final")), {})
         turn = final.get("turn")
 
         def finished() -> bool:
@@ -252,21 +260,26 @@ class LoadSession:
                        or (m.get("type") == "error" and m.get("turn") == turn) for m in self.messages[first:])
 
         ended = onset is not None and bool(await self.until(finished, spec.reply_cap_s))
+        failed = None if onset is not None else f"no audible reply within {spec.turn_timeout_s:.0f} s"
+        return self._turn_row(question, first, t_end, onset, ended, failed)
+
+    def _turn_row(self, question: Question, first: int, t_end: float | None, onset: float | None,
+                  ended: bool, failed: str | None) -> dict[str, Any]:
+        """One turn's report from the messages received since index ``first``."""
         of_turn = self.messages[first:]
-        turn = next((m.get("turn") for m in of_turn if m.get("type") == "transcript" and m.get("final")), turn)
+        final = next((m for m in of_turn if m.get("type") == "transcript" and m.get("final")), {})
+        turn = final.get("turn")
         errors = [m.get("message") for m in of_turn if m.get("type") == "error"]
         metrics = next((m for m in of_turn if m.get("type") == "metrics" and m.get("turn") == turn), {})
         reply = next((m.get("text") for m in of_turn if m.get("type") == "reply" and m.get("final")
                       and m.get("turn") == turn), None)
-        failed = None
-        if onset is None:
-            failed = f"no audible reply within {spec.turn_timeout_s:.0f} s"
-        elif errors:
+        if failed is None and errors:
             failed = "error: " + "; ".join(str(e) for e in errors)
         return {
             "session": self.index, "question": question.text, "heard": final.get("text"), "reply": reply,
-            "t_speech_end": round(t_end, 3), "t_reply_onset": None if onset is None else round(onset, 3),
-            "voice_to_voice_ms": None if onset is None else round(1000 * (onset - t_end), 1),
+            "t_speech_end": None if t_end is None else round(t_end, 3),
+            "t_reply_onset": None if onset is None else round(onset, 3),
+            "voice_to_voice_ms": None if onset is None or t_end is None else round(1000 * (onset - t_end), 1),
             "server_first_audio_after_speech_end_ms": metrics.get("first_audio_after_speech_end_ms"),
             "reply_ended": ended, "errors": errors, "failed": failed,
         }
@@ -319,7 +332,9 @@ async def run_scenario(spec: ClientSpec) -> None:
         warmups: list[dict[str, Any]] = []
         for start in range(0, spec.sessions, k):  # not counted: each session's first turn
             wave = sessions[start:start + k]
-            warmups += await asyncio.gather(*(s.ask(spec.warmup, warm, spec) for s in wave))
+            wave_turns = await asyncio.gather(*(s.ask(spec.warmup, warm, spec, cut=True) for s in wave))
+            emit("warmup_wave", turns=wave_turns)
+            warmups += wave_turns
         emit("warmup", turns=warmups)
         await asyncio.sleep(spec.gap_s)
         t0 = time.monotonic()
@@ -342,7 +357,9 @@ async def run_scenario(spec: ClientSpec) -> None:
             emit("round_end", round=r, turns=done)
             await asyncio.sleep(spec.gap_s)
         per_session = [{"session": s.index, "answered_mode": s.answered_mode, "talk": s.rates(windows),
-                        "idle": s.rates(idle)} for s in sessions]
+                        "idle": s.rates(idle), "connection": [(round(t, 3), st) for t, st in s.states],
+                        "errors": [m.get("message") for m in s.messages if m.get("type") == "error"]}
+                       for s in sessions]
         usage = resource.getrusage(resource.RUSAGE_SELF)
         emit("result", sessions=per_session, turns=turns, talk_windows=windows,
              client_cpu_s=round(usage.ru_utime + usage.ru_stime, 2))
