@@ -166,19 +166,11 @@ async def test_browser_frames_match_the_python_renderer(page: Any, renderer: Por
         opened[y0:y1, x0:x1].mean(), opened[mouth].mean())
 
 
-async def test_draw_time_no_webgl_and_blob(page: Any) -> None:
-    """Reports draw() time in SwiftShader (no bound: the machine is shared); without WebGL2
-    create() rejects with a message the page can show; the portrait given as a Blob draws
-    the same frame as the portrait's URL."""
-    for name in ("neutral", "jaw", "pose_brows"):
-        ms = await page.evaluate("([p, n]) => window.parity.drawMs(p, n)", [SETS[name].as_dict(), 30])
-        print(f"draw {name}: {ms:.2f} ms (SwiftShader, incl. a 1-pixel read-back)")
-    message = await page.evaluate("() => window.parity.noWebGL()")
-    assert message is not None and "WebGL2 is not available" in message
-    assert await page.evaluate("p => window.parity.sameFromBlob(p)", SETS["jaw"].as_dict())
-
-
-async def test_rig_js_moves_points_as_the_python_rig(page: Any, renderer: PortraitRenderer) -> None:
+async def test_rig_js_points_blob_portrait_and_no_webgl(page: Any, renderer: PortraitRenderer) -> None:
+    """rig.js puts the points where FaceRig.deformed does (params by name or as an array);
+    the portrait given as a Blob draws the same frame as its URL; without WebGL2 create()
+    rejects with a message the page can show. Prints draw() time in SwiftShader (no bound:
+    the machine is shared)."""
     for params in [*SETS.values(), FaceParams(jaw=4.0, yaw=-30.0, round=float("nan"), breath=2.0)]:
         got = np.array(await page.evaluate("p => window.parity.points(p)", params.as_dict())).reshape(-1, 2)
         assert np.abs(got - renderer.rig.deformed(params)).max() < 0.01, params
@@ -187,3 +179,10 @@ async def test_rig_js_moves_points_as_the_python_rig(page: Any, renderer: Portra
     by_array = await page.evaluate("p => window.parity.points(p)", list(params.as_dict().values()))
     by_name = await page.evaluate("p => window.parity.points(p)", params.as_dict())
     assert by_array == by_name
+
+    for name in ("neutral", "jaw", "pose_brows"):
+        ms = await page.evaluate("([p, n]) => window.parity.drawMs(p, n)", [SETS[name].as_dict(), 30])
+        print(f"draw {name}: {ms:.2f} ms (SwiftShader, incl. a 1-pixel read-back)")
+    message = await page.evaluate("() => window.parity.noWebGL()")
+    assert message is not None and "WebGL2 is not available" in message
+    assert await page.evaluate("p => window.parity.sameFromBlob(p)", SETS["jaw"].as_dict())
