@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -214,6 +215,8 @@ def run_scenario(server: ServeProcess, spec: dict[str, Any], baseline_s: float, 
     error = None
 
     def tick() -> None:
+        if server.proc is None or server.proc.poll() is not None:
+            raise RuntimeError(f"the server exited:\n{server.log_tail()}")
         now = rss_mb(server.pid)[0]
         if now is not None:
             rss.append(now)
@@ -326,6 +329,20 @@ def bench_load(config: str | None, sessions: Sequence[int], modes: Sequence[str]
                rounds: int, idle_s: float, baseline_s: float, turn_timeout_s: float,
                progress: Progress) -> dict[str, Any]:
     """Every (mode, N) scenario against one server; the report (``table`` is its summary)."""
+    # SIGTERM unwinds like Ctrl-C, so the server and the clients are stopped either way.
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _run_all(config, sessions, modes, talkers, rounds, idle_s, baseline_s, turn_timeout_s, progress)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _run_all(config: str | None, sessions: Sequence[int], modes: Sequence[str], talkers: dict[int, int],
+             rounds: int, idle_s: float, baseline_s: float, turn_timeout_s: float, progress: Progress) -> dict[str, Any]:
     from avatarchat.bench.pipeline import QUESTIONS
 
     scenarios: list[dict[str, Any]] = []
