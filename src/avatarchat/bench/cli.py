@@ -60,6 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     pc.add_argument("--talking", type=int, default=2, help="sessions asking at the same moment (default 2)")
     pc.add_argument("--idle", type=int, default=2, help="sessions that only show the idle avatar (default 2)")
     pc.add_argument("--rounds", type=int, default=6, help="blocks per scheduler, interleaved (default 6)")
+    pc.add_argument("--llm", action="store_true", help="instead: the local LLM with --talking questions at once, "
+                                                       "llama.cpp slots (parallel) against one slot")
     _common(pc)
     pc.set_defaults(run=run_sched)
 
@@ -123,11 +125,14 @@ def run_load(args: argparse.Namespace) -> int:
 
 
 def run_sched(args: argparse.Namespace) -> int:
-    from avatarchat.bench.sched import MAX_TALKING, bench_sched
+    from avatarchat.bench.sched import MAX_TALKING, bench_llm_parallel, bench_sched
 
     if not (1 <= args.talking <= MAX_TALKING and 0 <= args.idle <= 16 and 1 <= args.rounds <= 100):
         raise UserError(f"--talking must be 1..{MAX_TALKING}, --idle 0..16, --rounds 1..100")
-    report = asyncio.run(bench_sched(load_config(args.config), args.talking, args.idle, args.rounds, _say))
+    if args.llm:
+        report = asyncio.run(bench_llm_parallel(load_config(args.config), args.talking, args.rounds, _say))
+    else:
+        report = asyncio.run(bench_sched(load_config(args.config), args.talking, args.idle, args.rounds, _say))
     _emit(report, args.json)
     return 0
 

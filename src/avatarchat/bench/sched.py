@@ -19,6 +19,9 @@ Schedulers compared:
 
 Reported per scheduler: speech end → first reply audio ready (what the user waits, less
 playout) median and p90, its stages, and the video fps each session achieved.
+
+``--llm`` measures the other choice of the issue instead: the local LLM with several
+questions at once, llama.cpp's slots (``parallel``, one batch) against one slot.
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ async def bench_sched(config: PipelineConfig, talking: int, idle: int, rounds: i
             for name in order:
                 with use_scheduler(schedulers[name]):
                     rows, rates = await _block(pipeline, clips, talking + idle)
-                turns[name] += rows
+                turns[name] += [row | {"round": r + 1} for row in rows]
                 fps[name] += rates
                 waits = ", ".join(f"{row['first_audio_after_speech_end_ms']}" for row in rows)
                 progress(f"round {r + 1}/{rounds} {name:<14} speech end → first audio {waits} ms; "
@@ -220,3 +223,59 @@ async def _stream(session: Session, video: _Video) -> None:
         await loop.run_in_executor(None, encode, image)
         video.sent += 1
         k += 1
+
+
+async def bench_llm_parallel(config: PipelineConfig, askers: int, rounds: int, progress: Any) -> dict[str, Any]:
+    """The local LLM with ``askers`` questions at once: llama.cpp slots (``parallel`` =
+    ``askers``, one batch) against one slot (the calls serialized), interleaved rounds.
+    Reports time to the first token and to the first clause (what the TTS waits for)."""
+    from avatarchat.handlers.llm.local import LocalLLM, LocalLLMOptions
+
+    base = config.stages["llm"]
+    if base.handler != "local":
+        from avatarchat.cli.errors import UserError
+
+        raise UserError("bench sched --llm compares llama.cpp slots: the config's llm must be `local`")
+    assert isinstance(base.options, LocalLLMOptions)
+    llms = {}
+    for slots in (1, askers):
+        llm = LocalLLM(base.options.model_copy(update={"parallel": slots}))
+        llm.use_session(config.session)
+        await asyncio.to_thread(llm.load)
+        llms[f"parallel={slots}"] = llm
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in llms}
+    for r in range(rounds):
+        for name, llm in llms.items():
+            questions = [QUESTIONS[(r + i) % len(QUESTIONS)] for i in range(askers)]
+            got = await asyncio.gather(*(_ask(llm, q, config.session.system_prompt) for q in questions))
+            rows[name] += got
+            progress(f"round {r + 1}/{rounds} {name}: first clause "
+                     f"{', '.join(str(g['first_clause_ms']) for g in got)} ms")
+    keys = ("first_token_ms", "first_clause_ms", "reply_ms")
+    return {
+        "benchmark": "sched-llm",
+        "askers": askers,
+        "rounds": rounds,
+        "machine": machine(),
+        "summary": {name: {k: summarize(row[k] for row in rs) for k in keys} for name, rs in rows.items()},
+    }
+
+
+async def _ask(llm: Any, question: str, system: str) -> dict[str, float]:
+    from avatarchat.engine.handler import SessionInfo
+
+    ctx = llm.create_context(SessionInfo("bench"))
+    t0 = time.monotonic()
+    first = clause = None
+    text = ""
+    async for delta in llm.stream(ctx, [{"role": "system", "content": system}, {"role": "user", "content": question}]):
+        now = time.monotonic()
+        first = first or now
+        text += delta
+        # The TTS starts on a clause: punctuation, or its first_clause_max_words (8).
+        if clause is None and (any(c in delta for c in ".,!?;:") or len(text.split()) >= 8):
+            clause = now
+    end = time.monotonic()
+    return {"first_token_ms": round(((first or end) - t0) * 1000, 1),
+            "first_clause_ms": round(((clause or end) - t0) * 1000, 1),
+            "reply_ms": round((end - t0) * 1000, 1)}
