@@ -35,6 +35,7 @@ from av.video.reformatter import VideoReformatter
 from avatarchat.audio.resample import Resampler
 from avatarchat.engine.clock import REAL_CLOCK, Clock
 from avatarchat.engine.events import AvatarFrame, AvatarPose, ReplyAudio
+from avatarchat.engine.scheduling import Priority, run_model
 from avatarchat.engine.sink import PlaybackListener
 
 AUDIO_RATE = 48000  # WebRTC's (Opus's) rate
@@ -374,36 +375,52 @@ class Playout:
 
 
 class IdleFrames:
-    """Images for when no reply is on screen, rendered one frame ahead in the executor.
+    """Images for when no reply is on screen, rendered one frame ahead off the loop.
 
-    ``render(t)`` is blocking (an idle avatar render at media time ``t``, ~10 ms) and runs
-    in the default executor, never on the loop; None gives a static dark frame.
+    ``render(t)`` is blocking (an idle avatar render at media time ``t``, ~10 ms); it runs
+    in the scheduler's ``render`` lane at ``BACKGROUND`` priority (engine/scheduling.py), so
+    a face nobody is talking to waits for every session's turn-critical work and reply
+    frames. While its render is still queued, ``get`` gives the last idle frame again
+    instead of waiting: a busy machine lowers the idle face's frame rate, never the video's
+    or anyone's reply. None gives a static dark frame.
     """
 
     def __init__(self, render: Callable[[float], np.ndarray] | None, fps: int) -> None:
         self._render = render
         self._fps = fps
-        self._ahead: tuple[int, asyncio.Future[np.ndarray]] | None = None
+        self._pending: asyncio.Task[np.ndarray] | None = None
+        self._last: np.ndarray | None = None
         self._static = np.full((FRAME_SIZE, FRAME_SIZE, 3), 16, np.uint8)
+        self.repeated = 0  # frames given again because the render lane was busy
 
     async def get(self, k: int) -> np.ndarray:
         if self._render is None:
             return self._static
-        if self._ahead is not None and self._ahead[0] == k:
-            future = self._ahead[1]
-        else:
-            future = self._start(k)
-        self._ahead = (k + 1, self._start(k + 1))
-        return await future
+        pending = self._pending or self._start(k)
+        self._pending = pending
+        if not pending.done() and self._last is not None:
+            self.repeated += 1
+            return self._last
+        image = await pending
+        self._last = image
+        self._pending = self._start(k + 1)
+        return image
 
-    def _start(self, k: int) -> asyncio.Future[np.ndarray]:
+    def _start(self, k: int) -> asyncio.Task[np.ndarray]:
         assert self._render is not None
-        loop = asyncio.get_running_loop()
-        return loop.run_in_executor(None, self._render, k / self._fps)
+        job = run_model(self._render, k / self._fps, lane="render", priority=Priority.BACKGROUND)
+        return asyncio.get_running_loop().create_task(job, name="idle-frame")
 
     def discard(self) -> None:
-        """Forget the frame rendered ahead (a reply is showing: it would be stale)."""
-        self._ahead = None
+        """Forget the idle frames (a reply is showing: they would be stale when it ends)."""
+        self.close()
+        self._last = None
+
+    def close(self) -> None:
+        """Drop the render ahead (a queued one never runs)."""
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
 
 
 class AvatarVideoTrack(MediaStreamTrack):
@@ -427,6 +444,10 @@ class AvatarVideoTrack(MediaStreamTrack):
         # second at 25 fps). That churn cycled glibc's malloc arenas and the server's RSS
         # grew ~1 MiB per turn; in-use memory did not.
         self._yuv = VideoReformatter()
+
+    def stop(self) -> None:
+        super().stop()
+        self._idle.close()
 
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":

@@ -368,23 +368,26 @@ class WsSession:
 
         idle, encoder = IdleFrames(render, fps), JpegEncoder()
         k = 0
-        while True:
-            k = max(k, math.floor((media.now() - MAX_LAG_S) * fps))
-            t = k / fps
-            await media.sleep_until(t)
-            image = self.playout.video_frame(t)
-            if image is None:
-                image = await idle.get(k)
-            else:
-                idle.discard()
-            k += 1
-            if self.backlog > VIDEO_BACKLOG_BYTES:
-                self.video_dropped += 1
-                continue
-            jpeg = await loop.run_in_executor(None, encoder.encode, image)
-            self.video_sent += 1
-            self.video_bytes += len(jpeg)
-            self.send(protocol.frame(t, base64.b64encode(jpeg).decode("ascii")))
+        try:
+            while True:
+                k = max(k, math.floor((media.now() - MAX_LAG_S) * fps))
+                t = k / fps
+                await media.sleep_until(t)
+                image = self.playout.video_frame(t)
+                if image is None:
+                    image = await idle.get(k)
+                else:
+                    idle.discard()
+                k += 1
+                if self.backlog > VIDEO_BACKLOG_BYTES:
+                    self.video_dropped += 1
+                    continue
+                jpeg = await loop.run_in_executor(None, encoder.encode, image)
+                self.video_sent += 1
+                self.video_bytes += len(jpeg)
+                self.send(protocol.frame(t, base64.b64encode(jpeg).decode("ascii")))
+        finally:
+            idle.close()  # its render ahead must not outlive the sender
 
     # -- closing ---------------------------------------------------------------------
 

@@ -40,8 +40,8 @@ from avatarchat.engine.handler import (
     HandlerOptions,
     SessionInfo,
     register,
-    run_blocking,
 )
+from avatarchat.engine.scheduling import Priority, run_model
 
 #: The order of an ``AvatarPose``'s values: FaceParams' fields.
 POSE_NAMES: tuple[str, ...] = tuple(f.name for f in fields(FaceParams))
@@ -247,7 +247,8 @@ class PortraitHandler(AvatarHandler[PortraitOptions]):
             batch = indices[pos:pos + size]
             with ctx.lock:
                 params = ctx.animator.params([k / self.fps for k in batch])
-            images = await run_blocking(self._render_batch, params)
+            # The render lane, after turn-critical work and before idle frames (engine/scheduling).
+            images = await run_model(self._render_batch, params, lane="render", priority=Priority.NORMAL)
             # Cancelled while the executor worked: its frames are dropped.
             if state.cancelled:
                 return
