@@ -325,7 +325,7 @@ def assert_not_blank(png: Path) -> None:
 def test_firefox_connects_shows_the_avatar_and_answers_a_typed_question(
         firefox_and_server: tuple[Firefox, ServeProcess], tmp_path: Path) -> None:
     firefox, server = firefox_and_server
-    firefox.open(server.url + "?raw=1")
+    firefox.open(server.url + "?raw=1&avatar=video")  # the server's video (the page would draw it)
     firefox.js(RECORD_OFFERS)
     firefox.click("#start")
     firefox.wait_for(CONNECTED, 20)

@@ -190,7 +190,7 @@ class TestPage:
                 context.add_init_script(RECORD_PEERS)
                 page = context.new_page()
                 page.route("**/api/offer", keep_loopback_candidates)
-                page.goto(serve.url + "?raw=1")
+                page.goto(serve.url + "?raw=1&avatar=video")  # the server's video through the relay
                 page.wait_for_function("() => window.avatarchat !== undefined")
                 with page.expect_response(lambda r: r.url.endswith("/api/config")) as got:
                     page.click("#start")

@@ -67,7 +67,7 @@ def stop(firefox: Firefox, server: ServeProcess) -> None:
 def test_firefox_over_websocket_speaks_a_typed_reply_and_shows_frames(
         firefox_and_server: tuple[Firefox, ServeProcess], tmp_path: Path) -> None:
     firefox, server = firefox_and_server
-    firefox.open(server.url + "?raw=1&transport=ws")
+    firefox.open(server.url + "?raw=1&transport=ws&avatar=video")  # the server's frames
     firefox.click("#start")
     firefox.wait_for(CONNECTED, 20)
     state = firefox.js("return avatarchat.state()")
@@ -115,7 +115,7 @@ def test_firefox_without_udp_falls_back_to_websocket_and_says_so(
     firefox = FirefoxWithoutUdp().start()
     try:
         firefox.connect()
-        firefox.open(server.url + "?raw=1")  # no ?transport: WebRTC first
+        firefox.open(server.url + "?raw=1&avatar=video")  # no ?transport: WebRTC first
         firefox.click("#start")
         firefox.wait_for(CONNECTED, 40)
         state = firefox.js("return avatarchat.state()")

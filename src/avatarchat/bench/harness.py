@@ -143,11 +143,16 @@ def launch_chromium(playwright: Any, fake_audio: Path | None = None, fake_ui: bo
     )
 
 
-def open_page(browser: Any, url: str, raw: bool = True, **context_options: Any) -> Any:
-    """A page of the app in a new browser context (``raw``: the mic without DSP, for tests)."""
+def open_page(browser: Any, url: str, raw: bool = True, avatar: str | None = "video", **context_options: Any) -> Any:
+    """A page of the app in a new browser context (``raw``: the mic without DSP, for tests).
+
+    ``avatar="video"`` (``?avatar=video``, unless the URL says ``avatar=`` itself) asks for the
+    server's video, which the tests and ``bench e2e`` written before the page could draw the
+    avatar measure; ``None`` leaves the choice to the page (it draws where WebGL2 works)."""
     context = browser.new_context(viewport={"width": 1200, "height": 860}, **context_options)
     page = context.new_page()
-    page.goto(url + ("?raw=1" if raw else ""))
+    query = [q for q in ("raw=1" if raw else "", f"avatar={avatar}" if avatar and "avatar=" not in url else "") if q]
+    page.goto(url + ("&" if "?" in url else "?") + "&".join(query) if query else url)
     page.wait_for_function("() => window.avatarchat !== undefined")
     return page
 
