@@ -111,6 +111,7 @@ async def bench_sched(config: PipelineConfig, talking: int, idle: int, rounds: i
         "process_cpu_share": round((cpu1.user + cpu1.system - cpu0.user - cpu0.system) / wall, 2),
         "max_rss_mb": max_rss_mb(),
         "summary": {name: _summary(turns[name], fps[name]) for name in schedulers},
+        "paired_vs_executor": _paired(turns, "executor"),
         "turns": turns,
     }
 
@@ -121,6 +122,27 @@ def _summary(rows: list[dict[str, Any]], fps: list[float]) -> dict[str, Any]:
     out: dict[str, Any] = {k: summarize(row.get(k) for row in rows) for k in keys}
     out["failed_turns"] = sum(1 for row in rows if row.get("first_audio_after_speech_end_ms") is None)
     out["video_fps"] = summarize(fps)
+    return out
+
+
+def _paired(turns: dict[str, list[dict[str, Any]]], base: str) -> dict[str, Any]:
+    """Per round, each scheduler's mean wait over ``base``'s in the same round: the machine's
+    load drifts between rounds more than between the blocks of one round."""
+    def means(rows: list[dict[str, Any]]) -> dict[int, float]:
+        by_round: dict[int, list[float]] = {}
+        for row in rows:
+            if row.get("first_audio_after_speech_end_ms") is not None:
+                by_round.setdefault(row["round"], []).append(row["first_audio_after_speech_end_ms"])
+        return {r: float(np.mean(v)) for r, v in by_round.items()}
+
+    ref = means(turns.get(base, []))
+    out: dict[str, Any] = {}
+    for name, rows in turns.items():
+        mine = means(rows)
+        ratios = [mine[r] / ref[r] for r in ref if r in mine and ref[r] > 0]
+        if name != base and ratios:
+            out[name] = {"median_ratio": round(float(np.median(ratios)), 2),
+                         "rounds_faster": sum(1 for x in ratios if x < 1.0), "rounds": len(ratios)}
     return out
 
 
