@@ -93,6 +93,33 @@ class FaceRig:
         chin = lm[g["chin"]][:, 1].max()
         self._roll_pivot = np.array([self.face_c[0], chin + 0.25 * self.face_h])
 
+    # -- read-only views for a renderer elsewhere (the page's, avatar/rig_export.py) ----------
+
+    @property
+    def shape_stack(self) -> np.ndarray:
+        """The blend shapes [channels, points, 2] in ``SHAPE_RANGES`` order."""
+        return self._stack
+
+    @property
+    def pucker_weights(self) -> np.ndarray:
+        """Per point, how much of the pucker it takes (see ``_pucker``)."""
+        return self._pucker_w
+
+    @property
+    def lip_u(self) -> np.ndarray:
+        """Per landmark, its horizontal place in the mouth (-1 left corner .. 1 right)."""
+        return self._lip["u"]
+
+    @property
+    def depth(self) -> np.ndarray:
+        """Pseudo-depth of each face point (what yaw and pitch shift it by)."""
+        return self._depth
+
+    @property
+    def roll_pivot(self) -> np.ndarray:
+        """The point the head rolls about, below the chin."""
+        return self._roll_pivot
+
     @property
     def lip_points(self) -> np.ndarray:
         """Boolean mask over the landmarks: on the lips (either lip or a corner)."""

@@ -55,6 +55,18 @@ class PortraitRenderer:
         self._eyes = self._eye_tints()
         self._mouth_tris = self._mouth_triangles()
 
+    # ---- read-only views for a renderer elsewhere (the page's, avatar/rig_export.py) ---------
+
+    @property
+    def mouth_triangles(self) -> np.ndarray:
+        """The triangles near the lips that are inverted exactly, slivers first."""
+        return self._mouth_tris
+
+    @property
+    def eye_tints(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per eye: its landmark indices and the lid-skin colour a closing eye is tinted to."""
+        return self._eyes
+
     # ---- precomputation -------------------------------------------------------------------
     def _face_region(self) -> tuple[int, int, int, int]:
         """Bounding box of every triangle that has a face point: outside it nothing moves."""

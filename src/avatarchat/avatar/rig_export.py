@@ -54,15 +54,15 @@ def _warp_triangles(r: PortraitRenderer) -> np.ndarray:
     fold the same triangle ends on top as in the Python renderer's exact mouth inverse."""
     tri = r.asset.triangles
     moving = (tri < r.rig.n_face).any(axis=1)
-    mouth_set = {tuple(t) for t in r._mouth_tris.tolist()}
+    mouth_set = {tuple(t) for t in r.mouth_triangles.tolist()}
     others = np.array([t for t in tri[moving].tolist() if tuple(t) not in mouth_set], np.int32).reshape(-1, 3)
-    return np.concatenate([others, r._mouth_tris.astype(np.int32)])
+    return np.concatenate([others, r.mouth_triangles.astype(np.int32)])
 
 
 def _shapes(r: PortraitRenderer) -> dict[str, Any]:
     rig = r.rig
     names = list(deform.SHAPE_RANGES)
-    stack = rig._stack[:, : rig.n_face]  # anchors never move: their rows are all zero
+    stack = rig.shape_stack[:, : rig.n_face]  # anchors never move: their rows are all zero
     return {
         "names": names,
         "ranges": [list(deform.SHAPE_RANGES[n]) for n in names],
@@ -72,13 +72,13 @@ def _shapes(r: PortraitRenderer) -> dict[str, Any]:
 
 def _pucker(r: PortraitRenderer) -> dict[str, Any]:
     rig = r.rig
-    sel = np.flatnonzero(rig._pucker_w)
+    sel = np.flatnonzero(rig.pucker_weights)
     return {
         "amount": deform.PUCKER,
         "full_at": deform.PUCKER_FULL_AT,
         "index": _ints(sel),
-        "weight": _num(rig._pucker_w[sel], 5),
-        "abs_u": _num(np.abs(rig._lip["u"][sel]), 5),
+        "weight": _num(rig.pucker_weights[sel], 5),
+        "abs_u": _num(np.abs(rig.lip_u[sel]), 5),
     }
 
 
@@ -86,8 +86,8 @@ def _head(r: PortraitRenderer) -> dict[str, Any]:
     rig = r.rig
     return {
         "face_c": _num(rig.face_c, 6),
-        "depth": _num(rig._depth, 4),
-        "roll_pivot": _num(rig._roll_pivot, 6),
+        "depth": _num(rig.depth, 4),
+        "roll_pivot": _num(rig.roll_pivot, 6),
         "max_deg": deform.MAX_HEAD_DEG,
         "breath_fraction": deform.BREATH_FRACTION,
     }
@@ -106,7 +106,7 @@ def _mouth(r: PortraitRenderer) -> dict[str, Any]:
 
 
 def _eyes(r: PortraitRenderer) -> list[dict[str, Any]]:
-    return [{"index": _ints(idx), "colour": _num(colour, 2)} for idx, colour in r._eyes]
+    return [{"index": _ints(idx), "colour": _num(colour, 2)} for idx, colour in r.eye_tints]
 
 
 def rig_document(renderer: PortraitRenderer) -> dict[str, Any]:
