@@ -137,6 +137,27 @@ def wait_idle_server(server: ServeProcess, timeout: float = 30.0) -> int | None:
     return count
 
 
+def udp_drops() -> int | None:
+    """UDP datagrams this machine dropped for full receive buffers so far (all processes)."""
+    try:
+        with open("/proc/net/snmp", encoding="ascii") as f:
+            rows = [line.split() for line in f if line.startswith("Udp:")]
+        return int(rows[1][rows[0].index("RcvbufErrors")])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def healthz_ms(server: ServeProcess) -> float | None:
+    """One ``GET /healthz`` round trip in ms (None if it failed): the server's event loop's lateness."""
+    t = time.perf_counter()
+    try:
+        with urllib.request.urlopen(server.url + "healthz", timeout=5) as resp:
+            resp.read()
+    except OSError:
+        return None
+    return round(1000 * (time.perf_counter() - t), 1)
+
+
 class ClientProcess:
     """``bench.load_client`` under ``nice -n 10``: the spec goes in on stdin, events come back
     one JSON line each. Closing stdin asks it to hang up; ``stop`` always ends it."""
@@ -171,6 +192,12 @@ class ClientProcess:
                 except ValueError:
                     continue
         raise RuntimeError("the clients did not finish in time")
+
+    def log_count(self, text: str) -> int:
+        try:
+            return self.log.read_text(errors="replace").count(text)
+        except OSError:
+            return 0
 
     def log_tail(self, chars: int = 2000) -> str:
         try:
@@ -210,6 +237,7 @@ def run_scenario(server: ServeProcess, spec: dict[str, Any], baseline_s: float, 
     marks: dict[str, tuple[float, float | None]] = {}
     talk: list[tuple[float, float]] = []  # (wall, cpu) per round
     rss: list[float] = []
+    health: list[float | None] = []  # /healthz round trips: how late the server's event loop answers
     result: dict[str, Any] = {}
     warmups: list[dict[str, Any]] = []
     error = None
@@ -220,7 +248,10 @@ def run_scenario(server: ServeProcess, spec: dict[str, Any], baseline_s: float, 
         now = rss_mb(server.pid)[0]
         if now is not None:
             rss.append(now)
+        health.append(healthz_ms(server))
 
+    log_from = server.log_path.stat().st_size if server.log_path.exists() else 0
+    drops0 = udp_drops()
     client = ClientProcess(spec, folder / f"client-{spec['mode']}-{spec['sessions']}.log")
     k = min(spec["talkers"], spec["sessions"])
     budget = spec["sessions"] * 40 + (spec["rounds"] + spec["sessions"] / k) * (
@@ -257,12 +288,31 @@ def run_scenario(server: ServeProcess, spec: dict[str, Any], baseline_s: float, 
     if error:
         progress(f"{label}: FAILED: {error}")
     figures = _figures(spec, baseline, marks, talk, result, warmups)
+    figures["server_healthz_ms"] = summarize(health)
+    drops1 = udp_drops()
+    # Loopback packets lost to a full socket buffer (the machine's count: other programs' too).
+    figures["udp_rcvbuf_drops"] = None if drops0 is None or drops1 is None else drops1 - drops0
+    figures["client_ice_consent_expired"] = client.log_count("Consent to send expired")
+    if error or figures["turns_failed"] or figures["warmup_failed"]:
+        figures["server_log"] = _log_excerpt(server.log_path, log_from)
     return {
         "mode": spec["mode"], "sessions": spec["sessions"], "talkers": k, "rounds": spec["rounds"],
         "idle_s": spec["idle_s"], "error": error, "loadavg_before": load_before, "loadavg_after": machine()["loadavg"],
         "server_rss_mb": max(rss) if rss else None, "server_rss_peak_mb": rss_mb(server.pid)[1],
         **figures,
     }
+
+
+def _log_excerpt(path: Path, start: int, lines: int = 40) -> list[str]:
+    """The server's warnings, errors and session ends logged since byte ``start`` (the last ``lines``)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    keep = [ln for ln in text.splitlines() if any(w in ln for w in ("WARNING", "ERROR", "closed", "closing", "ended"))]
+    return keep[-lines:]
 
 
 def _pct(c0: float | None, c1: float | None, wall: float) -> float | None:
@@ -312,6 +362,7 @@ def _figures(spec: dict[str, Any], baseline: float | None, marks: dict[str, tupl
         "server_cpu_per_idle_session_pct": idle_each,
         "server_cpu_per_talking_session_pct": talk_each,
         "client_cpu_pct": _pct(0.0, result.get("client_cpu_s"), wall) if result else None,
+        "client_loop_lag_ms": result.get("client_loop_lag_ms"),
         "per_session": sessions,
         "turn_rows": turns,
     }

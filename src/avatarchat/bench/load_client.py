@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import resource
 import sys
@@ -250,7 +251,8 @@ class LoadSession:
 
         onset = await self.until(heard, spec.turn_timeout_s)
         if onset is not None and cut:
-            self._channel.send(json.dumps({"type": "interrupt"}))
+            with contextlib.suppress(Exception):  # a channel closed meanwhile: the turn says so
+                self._channel.send(json.dumps({"type": "interrupt"}))
         final = next((m for m in self.messages[first:] if m.get("type") == "transcript" and m.get("final")), {})
         turn = final.get("turn")
 
@@ -318,12 +320,23 @@ def _loopback_only(sdp: str) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
+async def probe_lag(lags: list[float], every: float = 0.1) -> None:
+    """How late this process's event loop wakes (ms): a starved client (it is niced) shows here,
+    and its figures (arrival times, the mic's pace, answers to ICE checks) are that late."""
+    while True:
+        t = time.monotonic()
+        await asyncio.sleep(every)
+        lags.append(1000 * (time.monotonic() - t - every))
+
+
 async def run_scenario(spec: ClientSpec) -> None:
     """Connect, warm up, idle, talk in rounds; report each phase on stdout."""
     warm = load_audio(spec.warmup.wav, RATE)
     clips = [load_audio(q.wav, RATE) for q in spec.questions]
     k = min(spec.talkers, spec.sessions)
     sessions = [LoadSession(i, spec.mode) for i in range(spec.sessions)]
+    lags: list[float] = []
+    probe = asyncio.ensure_future(probe_lag(lags))
     try:
         async with aiohttp.ClientSession() as http:
             for s in sessions:  # one at a time: connecting is not what is measured
@@ -362,8 +375,11 @@ async def run_scenario(spec: ClientSpec) -> None:
                        for s in sessions]
         usage = resource.getrusage(resource.RUSAGE_SELF)
         emit("result", sessions=per_session, turns=turns, talk_windows=windows,
-             client_cpu_s=round(usage.ru_utime + usage.ru_stime, 2))
+             client_cpu_s=round(usage.ru_utime + usage.ru_stime, 2),
+             client_loop_lag_ms={"p50": round(float(np.percentile(lags, 50)), 1),
+                                 "p99": round(float(np.percentile(lags, 99)), 1), "max": round(max(lags), 1)})
     finally:
+        probe.cancel()
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
 
 
@@ -392,6 +408,9 @@ async def main(spec: ClientSpec) -> int:
 
 
 if __name__ == "__main__":
+    # aioice says on stderr (the parent's log of this process) when an ICE consent check fails.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("aioice.ice").setLevel(logging.INFO)
     # The spec is the first line; read unbuffered so nothing after it is swallowed.
     raw = b""
     while not raw.endswith(b"\n") and (chunk := os.read(sys.stdin.fileno(), 1)):
