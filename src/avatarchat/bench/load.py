@@ -421,9 +421,20 @@ def _run_all(config: str | None, sessions: Sequence[int], modes: Sequence[str], 
                 "chunk with RMS > 0.01 (client clock, aiortc, loopback); CPU in % of one core",
         "machine": machine(),
         "config": config or "(embedded default)",
+        "commit": git_head(),
         "scenarios": scenarios,
         "table": [table_row(s) for s in scenarios],
     }
+
+
+def git_head() -> str | None:
+    """The checkout's commit, when the package runs from one (the figures belong to it)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def table_row(s: dict[str, Any]) -> dict[str, Any]:
