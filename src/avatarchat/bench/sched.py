@@ -82,7 +82,7 @@ async def bench_sched(config: PipelineConfig, talking: int, idle: int, rounds: i
         clips.append((q, np.asarray(samples, np.float32), tts.sample_rate))
     schedulers = {name: make() for name, make in SCHEDULERS.items()}
     turns: dict[str, list[dict[str, Any]]] = {name: [] for name in schedulers}
-    fps: dict[str, list[float]] = {name: [] for name in schedulers}
+    fps: dict[str, list[list[float]]] = {name: [] for name in schedulers}
     cpu0, wall0, load0 = os.times(), time.monotonic(), machine()
     try:
         names = list(schedulers)
@@ -92,7 +92,7 @@ async def bench_sched(config: PipelineConfig, talking: int, idle: int, rounds: i
                 with use_scheduler(schedulers[name]):
                     rows, rates = await _block(pipeline, clips, talking + idle)
                 turns[name] += [row | {"round": r + 1} for row in rows]
-                fps[name] += rates
+                fps[name].append(rates)
                 waits = ", ".join(f"{row['first_audio_after_speech_end_ms']}" for row in rows)
                 progress(f"round {r + 1}/{rounds} {name:<14} speech end → first audio {waits} ms; "
                          f"fps {', '.join(f'{x:.1f}' for x in rates)}")
@@ -110,18 +110,20 @@ async def bench_sched(config: PipelineConfig, talking: int, idle: int, rounds: i
         "machine_after": machine(),
         "process_cpu_share": round((cpu1.user + cpu1.system - cpu0.user - cpu0.system) / wall, 2),
         "max_rss_mb": max_rss_mb(),
-        "summary": {name: _summary(turns[name], fps[name]) for name in schedulers},
+        "summary": {name: _summary(turns[name], fps[name], talking) for name in schedulers},
         "paired_vs_executor": _paired(turns, "executor"),
         "turns": turns,
     }
 
 
-def _summary(rows: list[dict[str, Any]], fps: list[float]) -> dict[str, Any]:
+def _summary(rows: list[dict[str, Any]], fps: list[list[float]], talking: int) -> dict[str, Any]:
     keys = ["first_audio_after_speech_end_ms", "first_audio_after_asr_ms", "vad_hangover_ms",
             "asr_early_ms", "asr_ms", "llm_first_token_ms", "tts_first_audio_ms"]
     out: dict[str, Any] = {k: summarize(row.get(k) for row in rows) for k in keys}
     out["failed_turns"] = sum(1 for row in rows if row.get("first_audio_after_speech_end_ms") is None)
-    out["video_fps"] = summarize(fps)
+    # A talking session's fps counts the frames of its reply as sent (not rendered here).
+    out["video_fps_talking"] = summarize(x for block in fps for x in block[:talking])
+    out["video_fps_idle"] = summarize(x for block in fps for x in block[talking:])
     return out
 
 
