@@ -4,9 +4,10 @@ under each way of scheduling the blocking model calls, compared within one run.
 One pipeline (the config's real models) serves every session. Per block, ``talking``
 sessions each hear a question ending at the same moment (live-paced 20 ms chunks, VAD
 included) while every session, talking or not, keeps a 25 fps video stream going as the
-server's video track does: an idle render (``Session.idle_frame``, a ``BACKGROUND`` job of
-the "render" lane) when no reply is on screen, and a yuv conversion and VP8 encode per frame
-in the default executor (where aiortc encodes). A frame due more than ``MAX_LAG_S`` ago is
+server's video track does: the server's ``IdleFrames`` when no reply is on screen (idle
+renders are ``BACKGROUND`` jobs of the "render" lane; while one waits, the last frame is
+shown again), and a yuv conversion and VP8 encode per frame in the default executor (where
+aiortc encodes). Reply frames are the avatar stage's (``NORMAL`` in the render lane). A frame due more than ``MAX_LAG_S`` ago is
 skipped, as the track does. Blocks rotate through the schedulers, so drift in the machine's
 load spreads over all of them alike.
 
@@ -18,7 +19,8 @@ Schedulers compared:
 - ``priority+nice``: and background jobs on niced threads (nice 10).
 
 Reported per scheduler: speech end → first reply audio ready (what the user waits, less
-playout) median and p90, its stages, and the video fps each session achieved.
+playout) median and p90, its stages, the frames a second each session sent, and the
+fresh idle renders a second of the idle sessions.
 
 ``--llm`` measures the other choice of the issue instead: the local LLM with several
 questions at once, llama.cpp's slots (``parallel``, one batch) against one slot.
@@ -41,7 +43,7 @@ from avatarchat.bench.stats import machine, max_rss_mb, summarize
 from avatarchat.engine.config import PipelineConfig
 from avatarchat.engine.events import ReplyAudio, ReplyEnd, SpeechStarted, TurnCancelled, UserAudio
 from avatarchat.engine.pipeline import Pipeline
-from avatarchat.engine.scheduling import Priority, Scheduler, default_lanes, run_model, use_scheduler
+from avatarchat.engine.scheduling import Scheduler, default_lanes, run_model, use_scheduler
 from avatarchat.engine.session import Session
 from avatarchat.engine.turn import TurnResult
 
@@ -65,7 +67,8 @@ class _Video:
 
     fps: int
     sent: int = 0
-    idle_renders: int = 0
+    idle_shown: int = 0  # idle frames shown, fresh or repeated
+    repeated: int = 0  # idle frames shown again while the next render waited in its lane
     replying_until: float = 0.0
     reply_audio_s: float = 0.0
     first_audio_at: float | None = None
@@ -82,7 +85,7 @@ async def bench_sched(config: PipelineConfig, talking: int, idle: int, rounds: i
         clips.append((q, np.asarray(samples, np.float32), tts.sample_rate))
     schedulers = {name: make() for name, make in SCHEDULERS.items()}
     turns: dict[str, list[dict[str, Any]]] = {name: [] for name in schedulers}
-    fps: dict[str, list[list[float]]] = {name: [] for name in schedulers}
+    fps: dict[str, list[list[tuple[float, float]]]] = {name: [] for name in schedulers}
     cpu0, wall0, load0 = os.times(), time.monotonic(), machine()
     try:
         names = list(schedulers)
@@ -95,7 +98,7 @@ async def bench_sched(config: PipelineConfig, talking: int, idle: int, rounds: i
                 fps[name].append(rates)
                 waits = ", ".join(f"{row['first_audio_after_speech_end_ms']}" for row in rows)
                 progress(f"round {r + 1}/{rounds} {name:<14} speech end → first audio {waits} ms; "
-                         f"fps {', '.join(f'{x:.1f}' for x in rates)}")
+                         f"fps (fresh idle) {', '.join(f'{x:.1f} ({y:.1f})' for x, y in rates)}")
     finally:
         for s in schedulers.values():
             await asyncio.to_thread(s.close)
@@ -116,14 +119,16 @@ async def bench_sched(config: PipelineConfig, talking: int, idle: int, rounds: i
     }
 
 
-def _summary(rows: list[dict[str, Any]], fps: list[list[float]], talking: int) -> dict[str, Any]:
+def _summary(rows: list[dict[str, Any]], fps: list[list[tuple[float, float]]], talking: int) -> dict[str, Any]:
     keys = ["first_audio_after_speech_end_ms", "first_audio_after_asr_ms", "vad_hangover_ms",
             "asr_early_ms", "asr_ms", "llm_first_token_ms", "tts_first_audio_ms"]
     out: dict[str, Any] = {k: summarize(row.get(k) for row in rows) for k in keys}
     out["failed_turns"] = sum(1 for row in rows if row.get("first_audio_after_speech_end_ms") is None)
-    # A talking session's fps counts the frames of its reply as sent (not rendered here).
-    out["video_fps_talking"] = summarize(x for block in fps for x in block[:talking])
-    out["video_fps_idle"] = summarize(x for block in fps for x in block[talking:])
+    # Frames sent a second (a talking session's count its reply's frames, rendered by the
+    # pipeline); and, of an idle session's, the fresh idle renders (not shown again).
+    out["video_fps_talking"] = summarize(sent for block in fps for sent, _ in block[:talking])
+    out["video_fps_idle"] = summarize(sent for block in fps for sent, _ in block[talking:])
+    out["fresh_idle_fps_idle"] = summarize(fresh for block in fps for _, fresh in block[talking:])
     return out
 
 
@@ -149,7 +154,7 @@ def _paired(turns: dict[str, list[dict[str, Any]]], base: str) -> dict[str, Any]
 
 
 async def _block(pipeline: Pipeline, clips: list[tuple[str, np.ndarray, int]], sessions: int
-                 ) -> tuple[list[dict[str, Any]], list[float]]:
+                 ) -> tuple[list[dict[str, Any]], list[tuple[float, float]]]:
     """One block: every session opened, the talking ones each ask once, all at once."""
     longest = max(len(a) / rate for _, a, rate in clips)
     async with contextlib.AsyncExitStack() as stack:
@@ -166,7 +171,7 @@ async def _block(pipeline: Pipeline, clips: list[tuple[str, np.ndarray, int]], s
                 t.cancel()
             await asyncio.gather(*background, return_exceptions=True)
     now = time.monotonic()
-    return list(rows), [v.sent / (now - v.started) for v in videos]
+    return list(rows), [(v.sent / (now - v.started), (v.idle_shown - v.repeated) / (now - v.started)) for v in videos]
 
 
 async def _drain(session: Session) -> None:
@@ -220,33 +225,46 @@ async def _turn(session: Session, video: _Video, audio: np.ndarray, rate: int, l
 
 
 async def _stream(session: Session, video: _Video) -> None:
-    """25 fps as the server's video track: idle renders in the render lane (BACKGROUND)
-    between replies, a yuv conversion and VP8 encode of every frame in the default executor."""
+    """25 fps as the server's video track: the server's ``IdleFrames`` between replies (idle
+    renders in the render lane at BACKGROUND; the last frame again while one is queued), a
+    yuv conversion and VP8 encode of every frame in the default executor (as aiortc)."""
     import av
     from aiortc.codecs.vpx import Vp8Encoder
+
+    from avatarchat.server.tracks import IdleFrames
 
     encoder = Vp8Encoder()
     loop = asyncio.get_running_loop()
     start, k = time.monotonic(), 0
     image: np.ndarray | None = None
 
+    def render(t: float) -> np.ndarray:
+        frame = session.idle_frame(start + t)
+        assert frame is not None, "bench sched needs an avatar stage"
+        return frame
+
     def encode(picture: np.ndarray) -> None:
         frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
         encoder.encode(frame)
 
-    while True:
-        k = max(k, int((time.monotonic() - start - MAX_LAG_S) * video.fps))
-        await asyncio.sleep(max(0.0, start + k / video.fps - time.monotonic()))
-        if image is None or time.monotonic() >= video.replying_until:
-            image = await run_model(session.idle_frame, time.monotonic(), lane="render",
-                                    priority=Priority.BACKGROUND)
-            video.idle_renders += 1
-        # During a reply the last image stands in for the reply's frames: their renders
-        # are the avatar stage's, counted in the pipeline already.
-        assert image is not None
-        await loop.run_in_executor(None, encode, image)
-        video.sent += 1
-        k += 1
+    idle = IdleFrames(render, video.fps)
+    try:
+        while True:
+            k = max(k, int((time.monotonic() - start - MAX_LAG_S) * video.fps))
+            await asyncio.sleep(max(0.0, start + k / video.fps - time.monotonic()))
+            if image is not None and time.monotonic() < video.replying_until:
+                # The last image stands in for the reply's frames: their renders are the
+                # avatar stage's, made in the pipeline already.
+                idle.discard()
+            else:
+                image = await idle.get(k)
+                video.idle_shown += 1
+            await loop.run_in_executor(None, encode, image)
+            video.sent += 1
+            k += 1
+    finally:
+        video.repeated = idle.repeated
+        idle.close()
 
 
 async def bench_llm_parallel(config: PipelineConfig, askers: int, rounds: int, progress: Any) -> dict[str, Any]:
