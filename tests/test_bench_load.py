@@ -42,9 +42,9 @@ def session_processes(sid: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One run: 1 and 2 sessions, video mode, a short idle phase and one round."""
+    """One run: 1 and 2 sessions in both modes, a short idle phase and one round."""
     out = tmp_path_factory.mktemp("load") / "load.json"
-    cmd = [sys.executable, "-m", "avatarchat.cli.main", "bench", "load", "--sessions", "1,2", "--modes", "video",
+    cmd = [sys.executable, "-m", "avatarchat.cli.main", "bench", "load", "--sessions", "1,2", "--modes", "client,video",
            "--rounds", str(ROUNDS), "--idle", "2", "--baseline", "1", "--json", str(out)]
     # Its own session, so that whatever it leaves running can be found (and is then stopped).
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -67,8 +67,9 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_the_report_has_a_scenario_per_n_and_a_table(report: dict[str, Any]) -> None:
     assert report["benchmark"] == "load"
-    assert [(s["mode"], s["sessions"], s["talkers"]) for s in report["scenarios"]] == [("video", 1, 1), ("video", 2, 2)]
-    assert [(r["mode"], r["N"]) for r in report["table"]] == [("video", 1), ("video", 2)]
+    assert [(s["mode"], s["sessions"], s["talkers"]) for s in report["scenarios"]] == [
+        ("client", 1, 1), ("client", 2, 2), ("video", 1, 1), ("video", 2, 2)]
+    assert [(r["mode"], r["N"]) for r in report["table"]] == [("client", 1), ("client", 2), ("video", 1), ("video", 2)]
     assert "v2v median ms" in report["_stdout"]  # the readable table
     assert "round 1/1" in report["_stderr"]  # progress as it ran
     assert len(report["machine"]["loadavg"]) == 3
@@ -87,15 +88,23 @@ def test_every_question_is_heard_and_answered(report: dict[str, Any]) -> None:
         assert s["voice_to_voice_ms"]["n"] == s["turns"]
 
 
-def test_video_cpu_and_memory_figures_are_those_of_a_working_server(report: dict[str, Any]) -> None:
+def test_each_mode_sends_what_it_says(report: dict[str, Any]) -> None:
     for s in report["scenarios"]:
-        assert s["answered_modes"] == ["video"]
-        assert s["video_fps_talking"]["min"] > 0  # every session received frames while others talked
-        assert s["face_rows_per_s_talking"]["median"] == 0  # no face rows in video mode
+        assert s["answered_modes"] == [s["mode"]]
+        if s["mode"] == "video":
+            assert s["video_fps_talking"]["min"] > 0  # every session received frames while others talked
+            assert s["face_rows_per_s_talking"]["median"] == 0
+        else:  # face rows for the page to draw (idle ones too), and no video track at all
+            assert s["face_rows_per_s_talking"]["min"] > 0 and s["face_frames_per_s_talking"]["min"] > 0
+            assert s["video_fps_talking"]["median"] == 0
+
+
+def test_cpu_and_memory_figures_are_those_of_a_working_server(report: dict[str, Any]) -> None:
+    for s in report["scenarios"]:
         for key in ("server_cpu_baseline_pct", "server_cpu_idle_pct", "server_cpu_talking_pct",
                     "server_cpu_per_idle_session_pct", "server_cpu_per_talking_session_pct", "client_cpu_pct"):
             assert isinstance(s[key], float) and math.isfinite(s[key]), (key, s[key])
-        # An idle video session renders and encodes its idle frames; talking costs more than nothing.
+        # An idle session is listened to (and, in video mode, rendered for); talking costs more than nothing.
         assert s["server_cpu_idle_pct"] > s["server_cpu_baseline_pct"]
         assert s["server_cpu_talking_pct"] > 0
         assert 100 < s["server_rss_mb"] <= s["server_rss_peak_mb"] + 1
