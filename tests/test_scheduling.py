@@ -150,15 +150,32 @@ async def test_a_lane_never_runs_more_jobs_at_once_than_its_workers(scheduler: S
     assert peak == 2
 
 
-async def test_background_jobs_run_on_niced_threads(scheduler: Scheduler) -> None:
-    def nice() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+def nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
+
+async def test_background_jobs_of_a_wide_lane_run_on_niced_threads(scheduler: Scheduler) -> None:
     base = os.getpriority(os.PRIO_PROCESS, 0)
-    assert await scheduler.run(nice, lane="t1", priority=Priority.CRITICAL) == base
-    assert await scheduler.run(nice, lane="t1", priority=Priority.BACKGROUND) == min(19, base + 10)
-    with Scheduler({"t1": 1}, background_nice=0) as plain:
-        assert await plain.run(nice, lane="t1", priority=Priority.BACKGROUND) == base
+    assert await scheduler.run(nice, lane="t2", priority=Priority.CRITICAL) == base
+    assert await scheduler.run(nice, lane="t2", priority=Priority.BACKGROUND) == min(19, base + 10)
+    # A 1-worker lane is never niced: its one worker would make everyone wait on it.
+    assert await scheduler.run(nice, lane="t1", priority=Priority.BACKGROUND) == base
+    with Scheduler({"t2": 2}, background_nice=0) as plain:
+        assert await plain.run(nice, lane="t2", priority=Priority.BACKGROUND) == base
+
+
+async def test_niced_background_jobs_leave_a_worker_to_the_rest(scheduler: Scheduler) -> None:
+    gate = Gate()
+    held = scheduler.submit(gate.job, lane="t2", priority=Priority.BACKGROUND)
+    await gate.started.wait()
+    later = scheduler.submit(lambda: "idle", lane="t2", priority=Priority.BACKGROUND)
+    await asyncio.sleep(0)
+    assert (scheduler.running("t2"), scheduler.queued("t2")) == (1, 1)  # one worker free, kept
+    # The free worker takes a critical job at once, while the niced one is still held.
+    assert await scheduler.run(nice, lane="t2", priority=Priority.CRITICAL) == os.getpriority(os.PRIO_PROCESS, 0)
+    assert scheduler.queued("t2") == 1
+    gate.open()
+    assert await asyncio.gather(held, later) == ["gate", "idle"]
 
 
 async def test_an_unknown_lane_runs_in_the_default_executor(scheduler: Scheduler) -> None:

@@ -17,9 +17,12 @@ Promises:
 - cancelling the awaiting task (a barge-in) removes a job that has not started, so it
   never runs; a job already running finishes in its thread and its result is dropped;
 - an exception of the job is raised from ``run_model``;
-- with ``background_nice`` > 0 (Linux), ``BACKGROUND`` jobs run on threads of their own
-  with that nice value, so the kernel also prefers the other lanes' work to them. The
-  threads are niced once, for life: an unprivileged thread cannot lower its nice again.
+- with ``background_nice`` > 0 (Linux), ``BACKGROUND`` jobs of a lane with two or more
+  workers run on threads of their own with that nice value, so the kernel also prefers
+  every other lane's work to them, and they never hold the lane's last worker: a job of
+  higher priority never waits for a niced thread (a niced whisper call took 719 ms
+  median instead of 201 on 2 busy cores, so a 1-worker lane is not niced). The threads
+  are niced once, for life: an unprivileged thread cannot lower its nice again.
 - a lane the scheduler does not know runs in the event loop's default executor, as
   ``engine.handler.run_blocking`` does (unbounded, FIFO).
 
@@ -102,10 +105,12 @@ class _Lane:
     def __init__(self, name: str, workers: int, nice: int) -> None:
         if workers < 1:
             raise ValueError(f"lane {name!r} needs at least 1 worker, not {workers}")
-        self.name, self.workers, self.nice = name, workers, nice
+        self.name, self.workers = name, workers
+        self.nice = nice if workers > 1 else 0
         self._cond = threading.Condition()
         self._heap: list[_Job] = []
         self._running = 0
+        self._background_running = 0  # on niced threads
         self._threads: list[threading.Thread] = []
         self._closed = False
 
@@ -137,9 +142,9 @@ class _Lane:
             return self._running
 
     def _start_threads(self) -> None:
-        kinds = [False, True] if self.nice > 0 else [None]
-        for background in kinds:
-            for i in range(self.workers):
+        kinds = [(False, self.workers), (True, self.workers - 1)] if self.nice > 0 else [(None, self.workers)]
+        for background, count in kinds:
+            for i in range(count):
                 tag = "-bg" if background else ""
                 t = threading.Thread(target=self._serve, args=(background,), daemon=True,
                                      name=f"lane-{self.name}{tag}-{i}")
@@ -160,6 +165,7 @@ class _Lane:
                 job = heapq.heappop(self._heap)
                 job.state = "running"
                 self._running += 1
+                self._background_running += bool(background)
             try:
                 result, error = job.fn(), None
             except BaseException as exc:  # handed to the awaiting task, which raises it
@@ -167,6 +173,7 @@ class _Lane:
             finally:
                 with self._cond:
                     self._running -= 1
+                    self._background_running -= bool(background)
                     job.state = "done"
                     self._cond.notify_all()
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody awaits it
@@ -176,7 +183,11 @@ class _Lane:
     def _takes_head(self, background: bool | None) -> bool:
         if not self._heap or self._running >= self.workers:
             return False
-        return background is None or self._heap[0].background == background
+        if background is None:
+            return True
+        if background:  # niced: never the last free worker
+            return self._heap[0].background and self._background_running < self.workers - 1
+        return not self._heap[0].background
 
     def close(self, wait: bool) -> list[_Job]:
         """Stop the workers after their running jobs (``wait``: until they have stopped);
@@ -208,7 +219,8 @@ class Scheduler:
     its threads; the process default is never closed (its threads are daemons).
 
     ``prioritize=False`` makes every lane plain FIFO (for comparisons); ``background_nice``
-    is the nice value of the threads that run ``BACKGROUND`` jobs (0: no separate threads).
+    is the nice value of the threads that run ``BACKGROUND`` jobs in lanes of two or more
+    workers (0: no separate threads).
     """
 
     def __init__(self, lanes: Mapping[str, int] | None = None, *, prioritize: bool = True,
