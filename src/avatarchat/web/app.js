@@ -6,7 +6,9 @@
 // or fails before that (UDP blocked by a firewall or NAT), the page closes the peer
 // connection and carries the same session over a WebSocket instead (wsclient.js), and says
 // so in its status line. `?transport=ws` goes straight to the WebSocket, `?transport=webrtc`
-// never falls back. Both carry the same JSON messages, handled here alike.
+// never falls back. Both carry the same JSON messages, handled here alike. Where the server
+// allows it and WebGL2 works, the page draws the avatar itself from the face parameters the
+// server sends (avatar/client.js); `?avatar=video` asks for the server's video instead.
 // No build step, no framework, standard APIs only (current Chromium and Firefox).
 //
 // This module owns the session (start, stop, the server's messages) and wires the others:
@@ -17,10 +19,13 @@
 //   chatlog.js    the conversation log        latency.js  the "Last turn" figures
 //   probe.js      envelopes, marks, frames, getStats (what tests and benchmarks read)
 //   bargein.js    muting the avatar in the page the moment the user speaks over it
+//   avatar/       client mode: the page draws the avatar itself (client.js: which mode,
+//                 face.js: the face rows in step with the voice as heard, gl.js: WebGL2)
 //   miclevel.js   the microphone's level bar on the Mute button
 //
 // Tests and `avatarchat bench e2e` read `window.avatarchat` (at the end of this file).
 
+import { AvatarSlot } from "./avatar/client.js";
 import { BargeInGate, settingsFrom } from "./bargein.js";
 import { addLine, addTypedLine, finishStreaming, onReply, onTranscript } from "./chatlog.js";
 import { showMetrics } from "./latency.js";
@@ -30,11 +35,12 @@ import {
   probe, resetMarks, segments, setHeardGain, videoFps, watchAudio, watchVideo,
 } from "./probe.js";
 import {
-  UserFacingError, accessToken, createPeer, getJSON, iceHeardBack, openMic, postOffer, rtcConfigFrom,
-  waitForIceGathering, waitUntilReady,
+  UserFacingError, accessToken, createPeer, fetchAuthorized, getJSON, iceHeardBack, openMic, postOffer,
+  rtcConfigFrom, waitForIceGathering, waitUntilReady,
 } from "./signaling.js";
 import {
-  MESSAGES, clearBanner, setBadge, setStatus, setVoiceVolume, showBanner, showCanvas, ui, voiceElement,
+  MESSAGES, clearBanner, setAvatarLabel, setBadge, setStatus, setVoiceVolume, showBanner, showSurface, ui,
+  voiceElement,
 } from "./ui.js";
 import { clearMedia, playTrack } from "./rtcmedia.js";
 import { WsTransport } from "./wsclient.js";
@@ -52,6 +58,8 @@ const TRANSPORT = ["ws", "webrtc"].includes(params.get("transport")) ? params.ge
 // server's answer is behind something that drops UDP: the WebSocket gets it going. One
 // that has had answers (UDP passes, the rest is slow) waits out CONNECT_TIMEOUT_MS first.
 const ICE_FALLBACK_MS = 5000;
+// "video": ask for the server's video even where this browser could draw the avatar itself.
+const AVATAR = params.get("avatar") === "video" ? "video" : "auto";
 // Asking a full server again after a fallback: every FULL_RETRY_MS, FULL_RETRIES times.
 const FULL_RETRY_MS = 2000;
 const FULL_RETRIES = 8;
@@ -75,6 +83,16 @@ const session = {
   connectTimer: null,
   iceTimer: null,
 };
+
+// Who draws the avatar (avatar/client.js); the page's own barge-in closes its mouth.
+const avatar = new AvatarSlot({
+  prefer: AVATAR,
+  volume: () => gate.volume,
+  onShown: () => {
+    mark("firstFace");
+    ui.placeholder.hidden = true;
+  },
+});
 
 const gate = new BargeInGate((volume) => {
   setVoiceVolume(volume);
@@ -123,7 +141,10 @@ function onServerMessage(raw) {
   } catch {
     return;
   }
+  // The face's rows (~12 messages a second) are the avatar's alone, not kept in the probe.
+  if (msg.type === "face") return avatar.onMessage(msg);
   probe.messages.push({ t: performance.now(), dir: "in", msg });
+  if (msg.type === "clock") return avatar.onMessage(msg);
   switch (msg.type) {
     case "state":
       setConversation(msg.state);
@@ -233,7 +254,10 @@ async function start() {
     const config = await getJSON("api/config", { auth: true });
     if (!config.ok) throw new UserFacingError(config.body?.error || MESSAGES.unreachable);
     gate.configure(settingsFrom(config.body.barge_in));
-    const { stream: mic, state: micState } = await openMic(RAW_MIC);
+    const [, { stream: mic, state: micState }] = await Promise.all([
+      avatar.choose(config.body.avatar, ui.glCanvas, fetchAuthorized),
+      openMic(RAW_MIC),
+    ]);
     if (stale()) return mic?.getTracks().forEach((t) => t.stop());
     session.mic = mic;
     session.micState = micState;
@@ -270,11 +294,12 @@ async function connectWebRTC(rtcConfig, mic, stale) {
   await waitForIceGathering(pc);
   if (stale()) return;
   mark("offerSent");
-  const answer = await postOffer(pc);
+  const answer = await postOffer(pc, avatar.ask);
   if (stale()) return;
   session.sessionId = answer.session_id || null;
   await pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
   mark("answered");
+  useAvatar(answer.avatar === "client" ? "client" : "video", { pc });
   if (TRANSPORT === "auto") {
     session.iceTimer = setTimeout(async () => {
       const heard = await iceHeardBack(pc);
@@ -299,6 +324,7 @@ function fallBack(why, udpBlocked) {
   dc.close();
   pc.close();
   clearMedia();
+  stopAvatar();
   session.fallback = why;
   session.udpBlocked = udpBlocked;
   mark("fallback");
@@ -317,6 +343,7 @@ function connectWebSocket() {
     ctx,
     mic: session.mic,
     canvas: ui.canvas,
+    video: avatar.ask === "client" ? "params" : "jpeg",
     on: {
       hello: (hello) => ours() && onSocketHello(hello),
       message: (text) => ours() && onServerMessage(text),
@@ -335,7 +362,7 @@ function connectWebSocket() {
     },
   });
   session.ws = session.transport = transport;
-  showCanvas(true);
+  showSurface("frames");
   clearTimeout(session.connectTimer);
   session.connectTimer = setTimeout(() => {
     if (ours() && !transport.open) fail(session.fallback ? MESSAGES.fallbackFailed : MESSAGES.webSocketFailed);
@@ -345,6 +372,7 @@ function connectWebSocket() {
 function onSocketHello(hello) {
   clearTimeout(session.connectTimer);
   session.sessionId = hello.session || null;
+  useAvatar(hello.video === "params" ? "client" : "video", { player: session.ws.player });
   mark("connected");
   mark("channelOpen");
   setConnection("connected");
@@ -403,8 +431,9 @@ function teardown(state) {
   closeEnvelopes();
   micLevel.reset();
   clearMedia();
+  stopAvatar();
   ui.placeholder.hidden = false;
-  showCanvas(false);
+  showSurface("video");
   setStatus("");
   setMuted(false);
   // The mic is released: "on"/"muted" no longer hold ("denied" stays, for the banner).
@@ -412,6 +441,20 @@ function teardown(state) {
   finishStreaming(false);
   setConnection(state);
   gate.reset(performance.now());
+}
+
+// The server's answer says who draws the avatar: `mode` "client" (this page, from the face
+// rows) or "video". `transport`: {pc} or {player} (the WebSocket's reply player).
+function useAvatar(mode, transport) {
+  const shown = avatar.use(mode, transport);
+  showSurface(shown.surface);
+  setAvatarLabel(shown.label);
+  if (shown.cannotDraw) showBanner(MESSAGES.cannotDraw(shown.cannotDraw), "info");
+}
+
+function stopAvatar() {
+  avatar.stop();
+  setAvatarLabel(null);
 }
 
 function setMuted(muted) {
@@ -461,6 +504,7 @@ window.avatarchat = {
     fallback: session.fallback, // why WebRTC was given up, or null
     status: ui.status.textContent,
     retries: session.fullRetries, // WebSockets a full server refused after the fallback
+    avatar: avatar.mode, // "client" (drawn in the page) | "video" | null (none)
   }),
   messages: probe.messages,
   marks: () => ({ ...probe.marks }),
@@ -475,4 +519,6 @@ window.avatarchat = {
   // The Mute button's level bar: now, and the highest since Start.
   micLevel: () => micLevel.snapshot(),
   now: () => performance.now(),
+  // Client mode (avatar/client.js): avatar(), faceFrames(since), faceAt(h), syncSources().
+  ...avatar.hooks(() => (ui.avatarMode.hidden ? null : ui.avatarMode.textContent)),
 };

@@ -31,6 +31,13 @@ function refusedAccess() {
   return new UserFacingError(TOKEN ? MESSAGES.badToken : MESSAGES.needsToken);
 }
 
+// A GET with the page's access token (the avatar's rig and portrait for client mode).
+export async function fetchAuthorized(path) {
+  const resp = await fetch(path, { cache: "no-store", headers: authHeaders() });
+  if (resp.status === 401) throw refusedAccess();
+  return resp;
+}
+
 export async function getJSON(path, { auth = false } = {}) {
   const resp = await fetch(path, { cache: "no-store", headers: auth ? authHeaders() : {} });
   if (auth && resp.status === 401) throw refusedAccess();
@@ -161,11 +168,15 @@ export async function iceHeardBack(pc) {
   return heard;
 }
 
-export async function postOffer(pc) {
+// `avatar`: "client" (the page draws the avatar), "video" or null (not asked: an older
+// server, or none). The answer's `avatar` says what the server does.
+export async function postOffer(pc, avatar = null) {
+  const offer = { sdp: pc.localDescription.sdp, type: "offer" };
+  if (avatar) offer.avatar = avatar;
   const resp = await fetch("api/offer", {
     method: "POST",
     headers: authHeaders({ "Content-Type": "application/json" }),
-    body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer" }),
+    body: JSON.stringify(offer),
   });
   if (resp.status === 401) throw refusedAccess();
   let body = null;

@@ -11,6 +11,8 @@ export const ui = {
   bannerClose: $("banner-close"),
   video: $("avatar-video"),
   canvas: $("avatar-canvas"),
+  glCanvas: $("avatar-gl"),
+  avatarMode: $("avatar-mode"),
   status: $("transport-status"),
   audio: $("avatar-audio"),
   placeholder: $("placeholder"),
@@ -65,6 +67,9 @@ export const MESSAGES = {
     "the WebSocket fallback could not connect either.",
   webSocketFailed: "Could not connect over WebSocket — is `avatarchat serve` running, and this link still valid?",
   noWebSocket: "This browser lacks what the WebSocket transport needs (WebSocket, AudioWorklet).",
+  cannotDraw: (why) =>
+    `This server leaves drawing the avatar to the browser, and this one cannot (${why || "no WebGL2"}): ` +
+    "you hear the voice only.",
 };
 
 // The status line: how the session is carried (empty when there is none).
@@ -100,9 +105,18 @@ export function setVoiceVolume(volume) {
   ui.audio.volume = volume;
 }
 
-// The WebSocket transport's frames take the <video>'s place (same box, same look), and back.
-export function showCanvas(on) {
-  ui.canvas.hidden = !on;
-  ui.video.hidden = on;
-  if (!on) ui.canvas.getContext("2d").clearRect(0, 0, ui.canvas.width, ui.canvas.height);
+// What fills the avatar's box (same box, same look): "video" (WebRTC's <video>), "frames"
+// (the WebSocket transport's JPEG frames on a 2D canvas) or "drawn" (client mode's WebGL
+// canvas). The <video> stays in the page while hidden: in client mode it plays the voice.
+export function showSurface(kind) {
+  ui.video.hidden = kind !== "video";
+  ui.canvas.hidden = kind !== "frames";
+  ui.glCanvas.hidden = kind !== "drawn";
+  if (kind !== "frames") ui.canvas.getContext("2d").clearRect(0, 0, ui.canvas.width, ui.canvas.height);
+}
+
+// The label that says who renders the avatar (`text` null: none shown).
+export function setAvatarLabel(text) {
+  ui.avatarMode.textContent = text || "";
+  ui.avatarMode.hidden = !text;
 }

@@ -4,7 +4,9 @@
 //         PCM at the `sample_rate` of the server's `hello`, 20 ms a message
 //   down  `hello`, then the data-channel protocol as JSON text plus `frame` messages (a
 //         JPEG each, base64), and the reply's voice as binary PCM at `reply_sample_rate`,
-//         sent in real time while a reply plays and nothing in between
+//         sent in real time while a reply plays and nothing in between. In client mode
+//         (`video: "params"`) no frames: `clock` and `face` messages (the page draws the
+//         avatar, avatar/face.js) and `audio_at` before each run of voice (its media time)
 // The socket's session ends when the socket closes.
 //
 // The page sees the same interface as its WebRTC connection: send(msg) -> bool, close(),
@@ -93,8 +95,9 @@ class FrameView {
 // Opens the socket and runs the session over it. `on`: {hello(msg), message(text),
 // frame(now), voice(player), close({code, reason, opened})}. `mic`: a MediaStream or null
 // (a page without a microphone still types). Closing is the caller's: close().
+// `video`: "jpeg" (the server's frames, drawn on `canvas`) or "params" (client mode).
 export class WsTransport {
-  constructor({ token, ctx, mic, canvas, on }) {
+  constructor({ token, ctx, mic, canvas, on, video = "jpeg" }) {
     this.kind = "websocket";
     this.ctx = ctx;
     this.mic = mic;
@@ -105,7 +108,7 @@ export class WsTransport {
     this.rttMs = null;
     this.sent = { messages: 0, audio: 0, bytes: 0, dropped: 0 };
     this.view = new FrameView(canvas, (now) => on.frame(now));
-    this.socket = new WebSocket(socketUrl(token));
+    this.socket = new WebSocket(socketUrl(token, video));
     this.socket.binaryType = "arraybuffer";
     this.socket.addEventListener("message", (ev) => this.onMessage(ev.data));
     this.socket.addEventListener("close", (ev) => this.onClose(ev));
@@ -153,6 +156,9 @@ export class WsTransport {
       if (typeof msg.jpeg === "string") this.view.show(msg, (this.player?.lead() ?? 0) * 1000);
     } else if (msg.type === "hello" && !this.hello) {
       this.start(msg);
+    } else if (msg.type === "audio_at") {
+      // The next binary frame's first sample is this media time (client mode).
+      this.player?.at(msg.t);
     } else {
       if (msg.type === "pong" && typeof msg.t === "number") this.rttMs = performance.now() - msg.t;
       // A cut reply: what is queued beyond the cut was never meant to be heard.
@@ -200,6 +206,13 @@ export class WsTransport {
     if (!wasClosed) this.on.close({ code: ev.code, reason: ev.reason, opened });
   }
 
+  // The page time (performance.now()) at which context time `c` is at the speaker.
+  pageTimeOf(c) {
+    const ts = this.ctx.getOutputTimestamp?.();
+    if (ts && ts.performanceTime > 0) return ts.performanceTime + (c - ts.contextTime) * 1000;
+    return performance.now() + (c - this.ctx.currentTime) * 1000;
+  }
+
   // The figures a test or benchmark reads, in the shape of the WebRTC getStats summary
   // where the two meet.
   stats() {
@@ -209,6 +222,8 @@ export class WsTransport {
       transport: "websocket",
       video: { framesReceived: v.received, framesDecoded: v.shown, framesDropped: v.dropped, frameWidth: v.width, frameHeight: v.height },
       audio: { totalSamplesReceived: p.samples, chunks: p.chunks, underruns: p.underruns, flushes: p.flushes, leadMs: (this.player?.lead() ?? 0) * 1000 },
+      // Client mode: where each run of voice turns audible, media time and page time.
+      onsets: (this.player?.onsets ?? []).map((o) => ({ m: o.m, t: this.pageTimeOf(o.c) })),
       mic: { packetsSent: this.sent.audio, bytesSent: this.sent.bytes, packetsDropped: this.sent.dropped },
       rttMs: this.rttMs,
       hello: this.hello,
