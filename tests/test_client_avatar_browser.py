@@ -67,7 +67,7 @@ VIDEO_LABEL = "avatar: video from the server"
 #: Where screenshots of the page in each mode are kept for a person to look at.
 SHOTS = Path("/tmp")
 #: Short replies: the measurement is at each reply's onset.
-QUESTIONS = ("Say hello.", "Name a fruit.", "What is two plus two?", "Name a colour.")
+QUESTIONS = ("Say hello.", "What is the capital of France?", "What is two plus two?", "Name a colour.")
 #: The bounds asserted on the lip-sync error (ms): the issue's target for the median, and a
 #: looser one per reply (see the module's docstring).
 MEDIAN_BOUND_MS = 40.0
@@ -258,7 +258,7 @@ def test_the_page_draws_the_avatar_over_webrtc_and_the_mouth_moves_with_a_reply(
             jaw = page.evaluate("avatarchat.faceFrames(avatarchat.now() - 100).drawn.at(-1) ?? -1")
             img = canvas_pixels(page, SHOTS / f"client_avatar_talking_{i}.png")
             changes.append((float(np.abs(img[y0:y1, x0:x1] - rest[y0:y1, x0:x1]).mean()), jaw))
-            background.append(float(np.abs(img[:40, :40] - rest[:40, :40]).mean()))
+            background.append(float(np.abs(img[:40, -40:] - rest[:40, -40:]).mean()))  # the top right: flag, no labels
             if i == 5:
                 page.screenshot(path=str(SHOTS / "client_avatar_webrtc.png"))
         biggest = max(changes)

@@ -39,8 +39,8 @@ import {
   rtcConfigFrom, waitForIceGathering, waitUntilReady,
 } from "./signaling.js";
 import {
-  MESSAGES, clearBanner, setAvatarLabel, setBadge, setStatus, setVoiceVolume, showBanner, showSurface, ui,
-  voiceElement,
+  MESSAGES, clearBanner, setAvatarLabel, setBadge, setPlaceholder, setStatus, setVoiceVolume, showBanner,
+  showSurface, ui, voiceElement,
 } from "./ui.js";
 import { clearMedia, playTrack } from "./rtcmedia.js";
 import { WsTransport } from "./wsclient.js";
@@ -449,12 +449,16 @@ function useAvatar(mode, transport) {
   const shown = avatar.use(mode, transport);
   showSurface(shown.surface);
   setAvatarLabel(shown.label);
-  if (shown.cannotDraw) showBanner(MESSAGES.cannotDraw(shown.cannotDraw), "info");
+  if (shown.cannotDraw) {
+    showBanner(MESSAGES.cannotDraw(shown.cannotDraw), "info");
+    setPlaceholder(MESSAGES.voiceOnly);
+  }
 }
 
 function stopAvatar() {
   avatar.stop();
   setAvatarLabel(null);
+  setPlaceholder(null);
 }
 
 function setMuted(muted) {

@@ -67,6 +67,7 @@ export const MESSAGES = {
     "the WebSocket fallback could not connect either.",
   webSocketFailed: "Could not connect over WebSocket — is `avatarchat serve` running, and this link still valid?",
   noWebSocket: "This browser lacks what the WebSocket transport needs (WebSocket, AudioWorklet).",
+  voiceOnly: "Voice only: this browser cannot draw the avatar",
   cannotDraw: (why) =>
     `This server leaves drawing the avatar to the browser, and this one cannot (${why || "no WebGL2"}): ` +
     "you hear the voice only.",
@@ -113,6 +114,14 @@ export function showSurface(kind) {
   ui.canvas.hidden = kind !== "frames";
   ui.glCanvas.hidden = kind !== "drawn";
   if (kind !== "frames") ui.canvas.getContext("2d").clearRect(0, 0, ui.canvas.width, ui.canvas.height);
+}
+
+const PLACEHOLDER = ui.placeholder.innerHTML;
+
+// The avatar box's text while nothing is shown in it (null: "Press Start to talk").
+export function setPlaceholder(text) {
+  if (text) ui.placeholder.firstElementChild.textContent = text;
+  else ui.placeholder.innerHTML = PLACEHOLDER;
 }
 
 // The label that says who renders the avatar (`text` null: none shown).

@@ -176,13 +176,17 @@ export class AvatarSlot {
     this.stop();
     this.mode = this.ask ? mode : null;
     const canDraw = Boolean(this.choice?.renderer);
-    if (mode === "client" && canDraw) {
-      this.drawn = new ClientAvatar({ renderer: this.choice.renderer, transport, volume: this.volume, onShown: this.onShown });
+    if (mode === "client") {
+      // Without a renderer (the server leaves drawing to a page that cannot) the face's
+      // clock and rows still run, drawn nowhere: the page's figures say what it would show.
+      const renderer = canDraw ? this.choice.renderer : { draw() {} };
+      const onShown = canDraw ? this.onShown : () => {};
+      this.drawn = new ClientAvatar({ renderer, transport, volume: this.volume, onShown });
       this.drawn.start();
     }
     const label = this.mode === "client" && !canDraw ? "none" : this.mode;
     return {
-      surface: this.drawn ? "drawn" : transport.pc ? "video" : "frames",
+      surface: canDraw && this.drawn ? "drawn" : transport.pc ? "video" : "frames",
       label: label ? LABELS[label] : null,
       cannotDraw: mode === "client" && !canDraw ? this.choice?.why || "no WebGL2" : null,
     };
