@@ -54,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     pl.add_argument("--turn-timeout", type=float, default=30.0, help="seconds to an audible reply before a turn fails (default 30)")
     pl.add_argument("--config", "-c", help="YAML config (default: the embedded default)")
     pl.add_argument("--json", type=Path, help="write the JSON here ('-': to stdout, the table to stderr)")
+    pl.add_argument("--logs", type=Path, help="copy the server's and the clients' logs into this folder")
     pl.set_defaults(run=run_load)
     pc = bsub.add_parser("sched", help="in-process sessions, some asking at once, some idle at 25 fps: "
                                        "speech end to first reply audio per scheduler (executor, FIFO, priority, nice)")

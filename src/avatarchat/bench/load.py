@@ -27,13 +27,14 @@ import argparse
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ import yaml
 
 from avatarchat.audio.io import atomic_write
 from avatarchat.bench.harness import ServeProcess, cpu_seconds
+from avatarchat.bench.load_watch import ServerWatch, wait_idle_server
 from avatarchat.bench.stats import machine, summarize
 from avatarchat.cli.errors import UserError
 from avatarchat.cli.progress import say
@@ -105,57 +107,7 @@ def serve_config(config: str | None, max_n: int, folder: Path) -> Path:
     return Path(name)
 
 
-# --- the server, seen from outside -----------------------------------------------------------------
-
-
-def rss_mb(pid: int) -> tuple[float | None, float | None]:
-    """(VmRSS, VmHWM) of ``pid`` in MB, from /proc."""
-    found: dict[str, float] = {}
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    found[key] = round(int(value.split()[0]) / 1024, 1)
-    except (OSError, ValueError):
-        pass
-    return found.get("VmRSS"), found.get("VmHWM")
-
-
-def wait_idle_server(server: ServeProcess, timeout: float = 30.0) -> int | None:
-    """Wait until the server holds no session; returns the count it still holds, if any."""
-    deadline, count = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(server.url + "healthz", timeout=2) as resp:
-                count = int(json.loads(resp.read()).get("sessions", 0))
-        except (OSError, ValueError):
-            count = None
-        if count == 0:
-            return 0
-        time.sleep(0.5)
-    return count
-
-
-def udp_drops() -> int | None:
-    """UDP datagrams this machine dropped for full receive buffers so far (all processes)."""
-    try:
-        with open("/proc/net/snmp", encoding="ascii") as f:
-            rows = [line.split() for line in f if line.startswith("Udp:")]
-        return int(rows[1][rows[0].index("RcvbufErrors")])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def healthz_ms(server: ServeProcess) -> float | None:
-    """One ``GET /healthz`` round trip in ms (None if it failed): the server's event loop's lateness."""
-    t = time.perf_counter()
-    try:
-        with urllib.request.urlopen(server.url + "healthz", timeout=5) as resp:
-            resp.read()
-    except OSError:
-        return None
-    return round(1000 * (time.perf_counter() - t), 1)
+# --- the client process ---------------------------------------------------------------------------
 
 
 class ClientProcess:
@@ -225,7 +177,7 @@ class ClientProcess:
 
 def run_scenario(server: ServeProcess, spec: dict[str, Any], baseline_s: float, folder: Path,
                  progress: Progress) -> dict[str, Any]:
-    """One mode and N: baseline, then the client process's phases; the figures of them."""
+    """One mode and N: the server's baseline, then the client process's phases, measured."""
     label = f"{spec['mode']} N={spec['sessions']}"
     left = wait_idle_server(server)
     if left:
@@ -234,51 +186,24 @@ def run_scenario(server: ServeProcess, spec: dict[str, Any], baseline_s: float, 
     t0, c0 = time.monotonic(), cpu_seconds(server.pid)
     time.sleep(baseline_s)
     baseline = _pct(c0, cpu_seconds(server.pid), time.monotonic() - t0)
-    marks: dict[str, tuple[float, float | None]] = {}
-    talk: list[tuple[float, float]] = []  # (wall, cpu) per round
-    rss: list[float] = []
-    health: list[float | None] = []  # /healthz round trips: how late the server's event loop answers
+    watch = ServerWatch(server)
     result: dict[str, Any] = {}
     warmups: list[dict[str, Any]] = []
     error = None
-
-    def tick() -> None:
-        if server.proc is None or server.proc.poll() is not None:
-            raise RuntimeError(f"the server exited:\n{server.log_tail()}")
-        now = rss_mb(server.pid)[0]
-        if now is not None:
-            rss.append(now)
-        health.append(healthz_ms(server))
-
-    log_from = server.log_path.stat().st_size if server.log_path.exists() else 0
-    drops0 = udp_drops()
     client = ClientProcess(spec, folder / f"client-{spec['mode']}-{spec['sessions']}.log")
     k = min(spec["talkers"], spec["sessions"])
     budget = spec["sessions"] * 40 + (spec["rounds"] + spec["sessions"] / k) * (
         spec["turn_timeout_s"] + spec["reply_cap_s"] + 5) + spec["idle_s"] + 60
     try:
-        for ev in client.events(tick, time.monotonic() + budget):
-            now, cpu = time.monotonic(), cpu_seconds(server.pid)
-            name = ev["event"]
-            marks[name] = (now, cpu)
-            if name == "connected":
-                progress(f"{label}: {spec['sessions']} connected (server answered {ev['answered']}); warming up")
-            elif name == "warmup_wave":
-                progress(f"{label}: warm-up (not counted) {_v2v_line(ev['turns'])}")
-            elif name == "warmup":
-                warmups = ev["turns"]
-                progress(f"{label}: idle {spec['idle_s']:.0f} s")
-            elif name == "round_start":
-                marks["round"] = (now, cpu)
-            elif name == "round_end":
-                a, ca = marks["round"]
-                if ca is not None and cpu is not None:
-                    talk.append((now - a, cpu - ca))
-                progress(f"{label}: round {ev['round'] + 1}/{spec['rounds']} {_v2v_line(ev['turns'])}")
-            elif name == "result":
+        for ev in client.events(watch.tick, time.monotonic() + budget):
+            watch.mark(ev["event"])
+            if ev["event"] == "result":
                 result = ev
-            elif name == "error":
+            elif ev["event"] == "error":
                 error = ev["message"]
+            elif ev["event"] == "warmup":
+                warmups = ev["turns"]
+            _progress_line(label, spec, ev, progress)
     except RuntimeError as exc:
         error = f"{exc}; the clients' log ends:\n{client.log_tail()}"
     finally:
@@ -287,32 +212,27 @@ def run_scenario(server: ServeProcess, spec: dict[str, Any], baseline_s: float, 
         error = f"the clients exited ({code}) without a result:\n{client.log_tail()}"
     if error:
         progress(f"{label}: FAILED: {error}")
-    figures = _figures(spec, baseline, marks, talk, result, warmups)
-    figures["server_healthz_ms"] = summarize(health)
-    drops1 = udp_drops()
-    # Loopback packets lost to a full socket buffer (the machine's count: other programs' too).
-    figures["udp_rcvbuf_drops"] = None if drops0 is None or drops1 is None else drops1 - drops0
+    figures = _figures(spec, baseline, watch.marks, watch.talk, result, warmups)
     figures["client_ice_consent_expired"] = client.log_count("Consent to send expired")
     if error or figures["turns_failed"] or figures["warmup_failed"]:
-        figures["server_log"] = _log_excerpt(server.log_path, log_from)
+        figures["server_log"] = watch.log_excerpt()
     return {
         "mode": spec["mode"], "sessions": spec["sessions"], "talkers": k, "rounds": spec["rounds"],
         "idle_s": spec["idle_s"], "error": error, "loadavg_before": load_before, "loadavg_after": machine()["loadavg"],
-        "server_rss_mb": max(rss) if rss else None, "server_rss_peak_mb": rss_mb(server.pid)[1],
-        **figures,
+        **watch.figures(), **figures,
     }
 
 
-def _log_excerpt(path: Path, start: int, lines: int = 40) -> list[str]:
-    """The server's warnings, errors and session ends logged since byte ``start`` (the last ``lines``)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(start)
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return []
-    keep = [ln for ln in text.splitlines() if any(w in ln for w in ("WARNING", "ERROR", "closed", "closing", "ended"))]
-    return keep[-lines:]
+def _progress_line(label: str, spec: dict[str, Any], ev: dict[str, Any], progress: Progress) -> None:
+    name = ev["event"]
+    if name == "connected":
+        progress(f"{label}: {spec['sessions']} connected (server answered {ev['answered']}); warming up")
+    elif name == "warmup_wave":
+        progress(f"{label}: warm-up (not counted) {_v2v_line(ev['turns'])}")
+    elif name == "warmup":
+        progress(f"{label}: idle {spec['idle_s']:.0f} s")
+    elif name == "round_end":
+        progress(f"{label}: round {ev['round'] + 1}/{spec['rounds']} {_v2v_line(ev['turns'])}")
 
 
 def _pct(c0: float | None, c1: float | None, wall: float) -> float | None:
@@ -376,14 +296,26 @@ def _v2v_line(turns: list[dict[str, Any]]) -> str:
 # --- the whole run ------------------------------------------------------------------------------------
 
 
-def bench_load(config: str | None, sessions: Sequence[int], modes: Sequence[str], talkers: dict[int, int],
-               rounds: int, idle_s: float, baseline_s: float, turn_timeout_s: float,
-               progress: Progress) -> dict[str, Any]:
+@dataclass(frozen=True)
+class LoadOptions:
+    """What ``bench load`` runs: every mode for every N, phases of these lengths."""
+
+    sessions: tuple[int, ...] = (1, 2, 4, 8)
+    modes: tuple[str, ...] = MODES
+    talkers: dict[int, int] = field(default_factory=dict)  # N -> K; default_talkers for the rest
+    rounds: int = 4
+    idle_s: float = 20.0
+    baseline_s: float = 5.0
+    turn_timeout_s: float = 30.0
+    logs: Path | None = None  # where to copy the server's and the clients' logs
+
+
+def bench_load(config: str | None, options: LoadOptions, progress: Progress) -> dict[str, Any]:
     """Every (mode, N) scenario against one server; the report (``table`` is its summary)."""
     # SIGTERM unwinds like Ctrl-C, so the server and the clients are stopped either way.
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:
-        return _run_all(config, sessions, modes, talkers, rounds, idle_s, baseline_s, turn_timeout_s, progress)
+        return _run_all(config, options, progress)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -392,29 +324,32 @@ def _terminated(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _run_all(config: str | None, sessions: Sequence[int], modes: Sequence[str], talkers: dict[int, int],
-             rounds: int, idle_s: float, baseline_s: float, turn_timeout_s: float, progress: Progress) -> dict[str, Any]:
+def _run_all(config: str | None, o: LoadOptions, progress: Progress) -> dict[str, Any]:
     from avatarchat.bench.pipeline import QUESTIONS
 
     scenarios: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="avatarchat-load-") as tmp:
         folder = Path(tmp)
         spoken = speak_questions(folder, [WARMUP_QUESTION, *QUESTIONS], progress)
-        config_path = serve_config(config, max(sessions), folder)
+        config_path = serve_config(config, max(o.sessions), folder)
         try:
             with ServeProcess(config_path, log_path=folder / "serve.log") as server:
                 progress(f"server ready at {server.url} (pid {server.pid})")
-                for mode in modes:
-                    for n in sessions:
+                for mode in o.modes:
+                    for n in o.sessions:
                         spec = {"url": server.url, "sessions": n, "mode": mode,
-                                "talkers": talkers.get(n, default_talkers(n)), "rounds": rounds,
-                                "idle_s": idle_s, "warmup": spoken[0], "questions": spoken[1:],
-                                "turn_timeout_s": turn_timeout_s, "reply_cap_s": REPLY_CAP_S, "gap_s": 1.0}
-                        scenarios.append(run_scenario(server, spec, baseline_s, folder, progress))
+                                "talkers": o.talkers.get(n, default_talkers(n)), "rounds": o.rounds,
+                                "idle_s": o.idle_s, "warmup": spoken[0], "questions": spoken[1:],
+                                "turn_timeout_s": o.turn_timeout_s, "reply_cap_s": REPLY_CAP_S, "gap_s": 1.0}
+                        scenarios.append(run_scenario(server, spec, o.baseline_s, folder, progress))
                         if server.proc is None or server.proc.poll() is not None:
                             raise RuntimeError(f"the server exited:\n{server.log_tail()}")
         finally:
             config_path.unlink(missing_ok=True)
+            if o.logs is not None:
+                o.logs.mkdir(parents=True, exist_ok=True)
+                for log in folder.glob("*.log"):
+                    shutil.copy(log, o.logs / log.name)
     return {
         "benchmark": "load",
         "what": "voice-to-voice = end of the question as the client's mic sent it -> first received reply "
@@ -487,9 +422,10 @@ def run_from_args(args: argparse.Namespace) -> int:
     if not 5.0 <= args.turn_timeout <= 120.0:
         raise UserError("--turn-timeout must be between 5 and 120 seconds")
     load_config(args.config)  # a bad config fails here, before the TTS and the server start
+    options = LoadOptions(tuple(sessions), tuple(modes), talkers, args.rounds, args.idle, args.baseline,
+                          args.turn_timeout, args.logs)
     try:
-        report = bench_load(args.config, sessions, modes, talkers, args.rounds, args.idle, args.baseline,
-                            args.turn_timeout, say)
+        report = bench_load(args.config, options, say)
     except RuntimeError as exc:
         raise UserError(str(exc)) from None
     table = format_table(report["table"])

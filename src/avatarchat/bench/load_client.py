@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import resource
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -38,11 +39,13 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from pydantic import BaseModel, ConfigDict, Field
 
 from avatarchat.audio.io import load_audio
-from avatarchat.server.ice import gather_with_loopback, is_loopback
+from avatarchat.server.ice import gather_with_loopback, ice_gatherers, is_loopback
 from avatarchat.server.tracks import first_channel
 
 RATE = 48000
 FRAME = 960  # 20 ms
+#: Bytes of receive buffer per UDP socket of a client (see ``deepen_receive_buffers``).
+RECEIVE_BUFFER = 4 * 1024 * 1024
 #: RMS over this (about -40 dBFS) counts as audible, as in ``bench e2e``.
 AUDIBLE_RMS = 0.01
 
@@ -164,6 +167,7 @@ class LoadSession:
         pc.on("connectionstatechange", lambda: self.states.append((time.monotonic(), pc.connectionState)))
         offer = await pc.createOffer()
         await gather_with_loopback(pc, loopback=True)  # aioice finds no candidate on a lo-only machine
+        deepen_receive_buffers(pc)
         await pc.setLocalDescription(offer)
         body = {"sdp": _loopback_only(pc.localDescription.sdp), "type": "offer", "avatar": self.mode}
         async with http.post(url + "api/offer", json=body) as resp:
@@ -312,6 +316,20 @@ class LoadSession:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def deepen_receive_buffers(pc: RTCPeerConnection, size: int = RECEIVE_BUFFER) -> None:
+    """Give ``pc``'s UDP sockets a receive buffer of ``size`` bytes (the kernel caps it at
+    net.core.rmem_max). The clients are niced: on a busy machine their process may not run for
+    a second, and the default ~200 KB overflows in that time under a 512x512 video stream; the
+    ICE consent answers lost with it then end the session after 30 s. A deep buffer lets the
+    client catch up later (as a browser on its own machine would never need to), at no CPU cost
+    to the server."""
+    for gatherer in ice_gatherers(pc):
+        for protocol in gatherer._connection._protocols:  # aioice keeps its sockets private
+            sock = protocol.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
 def _loopback_only(sdp: str) -> str:
