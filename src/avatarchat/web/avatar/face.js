@@ -33,9 +33,10 @@ export const MOUTH_CLOSE_S = 0.12;
 const RTP_RATE = 48000;
 // The played RTP timestamps' offsets are kept this long (a frame seen late is corrected).
 const RTP_WINDOW_MS = 40;
-// No audio played for longer than this (a 20 ms packet plays as two 10 ms frames): the
-// speaker plays concealment while the voice is held up upstream, and the media time stands.
-const MAX_UNPLAYED_MS = 30;
+// No audio played for longer than this: the speaker plays concealment while the voice is
+// held up upstream, and the media time stands. (Chromium reports every 10 ms frame played;
+// Firefox reports per 20 ms packet, in bursts up to ~280 ms apart on a busy machine.)
+const MAX_UNPLAYED_MS = 300;
 // How often the receiver is asked for its first packet until it has one (a frame is 10 ms).
 const FIRST_PACKET_POLL_MS = 5;
 // The jitter buffer's delay is averaged over this long: packets arrive in bursts on a busy
