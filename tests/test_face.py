@@ -128,3 +128,21 @@ async def test_a_reply_opens_the_mouth_on_its_own_frames_and_a_cut_closes_it_aga
     assert any(rig.page.sends[k] > 1 for k in ahead)
     closed_from = int((cut_at + 0.25) * FPS) + 1  # CLOSE_S (0.18 s) after the cut
     assert all(rig.page.rows[k][JAW] < 0.05 for k in rig.page.rows if k >= closed_from)
+
+
+async def test_the_voice_starts_at_media_time_0_even_when_the_face_took_the_clock_first() -> None:
+    # A page drawing the avatar maps the first RTP timestamp it plays to media time 0.
+    from avatarchat.server.tracks import AUDIO_FRAME, MAX_LAG_S, AvatarAudioTrack
+
+    clock = FakeClock()
+    media = MediaClock(clock)
+    media.start()  # the face sender, at the data channel's opening
+    await clock.advance(1.0)  # ICE and DTLS took a second
+    track = AvatarAudioTrack(media, Playout(media))
+    try:
+        first = await track.recv()
+        second = await track.recv()
+    finally:
+        track.stop()
+    assert first.pts == 0
+    assert second.pts == round((1.0 - MAX_LAG_S) / FRAME_S) * AUDIO_FRAME  # then it catches up

@@ -500,7 +500,10 @@ class AvatarAudioTrack(MediaStreamTrack):
             raise MediaStreamError
         self._clock.start()
         playout = self._playout
-        n = max(self._next, math.floor((self._clock.now() - MAX_LAG_S) / FRAME_S))
+        # The first frame is always frame 0, even if the clock started a while ago (a page
+        # drawing the avatar took the clock first): its RTP timestamp is then media time 0,
+        # which is how such a page maps what it hears onto the face's rows.
+        n = 0 if self._next == 0 else max(self._next, math.floor((self._clock.now() - MAX_LAG_S) / FRAME_S))
         await self._clock.sleep_until(n * FRAME_S)
         samples = playout.audio_frame(n)
         if self._on_sent is not None:
