@@ -257,3 +257,32 @@ def test_resample_filters_what_the_new_rate_cannot_hold() -> None:
     t = np.arange(48_000) / 48_000
     tone = (0.5 * np.sin(2 * np.pi * 11_000 * t)).astype(np.float32)  # above 8 kHz Nyquist
     assert np.abs(resample(tone, 48_000, RATE))[100:-100].max() < 0.01
+
+
+def test_quiet_windows_skip_the_model_until_speech_and_the_phrase_is_still_found(
+        phrases: dict[str, np.ndarray]) -> None:
+    """An idle session (a muted or noise-suppressed mic) costs no model call per window; the
+    real model still hears the phrase that follows, and runs through the hangover."""
+    from avatarchat.handlers.vad.silero import QUIET_PEAK, _Detector
+
+    handler = SileroVADHandler(SileroOptions())
+    handler.load()
+    model = handler._new_vad()
+    calls = 0
+
+    class Counting:  # the real model, counted
+        window_size_samples = model.window_size_samples
+
+        def process(self, window: object) -> float:
+            nonlocal calls
+            calls += 1
+            return float(model.process(window))
+
+    detector = _Detector(Counting(), handler.options)
+    hiss = (np.random.default_rng(1).standard_normal(RATE) * QUIET_PEAK / 8).astype(np.float32)
+    assert detector.feed(silence(1.0)) == [] and detector.feed(hiss) == []
+    assert calls == 0
+    decisions = detector.feed(np.concatenate([phrases[PHRASE_A], silence(2.0)]))
+    kinds = [type(d).__name__ for d in decisions]
+    assert "_Start" in kinds and "_End" in kinds, kinds
+    assert calls > len(phrases[PHRASE_A]) // Counting.window_size_samples // 2
