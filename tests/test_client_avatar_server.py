@@ -154,3 +154,19 @@ async def test_video_mode_and_a_video_only_server(pipeline: Pipeline) -> None:
             assert not any(m["type"] == "face" for m in client.messages)
         finally:
             await client.close()
+
+
+async def test_the_video_cap_refuses_one_more_video_session_but_not_a_page_that_draws(pipeline: Pipeline) -> None:
+    opened = Opened()
+    async for url in serve(pipeline, ServerSettings(max_video_sessions=1), opened):
+        first, answer = await connect(url, "video")
+        try:
+            assert answer["avatar"] == "video"
+            status, body = await post_offer(url, {"sdp": "v=0", "type": "offer", "avatar": "video"})
+            assert status == 503 and "server.max_video_sessions" in body["error"]
+            assert opened.asked == ["video"]  # refused before any negotiation
+            drawer, answer = await connect(url, "client")
+            await drawer.close()
+            assert answer["avatar"] == "client"
+        finally:
+            await first.close()

@@ -98,7 +98,7 @@ async def harness() -> AsyncIterator[Callable[..., Harness]]:
 
 
 async def test_half_open_offers_free_their_slots_and_a_real_user_gets_in_within_12_s(harness: Any) -> None:
-    h = harness()  # the defaults: 2 slots, connect_timeout_s 10
+    h = harness(max_sessions=2)  # 2 slots; connect_timeout_s 10, the default
     squatters = [await h.open("203.0.113.7"), await h.open("198.51.100.9")]
     with pytest.raises(ServerFull):
         await h.open("192.0.2.1")

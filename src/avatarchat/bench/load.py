@@ -90,7 +90,6 @@ def serve_config(config: str | None, max_n: int, folder: Path) -> Path:
     """The config with room for ``max_n`` sessions from one address, written beside the
     original (so its relative paths still resolve) or into ``folder`` for the default."""
     from avatarchat.config import DEFAULT_CONFIG
-    from avatarchat.server.settings import ServerSettings
 
     source = Path(config) if config is not None else DEFAULT_CONFIG
     raw = yaml.safe_load(source.read_text()) or {}
@@ -98,8 +97,8 @@ def serve_config(config: str | None, max_n: int, folder: Path) -> Path:
     raw["server"] = server
     server["max_sessions"] = max(max_n, int(server.get("max_sessions", 1)))
     server["max_sessions_per_client"] = max(max_n, int(server.get("max_sessions_per_client", 1)))
-    if "avatar_mode" in ServerSettings.model_fields:
-        server["avatar_mode"] = "auto"  # both modes are asked of the same server
+    server["max_video_sessions"] = max(max_n, int(server.get("max_video_sessions", 0)))  # video mode is measured too
+    server["avatar_mode"] = "auto"  # both modes are asked of the same server
     where = folder if config is None else source.parent
     fd, name = tempfile.mkstemp(prefix=".bench-load-", suffix=".yaml", dir=where)
     with os.fdopen(fd, "w") as f:

@@ -46,7 +46,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from avatarchat.engine.handler import SessionSettings
 from avatarchat.server import auth, protocol
-from avatarchat.server.avatar_http import IMAGE_PATH, RIG_PATH, ClientAvatar, serve_bytes
+from avatarchat.server.avatar_http import IMAGE_PATH, RIG_PATH, ClientAvatar, has_avatar, serve_bytes
 from avatarchat.server.errors import client_message, log_error
 from avatarchat.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from avatarchat.server.metrics import Metrics
@@ -110,7 +110,7 @@ class ServerState:
         # Never raises: the error is kept for `wait_loaded`, so it is never "unretrieved".
         try:
             self.pipeline = await self.loader()
-            self.client_avatar = await asyncio.get_running_loop().run_in_executor(None, _client_avatar, self.pipeline)
+            self.client_avatar = await asyncio.get_running_loop().run_in_executor(None, ClientAvatar.loaded, self.pipeline)
             self.status = "ready"
         except Exception as exc:
             self.load_error, self.status = exc, "failed"
@@ -119,12 +119,6 @@ class ServerState:
 STATE = web.AppKey("avatarchat_state", ServerState)
 
 
-def _client_avatar(pipeline: Any) -> ClientAvatar | None:
-    try:
-        return ClientAvatar.of(pipeline)
-    except Exception:  # the page falls back to video: no reason to refuse to start
-        log.exception("the avatar's rig for pages could not be made; pages get video")
-        return None
 
 
 def create_app(pipeline_loader: PipelineLoader, settings: ServerSettings, *,
@@ -252,7 +246,8 @@ async def _offer(request: web.Request) -> web.Response:
     avatar = avatar_output(state.settings.avatar_mode, asked) if state.client_avatar is not None else "video"
     client = auth.client_address(request.remote, request.headers.get("X-Forwarded-For"), state.trusted_proxies or [])
     try:
-        peer, answer = await state.manager.open(state.pipeline, sdp, type_, client=client, avatar=avatar)
+        peer, answer = await state.manager.open(state.pipeline, sdp, type_, client=client, avatar=avatar,
+                                                video=avatar == "video" and has_avatar(state.pipeline))
     except OfferError as exc:
         return _error(400, _refusal(exc))
     except Exception as exc:
@@ -286,7 +281,8 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
         return session, None
 
     try:
-        session, _ = await state.manager.open_session(opener, client=client)
+        session, _ = await state.manager.open_session(opener, client=client,
+                                                      video=video == "jpeg" and has_avatar(state.pipeline))
     except web.HTTPException:
         raise
     except Exception as exc:

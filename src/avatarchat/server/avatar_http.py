@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,8 @@ from avatarchat.server.settings import ServerSettings
 
 RIG_PATH = "api/avatar/rig"
 IMAGE_PATH = "api/avatar/image.png"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,24 @@ class ClientAvatar:
         rig = json.dumps(assets[0], separators=(",", ":"), allow_nan=False).encode()
         return ClientAvatar(rig, assets[1], avatar.fps)
 
+    @staticmethod
+    def loaded(pipeline: Any) -> ClientAvatar | None:
+        """``of``, or None (logged) if the rig cannot be made: pages then get video, which is
+        no reason to refuse to start."""
+        try:
+            return ClientAvatar.of(pipeline)
+        except Exception:
+            log.exception("the avatar's rig for pages could not be made; pages get video")
+            return None
+
     def config(self, settings: ServerSettings) -> dict[str, Any]:
         """``/api/config``'s ``avatar``."""
         return {"mode": settings.avatar_mode, "fps": self.fps, "rig": RIG_PATH, "image": IMAGE_PATH}
+
+
+def has_avatar(pipeline: Any) -> bool:
+    """Whether the pipeline has an avatar stage (a session in video mode renders it)."""
+    return any(isinstance(h, AvatarHandler) for h in getattr(pipeline, "handlers", None) or [])
 
 
 def serve_bytes(request: web.Request, body: bytes, content_type: str) -> web.Response:

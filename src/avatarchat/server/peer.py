@@ -342,6 +342,11 @@ class PeerSession:
     # -- for tests and the app ---------------------------------------------------------
 
     @property
+    def renders_video(self) -> bool:
+        """Whether the server renders this session's avatar as video (``max_video_sessions``)."""
+        return self.avatar == "video" and self._client.conversation.fps is not None
+
+    @property
     def playout(self) -> Playout:
         return self._playout
 

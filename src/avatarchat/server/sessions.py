@@ -34,7 +34,8 @@ class Peer(Protocol):
     """What the manager needs of a peer session (``avatarchat.server.peer.PeerSession``).
 
     A peer may also have ``connected: bool`` (its client's media arrived); until it is True
-    the connect deadline applies. A peer without the attribute counts as connected.
+    the connect deadline applies. A peer without the attribute counts as connected. One with
+    ``renders_video`` true counts against ``max_video_sessions``.
     """
 
     id: str
@@ -91,6 +92,7 @@ class SessionManager:
         self._clock = clock
         self._peers: dict[str, Peer] = {}
         self._opening = 0
+        self._video_opening = 0  # of those opening, the ones that will render video
         self._clients: dict[str, int] = {}  # client address -> sessions opening or open
         self._client_of: dict[str, str] = {}  # peer id -> client address
         self._opened_at: dict[str, float] = {}  # peer id -> the clock when it was answered
@@ -110,21 +112,25 @@ class SessionManager:
         """Sessions (being opened or open) that ``client`` holds now."""
         return self._clients.get(client, 0)
 
+    def rendering_video(self) -> int:
+        """Sessions open or opening whose avatar the server renders as video."""
+        return sum(1 for p in self._peers.values() if getattr(p, "renders_video", False)) + self._video_opening
+
     async def open(self, pipeline: Any, sdp: str, type_: str, *, client: str = "",
-                   avatar: str = "video") -> tuple[Peer, str]:
+                   avatar: str = "video", video: bool = False) -> tuple[Peer, str]:
         """Open a WebRTC peer for an SDP offer from ``client`` (its address) and return it
         with its answer, through the factory: ``open_session`` with its limits. ``avatar``
         (``client`` or ``video``) is who draws the avatar; a factory is only told when it
-        is not the default."""
+        is not the default. ``video``: the session will render video (``max_video_sessions``)."""
         extra = {} if avatar == "video" else {"avatar": avatar}
 
         def opener(on_closed: Callable[[Any], None]) -> Awaitable[tuple[Any, str]]:
             return self._factory(pipeline, sdp, type_, self.settings, metrics=self.metrics, on_closed=on_closed,
                                  **extra)
 
-        return await self.open_session(opener, client=client)
+        return await self.open_session(opener, client=client, video=video)
 
-    async def open_session(self, opener: Opener[S, R], *, client: str = "") -> tuple[S, R]:
+    async def open_session(self, opener: Opener[S, R], *, client: str = "", video: bool = False) -> tuple[S, R]:
         """Open one session of any transport with ``opener`` for ``client`` (its address)
         and return it with what ``opener`` returned besides it.
 
@@ -144,13 +150,21 @@ class SessionManager:
             n, cap = len(self._peers) + self._opening, self.settings.max_sessions
             if n >= cap:
                 raise ServerFull(f"the server is full: {cap} of {cap} sessions are in use; try again later")
+            video_cap = self.settings.max_video_sessions
+            if video and self.rendering_video() >= video_cap:
+                raise ServerFull(f"the server renders video for {video_cap} session(s) already "
+                                 "(server.max_video_sessions); a browser that draws the avatar itself "
+                                 "(WebGL2) can still join")
             self._opening += 1
+            self._video_opening += video
             self._clients[client] = self.held_by(client) + 1
         try:
             return await self._open(opener, client)
         except BaseException:
             self._release(client)
             raise
+        finally:
+            self._video_opening -= video
 
     def _release(self, client: str) -> None:
         left = self.held_by(client) - 1

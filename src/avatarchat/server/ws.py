@@ -305,6 +305,11 @@ class WsSession:
         if text is not None:
             self._queue(text)
 
+    @property
+    def renders_video(self) -> bool:
+        """Whether the server renders this session's avatar as video (``max_video_sessions``)."""
+        return self.video == "jpeg" and self.conversation.fps is not None
+
     def _queue(self, item: str | bytes) -> None:
         if self._closed:
             return
