@@ -21,8 +21,8 @@ from avatarchat.server.settings import ServerSettings
 def fuzz_settings(**changes: Any) -> ServerSettings:
     """Room for every case: many slots (a 503 'full' would read as a 5xx), short connect and
     body timeouts (a case that never completes its body or ICE frees its slot quickly)."""
-    base: dict[str, Any] = {"max_sessions": 64, "max_sessions_per_client": 64, "connect_timeout_s": 2.0,
-                            "http": {"body_timeout_s": 1.0, "header_timeout_s": 2.0}}
+    base: dict[str, Any] = {"max_sessions": 64, "max_video_sessions": 64, "max_sessions_per_client": 64,
+                            "connect_timeout_s": 2.0, "http": {"body_timeout_s": 1.0, "header_timeout_s": 2.0}}
     return ServerSettings.model_validate(base | changes)
 
 
