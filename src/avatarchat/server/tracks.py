@@ -35,7 +35,7 @@ from av.video.reformatter import VideoReformatter
 from avatarchat.audio.resample import Resampler
 from avatarchat.engine.clock import REAL_CLOCK, Clock
 from avatarchat.engine.events import AvatarFrame, AvatarPose, ReplyAudio
-from avatarchat.engine.scheduling import Priority, run_model
+from avatarchat.engine.scheduling import Priority, current_scheduler
 from avatarchat.engine.sink import PlaybackListener
 
 AUDIO_RATE = 48000  # WebRTC's (Opus's) rate
@@ -388,7 +388,7 @@ class IdleFrames:
     def __init__(self, render: Callable[[float], np.ndarray] | None, fps: int) -> None:
         self._render = render
         self._fps = fps
-        self._pending: asyncio.Task[np.ndarray] | None = None
+        self._pending: asyncio.Future[np.ndarray] | None = None
         self._last: np.ndarray | None = None
         self._static = np.full((FRAME_SIZE, FRAME_SIZE, 3), 16, np.uint8)
         self.repeated = 0  # frames given again because the render lane was busy
@@ -406,10 +406,11 @@ class IdleFrames:
         self._pending = self._start(k + 1)
         return image
 
-    def _start(self, k: int) -> asyncio.Task[np.ndarray]:
+    def _start(self, k: int) -> asyncio.Future[np.ndarray]:
         assert self._render is not None
-        job = run_model(self._render, k / self._fps, lane="render", priority=Priority.BACKGROUND)
-        return asyncio.get_running_loop().create_task(job, name="idle-frame")
+        # A future, not a task: cancelling it takes a render that has not started out of
+        # the queue, and a session's task count stays what it was.
+        return current_scheduler().submit(self._render, k / self._fps, lane="render", priority=Priority.BACKGROUND)
 
     def discard(self) -> None:
         """Forget the idle frames (a reply is showing: they would be stale when it ends)."""
