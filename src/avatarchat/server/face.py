@@ -52,7 +52,6 @@ class FaceSender:
         self.send = send
         self.wall = wall
         self._sent: dict[int, tuple[float, ...]] = {}
-        self.rows_sent = 0  # rows sent, resends included (for tests and benches)
 
     async def run(self) -> None:
         now = self.media.now()
@@ -93,7 +92,6 @@ class FaceSender:
     def _flush(self, k0: int, rows: list[tuple[float, ...]]) -> None:
         if rows:
             self.send(protocol.face(k0, rows))
-            self.rows_sent += len(rows)
 
 
 def face_sender(conversation: Conversation, playout: Playout, media: MediaClock,
