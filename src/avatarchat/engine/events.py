@@ -75,6 +75,17 @@ class EndOfTurnHint(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class EndOfTurnGuess(Event):
+    """An audio end-of-turn model's judgement of the pause after ``speech_end`` (the
+    ``turn`` stage, e.g. Smart Turn): ``complete`` is its probability (0..1) that the user
+    has finished, from how the speech sounded (pitch, pace, a trailing word), in any
+    language. End of turn weighs it with the early transcript's words."""
+
+    speech_end: float
+    complete: float
+
+
+@dataclass(frozen=True, slots=True)
 class SpeechOngoing(Event):
     """The user is still speaking: voiced audio of ``turn`` was captured up to
     ``voiced_until`` (engine clock). The VAD sends one every ~64 ms of voiced speech after
@@ -271,6 +282,7 @@ CONTROL: tuple[type[Event], ...] = (
     SpeechEnded,
     UserTranscript,
     EndOfTurnHint,
+    EndOfTurnGuess,
     TurnCancelled,
     ReplyInterrupted,
 )

@@ -43,9 +43,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from avatarchat.engine.clock import REAL_CLOCK, Clock
 from avatarchat.engine.events import NO_TURN, Event
 
-STAGES = ("vad", "asr", "llm", "tts", "avatar")
-#: Stages a config may leave out (no avatar: a voice-only pipeline).
-OPTIONAL_STAGES = frozenset({"avatar"})
+STAGES = ("vad", "turn", "asr", "llm", "tts", "avatar")
+#: Stages a config may leave out (no avatar: a voice-only pipeline; no ``turn``: the end of
+#: a turn is judged from the words alone).
+OPTIONAL_STAGES = frozenset({"turn", "avatar"})
 
 
 class HandlerOptions(BaseModel):
@@ -78,6 +79,14 @@ class EndOfTurnSettings(HandlerOptions):
 
     complete_ms: int = Field(default=0, ge=0, le=10000)
     unfinished_ms: int = Field(default=0, ge=0, le=10000)
+    #: With an audio end-of-turn model (a ``turn`` stage): the silence when the words and
+    #: the voice disagree (a full stop Whisper put after a phrase spoken mid-sentence).
+    doubtful_ms: int = Field(default=0, ge=0, le=10000)
+    #: The audio model's probability at or above which the voice says "finished".
+    audio_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    #: Start the reply (LLM, voice, avatar) on the pause's transcript before the turn is
+    #: decided; it is played if the turn ends with those words, dropped unheard if not.
+    speculate: bool = False
 
 
 class SessionSettings(HandlerOptions):
