@@ -51,6 +51,31 @@ def looks_unfinished(text: str) -> bool | None:
     return None
 
 
+def hangover_ms(words: bool | None, voice: float | None, *, complete_ms: int, unfinished_ms: int,
+                doubtful_ms: int = 0, threshold: float = 0.5) -> int:
+    """The silence (ms) that ends a turn after a pause, from its words and its voice; 0 keeps
+    the VAD's own ``end_ms``.
+
+    ``words``: ``looks_unfinished`` of the pause's transcript (True: stops mid-sentence).
+    ``voice``: an audio model's probability that the user finished (None: no model).
+    Words that dangle ("... and the") always wait ``unfinished_ms``: no voice outweighs them.
+    Otherwise, with a voice: both say finished -> ``complete_ms``; the voice says finished
+    and the words cannot tell -> ``complete_ms``; they disagree (Whisper's full stop after a
+    phrase spoken mid-sentence) -> ``doubtful_ms``; the voice says unfinished and the words
+    cannot tell -> ``unfinished_ms``. Without a voice, the words alone, as before.
+    """
+    if words is True:
+        return unfinished_ms
+    if voice is None:
+        return complete_ms if words is False else 0
+    finished = voice >= threshold
+    if finished:
+        return complete_ms
+    if words is False:
+        return doubtful_ms or unfinished_ms
+    return unfinished_ms
+
+
 class EndOfTurn:
     """Watches a session's early transcripts and sends the VAD its hangover for each pause.
 
