@@ -196,7 +196,9 @@ async def test_stage_streams_clauses_through_a_session(engine: str, request: pyt
     events = [e for e in events if not isinstance(e, ReplyText)]
     assert isinstance(events[0], TimingMark) and events[0].name == "tts_first_audio"
     audio = [e for e in events if isinstance(e, ReplyAudio)]
-    assert [a.text for a in audio] == ["Hello there!", "I am glad you asked, because this is a fun one.", "Let us try it."]
+    # "Hello there!" opens the reply: the clause after it is cut early too (at its comma).
+    assert [a.text for a in audio] == ["Hello there!", "I am glad you asked,", "because this is a fun one.",
+                                       "Let us try it."]
     assert events[1:-1] == audio and events[-1] == ReplyEnd(turn, REPLY)
     offset = 0.0
     for a in audio:
@@ -226,6 +228,10 @@ async def test_stage_streams_clauses_through_a_session(engine: str, request: pyt
     ("The Blast is a legendary creature from the folklore of the ancient Greeks, specifically Ares (Greek:",
      "The Blast is a legendary creature from the folklore of the ancient Greeks, specifically Ares"),
     ("The moon is round and has these phases:", "The moon is round and has these phases"),
+    # An opener is not a whole sentence to stop at: before, this said "Sure!" and nothing more.
+    ("Sure! The moon is round and it shines at night, and the",
+     "Sure! The moon is round and it shines at night, and the"),
+    ("Sure! The moon is round. It shines at night, and the", "Sure! The moon is round."),
 ])
 async def test_a_reply_cut_at_the_token_cap_ends_where_the_voice_does(espeak: EspeakTTS, reply: str,
                                                                      said: str) -> None:

@@ -39,7 +39,8 @@ def test_streaming_in_token_sized_pieces_equals_whole_text(size: int) -> None:
 def test_splits_at_sentence_ends_and_newlines() -> None:
     assert split_whole(REPLY) == [
         "Hello there!",
-        "I met Dr. Smith yesterday, e.g. at the clinic.",
+        "I met Dr. Smith yesterday,",  # after a 2-word opener, still the opening: a comma cuts
+        "e.g. at the clinic.",
         "Pi is about 3.14, and honestly, that is a fairly long clause to say here;",
         "yes.",
         "**Great** idea 🎉!",
@@ -55,13 +56,16 @@ def test_splits_at_sentence_ends_and_newlines() -> None:
 
 
 def test_abbreviations_initials_and_decimals_do_not_split() -> None:
-    for text in ["Ask Dr. Smith about it.", "Fruit, e.g. apples, is good.", "It is 3.5 metres.", "Mr. J. Doe came."]:
+    for text in ["Ask Dr. Smith about it.", "It is 3.5 metres.", "Mr. J. Doe came."]:
         assert split_whole(text) == [text]
+    # (In the opening, a comma after a word or two ends a clause.)
+    assert split_whole("Fruit, e.g. apples, is good.") == ["Fruit,", "e.g. apples,", "is good."]
 
 
 def test_lowercase_after_a_period_continues_the_sentence() -> None:
-    # (After a first clause: that one may also break before a joining word like "and".)
-    assert split_whole("Fine. Use a tool etc. and then rest.") == ["Fine.", "Use a tool etc. and then rest."]
+    # (After the opening: a clause of it may also break before a joining word like "and".)
+    assert split_whole("That is all fine. Use a tool etc. and then rest.") == [
+        "That is all fine.", "Use a tool etc. and then rest."]
 
 
 def test_first_clause_is_emitted_early_later_ones_are_longer() -> None:
@@ -174,8 +178,8 @@ def test_the_first_clause_is_cut_after_first_max_words_without_punctuation() -> 
     assert clauses == ["The reason why the sky appears blue lies", "in the way light scatters.", "It is physics."]
     # Later clauses keep max_words: they play while the LLM writes, so they may be long.
     long = ClauseSplitter(first_max_words=3, max_words=30)
-    text = "Yes. Word " + " ".join(["word"] * 11) + "."
-    assert [c for ch in text for c in long.feed(ch)] + long.flush() == ["Yes.", text[5:]]
+    text = "Yes, I see it. Word " + " ".join(["word"] * 11) + "."
+    assert [c for ch in text for c in long.feed(ch)] + long.flush() == ["Yes,", "I see it.", text[15:]]
 
 
 @pytest.mark.parametrize(("text", "spoken"), [
@@ -188,3 +192,57 @@ def test_the_first_clause_is_cut_after_first_max_words_without_punctuation() -> 
 ])
 def test_acted_out_stage_directions_are_not_said(text: str, spoken: str) -> None:
     assert clean_for_speech(text) == spoken
+
+
+def split_streamed(text: str, **options: int) -> list[str]:
+    splitter = ClauseSplitter(**options)
+    return [c for ch in text for c in splitter.feed(ch)] + splitter.flush()
+
+
+OLD_RULE = {"first_min_words": 4, "opening_words": 1, "first_max_words": 8}  # before issue 16
+NEW_RULE = {"first_max_words": 8}  # the TTS stage's defaults
+
+
+@pytest.mark.parametrize(("text", "new", "old"), [
+    # An opener closed by a comma goes at once; before, the first clause ran on to 4+ words.
+    ("Yes, the capital of France is Paris, a lovely city.",
+     ["Yes,", "the capital of France is Paris,", "a lovely city."],
+     ["Yes, the capital of France is Paris,", "a lovely city."]),
+    ("Well, I think so, yes, and the weather today, as you know, is lovely.",
+     ["Well,", "I think so,", "yes, and the weather today, as you know,", "is lovely."],
+     ["Well, I think so,", "yes, and the weather today, as you know,", "is lovely."]),
+    # After an opener closed by a full stop, the next clause is still the opening: it must be
+    # ready when the opener has been said, so it is cut before a joining word too.
+    ("Of course. Here is a simple recipe for pasta with tomatoes and basil.",
+     ["Of course.", "Here is a simple recipe", "for pasta with tomatoes and basil."],
+     ["Of course.", "Here is a simple recipe for pasta with tomatoes and basil."]),
+    # A first clause of 4+ words ends the opening: the rest keeps the long clauses.
+    ("The capital of France is Paris, which is known for its art, food and fashion.",
+     ["The capital of France is Paris,", "which is known for its art, food and fashion."],
+     ["The capital of France is Paris,", "which is known for its art, food and fashion."]),
+])
+def test_a_short_opener_is_a_clause_of_its_own(text: str, new: list[str], old: list[str]) -> None:
+    assert split_streamed(text, **NEW_RULE) == new
+    assert split_streamed(text, **OLD_RULE) == old
+
+
+@pytest.mark.parametrize("opener", ["Sure!", "Of course.", "Hello there!", "Yes,", "Well,", "Absolutely!"])
+def test_the_first_chunk_of_a_reply_with_an_opener_is_the_opener(opener: str) -> None:
+    assert split_streamed(f"{opener} The capital of France is Paris.")[0] == opener
+
+
+def test_the_opening_cuts_only_at_punctuation_joining_words_or_its_cap() -> None:
+    # No comma with a space, no joining word: "New York City", "3.5" and "1,500" stay whole.
+    assert split_streamed("Sure! New York City is about 3.5 hours away by train.", **NEW_RULE) == [
+        "Sure!", "New York City is about 3.5 hours away", "by train."]
+    assert split_streamed("Yes, 1,500 people live there, more or less.", **NEW_RULE) == [
+        "Yes,", "1,500 people live there,", "more or less."]
+
+
+def test_words_emitted_counts_what_was_cut() -> None:
+    splitter = ClauseSplitter()
+    assert splitter.feed("Sure! The sky is blue. ") == ["Sure!"]
+    assert splitter.words_emitted == 1
+    assert splitter.feed("It") == ["The sky is blue."]
+    assert splitter.words_emitted == 5
+    assert splitter.flush() == ["It"] and splitter.words_emitted == 6

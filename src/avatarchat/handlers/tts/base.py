@@ -37,6 +37,14 @@ class TTSOptions(HandlerOptions):
     #: The first clause of a reply is cut after this many words even without punctuation:
     #: the voice starts as soon as it is synthesized, while the LLM writes the rest.
     first_clause_max_words: int = Field(default=8, ge=2, le=30)
+    #: A clause of the reply's opening ends at a comma (; : —) once it holds this many
+    #: words: 1 says "Yes," "Well," at once. 4 was the rule before issue 16.
+    first_clause_min_words: int = Field(default=1, ge=1, le=30)
+    #: The opening lasts until this many words were said: after a shorter opener ("Sure!",
+    #: "Yes,"), the next clause is cut early too (it must be ready when the opener ends),
+    #: and an opener does not count as a whole sentence said (which would make the next
+    #: clauses wait for their sentence's end). 1: only the first clause (before issue 16).
+    opening_words: int = Field(default=4, ge=1, le=30)
 
 
 TTSOptionsT = TypeVar("TTSOptionsT", bound=TTSOptions)
@@ -74,6 +82,7 @@ class _TurnState:
     offset: float = 0.0  # seconds of reply audio emitted so far: the next chunk's offset
     spoke: bool = False  # whether a ReplyAudio of this turn went out (for tts_first_audio)
     said_sentence: bool = False  # whether a whole sentence has gone to the voice
+    words: int = 0  # words of the clauses gone to the voice (or held)
     #: Clauses of an unfinished sentence after a whole one: said once it ends, or not at
     #: all if the LLM stops at its token cap first.
     held: list[str] = field(default_factory=list)
@@ -97,7 +106,8 @@ class StreamingTTS(TTSHandler[TTSOptionsT]):
     says, its phoneme timings (seconds from the chunk's first sample) and its ``offset``
     on the reply's timeline, contiguous (each chunk starts where the previous ended);
     then the ``ReplyEnd``. Clauses that clean to nothing (emoji, hashtags) make no audio.
-    The first clause is said as soon as it is known; once a whole sentence has been said,
+    The first clause is said as soon as it is known; once whole sentences of
+    ``opening_words`` words or more have been said (an opener like "Sure!" is not enough),
     later clauses wait for the end of their sentence, so that a reply the LLM cuts at its
     token cap is heard up to its last whole sentence.
     After ``cancel_turn`` nothing more of that turn comes out.
@@ -121,15 +131,19 @@ class StreamingTTS(TTSHandler[TTSOptionsT]):
     def models(self) -> list[Any]:
         """The ``ModelFile``s this engine loads."""
 
+    def _splitter(self) -> ClauseSplitter:
+        """A reply's clause splitter, cut by this stage's options."""
+        o = self.options
+        return ClauseSplitter(first_min_words=o.first_clause_min_words, first_max_words=o.first_clause_max_words,
+                              opening_words=o.opening_words)
+
     def create_context(self, session: SessionInfo) -> TTSContext:
         return TTSContext(session)
 
     async def handle(self, ctx: TTSContext, event: Event) -> AsyncIterator[Event]:
         state: _TurnState | None  # a ReplyEnd may come for a turn that never had text
         if isinstance(event, ReplyText):
-            state = ctx.turns.setdefault(
-                event.turn, _TurnState(ClauseSplitter(first_max_words=self.options.first_clause_max_words), clock=ctx.session.clock)
-            )
+            state = ctx.turns.setdefault(event.turn, _TurnState(self._splitter(), clock=ctx.session.clock))
             for clause in state.splitter.feed_clauses(event.text):
                 if state.said_sentence and not clause.ends_sentence:
                     # Audio of whole sentences is playing: this clause can wait the few
@@ -140,7 +154,11 @@ class StreamingTTS(TTSHandler[TTSOptionsT]):
                 for text in said:
                     async for out in self._speak(state, event.turn, text):
                         yield out
-                state.said_sentence = state.said_sentence or clause.ends_sentence
+                # An opener ("Sure!") is not yet an answer to stop at: the clause after it
+                # must not wait for its sentence, or the opener is followed by a gap.
+                state.words += len(clause.text.split())
+                state.said_sentence = state.said_sentence or (
+                    clause.ends_sentence and state.words >= self.options.opening_words)
         elif isinstance(event, ReplyEnd):
             state = ctx.turns.get(event.turn)
             if state is not None:

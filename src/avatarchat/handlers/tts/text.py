@@ -91,6 +91,9 @@ ABBREVIATIONS = frozenset(
 
 #: Words after which the first clause may end before a joining word, with no punctuation.
 FIRST_SOFT_WORDS = 4
+#: The reply's opening lasts until this many words were emitted: after a shorter opener
+#: ("Sure!", "Yes,", "Of course."), the next clause is cut by the first clause's rules too.
+OPENING_WORDS = 4
 _JOINING_WORDS = frozenset(
     "and but or because so which that who when while where with without for to of in on at from "
     "like than as if".split()
@@ -126,26 +129,39 @@ class ClauseSplitter:
       an initial ("J. Smith") or a list number ("1. First"); decimals ("3.5") and times
       have no space after the point, so they never split;
     * after ``, ; : —`` followed by whitespace (``—`` also without), but only once the
-      clause holds ``first_min_words`` words for the first clause of the reply (start the
-      voice early), ``min_words`` for later ones (audio is already playing, and longer
-      clauses get better intonation);
+      clause holds ``first_min_words`` words for a clause of the reply's opening (start
+      the voice early: "Yes," "Well," go at once), ``min_words`` for later ones (audio is
+      already playing, and longer clauses get better intonation);
     * at the first space after ``max_words`` words when no punctuation came (run-ons);
-      for the first clause, after ``first_max_words``, and already before a joining word
-      ("and", "with", "of"…) once it holds ``FIRST_SOFT_WORDS``: the user waits for it.
+      for a clause of the opening, after ``first_max_words``, and already before a
+      joining word ("and", "with", "of"…) once it holds ``FIRST_SOFT_WORDS``: the user
+      waits for it.
+
+    The opening is the clauses that start before ``opening_words`` words have been
+    emitted: the first clause, and after a short one ("Sure!", "Yes,") the next too, which
+    has only the short one's playing time (~0.4 s) to be written and synthesized.
+    ``opening_words=1, first_min_words=4`` is the rule before issue 16 (only the first
+    clause, a comma after 4 words).
 
     A sentence end is decided only once the next non-space character is known, so a
     clause is emitted one token after its punctuation at the latest. ``flush`` returns the
     rest. Clauses are stripped and never empty.
     """
 
-    def __init__(self, first_min_words: int = 4, min_words: int = 8, max_words: int = 30,
-                 first_max_words: int | None = None) -> None:
+    def __init__(self, first_min_words: int = 1, min_words: int = 8, max_words: int = 30,
+                 first_max_words: int | None = None, opening_words: int = OPENING_WORDS) -> None:
         self.first_min_words = first_min_words
         self.first_max_words = first_max_words or max_words
         self.min_words = min_words
         self.max_words = max_words
+        self.opening_words = opening_words
         self._pending = ""
-        self._emitted = 0
+        self._words = 0  # words in the clauses emitted so far
+
+    @property
+    def words_emitted(self) -> int:
+        """Words in the clauses emitted so far (``feed`` and ``flush``)."""
+        return self._words
 
     def feed(self, delta: str) -> list[str]:
         """Add streamed text; return the clauses it completed (possibly none)."""
@@ -161,7 +177,7 @@ class ClauseSplitter:
             self._pending = self._pending[cut:].lstrip()
             if clause:
                 out.append(Clause(clause, at_newline or ends_with_sentence_end(clause)))
-                self._emitted += 1
+                self._words += len(clause.split())
         return out
 
     def flush(self) -> list[str]:
@@ -169,13 +185,13 @@ class ClauseSplitter:
         rest, self._pending = self._pending.strip(), ""
         if not rest:
             return []
-        self._emitted += 1
+        self._words += len(rest.split())
         return [rest]
 
     def _find_cut(self, text: str) -> int | None:
         """Index just past the first complete clause, or None until more text is needed."""
         n = len(text)
-        first = self._emitted == 0
+        first = self._words < self.opening_words  # a clause of the opening
         min_words = self.first_min_words if first else self.min_words
         max_words = self.first_max_words if first else self.max_words
         words, in_word = 0, False  # words begun in text[:i + 1]
