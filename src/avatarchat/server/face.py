@@ -10,6 +10,12 @@ recomputed on every tick and sent again when they changed (a reply that starts, 
 underrun, or is cut; the listening look switching on), so the page only ever keeps the
 latest row per frame and a cut closes the mouth at the media time the audio stops.
 
+A reply's poses due within ``LEAD_S`` are sent as soon as they reach the playout (one tick
+at the next turn of the loop, not at the next ``TICK_S``), and the playout starts a reply's
+sound with the next audio frame (``Playout.client_draws``): with nothing rendered here, the
+first audio need not wait for the face, and the face's rows still reach the page before
+the voice they go with (the voice has a jitter buffer to cross, the rows do not).
+
 Cost: a tick every ``TICK_S`` computes ``LEAD_S * fps`` idle poses (~0.05 ms each) and
 sends one small message at most: well under 1 % of a core per idle session, where a
 rendered, VP8-encoded video costs a third of one.
@@ -17,6 +23,7 @@ rendered, VP8-encoded video costs a third of one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -52,13 +59,34 @@ class FaceSender:
         self.send = send
         self.wall = wall
         self._sent: dict[int, tuple[float, ...]] = {}
+        self._running = False
+        self._poke: asyncio.Handle | None = None
 
     async def run(self) -> None:
         now = self.media.now()
         self.send(protocol.media_clock(self.wall() - now, self.fps, self.conversation.pose_names))
-        while True:
+        self._running = True
+        self.playout.client_draws(self._frames_arrived)
+        try:
+            while True:
+                self.tick()
+                await self.media.sleep_until(self.media.now() + TICK_S)
+        finally:
+            self._running = False
+            self.playout.client_draws(None)
+            if self._poke is not None:
+                self._poke.cancel()
+
+    def _frames_arrived(self, t: float) -> None:
+        """A reply's poses from media time ``t`` on reached the playout: those due before
+        the next tick go out at the loop's next turn (one tick for a burst of them)."""
+        if self._poke is None and self._running and t <= self.media.now() + LEAD_S:
+            self._poke = asyncio.get_running_loop().call_soon(self._poked)
+
+    def _poked(self) -> None:
+        self._poke = None
+        if self._running:
             self.tick()
-            await self.media.sleep_until(self.media.now() + TICK_S)
 
     def tick(self) -> None:
         """Bring the rows of ``[now, now + LEAD_S]`` up to date on the client."""

@@ -12,7 +12,8 @@ the engine's marks compare directly.
 
 ``Playout`` owns what plays, and is the engine's ``ReplySink`` (engine/sink.py). A reply
 is placed on the audio sample timeline when its first audio arrives (at the next 20 ms
-boundary after ``now + START_MARGIN_S``); its frames play at ``reply_start + pts``. TTS
+boundary after ``now + START_MARGIN_S``, or after ``now`` where the page draws the avatar
+from rows sent ahead: ``Playout.client_draws``); its frames play at ``reply_start + pts``. TTS
 audio is resampled to the playout's rate as it arrives. If the reply's audio runs dry
 before its end (the TTS fell behind) the reply's start moves later by the gap, so audio and
 frames stay in step and no word is lost; the user hears a short pause.
@@ -45,6 +46,7 @@ FRAME_S = 0.02
 VIDEO_CLOCK = 90000
 #: Between a reply's first audio arriving and its first sample playing: room for the first
 #: avatar frame (rendered right after the chunk, ~15 ms) to be there when the sound starts.
+#: A page that draws the avatar itself needs none (``Playout.client_draws``).
 START_MARGIN_S = 0.025
 #: A track called this late (a stalled loop, a slow encoder) jumps ahead instead of
 #: sending a burst of stale frames.
@@ -155,6 +157,19 @@ class Playout:
         self._gain = 1.0  # reply volume now (barge-in ducks it) …
         self._gain_target = 1.0  # … and where it is ramping to
         self._tail = np.zeros(0, np.float32)  # a stopped reply's fade-out, still to send
+        #: Between a reply's first audio arriving and its first sample, at least.
+        self.start_margin_s = START_MARGIN_S
+        self._on_frames: Callable[[float], None] | None = None
+
+    def client_draws(self, on_frames: Callable[[float], None] | None) -> None:
+        """The client draws the avatar from rows sent ahead of time (server/face.py), not
+        from frames rendered here: no frame has to be ready when the sound starts, so a
+        reply's first sample goes out with the next audio frame (not ~25-45 ms later), and
+        ``on_frames(t)`` hears of frames (poses) of the reply on the schedule as they
+        arrive, ``t`` the media time of the earliest, so the sender can pass on those due
+        soon at once. ``None`` takes the hook back (the margin stays)."""
+        self.start_margin_s = 0.0
+        self._on_frames = on_frames
 
     # -- input (engine side) ------------------------------------------------------------
 
@@ -180,6 +195,8 @@ class Playout:
         reply = self._reply(frame.turn)
         if reply is not None:
             reply.frames.append((frame.pts, frame))
+            if reply.start is not None and self._on_frames is not None:
+                self._on_frames(reply.start / self.rate + frame.pts)
 
     def end(self, turn: int) -> None:
         """No more audio or frames for ``turn``; it finishes once all of it was sent."""
@@ -261,8 +278,10 @@ class Playout:
         head = self._queue[0]
         if head.start is not None or not (head.written or head.ended):
             return
-        first = math.ceil((self.clock.now() + START_MARGIN_S) / FRAME_S) * self.frame
+        first = math.ceil((self.clock.now() + self.start_margin_s) / FRAME_S) * self.frame
         head.start = max(first, self._next_sample)
+        if head.frames and self._on_frames is not None:  # a queued reply's frames came first
+            self._on_frames(head.start / self.rate + head.frames[0][0])
 
     # -- output (transport side) -------------------------------------------------------
 
