@@ -1,21 +1,24 @@
-"""End of turn from what was said: a cheap check on the early transcript that lengthens the
-VAD's hangover when the user is mid-sentence and shortens it for a complete question.
+"""End of turn from what was said and how it sounded: the early transcript and, with a
+``turn`` stage, an audio model's guess lengthen the VAD's hangover when the user is
+mid-sentence and shorten it for a complete question.
 
-The VAD hands the utterance to the ASR after a short pause (``SpeechPaused``); the ASR's
-transcript of it (``final=False``, with the pause's ``speech_end``) reaches ``EndOfTurn`` on
-the session's control lane, and an ``EndOfTurnHint`` goes back on the lane to the VAD. The
-session wires it from ``session.end_of_turn``. The trade-off: a short hangover answers sooner
-but cuts people who pause to think; a long one never cuts them but makes every answer wait.
-Judging the words lets complete questions end early and "I want to go to, um," wait.
-"""
+The VAD hands the utterance to the ASR (and to the ``turn`` stage) after a short pause
+(``SpeechPaused``); the ASR's transcript of it (``final=False``, with the pause's
+``speech_end``) and the audio model's ``EndOfTurnGuess`` reach ``EndOfTurn`` on the session's
+control lane, and an ``EndOfTurnHint`` goes back on the lane to the VAD. The session wires it
+from ``session.end_of_turn``. The trade-off: a short hangover answers sooner but cuts people
+who pause to think; a long one never cuts them but makes every answer wait. Judging the
+words lets complete questions end early and "I want to go to, um," wait; the voice catches
+what the words cannot tell: Whisper writes "I was thinking about the weather today." for a
+phrase the speaker's pitch says is not the end."""
 
 from __future__ import annotations
 
 import re
-
 from collections.abc import Callable
 
-from avatarchat.engine.events import EndOfTurnHint, Event, UserTranscript
+from avatarchat.engine.events import EndOfTurnGuess, EndOfTurnHint, Event, UserTranscript
+from avatarchat.engine.handler import EndOfTurnSettings
 
 #: Last words after which no sentence ends, whatever the punctuation: conjunctions,
 #: articles, possessives, fillers ("... the park and." is a speaker who paused).
@@ -77,27 +80,56 @@ def hangover_ms(words: bool | None, voice: float | None, *, complete_ms: int, un
 
 
 class EndOfTurn:
-    """Watches a session's early transcripts and sends the VAD its hangover for each pause.
+    """Watches a session's pauses and sends the VAD the hangover for each one.
 
-    ``complete_ms`` applies when the words end a sentence, ``unfinished_ms`` when they stop
-    mid-sentence; when unsure, the VAD keeps its own ``end_ms``. Either may be 0 (not sent).
+    A pause is judged from its early transcript (``looks_unfinished``) and, when the pipeline
+    has a ``turn`` stage (``voice=True``), from that stage's ``EndOfTurnGuess`` for the same
+    pause, whichever comes second (the audio model, ~65 ms, mostly comes before the words,
+    ~150 ms); ``hangover_ms`` weighs them. A pause whose guess never comes (the model
+    failed on it, logged by the session) keeps the VAD's own ``end_ms``: slow, not wrong.
     """
 
-    WATCHES: tuple[type[Event], ...] = (UserTranscript,)
+    WATCHES: tuple[type[Event], ...] = (UserTranscript, EndOfTurnGuess)
 
-    def __init__(self, signal: Callable[[Event], None], complete_ms: int, unfinished_ms: int) -> None:
+    def __init__(self, signal: Callable[[Event], None], settings: EndOfTurnSettings, *, voice: bool = False) -> None:
         self.signal = signal
-        self.complete_ms = complete_ms
-        self.unfinished_ms = unfinished_ms
+        self.settings = settings
+        self.voice = voice
+        #: The newest pause: (turn, speech_end) -> its words' verdict / its voice, as known.
+        self._pause: tuple[int, float] | None = None
+        self._words: bool | None | object = _UNKNOWN
+        self._guess: float | None = None
 
     def on_event(self, event: Event) -> None:
-        """A transcript on the control lane (``Session.listen``)."""
-        assert isinstance(event, UserTranscript)
-        # Only a pause's transcript: it knows which silence it was made in, and the VAD
-        # drops a hint whose silence has since been broken by more speech.
-        if event.final or event.speech_end is None:
+        """A transcript or an audio guess on the control lane (``Session.listen``)."""
+        if isinstance(event, EndOfTurnGuess):
+            self._at(event.turn, event.speech_end)
+            self._guess = event.complete
+        else:
+            assert isinstance(event, UserTranscript)
+            # Only a pause's transcript: it knows which silence it was made in, and the VAD
+            # drops a hint whose silence has since been broken by more speech.
+            if event.final or event.speech_end is None:
+                return
+            self._at(event.turn, event.speech_end)
+            self._words = looks_unfinished(event.text)
+        if self._words is _UNKNOWN or (self.voice and self._guess is None):
             return
-        verdict = looks_unfinished(event.text)
-        silence = {True: self.unfinished_ms, False: self.complete_ms}.get(verdict, 0)  # type: ignore[arg-type]
+        assert self._pause is not None
+        s = self.settings
+        silence = hangover_ms(self._words, self._guess, complete_ms=s.complete_ms,  # type: ignore[arg-type]
+                              unfinished_ms=s.unfinished_ms, doubtful_ms=s.doubtful_ms,
+                              threshold=s.audio_threshold)
+        turn, speech_end = self._pause
+        self._pause = None  # judged: a late duplicate must not send a second hint
         if silence > 0:
-            self.signal(EndOfTurnHint(event.turn, event.speech_end, silence))
+            self.signal(EndOfTurnHint(turn, speech_end, silence))
+
+    def _at(self, turn: int, speech_end: float) -> None:
+        """Make ``(turn, speech_end)`` the pause being judged (a newer one drops the old)."""
+        if self._pause != (turn, speech_end):
+            self._pause = (turn, speech_end)
+            self._words, self._guess = _UNKNOWN, None
+
+
+_UNKNOWN = object()

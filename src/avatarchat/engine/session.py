@@ -18,6 +18,11 @@ the next event), asks each handler to drop what it buffered, and emits ``TurnCan
 Events of a dead turn still in a queue are dropped where they are found, so nothing of it
 comes out afterwards.
 
+A reply started at a pause (``engine.speculation``, ``session.end_of_turn.speculate``) runs as
+a hidden turn of its own: its output is held here until the user's turn ends with the same
+words (it then comes out as that turn's reply) or dropped unheard; its id never leaves the
+session (``cancel_turn``, ``signal`` and ``events()`` translate).
+
 A handler that raises ends its turn with an ``ErrorEvent`` (with an error id, logged with
 the traceback under the same id) and a ``TurnCancelled``; the session and its other turns
 go on. The avatar then answers with a short fallback line (``SessionSettings.fallback_for``
@@ -32,6 +37,8 @@ partial transcript) only loses a head start: it is logged and the turn goes on.
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import logging
 from contextlib import aclosing
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -41,6 +48,7 @@ from typing import Any, cast
 import numpy as np
 
 from avatarchat.engine.endofturn import EndOfTurn
+from avatarchat.engine.speculation import SPECULATION_DROPPED, Speculations, Speculator
 from avatarchat.engine.events import (
     CONTROL,
     NO_TURN,
@@ -62,6 +70,8 @@ log = logging.getLogger(__name__)
 
 
 Listener = Callable[[Event], None]
+#: Put on the output queue to wake ``events()`` for what is ready; never comes out.
+_WAKE = Event(NO_TURN)
 
 
 @dataclass
@@ -88,6 +98,9 @@ class Session:
         self._handlers = list(handlers)
         self._stages: list[_Stage] = []
         self._output: asyncio.Queue[Event] = asyncio.Queue()
+        self._ready: collections.deque[Event] = collections.deque()  # out next, as they are
+        self._spec = Speculations()
+        self.speculator: Speculator | None = None
         self._cancelled: set[int] = set()
         self._open_turns: set[int] = set()
         self._last_turn = 0
@@ -95,7 +108,11 @@ class Session:
         self._listeners: list[tuple[tuple[type[Event], ...], Listener]] = []
         eot = info.settings.end_of_turn
         if eot.complete_ms or eot.unfinished_ms:
-            self.listen(EndOfTurn.WATCHES, EndOfTurn(self.signal, eot.complete_ms, eot.unfinished_ms).on_event)
+            voice = any(h.stage == "turn" for h in self._handlers)
+            self.listen(EndOfTurn.WATCHES, EndOfTurn(self.signal, eot, voice=voice).on_event)
+        if eot.speculate:
+            self.speculator = Speculator(self)
+            self.listen(Speculator.WATCHES, self.speculator.on_event)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -159,14 +176,47 @@ class Session:
     # -- output ------------------------------------------------------------------------
 
     async def events(self) -> AsyncIterator[Event]:
-        """Everything the session emits, in order, without events of cancelled turns."""
+        """Everything the session emits, in order, without events of cancelled turns and
+        with none of a speculation that was not adopted (``engine.speculation``)."""
         while True:
-            event = await self._output.get()
-            if self._is_dead(event):
-                continue
-            if isinstance(event, ReplyEnd | TurnCancelled):
-                self._open_turns.discard(event.turn)
-            yield event
+            while self._ready:
+                event = self._ready.popleft()
+                if isinstance(event, ReplyEnd | TurnCancelled):
+                    self._open_turns.discard(event.turn)
+                yield event
+            raw = await self._output.get()
+            if raw is not _WAKE:
+                self._ready.extend(self._outward(raw))
+
+    def _outward(self, event: Event) -> list[Event]:
+        if self._is_dead(event):
+            return []
+        if isinstance(event, ReplyEnd) and event.turn in self._spec.alias:
+            self._open_turns.discard(event.turn)  # the adopted speculation's own id
+        return self._spec.outward(event)
+
+    # -- speculation (engine.speculation) --------------------------------------------
+
+    def speculate(self, turn: int, text: str) -> int:
+        """Start a hidden turn answering ``text`` for the user's ``turn``; returns its id.
+        Its output is held until ``adopt``; ``cancel_turn`` drops it unheard."""
+        spec = self.new_turn()
+        self._spec.start(spec, turn)
+        self.push(UserTranscript(spec, text, final=True))
+        return spec
+
+    def adopt(self, spec: int, final: UserTranscript) -> None:
+        """The user's turn ended with the words ``spec`` answers: ``final`` comes out now,
+        then what ``spec`` made so far and will make, as ``final``'s turn."""
+        if spec not in self._spec.hidden or spec in self._cancelled:
+            return
+        # What already left the last stage goes first, judged before the adoption.
+        while not self._output.empty():
+            raw = self._output.get_nowait()
+            if raw is not _WAKE:
+                self._ready.extend(self._outward(raw))
+        self._ready.extend(self._spec.adopt(spec, final, self.info.clock.now()))
+        self._output.put_nowait(_WAKE)
 
     def listen(self, types: tuple[type[Event], ...], callback: Listener) -> None:
         """Call ``callback(event)`` the moment an event of ``types`` is emitted by a stage,
@@ -183,6 +233,8 @@ class Session:
             return
         if isinstance(event, ReplyInterrupted):
             self._output.put_nowait(event)
+            # The stages made the reply as its speculation's turn, if it was one.
+            event = dataclasses.replace(event, turn=self._spec.inner(event.turn))
         self._broadcast(event)
 
     def _broadcast(self, event: Event) -> None:
@@ -203,10 +255,27 @@ class Session:
     # -- cancellation ----------------------------------------------------------------
 
     def cancel_turn(self, turn: int, reason: str = "interrupted") -> bool:
-        """Stop ``turn`` in every stage at once. Returns False if it had already ended."""
+        """Stop ``turn`` in every stage at once. Returns False if it had already ended.
+        An adopted speculation's id cancels its user turn; a hidden one goes silently."""
+        turn = self._spec.outer(turn)
         if turn in self._cancelled or turn not in self._open_turns:
             return False
+        if turn in self._spec.hidden:
+            self._spec.drop(turn)
+            self._stop(turn, SPECULATION_DROPPED, quiet=True)  # the LLM forgets it
+            return True
+        spec = self._spec.adopted.get(turn)
+        if spec is not None and spec not in self._cancelled:
+            self._spec.forget(spec, turn)
+            self._stop(spec, reason, quiet=True)
+        self._stop(turn, reason)
+        return True
+
+    def _stop(self, turn: int, reason: str, quiet: bool = False) -> None:
+        """``cancel_turn``'s work; ``quiet``: a turn the outside never knew (no output)."""
         self._cancelled.add(turn)
+        if quiet:
+            self._open_turns.discard(turn)
         current = asyncio.current_task()
         for stage in self._stages:
             # Not the worker that is calling (a handler failing, a listener acting on what
@@ -218,15 +287,16 @@ class Session:
                 stage.handler.cancel_turn(stage.ctx, turn)
             except Exception:
                 log.exception("%s.cancel_turn failed", stage.handler.name)
-        # Straight to the output: it must not wait behind the dead turn's queued events.
         cancelled = TurnCancelled(turn, reason)
-        self._output.put_nowait(cancelled)
+        if not quiet:
+            # Straight to the output: it must not wait behind the dead turn's queued events.
+            self._output.put_nowait(cancelled)
         self._broadcast(cancelled)
-        return True
 
     def interrupt(self, reason: str = "interrupted") -> list[int]:
         """Cancel every turn still in flight (barge-in, the interrupt button)."""
-        return [t for t in sorted(self._open_turns) if self.cancel_turn(t, reason)]
+        # A speculation goes with its user's turn (the speculator drops it).
+        return [t for t in sorted(self.open_turns) if self.cancel_turn(t, reason)]
 
     def context(self, stage: str) -> Any:
         """The handler context of ``stage`` (None if the pipeline has no such stage), for
@@ -261,7 +331,9 @@ class Session:
 
     @property
     def open_turns(self) -> frozenset[int]:
-        return frozenset(self._open_turns)
+        """Turns in flight, as the outside knows them (no speculation's own id)."""
+        spec = self._spec
+        return frozenset(t for t in self._open_turns if t not in spec.hidden and t not in spec.alias)
 
     def _is_dead(self, event: Event) -> bool:
         return event.turn in self._cancelled and not isinstance(event, TurnCancelled | ErrorEvent | ReplyInterrupted)
@@ -274,7 +346,7 @@ class Session:
             event = await stage.inbox.get()
             if self._is_dead(event):
                 continue
-            accepted = isinstance(event, handler.accepts)
+            accepted = isinstance(event, handler.accepts) and not self._answered(event)
             if not accepted or isinstance(event, handler.forwards):
                 stage.outbox.put_nowait(event)  # on the lane already, if it is a control event
             if not accepted:
@@ -298,6 +370,10 @@ class Session:
                 task = asyncio.current_task()
                 while task is not None and task.cancelling():
                     task.uncancel()
+
+    def _answered(self, event: Event) -> bool:
+        """A user turn's final transcript whose reply is an adopted speculation: only passed on."""
+        return isinstance(event, UserTranscript) and event.final and event.turn in self._spec.adopted
 
     async def _steer(self, stage: _Stage) -> None:
         """The stage's control task: control events as they come, even while its worker
@@ -345,12 +421,18 @@ class Session:
         """The error path: log under an id, tell the consumer, end the turn, say the fallback."""
         name, where = stage.handler.name, stage.handler.stage
         error = ErrorEvent(event.turn, where, f"{where} ({name}): {type(exc).__name__}: {exc}")
+        if event.turn in self._spec.hidden:
+            log.warning("[error %s] %s handler %r failed on speculation %s; the turn will be answered "
+                        "when it ends", error.error_id, where, name, event.turn, exc_info=exc)
+            self.cancel_turn(event.turn, reason="error")
+            return
         if _provisional(event):
             log.warning("[error %s] %s handler %r failed on a provisional %s of turn %s; the turn goes on",
                         error.error_id, where, name, type(event).__name__, event.turn, exc_info=exc)
             return
         log.error("[error %s] %s handler %r failed on turn %s", error.error_id, where, name, event.turn,
                   exc_info=exc)
+        error = dataclasses.replace(error, turn=self._spec.outer(event.turn))
         self._output.put_nowait(error)
         if event.turn == NO_TURN or not self.cancel_turn(event.turn, reason="error"):
             return  # nobody waits for a reply (or the turn had already ended)

@@ -21,7 +21,16 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-from avatarchat.engine.events import Event, ReplyEnd, ReplyInterrupted, ReplyText, TimingMark, UserTranscript
+from avatarchat.engine.events import (
+    Event,
+    ReplyEnd,
+    ReplyInterrupted,
+    ReplyText,
+    TimingMark,
+    TurnCancelled,
+    UserTranscript,
+)
+from avatarchat.engine.speculation import SPECULATION_DROPPED
 from avatarchat.engine.handler import Handler, HandlerOptions, SessionInfo
 
 log = logging.getLogger(__name__)
@@ -186,8 +195,9 @@ class ChatLLM(Handler[OptionsT]):
     accepts: ClassVar[tuple[type[Event], ...]] = (UserTranscript,)
     # The transcript goes on to the client, which shows what it heard.
     forwards: ClassVar[tuple[type[Event], ...]] = (UserTranscript,)
-    # A cut reply: history keeps only what the user heard of it.
-    controls: ClassVar[tuple[type[Event], ...]] = (ReplyInterrupted,)
+    # A cut reply: history keeps only what the user heard of it; a dropped speculation:
+    # history forgets it.
+    controls: ClassVar[tuple[type[Event], ...]] = (ReplyInterrupted, TurnCancelled)
 
     def create_context(self, session: SessionInfo) -> ChatContext:
         return ChatContext(session)
@@ -283,7 +293,13 @@ class ChatLLM(Handler[OptionsT]):
         return True
 
     def on_control(self, ctx: ChatContext, event: Event) -> list[Event]:
-        """``ReplyInterrupted``: remember the exchange as heard (``record_cut``)."""
+        """``ReplyInterrupted``: remember the exchange as heard (``record_cut``). A
+        speculation dropped unheard (``engine.speculation``): forget it, as if never asked."""
+        if isinstance(event, TurnCancelled):
+            if event.reason == SPECULATION_DROPPED:
+                ctx.asked.pop(event.turn, None)
+                ctx.retract(event.turn)
+            return []
         assert isinstance(event, ReplyInterrupted)
         if not self.record_cut(ctx, event.turn, event.heard_text, continued=event.continued):
             log.info("llm %s: turn %s was cut but is not in history", self.name, event.turn)

@@ -1,0 +1,206 @@
+"""A reply started at the pause, before the end of the turn is decided (LiveKit calls it
+preemptive generation).
+
+When the pause's transcript comes (``UserTranscript(final=False, speech_end=...)``), the
+user has most often finished: ``Speculator`` then starts a *hidden* turn S on those words,
+and the LLM, the voice and the avatar work on it while the VAD waits out the hangover. What
+S makes is held inside the session (``Speculations``), never shown to a transport:
+
+- the user's turn T ends at that same pause with those same words: S is *adopted*. T's
+  final transcript comes out at once, then everything S made so far, relabelled as turn T,
+  then the rest of S as it comes; T's transcript is not answered a second time. The user
+  hears the answer the moment the turn is decided, not an LLM and a TTS later;
+- the user goes on (voice after the pause, a new pause, another end, a cancel): S is
+  cancelled (``Session.cancel_turn``, with ``SPECULATION_DROPPED``): nothing of it was heard
+  or shown, and the LLM forgets the exchange (``ChatLLM`` on that reason).
+
+The turn ids of hidden turns never leave the session: adopted, S is T outside (events out,
+``ReplyInterrupted`` and ``cancel_turn`` in). The cost is CPU for the speculations dropped;
+the session counts them (``Speculator.used`` / ``dropped``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from avatarchat.engine.endofturn import looks_unfinished
+from avatarchat.engine.events import (
+    Event,
+    SpeechEnded,
+    SpeechOngoing,
+    SpeechStarted,
+    TimingMark,
+    TurnCancelled,
+    UserTranscript,
+)
+
+log = logging.getLogger(__name__)
+
+#: The reason of a hidden turn's ``TurnCancelled``: the user went on, nothing was heard.
+SPECULATION_DROPPED = "speculation dropped"
+#: Two clock readings of the same captured instant (the VAD dates both from one anchor).
+_SAME_INSTANT_S = 0.002
+
+
+@dataclass
+class Speculations:
+    """The session's book of hidden turns: what is held, and which turn is which outside.
+
+    ``outward(event)`` says what of an event leaving the last stage comes out of the session
+    now. Owned by the session; on the event loop only.
+    """
+
+    #: Hidden turn -> the user turn it answers, while not adopted.
+    hidden: dict[int, int] = field(default_factory=dict)
+    held: dict[int, list[Event]] = field(default_factory=dict)
+    #: User turn -> the hidden turn adopted as its reply, and the reverse.
+    adopted: dict[int, int] = field(default_factory=dict)
+    alias: dict[int, int] = field(default_factory=dict)
+    #: User turn -> the copy of its final transcript already put out at adoption.
+    early_final: dict[int, UserTranscript] = field(default_factory=dict)
+
+    def start(self, spec: int, turn: int) -> None:
+        self.hidden[spec] = turn
+        self.held[spec] = []
+
+    def inner(self, turn: int) -> int:
+        """The turn the stages work on for ``turn`` (its adopted speculation, or itself)."""
+        return self.adopted.get(turn, turn)
+
+    def outer(self, turn: int) -> int:
+        """The turn the outside knows ``turn`` by (an adopted speculation is its user turn)."""
+        return self.alias.get(turn, turn)
+
+    def drop(self, spec: int) -> None:
+        self.hidden.pop(spec, None)
+        self.held.pop(spec, None)
+
+    def adopt(self, spec: int, final: UserTranscript, at: float) -> list[Event]:
+        """Make ``spec`` the reply of ``final``'s turn; returns what comes out now: the final
+        transcript, a ``speculation_adopted`` mark, and what ``spec`` made so far."""
+        turn = self.hidden.pop(spec)
+        self.adopted[turn], self.alias[spec] = spec, turn
+        early = dataclasses.replace(final)  # a copy: the pipeline's own is dropped at the exit
+        self.early_final[turn] = early
+        out: list[Event] = [early, TimingMark(turn, "speculation_adopted", at=at)]
+        for event in self.held.pop(spec, []):
+            out += self.outward(event)
+        return out
+
+    def outward(self, event: Event) -> list[Event]:
+        """What of ``event`` (out of the last stage, not of a cancelled turn) comes out."""
+        turn = event.turn
+        if turn in self.hidden:
+            if not isinstance(event, TurnCancelled):
+                self.held[turn].append(event)
+            return []
+        outer = self.alias.get(turn)
+        if outer is not None:
+            if isinstance(event, UserTranscript):
+                return []  # the words the speculation was started on: the user's own came out
+            return [dataclasses.replace(event, turn=outer)]
+        if isinstance(event, UserTranscript) and event.final and turn in self.early_final:
+            if event is not self.early_final[turn]:
+                # The pipeline's copy of the transcript put out at adoption: it follows the
+                # speculation's last event through every stage, so the adoption is over.
+                del self.early_final[turn]
+                spec = self.adopted.get(turn)
+                if spec is not None:
+                    self.forget(spec, turn)
+                return []
+        return [event]
+
+    def forget(self, spec: int, turn: int) -> None:
+        """An adopted ``spec`` of ``turn`` is over (all of it came out, or it was cancelled
+        with its turn)."""
+        self.alias.pop(spec, None)
+        self.adopted.pop(turn, None)
+        self.early_final.pop(turn, None)
+
+
+class SpeculationHost(Protocol):
+    """What the speculator asks of its session."""
+
+    def speculate(self, turn: int, text: str) -> int:
+        """Start a hidden turn answering ``text`` for ``turn``; returns its id."""
+
+    def adopt(self, spec: int, final: UserTranscript) -> None:
+        """Make the hidden turn ``spec`` the reply of ``final``'s turn."""
+
+    def cancel_turn(self, turn: int, reason: str = "interrupted") -> bool:
+        """Cancel a turn (a hidden one silently)."""
+
+
+@dataclass
+class _Active:
+    turn: int
+    spec: int
+    speech_end: float
+    text: str
+
+
+class Speculator:
+    """Decides when a session speculates, adopts, and drops; see the module docstring.
+
+    Fed on the control lane (``Session.listen`` with ``WATCHES``). One speculation at a
+    time: a new pause drops the old one. Not for words that dangle ("... and the"): such a
+    pause waits ``unfinished_ms``, and the user mostly goes on.
+    """
+
+    WATCHES: tuple[type[Event], ...] = (UserTranscript, SpeechOngoing, SpeechEnded, SpeechStarted, TurnCancelled)
+
+    def __init__(self, host: SpeculationHost) -> None:
+        self.host = host
+        self._active: _Active | None = None
+        self.started = 0
+        self.used = 0
+        self.dropped = 0
+
+    def on_event(self, event: Event) -> None:
+        a = self._active
+        if isinstance(event, UserTranscript):
+            if not event.final and event.speech_end is not None:
+                self._pause(event, event.speech_end)
+            elif event.final and a is not None and event.turn == a.turn:
+                if event.text.strip() == a.text:
+                    self._active = None
+                    self.used += 1
+                    self.host.adopt(a.spec, event)
+                else:
+                    self._drop("other words")
+        elif a is None:
+            return
+        elif isinstance(event, TurnCancelled):
+            if event.turn == a.spec:
+                self._active = None  # cancelled elsewhere (an error, the interrupt button)
+            elif event.turn == a.turn:
+                self._drop(event.reason)
+        elif isinstance(event, SpeechStarted):
+            self._drop("a new turn")
+        elif event.turn != a.turn:
+            return
+        elif isinstance(event, SpeechOngoing) and event.voiced_until > a.speech_end + _SAME_INSTANT_S:
+            self._drop("the user went on")
+        elif isinstance(event, SpeechEnded) and abs(event.speech_end - a.speech_end) > _SAME_INSTANT_S:
+            self._drop("a later end")
+
+    def _pause(self, event: UserTranscript, speech_end: float) -> None:
+        if self._active is not None:
+            self._drop("a new pause")
+        text = event.text.strip()
+        if not text or looks_unfinished(text) is True:
+            return
+        spec = self.host.speculate(event.turn, text)
+        self.started += 1
+        self._active = _Active(event.turn, spec, speech_end, text)
+
+    def _drop(self, why: str) -> None:
+        a, self._active = self._active, None
+        if a is None:
+            return
+        self.dropped += 1
+        log.debug("speculation %s for turn %s dropped: %s", a.spec, a.turn, why)
+        self.host.cancel_turn(a.spec, SPECULATION_DROPPED)
