@@ -128,3 +128,29 @@ def test_typed_text_latency_counts_from_its_arrival() -> None:
     assert turn_timings({"speech_end": 1.0, "text_received": 0.0, "first_frame_sent": 1.1}) == {
         "first_frame_sent_ms": 100.0,
     }
+
+
+def test_metrics_split_the_wait_at_the_decision_and_say_whether_the_reply_was_speculated() -> None:
+    sent: list[dict[str, Any]] = []
+    counters = Counters()
+    outcomes = {1: (1, 2)}
+    report = TurnReporter(sent.append, counters, lambda turn: outcomes.get(turn, (0, 0)))
+    report.on_event(TimingMark(1, "speech_end", at=10.0))
+    report.on_event(TimingMark(1, "vad_end", at=10.3))
+    report.on_event(UserTranscript(1, "What time is it?"))
+    report.on_event(ReplyEnd(1, "Noon."))
+    report.started(1, 10.32)
+    report.finished(1)
+    metrics = next(m for m in sent if m["type"] == "metrics")
+    assert metrics["vad_hangover_ms"] == 300.0
+    assert metrics["decision_to_first_audio_sent_ms"] == 20.0 and metrics["first_audio_sent_ms"] == 320.0
+    assert (metrics["speculated"], metrics["speculations_dropped"]) == (1, 2)
+    # The counts are not latencies: the server's histograms never see them.
+    assert "speculated" not in counters.done[0] and counters.done[0]["decision_to_first_audio_sent_ms"] == 20.0
+    # A typed turn (no speech) and a session that does not speculate say nothing of it.
+    plain, plain_sent, _ = reporter()
+    plain.on_event(TimingMark(2, "speech_end", at=1.0))
+    plain.on_event(ReplyEnd(2, "Hi."))
+    plain.started(2, 1.5)
+    plain.finished(2)
+    assert "speculated" not in next(m for m in plain_sent if m["type"] == "metrics")

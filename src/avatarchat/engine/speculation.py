@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: The reason of a hidden turn's ``TurnCancelled``: the user went on, nothing was heard.
 SPECULATION_DROPPED = "speculation dropped"
+#: How many user turns' outcomes a speculator remembers (for their metrics, sent once played).
+_KEEP_OUTCOMES = 32
 #: Two clock readings of the same captured instant (the VAD dates both from one anchor).
 _SAME_INSTANT_S = 0.002
 
@@ -158,6 +160,19 @@ class Speculator:
         self.started = 0
         self.used = 0
         self.dropped = 0
+        #: User turn -> (adopted 0/1, speculations dropped), for the recent turns.
+        self._outcomes: dict[int, tuple[int, int]] = {}
+
+    def outcome(self, turn: int) -> tuple[int, int]:
+        """(1 if ``turn``'s reply was a speculation it adopted, else 0; how many of its
+        speculations were dropped) for one of the last ``_KEEP_OUTCOMES`` user turns."""
+        return self._outcomes.get(turn, (0, 0))
+
+    def _count(self, turn: int, used: int = 0, dropped: int = 0) -> None:
+        u, d = self._outcomes.pop(turn, (0, 0))
+        self._outcomes[turn] = (u + used, d + dropped)
+        while len(self._outcomes) > _KEEP_OUTCOMES:
+            del self._outcomes[next(iter(self._outcomes))]
 
     def on_event(self, event: Event) -> None:
         a = self._active
@@ -168,6 +183,7 @@ class Speculator:
                 if event.text.strip() == a.text:
                     self._active = None
                     self.used += 1
+                    self._count(a.turn, used=1)
                     self.host.adopt(a.spec, event)
                 else:
                     self._drop("other words")
@@ -202,5 +218,6 @@ class Speculator:
         if a is None:
             return
         self.dropped += 1
+        self._count(a.turn, dropped=1)
         log.debug("speculation %s for turn %s dropped: %s", a.spec, a.turn, why)
         self.host.cancel_turn(a.spec, SPECULATION_DROPPED)

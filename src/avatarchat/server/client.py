@@ -48,7 +48,7 @@ class ClientSession:
         self.id = session_id
         self.log = logger
         self.last_activity = time.monotonic()
-        self.report = TurnReporter(send, metrics)
+        self.report = TurnReporter(send, metrics, self._speculation)
         self._send = send
         report = self.report
         def on_engine_event(event: Event) -> None:
@@ -63,6 +63,10 @@ class ClientSession:
                                          avatar_output=avatar_output)
         self.conversation.session.listen(ACTIVITY, self._user_active)
         self._closed = False
+
+    def _speculation(self, turn: int) -> tuple[int, int] | None:
+        speculator = self.conversation.session.speculator
+        return speculator.outcome(turn) if speculator is not None else None
 
     async def start(self) -> None:
         await self.conversation.start()

@@ -18,7 +18,9 @@ A turn's messages: ``transcript`` (what the user said or typed), ``reply`` delta
 playout has finished, ``metrics`` with the engine's stage timings plus
 ``first_audio_sent_ms`` / ``first_frame_sent_ms`` (from ``speech_end``, else ``asr_start``,
 else the moment the typed text arrived, to the first reply audio / video frame handed to
-the encoder). A cancelled turn (interrupt, barge-in, a newer turn, an error) sends no
+the encoder), ``decision_to_first_audio_sent_ms`` (from the turn being decided: ``vad_end``)
+and, for a spoken turn of a session that speculates, ``speculated`` (1: its reply was made
+at the pause, ``engine.speculation``) and ``speculations_dropped``. A cancelled turn (interrupt, barge-in, a newer turn, an error) sends no
 more ``reply`` and no ``metrics``, except the one ``reply`` with ``interrupted`` true and the
 words heard, when it was cut (from ``ReplyInterrupted``); its end shows as the state
 going back to ``listening``. A stage failing on a turn sends ``error`` with the stage in
@@ -93,6 +95,9 @@ def turn_timings(marks: dict[str, float]) -> dict[str, float]:
         for name in ("first_audio_sent", "first_frame_sent"):
             if name in marks:
                 timings[f"{name}_ms"] = round((marks[name] - start) * 1000.0, 1)
+    if "vad_end" in marks and "first_audio_sent" in marks:
+        # What the user still waits once the turn is decided (~0 for a ready speculation).
+        timings["decision_to_first_audio_sent_ms"] = round((marks["first_audio_sent"] - marks["vad_end"]) * 1000.0, 1)
     return timings
 
 
@@ -104,9 +109,12 @@ class TurnReporter:
     a turn it has no record of (events of a dropped turn may still be on their way).
     """
 
-    def __init__(self, send: Callable[[dict[str, Any]], None], metrics: TurnMetrics | None = None) -> None:
+    def __init__(self, send: Callable[[dict[str, Any]], None], metrics: TurnMetrics | None = None,
+                 speculation: Callable[[int], tuple[int, int] | None] | None = None) -> None:
         self._send = send
         self._metrics = metrics
+        #: (adopted, dropped) speculations of a turn; None when the session does not speculate.
+        self._speculation = speculation
         self._turns: dict[int, _Turn] = {}
         self._state = ""
 
@@ -177,7 +185,11 @@ class TurnReporter:
         record = self._turns.pop(turn, None)
         if record is not None and record.ended:
             timings = turn_timings(record.marks)
-            self._send(protocol.metrics(turn, timings))
+            outcome = self._speculation(turn) if self._speculation is not None else None
+            extra = {}
+            if outcome is not None and "speech_end" in record.marks:
+                extra = {"speculated": outcome[0], "speculations_dropped": outcome[1]}
+            self._send(protocol.metrics(turn, {**timings, **extra}))
             if self._metrics is not None:
                 self._metrics.turn_done(timings)
         self.send_state()
