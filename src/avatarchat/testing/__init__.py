@@ -17,7 +17,7 @@ from avatarchat.testing.fakes import FakeLLM, FakeTTS, FakeTTSOptions, speech_se
 from avatarchat.testing.harness import Audio, Wait, pipeline_of, run_pipeline_test
 from avatarchat.testing.reading import ended, of_turn, summary
 from avatarchat.testing.sink import FakeSink, SinkRecord
-from avatarchat.testing.user import FakeASR, ScriptedVAD, ScriptedVADOptions, UserSpeech
+from avatarchat.testing.user import FakeASR, FakeTurnModel, ScriptedVAD, ScriptedVADOptions, UserSpeech
 
 __all__ = [
     "Audio",
@@ -25,6 +25,7 @@ __all__ = [
     "FakeClock",
     "FakeLLM",
     "FakeSink",
+    "FakeTurnModel",
     "FakeTTS",
     "FakeTTSOptions",
     "ScriptedVAD",

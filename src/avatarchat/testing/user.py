@@ -9,12 +9,13 @@ test's own loop do the same on a ``FakeClock``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from avatarchat.engine.events import (
+    EndOfTurnGuess,
     EndOfTurnHint,
     Event,
     SpeechEnded,
@@ -242,3 +243,31 @@ class FakeASR(Handler[HandlerOptions]):
             return
         yield TimingMark(event.turn, "asr_final", at=ctx.clock.now())
         yield UserTranscript(event.turn, text, final=True)
+
+
+class FakeTurnModel(Handler[HandlerOptions]):
+    """An audio end-of-turn model (the ``turn`` stage) that hears the script: at each
+    ``SpeechPaused`` it guesses ``guess(words so far)`` (a probability that the user has
+    finished), ``latency_s`` (session clock) after the pause, as ``EndOfTurnGuess``. The
+    pause goes on to the ASR at once, as a real ``turn`` stage forwards it."""
+
+    name = "fake"
+    stage = "turn"
+    accepts = (SpeechPaused,)
+    forwards = (SpeechPaused,)
+
+    def __init__(self, vad: ScriptedVAD, guess: Callable[[str], float], latency_s: float = 0.0) -> None:
+        super().__init__(HandlerOptions())
+        self.vad = vad
+        self.guess = guess
+        self.latency_s = latency_s
+
+    def create_context(self, session: SessionInfo) -> SessionInfo:
+        return session
+
+    async def handle(self, ctx: SessionInfo, event: Event) -> AsyncIterator[Event]:
+        assert isinstance(event, SpeechPaused)
+        if self.latency_s > 0:
+            await ctx.clock.sleep_until(ctx.clock.now() + self.latency_s)
+        words = self.vad.heard(ctx.session_id, event.turn)
+        yield EndOfTurnGuess(event.turn, event.speech_end, self.guess(words))
