@@ -62,13 +62,13 @@ class Run:
 
 async def converse(script: list[UserSpeech], speculate: bool = True, seconds: float = 5.0,
                    replies: tuple[str, ...] = ("Paris is the capital.",),
-                   act: object = None) -> Run:
+                   act: object = None, asr_latency_s: float = 0.0) -> Run:
     """Play ``script`` for ``seconds`` of virtual time; ``act(session, clock)`` (a coroutine
     function) runs alongside, for a test that cuts a reply."""
     clock = FakeClock()
     vad = ScriptedVAD(script, ScriptedVADOptions(pause_ms=150, end_ms=1000))
     run = Run(llm=FakeLLM(replies, first_token_s=0.1, token_s=0.05), tts=FakeTTS(FakeTTSOptions(synth_ms=50)))
-    session = Session([vad, FakeASR(vad), run.llm, run.tts], SessionInfo("t", settings(speculate), clock=clock))
+    session = Session([vad, FakeASR(vad, asr_latency_s), run.llm, run.tts], SessionInfo("t", settings(speculate), clock=clock))
     t0 = clock.now()
 
     async def read() -> None:
@@ -170,3 +170,12 @@ async def test_a_cut_adopted_reply_is_remembered_as_heard_under_the_users_turn()
     assert [e.turn for e in run.events(ReplyInterrupted)] == [1]
     assert run.history == [("What is the capital of France?", "Paris [interrupted]")]
     assert not run.events(ReplyEnd)
+
+
+async def test_a_pause_transcript_that_comes_after_the_user_went_on_starts_nothing() -> None:
+    # Pause at 1.45 s, its words at 1.85 s (a slow ASR); the voice came back at 1.6 s.
+    script = [UserSpeech(0.5, 1.3, "What is the capital"), UserSpeech(1.6, 2.2, "of France?")]
+    run = await converse(script, replies=("Paris.",), asr_latency_s=0.4)
+    assert run.speculator is not None and run.speculator[0] == 1, "only the last pause speculated"
+    assert run.speculator[1:] == (1, 0)
+    assert run.llm is not None and [m[-1]["content"] for m in run.llm.requests] == ["What is the capital of France?"]

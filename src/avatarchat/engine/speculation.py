@@ -157,6 +157,8 @@ class Speculator:
     def __init__(self, host: SpeculationHost) -> None:
         self.host = host
         self._active: _Active | None = None
+        #: The newest voice heard: (turn, captured until), so a late transcript is not used.
+        self._voiced: tuple[int, float] | None = None
         self.started = 0
         self.used = 0
         self.dropped = 0
@@ -176,6 +178,8 @@ class Speculator:
 
     def on_event(self, event: Event) -> None:
         a = self._active
+        if isinstance(event, SpeechOngoing):
+            self._voiced = (event.turn, event.voiced_until)
         if isinstance(event, UserTranscript):
             if not event.final and event.speech_end is not None:
                 self._pause(event, event.speech_end)
@@ -209,6 +213,8 @@ class Speculator:
         text = event.text.strip()
         if not text or looks_unfinished(text) is True:
             return
+        if self._voiced is not None and self._voiced[0] == event.turn and self._voiced[1] > speech_end + _SAME_INSTANT_S:
+            return  # a transcript that came after the user went on: its pause is over
         spec = self.host.speculate(event.turn, text)
         self.started += 1
         self._active = _Active(event.turn, spec, speech_end, text)
