@@ -12,7 +12,7 @@ of each cleared reply), ``frames`` (frames received per turn).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from avatarchat.engine.clock import Cancellable, Clock
 from avatarchat.engine.events import AvatarFrame, AvatarPose, ReplyAudio
