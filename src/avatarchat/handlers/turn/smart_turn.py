@@ -41,8 +41,6 @@ SMART_TURN_MODEL = ModelFile(
     licence="BSD-2-Clause",
     pinned_version="1.14.0",
 )
-#: pipecat-ai declares dozens of dependencies none of which this file needs.
-INSTALL_HINT = f"pip install --no-deps {SMART_TURN_MODEL.distribution}=={SMART_TURN_MODEL.pinned_version}"
 INPUT_NAME = "input_features"
 OUTPUT_NAME = "logits"
 
@@ -75,7 +73,8 @@ class SmartTurnModel:
         inputs = {i.name: i.shape for i in self._session.get_inputs()}
         outputs = [o.name for o in self._session.get_outputs()]
         if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
-            raise HandlerLoadError(f"{path} is not Smart Turn v3 (inputs {inputs}, outputs {outputs}): {INSTALL_HINT}")
+            raise HandlerLoadError(f"{path} is not Smart Turn v3 (inputs {list(inputs)}, outputs {outputs}): "
+                                   f"{install_hint()}")
 
     def complete(self, audio: np.ndarray, seconds: float = WINDOW_S) -> float:
         """P(finished) for an utterance that ends at the pause (16 kHz mono float32).
@@ -85,14 +84,23 @@ class SmartTurnModel:
         return float(np.asarray(out).reshape(-1)[0])
 
 
-def load_model(threads: int = 1) -> SmartTurnModel:
+def install_hint(model: ModelFile = SMART_TURN_MODEL) -> str:
+    """pipecat-ai declares dozens of dependencies none of which this file needs."""
+    return f"pip install --no-deps {model.distribution}=={model.pinned_version}"
+
+
+def load_model(threads: int = 1, model: ModelFile = SMART_TURN_MODEL) -> SmartTurnModel:
     """The verified Smart Turn model, or ``HandlerLoadError`` saying what to install."""
-    if SMART_TURN_MODEL.path() is None:
+    if model.path() is None:
         raise HandlerLoadError(
-            f"{SMART_TURN_MODEL.name} is not installed: it ships in the pipecat-ai wheel. "
-            f"Run scripts/install.sh, or {INSTALL_HINT}"
+            f"{model.name} is not installed: it ships in the {model.distribution} wheel. "
+            f"Run scripts/install.sh, or {install_hint(model)}"
         )
-    return SmartTurnModel(SMART_TURN_MODEL.locate(), threads)
+    try:
+        path = model.locate()
+    except HandlerLoadError as exc:  # its hint lacks --no-deps, which this wheel needs
+        raise HandlerLoadError(f"{exc} (with --no-deps: {install_hint(model)} --force-reinstall)") from None
+    return SmartTurnModel(path, threads)
 
 
 @register
