@@ -32,6 +32,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                     help="encoder windows to compare, seconds (default: 12 30)")
     ps.add_argument("--json", type=Path, help="also write the JSON to this file")
     ps.set_defaults(run=run_asr)
+    pt = bsub.add_parser("turn", help="end of turn on labelled pauses (complete / mid-sentence): "
+                                      "the words rule, Smart Turn, both; accuracy and hangovers")
+    pt.add_argument("--doubtful", type=int, nargs="+", default=[500, 600, 700, 800, 900],
+                    help="doubtful_ms values to try for words+smart_turn (default: 500 600 700 800 900)")
+    pt.add_argument("--threshold", type=float, help="Smart Turn's audio_threshold (default: the config's)")
+    pt.add_argument("--limit", type=int, help="only the first N sentences of the set (a quick run)")
+    _common(pt)
+    pt.set_defaults(run=run_turn)
     pe = bsub.add_parser("e2e", help="spoken turns through the web page in headless Chromium: "
                                      "voice-to-voice latency, fps, server CPU")
     pe.add_argument("--turns", "-n", type=int, default=5, help="spoken questions (default 5)")
@@ -40,6 +48,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                          "replies speak ~13 s; a reply still playing when the next question ends is "
                          "left out of the latency figures)")
     pe.add_argument("--compare", metavar="CONFIG2", help="also run this config and report both side by side")
+    pe.add_argument("--avatar", choices=("client", "video"), default="client",
+                    help="who draws the avatar: the page (client, default: what a page does where WebGL2 "
+                         "works) or the server (video)")
+    pe.add_argument("--baseline", type=Path, metavar="DIR",
+                    help="also serve another checkout's code (DIR/src, e.g. a git worktree of an older "
+                         "commit) with this venv and its own page, and report both side by side")
+    pe.add_argument("--rounds", type=int, default=1,
+                    help="run every variant this many times, alternating (default 1; 2 = old,new,old,new)")
+    pe.add_argument("--pauses", action="store_true",
+                    help="questions with a 0.4-0.8 s pause mid-sentence: counts replies that start in the pause")
+    pe.add_argument("--jbt", nargs="+", metavar="MS", default=[],
+                    help="also run the page with each reply jitter-buffer target (ms, or 'off': unset)")
     _common(pe)
     pe.set_defaults(run=run_e2e)
     pl = bsub.add_parser("load", help="N real sessions at once (aiortc clients, niced): voice to voice, fps, "
@@ -101,6 +121,24 @@ def run_asr(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_turn(args: argparse.Namespace) -> int:
+    from avatarchat.bench.turn import Rules, bench_turn
+
+    config = load_config(args.config)
+    eot = config.session.end_of_turn
+    vad = config.stages.get("vad")
+    end_ms = int(getattr(vad.options, "end_ms", 1000)) if vad is not None else 1000
+    threshold = eot.audio_threshold if args.threshold is None else args.threshold
+    if not 0.0 < threshold < 1.0 or not all(0 <= d <= 10_000 for d in args.doubtful):
+        raise UserError("--threshold must be in (0, 1) and --doubtful values 0..10000 ms")
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be at least 1")
+    rules = Rules(eot.complete_ms, eot.unfinished_ms, end_ms)
+    thresholds = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    _emit(bench_turn(rules, threshold, args.doubtful, thresholds, args.limit, _say), args.json)
+    return 0
+
+
 def run_e2e(args: argparse.Namespace) -> int:
     from avatarchat.bench.e2e import bench_e2e
 
@@ -108,11 +146,16 @@ def run_e2e(args: argparse.Namespace) -> int:
         raise UserError("--turns must be between 1 and 50")
     if not 2.0 <= args.gap <= 60.0:
         raise UserError("--gap must be between 2 and 60 seconds")
+    if not 1 <= args.rounds <= 10:
+        raise UserError("--rounds must be between 1 and 10")
+    if not all(v == "off" or (v.isdigit() and int(v) <= 4000) for v in args.jbt):
+        raise UserError("--jbt takes milliseconds (0..4000) or 'off'")
     for path in (args.config, args.compare):
         if path is not None:
             load_config(path)  # a bad config fails here, before the TTS and the browser start
     try:
-        report = bench_e2e(args.config, args.compare, args.turns, args.gap, _say)
+        report = bench_e2e(args.config, args.compare, args.turns, args.gap, _say, avatar=args.avatar,
+                           baseline=args.baseline, rounds=args.rounds, pauses=args.pauses, jbt=args.jbt)
     except RuntimeError as exc:
         raise UserError(str(exc)) from None
     _emit(report, args.json)
