@@ -225,12 +225,28 @@ function inboundAudio(r, codecs) {
   return {
     codec: codecs[r.codecId] || null,
     totalSamplesReceived: r.totalSamplesReceived ?? 0,
+    // Samples the decoder made up for packets missing in time (glitches), of them the
+    // ones made up while the sender was silent, and how many such stretches there were.
     concealedSamples: r.concealedSamples ?? 0,
+    silentConcealedSamples: r.silentConcealedSamples ?? 0,
+    concealmentEvents: r.concealmentEvents ?? 0,
+    // Time-stretching: the jitter buffer growing (slowed speech) or draining (sped up).
+    insertedSamplesForDeceleration: r.insertedSamplesForDeceleration ?? 0,
+    removedSamplesForAcceleration: r.removedSamplesForAcceleration ?? 0,
     audioLevel: r.audioLevel ?? null,
     packetsLost: r.packetsLost ?? 0,
     jitterBufferDelay: r.jitterBufferDelay ?? null,
+    jitterBufferTargetDelay: r.jitterBufferTargetDelay ?? null,
+    jitterBufferMinimumDelay: r.jitterBufferMinimumDelay ?? null,
     jitterBufferEmittedCount: r.jitterBufferEmittedCount ?? null,
   };
+}
+
+// The jitter-buffer target the page asked of the voice's receiver (ms), or null: unset, or
+// a browser without it.
+function audioJitterTarget(pc) {
+  const receiver = pc.getReceivers().find((r) => r.track?.kind === "audio");
+  return receiver && "jitterBufferTarget" in receiver ? receiver.jitterBufferTarget : null;
 }
 
 export async function collectStats(pc) {
@@ -245,7 +261,7 @@ export async function collectStats(pc) {
     if (r.type === "inbound-rtp" && r.kind === "video") {
       out.video = inboundVideo(r, codecs);
     } else if (r.type === "inbound-rtp" && r.kind === "audio") {
-      out.audio = inboundAudio(r, codecs);
+      out.audio = { ...inboundAudio(r, codecs), jitterBufferTarget: audioJitterTarget(pc) };
     } else if (r.type === "outbound-rtp" && r.kind === "audio") {
       out.mic = { packetsSent: r.packetsSent ?? 0, bytesSent: r.bytesSent ?? 0 };
     } else if (r.type === "candidate-pair" && r.nominated && r.currentRoundTripTime != null) {

@@ -4,9 +4,36 @@
 import { watchAudio } from "./probe.js";
 import { clearBanner, showBanner, ui } from "./ui.js";
 
+// The reply voice's jitter buffer, asked of the browser (RTCRtpReceiver.jitterBufferTarget,
+// ms; Chromium has it, Firefox not): null leaves it to the browser. `?jbt=N` (0..4000)
+// overrides it, `?jbt=off` leaves it unset (A/B runs of `avatarchat bench e2e`).
+export const DEFAULT_JITTER_TARGET_MS = null;
+
+// The jitter-buffer target a page's query string asks for: a number of ms, or null.
+export function jitterTargetFrom(search, fallback = DEFAULT_JITTER_TARGET_MS) {
+  const value = new URLSearchParams(search).get("jbt");
+  if (value === null || value === "") return fallback;
+  if (value === "off") return null;
+  const ms = Number(value);
+  return Number.isFinite(ms) && ms >= 0 && ms <= 4000 ? ms : fallback;
+}
+
+function askJitterTarget(receiver) {
+  const ms = jitterTargetFrom(location.search);
+  if (ms === null || !receiver || !("jitterBufferTarget" in receiver)) return;
+  try {
+    receiver.jitterBufferTarget = ms;
+  } catch {
+    /* out of the browser's range: it keeps its own */
+  }
+}
+
 // The peer connection's `track` event.
 export function playTrack(ev) {
-  if (ev.track.kind === "audio") watchAudio("remote", new MediaStream([ev.track]));
+  if (ev.track.kind === "audio") {
+    askJitterTarget(ev.receiver);
+    watchAudio("remote", new MediaStream([ev.track]));
+  }
   const shared = ev.streams && ev.streams[0];
   if (shared) {
     // The server sends audio and video in one stream: played by one element, the browser's
