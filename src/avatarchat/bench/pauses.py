@@ -17,7 +17,7 @@ Chinese is not in the set: no Chinese voice has landed yet (issue 11).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
 import numpy as np
 
@@ -95,7 +95,7 @@ Label = Literal["complete", "unfinished"]
 class Synthesizer(Protocol):
     """What the set needs of a TTS: ``HibariTTS.synthesize`` (24 kHz audio, phoneme timings)."""
 
-    sample_rate: int
+    sample_rate: ClassVar[int]
 
     def synthesize(self, text: str) -> tuple[np.ndarray, tuple[PhonemeTiming, ...]]: ...
 

@@ -95,12 +95,21 @@ def score_rules(scored: Sequence[Scored], rules: Rules, threshold: float,
                                    lambda s: s.p >= threshold, rules),
     }
     for d in doubtful:
-        def wait(s: Scored, d: int = d) -> int:
-            return hangover_ms(s.words, s.p, doubtful_ms=d, threshold=threshold, **base)
-        # The combination "says complete" when it answers at complete_ms.
-        report[f"words+smart_turn(doubtful_ms={d})"] = _rule_report(
-            scored, wait, lambda s, w=wait: _hangover(rules, w(s)) <= rules.complete_ms, rules)
+        wait = _combined(rules, threshold, d)
+        report[f"words+smart_turn(doubtful_ms={d})"] = _rule_report(scored, wait, _answers_fast(rules, wait), rules)
     return report
+
+
+def _answers_fast(rules: Rules, wait: Callable[[Scored], int]) -> Callable[[Scored], bool]:
+    """The combination "says complete" when it answers at ``complete_ms``."""
+    return lambda s: _hangover(rules, wait(s)) <= rules.complete_ms
+
+
+def _combined(rules: Rules, threshold: float, doubtful_ms: int) -> Callable[[Scored], int]:
+    def wait(s: Scored) -> int:
+        return hangover_ms(s.words, s.p, complete_ms=rules.complete_ms, unfinished_ms=rules.unfinished_ms,
+                           doubtful_ms=doubtful_ms, threshold=threshold)
+    return wait
 
 
 def threshold_sweep(scored: Sequence[Scored], thresholds: Sequence[float], rules: Rules) -> dict[str, Any]:
