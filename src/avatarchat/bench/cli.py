@@ -48,6 +48,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                          "replies speak ~13 s; a reply still playing when the next question ends is "
                          "left out of the latency figures)")
     pe.add_argument("--compare", metavar="CONFIG2", help="also run this config and report both side by side")
+    pe.add_argument("--avatar", choices=("client", "video"), default="client",
+                    help="who draws the avatar: the page (client, default: what a page does where WebGL2 "
+                         "works) or the server (video)")
+    pe.add_argument("--baseline", type=Path, metavar="DIR",
+                    help="also serve another checkout's code (DIR/src, e.g. a git worktree of an older "
+                         "commit) with this venv and its own page, and report both side by side")
+    pe.add_argument("--rounds", type=int, default=1,
+                    help="run every variant this many times, alternating (default 1; 2 = old,new,old,new)")
+    pe.add_argument("--pauses", action="store_true",
+                    help="questions with a 0.4-0.8 s pause mid-sentence: counts replies that start in the pause")
+    pe.add_argument("--jbt", nargs="+", metavar="MS", default=[],
+                    help="also run the page with each reply jitter-buffer target (ms, or 'off': unset)")
     _common(pe)
     pe.set_defaults(run=run_e2e)
     pl = bsub.add_parser("load", help="N real sessions at once (aiortc clients, niced): voice to voice, fps, "
@@ -134,11 +146,16 @@ def run_e2e(args: argparse.Namespace) -> int:
         raise UserError("--turns must be between 1 and 50")
     if not 2.0 <= args.gap <= 60.0:
         raise UserError("--gap must be between 2 and 60 seconds")
+    if not 1 <= args.rounds <= 10:
+        raise UserError("--rounds must be between 1 and 10")
+    if not all(v == "off" or (v.isdigit() and int(v) <= 4000) for v in args.jbt):
+        raise UserError("--jbt takes milliseconds (0..4000) or 'off'")
     for path in (args.config, args.compare):
         if path is not None:
             load_config(path)  # a bad config fails here, before the TTS and the browser start
     try:
-        report = bench_e2e(args.config, args.compare, args.turns, args.gap, _say)
+        report = bench_e2e(args.config, args.compare, args.turns, args.gap, _say, avatar=args.avatar,
+                           baseline=args.baseline, rounds=args.rounds, pauses=args.pauses, jbt=args.jbt)
     except RuntimeError as exc:
         raise UserError(str(exc)) from None
     _emit(report, args.json)

@@ -15,7 +15,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,15 @@ class ServeProcess:
     ``start()`` returns once ``GET /healthz`` answers 200 (models loaded) and raises
     ``RuntimeError`` with the end of the server's log if it exits or is not ready in time.
     ``stop()`` sends SIGINT (as Ctrl-C would), then SIGTERM, then SIGKILL; it is idempotent.
-    Used as a context manager it starts and always stops.
+    Used as a context manager it starts and always stops. ``env`` is added to this process's
+    environment for the server (``{"PYTHONPATH": "<other checkout>/src"}`` serves another
+    checkout's code with this venv: ``bench e2e --baseline``).
     """
 
     def __init__(self, config: str | os.PathLike[str] | None = None, log_path: Path | None = None,
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None) -> None:
         self.config = str(config) if config is not None else None
+        self.env = dict(env or {})
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.extra_args = list(extra_args)
@@ -64,7 +67,8 @@ class ServeProcess:
             cmd += ["--config", self.config]
         cmd += self.extra_args
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env={**os.environ, **self.env} if self.env else None)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
