@@ -20,7 +20,7 @@ from avatarchat.engine.events import (
 )
 from avatarchat.engine.handler import HandlerLoadError, SessionInfo
 from avatarchat.engine.session import Session
-from avatarchat.handlers.tts.base import StreamingTTS, Synthesis, trim_leading_silence
+from avatarchat.handlers.tts.base import StreamingTTS, Synthesis, trim_leading_silence, trim_trailing_silence
 from avatarchat.handlers.tts.espeak import EspeakOptions, EspeakTTS
 from avatarchat.handlers.tts.hibari import HibariOptions, HibariTTS
 
@@ -83,6 +83,49 @@ def test_hibari_is_reproducible_and_speed_shortens(hibari: HibariTTS) -> None:
     c, phonemes = fast.synthesize("Same words twice.")
     assert len(c) < 0.8 * len(a)
     assert abs(phonemes[-1].end - len(c) / 24000) < 0.05
+
+
+def _silence_s(samples: np.ndarray, rate: int) -> tuple[float, float, float]:
+    """(before the first sound, the longest gap between sounds, after the last sound)."""
+    window = rate // 100
+    rms = np.sqrt(np.mean(samples[: len(samples) // window * window].reshape(-1, window) ** 2, axis=1))
+    loud = np.flatnonzero(rms >= 0.002)
+    gap = int(np.max(np.diff(loud)) - 1) if len(loud) > 1 else 0
+    return loud[0] * 0.01, gap * 0.01, (len(rms) - 1 - int(loud[-1])) * 0.01
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("first", "second"), [
+    ("Well,", "I think so."),
+    ("I met Dr. Smith yesterday,", "at the clinic."),
+    ("The distance between Earth", "and the Moon varies a lot."),  # cut with no punctuation
+    ("Here is a simple recipe", "for pasta with tomatoes."),
+])
+def test_the_seam_after_a_clause_cut_inside_a_sentence_is_a_short_pause(hibari: HibariTTS, first: str,
+                                                                         second: str) -> None:
+    # Said alone, a clause ends like an utterance (0.1-0.35 s of silence: a seam of
+    # 0.3-0.5 s with the next clause's onset); the whole sentence pauses 0-0.2 s there.
+    a, pa = trim_trailing_silence(*hibari.synthesize(first), 24000)
+    b, _ = hibari.synthesize(second)
+    whole, _ = hibari.synthesize(f"{first} {second}")
+    seam = _silence_s(a, 24000)[2] + _silence_s(b, 24000)[0]
+    assert seam <= _silence_s(whole, 24000)[1] + 0.15
+    assert pa[-1].end <= len(a) / 24000 + 1e-9
+
+
+@pytest.mark.slow
+async def test_the_stage_trims_the_pause_only_inside_a_sentence(hibari: HibariTTS) -> None:
+    reply = "Well, I think so. Thanks."
+    async with Session([hibari], SessionInfo("t")) as session:
+        turn = session.new_turn()
+        for d in deltas(reply):
+            session.push(ReplyText(turn, d))
+        session.push(ReplyEnd(turn, reply))
+        audio = [e for e in await collect(session, turn) if isinstance(e, ReplyAudio)]
+    assert [a.text for a in audio] == ["Well,", "I think so.", "Thanks."]
+    assert _silence_s(audio[0].samples, 24000)[2] <= 0.06  # a comma: the sentence goes on
+    assert _silence_s(audio[1].samples, 24000)[2] >= 0.2  # a full stop keeps its pause
+    assert audio[1].offset == pytest.approx(audio[0].duration)
 
 
 def test_hibari_options_forbid_downloading_voices() -> None:
