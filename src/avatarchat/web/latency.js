@@ -8,12 +8,15 @@ const METRIC_LABELS = [
   ["first_audio_sent_ms", "First audio sent"],
   ["first_frame_sent_ms", "First frame sent"],
   ["vad_hangover_ms", "End-of-speech wait"],
+  ["decision_to_first_audio_sent_ms", "Turn decided → first audio sent"],
   ["asr_early_ms", "Speech recognition (at the pause)"],
   ["asr_ms", "Speech recognition left at the end"],
   ["llm_first_token_ms", "LLM first token"],
   ["tts_first_audio_ms", "TTS first audio"],
   ["avatar_first_frame_ms", "Avatar first frame"],
   ["first_audio_after_asr_ms", "ASR start → first audio"],
+  ["speculated", "Reply prepared during the pause (1 = yes)"],
+  ["speculations_dropped", "Replies prepared and dropped"],
 ];
 const KEY_METRICS = ["first_audio_after_speech_end_ms", "first_audio_sent_ms"];
 
