@@ -8,7 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avatarchat.bench.pauses import PREROLL_S, RATE, SENTENCES, TAIL_S, Pause, make_pauses, split, word_ends
+from avatarchat.bench.pauses import (
+    PREROLL_S,
+    RATE,
+    SENTENCES,
+    TAIL_S,
+    Pause,
+    make_pauses,
+    split,
+    through_vad,
+    word_ends,
+)
 from avatarchat.bench.turn import Rules, Scored, score_rules, threshold_sweep, word_verdicts
 from avatarchat.cli.main import main
 from avatarchat.engine.events import PhonemeTiming
@@ -80,7 +90,7 @@ def test_an_unfinished_pause_is_the_same_speech_cut_short(pauses: list[Pause]) -
     complete, unfinished = pauses[0], pauses[1]
     assert unfinished.said == "I was thinking about the weather today and"
     assert complete.said == complete.sentence == "I was thinking about the weather today and what to wear."
-    assert 0.5 < unfinished.speech_s < complete.speech_s - 0.4
+    assert 0.5 * RATE < len(unfinished.audio) < len(complete.audio) - 0.4 * RATE
     # Pre-roll silence, then the same samples up to the cut (before its 10 ms fade).
     pre = int(PREROLL_S * RATE)
     assert not complete.audio[:pre].any() and not complete.audio[-int(TAIL_S * RATE):].any()
@@ -90,12 +100,24 @@ def test_an_unfinished_pause_is_the_same_speech_cut_short(pauses: list[Pause]) -
 
 
 @pytest.mark.slow
+def test_the_vad_hands_on_each_pause_with_its_own_timing(pauses: list[Pause]) -> None:
+    heard, missed = through_vad(pauses)
+    assert missed == 0 and [h.label for h in heard] == [p.label for p in pauses]
+    for ideal, vad in zip(pauses, heard, strict=True):
+        assert vad.said == ideal.said and vad.audio is not ideal.audio
+        # The same speech, give or take the VAD's onset (~0.1 s later: hibari's lead-in) and
+        # its speech_end (up to ~0.2 s before the last sound has faded out).
+        assert -0.6 * RATE < len(vad.audio) - len(ideal.audio) < 0.2 * RATE, ideal.said
+        assert float(np.abs(vad.audio[-int(0.05 * RATE):]).max()) < 0.05  # it ends in the pause
+
+
+@pytest.mark.slow
 def test_bench_turn_on_a_few_pauses_writes_its_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "turn.json"
     assert main(["bench", "turn", "--limit", "2", "--doubtful", "600", "800", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["benchmark"] == "turn" and report["language"] == "en" and "Chinese" in report["note"]
-    assert report["pauses"] == {"complete": 2, "unfinished": 2}
+    assert report["pauses"] == {"complete": 2, "unfinished": 2, "vad_missed": 0}
     assert report["config"] == {"complete_ms": 250, "unfinished_ms": 1600, "vad_end_ms": 1000, "audio_threshold": 0.5}
     assert set(report["rules"]) == {"words", "smart_turn", "words+smart_turn(doubtful_ms=600)",
                                     "words+smart_turn(doubtful_ms=800)"}
@@ -105,6 +127,8 @@ def test_bench_turn_on_a_few_pauses_writes_its_report(tmp_path: Path, capsys: py
     assert report["smart_turn_ms"]["n"] == 4 and report["smart_turn_ms"]["median"] > 0
     assert len(report["clips"]) == 4 and all(0.0 <= c["p"] <= 1.0 for c in report["clips"])
     assert "0.5" in report["threshold_sweep"] and report["machine"]["cpus"] >= 1
+    assert set(report["tail_sweep"]) == {"drop_0ms", "drop_50ms", "drop_100ms", "drop_150ms"}
+    assert set(report["smart_turn_accuracy_ideal_cuts"]) == {"complete", "unfinished"}
     assert json.loads(capsys.readouterr().out) == report
 
 

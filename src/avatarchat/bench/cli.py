@@ -123,6 +123,7 @@ def run_asr(args: argparse.Namespace) -> int:
 
 def run_turn(args: argparse.Namespace) -> int:
     from avatarchat.bench.turn import Rules, bench_turn
+    from avatarchat.handlers.vad.silero import SileroOptions
 
     config = load_config(args.config)
     eot = config.session.end_of_turn
@@ -135,7 +136,8 @@ def run_turn(args: argparse.Namespace) -> int:
         raise UserError("--limit must be at least 1")
     rules = Rules(eot.complete_ms, eot.unfinished_ms, end_ms)
     thresholds = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
-    _emit(bench_turn(rules, threshold, args.doubtful, thresholds, args.limit, _say), args.json)
+    vad_options = vad.options if vad is not None and isinstance(vad.options, SileroOptions) else None
+    _emit(bench_turn(rules, threshold, args.doubtful, thresholds, args.limit, _say, vad_options), args.json)
     return 0
 
 

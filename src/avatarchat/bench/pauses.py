@@ -7,8 +7,10 @@ same synthesis cut where the ``|`` stands, so it keeps the pitch and pace of a s
 has not finished (a sentence synthesized only up to the cut would fall like a finished
 one). About half the cuts leave a word that dangles ("and", "the", "to"); the others leave
 a phrase that would pass for a sentence ("I lost my keys | somewhere in the house"), where
-the words alone cannot tell. Every clip is what ``SpeechPaused.audio`` holds: the VAD's
-pre-roll (0.3 s), the speech, and its 0.1 s tail, here digital silence.
+the words alone cannot tell. ``make_pauses`` gives each clip as an ideal VAD would hand it
+on (its pre-roll 0.3 s, the speech, its 0.1 s tail of silence); ``through_vad`` runs the
+real Silero VAD over the speech and keeps what its ``SpeechPaused`` holds (its own onset,
+its own ``speech_end`` a few windows after the last sound), which is what a turn stage sees.
 
 Deterministic: hibari seeds its noise per clause, and the set has no randomness of its own.
 Chinese is not in the set: no Chinese voice has landed yet (issue 11).
@@ -16,13 +18,17 @@ Chinese is not in the set: no Chinese voice has landed yet (issue 11).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal, Protocol
 
 import numpy as np
 
 from avatarchat.audio.resample import resample
-from avatarchat.engine.events import PhonemeTiming
+from avatarchat.engine.events import NO_TURN, PhonemeTiming, SpeechPaused, TimingMark, UserAudio
+from avatarchat.engine.handler import SessionInfo
+from avatarchat.engine.session import Session
+from avatarchat.handlers.vad.silero import SileroOptions, SileroVADHandler
 
 RATE = 16_000
 PREROLL_S = 0.3  # the VAD's default preroll_ms
@@ -107,11 +113,7 @@ class Pause:
     label: Label
     sentence: str  # the whole sentence (without the mark)
     said: str  # the words spoken before the pause
-    audio: np.ndarray  # 16 kHz mono float32, pre-roll + speech + tail
-
-    @property
-    def speech_s(self) -> float:
-        return len(self.audio) / RATE - PREROLL_S - TAIL_S
+    audio: np.ndarray  # 16 kHz mono float32: pre-roll + speech + tail, as the VAD hands it on
 
 
 def split(marked: str) -> tuple[str, int | None]:
@@ -159,3 +161,38 @@ def make_pauses(tts: Synthesizer, sentences: tuple[str, ...] = SENTENCES) -> lis
             said = " ".join(words[:cut])
             pauses.append(Pause("unfinished", sentence, said, _clip(audio, tts.sample_rate, ends[cut - 1])))
     return pauses
+
+
+async def _last_pause(vad: SileroVADHandler, speech: np.ndarray) -> np.ndarray | None:
+    """The audio of the VAD's last ``SpeechPaused`` for ``speech`` fed in 20 ms chunks
+    between 0.5 s of silence and enough silence to end the turn: the pause after the last
+    word (hibari leaves gaps of 150 ms and more between some words, which pause too)."""
+    after = np.zeros(int(RATE * (vad.options.end_ms / 1000 + 0.2)), np.float32)
+    x = np.concatenate([np.zeros(RATE // 2, np.float32), speech, after])
+    chunk = RATE // 50
+    found: np.ndarray | None = None
+    async with Session([vad], SessionInfo("pauses")) as session:
+        for start in range(0, len(x), chunk):
+            session.push(UserAudio(NO_TURN, x[start : start + chunk], RATE))
+        session.push(TimingMark(NO_TURN, "eof"))
+        async for event in session.events():
+            if isinstance(event, SpeechPaused):
+                found = np.asarray(event.audio, np.float32)
+            if isinstance(event, TimingMark) and event.name == "eof":
+                break
+    return found
+
+
+def through_vad(pauses: list[Pause], options: SileroOptions | None = None) -> tuple[list[Pause], int]:
+    """``pauses`` with the audio the real Silero VAD hands on at its last pause (blocking),
+    and how many clips it made no pause for (those keep their ideal audio)."""
+    vad = SileroVADHandler(options or SileroOptions(pause_ms=150, end_ms=1000))
+    vad.load()
+
+    async def run() -> list[np.ndarray | None]:
+        cut = int(PREROLL_S * RATE), int(TAIL_S * RATE)
+        return [await _last_pause(vad, p.audio[cut[0] : len(p.audio) - cut[1]]) for p in pauses]
+
+    found = asyncio.run(run())
+    missed = sum(a is None for a in found)
+    return [p if a is None else replace(p, audio=a) for p, a in zip(pauses, found, strict=True)], missed

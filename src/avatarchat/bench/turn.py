@@ -1,7 +1,8 @@
 """``avatarchat bench turn``: how well each end-of-turn rule tells a finished question from a
 pause mid-sentence, and the hangover (silence before the turn ends) each gives.
 
-On the labelled pauses of ``bench/pauses.py`` (hibari, English), three rules:
+On the labelled pauses of ``bench/pauses.py`` (hibari, English), each as the real Silero VAD
+hands it on at its pause (the config's ``vad`` options), three rules:
 
 - ``words``: today's rule, ``engine.endofturn.looks_unfinished`` on whisper tiny.en's
   transcript of the pause (what the session judges now);
@@ -26,11 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from avatarchat.bench.pauses import SENTENCES, Pause, make_pauses
+from avatarchat.bench.pauses import SENTENCES, Pause, make_pauses, through_vad
 from avatarchat.bench.stats import machine, summarize
 from avatarchat.engine.endofturn import hangover_ms, looks_unfinished
-from avatarchat.handlers.turn.features import features
+from avatarchat.handlers.turn.features import RATE, features
+from avatarchat.handlers.vad.silero import SileroOptions
 
+#: Trailing audio (ms) dropped from a pause before Smart Turn hears it, in ``tail_sweep``.
+TAIL_DROPS_MS = (0, 50, 100, 150)
 #: Pause lengths (s) that a speaker takes mid-sentence (the issue's 0.4-0.8 s).
 FALSE_END_PAUSES_S = (0.4, 0.8)
 LANGUAGE_NOTE = ("English only (hibari): the issue also asks for Chinese once issue 11 lands; "
@@ -162,6 +166,30 @@ def judge(pauses: Sequence[Pause], transcribe: Callable[[np.ndarray], str],
     return scored
 
 
+def accuracy(ps: Sequence[float], pauses: Sequence[Pause], threshold: float) -> dict[str, float | None]:
+    """Smart Turn's accuracy per label at ``threshold`` for probabilities ``ps`` of ``pauses``."""
+    out: dict[str, float | None] = {}
+    for label in ("complete", "unfinished"):
+        right = [(p >= threshold) == (label == "complete") for p, x in zip(ps, pauses, strict=True) if x.label == label]
+        out[label] = round(float(np.mean(right)), 3) if right else None
+    return out
+
+
+def tail_sweep(scored: Sequence[Scored], complete: Callable[[np.ndarray], float], rules: Rules,
+               threshold: float) -> dict[str, Any]:
+    """Smart Turn alone and words+Smart Turn when the last few ms of each pause (the VAD's
+    tail after its ``speech_end``, and a window or two before it) are not heard."""
+    out = {}
+    pauses = [s.pause for s in scored]
+    for ms in TAIL_DROPS_MS:
+        n = ms * RATE // 1000
+        ps = [complete(x.audio[: len(x.audio) - n]) for x in pauses]
+        rescored = [Scored(s.pause, s.transcript, s.words, p, s.infer_ms) for s, p in zip(scored, ps, strict=True)]
+        sweep = threshold_sweep(rescored, [threshold], rules)[f"{threshold:g}"]
+        out[f"drop_{ms}ms"] = sweep
+    return out
+
+
 def _features_ms(pauses: Sequence[Pause]) -> list[float]:
     times = []
     for pause in pauses:
@@ -172,7 +200,8 @@ def _features_ms(pauses: Sequence[Pause]) -> list[float]:
 
 
 def bench_turn(rules: Rules, threshold: float, doubtful: Sequence[int], thresholds: Sequence[float],
-               limit: int | None, progress: Callable[[str], None]) -> dict[str, Any]:
+               limit: int | None, progress: Callable[[str], None],
+               vad_options: SileroOptions | None = None) -> dict[str, Any]:
     """The report (JSON-able). ``limit``: only the first ``limit`` sentences of the set."""
     from avatarchat.handlers.asr.whisper import WhisperHandler, WhisperOptions
     from avatarchat.handlers.tts.hibari import HibariOptions, HibariTTS
@@ -182,7 +211,9 @@ def bench_turn(rules: Rules, threshold: float, doubtful: Sequence[int], threshol
     progress(f"synthesizing {len(sentences)} sentences (hibari) and cutting them")
     tts = HibariTTS(HibariOptions())
     tts.load()
-    pauses = make_pauses(tts, sentences)
+    ideal = make_pauses(tts, sentences)
+    progress(f"finding the pauses with the Silero VAD ({len(ideal)} clips)")
+    pauses, vad_missed = through_vad(ideal, vad_options)
     progress("loading whisper tiny.en and Smart Turn v3.2")
     asr = WhisperHandler(WhisperOptions())
     asr.load()
@@ -190,6 +221,9 @@ def bench_turn(rules: Rules, threshold: float, doubtful: Sequence[int], threshol
     model.complete(pauses[0].audio)  # first-run allocations are not a decision's cost
     progress(f"judging {len(pauses)} pauses")
     scored = judge(pauses, lambda a: asr.transcribe(a, "en"), model.complete)
+    progress("Smart Turn on the ideal cuts, and without the pauses' last ms")
+    ideal_accuracy = accuracy([model.complete(x.audio) for x in ideal], ideal, threshold)
+    tails = tail_sweep(scored, model.complete, rules, threshold)
     return {
         "benchmark": "turn",
         "language": "en",
@@ -198,7 +232,8 @@ def bench_turn(rules: Rules, threshold: float, doubtful: Sequence[int], threshol
                   f"{SMART_TURN_MODEL.pinned_version}", "sha256": SMART_TURN_MODEL.sha256, "threads": 1},
         "asr": "whisper tiny.en",
         "pauses": {"complete": sum(p.label == "complete" for p in pauses),
-                   "unfinished": sum(p.label == "unfinished" for p in pauses)},
+                   "unfinished": sum(p.label == "unfinished" for p in pauses),
+                   "vad_missed": vad_missed},
         "config": {"complete_ms": rules.complete_ms, "unfinished_ms": rules.unfinished_ms,
                    "vad_end_ms": rules.end_ms, "audio_threshold": threshold},
         "smart_turn_ms": summarize(s.infer_ms for s in scored),
@@ -206,6 +241,9 @@ def bench_turn(rules: Rules, threshold: float, doubtful: Sequence[int], threshol
         "rules": score_rules(scored, rules, threshold, doubtful),
         "words_verdicts": word_verdicts(scored),
         "threshold_sweep": threshold_sweep(scored, thresholds, rules),
+        # The same speech cut exactly at its last sound + 0.1 s, without the VAD's timing.
+        "smart_turn_accuracy_ideal_cuts": ideal_accuracy,
+        "tail_sweep": tails,
         "clips": [{"label": s.pause.label, "said": s.pause.said, "transcript": s.transcript,
                    "words": s.words, "p": round(s.p, 4)} for s in scored],
         "machine": machine(),
