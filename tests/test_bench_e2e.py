@@ -11,7 +11,6 @@ page and server are measured by the command itself.
 from __future__ import annotations
 
 import os
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from avatarchat.bench.e2e import Variant, side_by_side, variants
+from avatarchat.bench.e2e import side_by_side, source_env, variants
 from avatarchat.bench.e2e_mic import (
     FAKE_MIC_RATE,
     PAUSED_QUESTIONS,
@@ -153,7 +152,6 @@ def test_a_baseline_runs_first_from_its_own_source(tmp_path: Path) -> None:
     order = variants(None, baseline=tmp_path, jbt=["0", "off"])
     assert [v.source for v in order] == [tmp_path, None, None, None]
     assert order[0].label.startswith("baseline") and order[1].label.startswith("current")
-    assert order[0].env == {"PYTHONPATH": str(tmp_path / "src")} and order[1].env == {}
     assert [v.query for v in order] == ["", "", "jbt=0", "jbt=off"]
     assert [v.label for v in variants("a.yaml", compare="b.yaml")] == ["a.yaml", "b.yaml"]
 
@@ -169,32 +167,41 @@ def test_side_by_side_lines_up_the_pooled_figures() -> None:
 
 
 def test_a_baseline_server_runs_the_other_checkouts_code(tmp_path: Path) -> None:
-    # A stand-in checkout (its `avatarchat serve` answers /healthz and says where it runs
-    # from): starting a real older server takes a minute of model loading, and is what the
-    # command does; here the question is only whose code the subprocess imports.
+    # A stand-in checkout (its `avatarchat serve` answers /healthz with where it runs from
+    # and the handler entry points it sees): starting a real older server takes a minute of
+    # model loading, and is what the command does; here the question is whose code and
+    # whose package metadata the subprocess gets.
+    (tmp_path / "pyproject.toml").write_text(textwrap.dedent("""
+        [project]
+        name = "avatarchat"
+        version = "0.0.9"
+        [project.entry-points."avatarchat.handlers"]
+        vad-old = "avatarchat.handlers.vad.old"
+    """))
     main = tmp_path / "src" / "avatarchat" / "cli" / "main.py"
     main.parent.mkdir(parents=True)
     for pkg in (main.parent.parent, main.parent):
         (pkg / "__init__.py").write_text("")
     main.write_text(textwrap.dedent("""
         import http.server, sys
+        from importlib.metadata import entry_points
         port = int(sys.argv[sys.argv.index("--port") + 1])
+        points = sorted(ep.value for ep in entry_points(group="avatarchat.handlers"))
         class H(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
-                body = __file__.encode()
+                body = "\\n".join([__file__, *points]).encode()
                 self.send_response(200); self.send_header("Content-Length", str(len(body)))
                 self.end_headers(); self.wfile.write(body)
             def log_message(self, *a): pass
         http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
     """))
-    variant = Variant("baseline", source=tmp_path)
-    with ServeProcess(env=variant.env) as server:
+    with ServeProcess(env=source_env(tmp_path, tmp_path / "meta")) as server:
         import urllib.request
 
         with urllib.request.urlopen(server.url + "healthz", timeout=5) as resp:
-            assert resp.read().decode() == str(main)
-    assert "PYTHONPATH" not in os.environ or os.environ["PYTHONPATH"] != str(tmp_path / "src")
-    assert sys.executable  # the same venv's interpreter served it
+            # Its own code, and only its own handlers (not this checkout's newer ones).
+            assert resp.read().decode().split("\n") == [str(main), "avatarchat.handlers.vad.old"]
+    assert os.environ.get("PYTHONPATH", "") != str(tmp_path / "src")  # this process's is untouched
 
 
 # --- the fake microphone's pauses -------------------------------------------------------------

@@ -24,6 +24,7 @@ from __future__ import annotations
 import subprocess
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,7 @@ from avatarchat.bench.harness import (
 )
 from avatarchat.bench.stats import machine, summarize, summarize_rows
 
-__all__ = ["FAKE_MIC_RATE", "Variant", "bench_e2e", "variants"]
+__all__ = ["FAKE_MIC_RATE", "Variant", "bench_e2e", "source_env", "variants"]
 
 Progress = Callable[[str], None]
 AvatarMode = Literal["client", "video"]
@@ -70,9 +71,21 @@ class Variant:
     #: Extra query of the page's URL (``jbt=20``).
     query: str = ""
 
-    @property
-    def env(self) -> dict[str, str]:
-        return {"PYTHONPATH": str(self.source / "src")} if self.source is not None else {}
+
+def source_env(source: Path, meta: Path) -> dict[str, str]:
+    """The environment that serves checkout ``source`` with this venv: its ``src`` first on
+    PYTHONPATH, then ``meta``, where the checkout's own package metadata is written (its
+    handlers are entry points: the installed metadata names this checkout's modules, which
+    an older one may lack; importlib takes the first ``avatarchat`` found on the path)."""
+    project = tomllib.loads((source / "pyproject.toml").read_text())["project"]
+    info = meta / f"avatarchat-{project.get('version', '0')}.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: avatarchat\nVersion: {project.get('version', '0')}\n")
+    lines = []
+    for group, points in project.get("entry-points", {}).items():
+        lines += [f"[{group}]", *(f"{name} = {target}" for name, target in points.items()), ""]
+    (info / "entry_points.txt").write_text("\n".join(lines))
+    return {"PYTHONPATH": f"{source / 'src'}:{meta}"}
 
 
 def variants(config: str | None, compare: str | None = None, baseline: Path | None = None,
@@ -113,7 +126,17 @@ def run_variant(variant: Variant, wav: Path, wav_seconds: float, questions: Sequ
     from playwright.sync_api import sync_playwright
 
     label = variant.label
-    with ServeProcess(variant.config, env=variant.env) as server, sync_playwright() as pw:
+    with tempfile.TemporaryDirectory(prefix="avatarchat-e2e-meta-") as meta:
+        env = source_env(variant.source, Path(meta)) if variant.source is not None else {}
+        return _run_served(variant, env, wav, wav_seconds, questions, avatar, pauses, progress)
+
+
+def _run_served(variant: Variant, env: dict[str, str], wav: Path, wav_seconds: float, questions: Sequence[str],
+                avatar: AvatarMode, pauses: bool, progress: Progress) -> dict[str, Any]:
+    from playwright.sync_api import sync_playwright
+
+    label = variant.label
+    with ServeProcess(variant.config, env=env) as server, sync_playwright() as pw:
         progress(f"{label}: server ready at {server.url} (pid {server.pid})")
         idle = CpuMeter(lambda: [server.pid])
         idle.start()
