@@ -72,7 +72,7 @@ def paused_run(reply_at: float, second_reply_at: float | None = None) -> tuple[l
         remote.append({"start": second_reply_at, "end": second_reply_at + 2000})
     messages = [msg(3500, type="transcript", turn=2, text="What is the capital of France?", final=True),
                 msg(6000, type="metrics", turn=2, vad_hangover_ms=300, first_audio_sent_ms=650, speculated=1,
-                    speculations_dropped=0)]
+                    speculations_dropped=0, first_audio_after_speech_end_ms=630)]
     rows = turn_rows(mic, remote, messages, ["What is the capital of France?"], mic_env)
     return rows, rows[0]
 
@@ -92,6 +92,7 @@ def test_a_reply_after_the_true_end_is_timed_from_it_and_not_counted() -> None:
     assert row["voice_to_voice_ms"] == 850.0  # from 3200, the end of "... of France?", not the pause
     assert row["end_to_decision_ms"] == 300.0 and row["decision_to_sent_ms"] == 350.0
     assert row["sent_to_heard_ms"] == 200.0
+    assert row["server_ready_to_sent_ms"] == 20.0 and row["server_speculated"] == 1
     assert pause_counts(rows)["answers_during_pause"] == 0
 
 

@@ -335,7 +335,7 @@ def _pool(runs: list[dict[str, Any]], pauses: bool) -> dict[str, Any]:
 def side_by_side(pooled: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The variants' pooled figures, one key per figure, the variants' values beside each other."""
     keys = ["voice_to_voice_ms", "end_to_decision_ms", "decision_to_sent_ms", "sent_to_heard_ms",
-            "barge_in_stop_ms", *(f"server_{k}" for k in SERVER_METRICS)]
+            "server_ready_to_sent_ms", "barge_in_stop_ms", *(f"server_{k}" for k in SERVER_METRICS)]
     out: dict[str, dict[str, Any]] = {}
     for k in keys:
         for stat in ("median", "p90"):

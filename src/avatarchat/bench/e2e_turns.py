@@ -117,6 +117,9 @@ def turn_rows(mic: list[Segment], remote: list[Segment], messages: list[dict[str
                 round(speaking - end, 1) if speaking is not None and not overlapped else None,
             **{f"server_{k}": metrics.get(k) for k in SERVER_METRICS},
             "server_speculated": metrics.get("speculated"),
+            # The reply's first audio ready (reached the playout) -> handed to the encoder: the
+            # playout's start margin and the wait for the next 20 ms frame.
+            "server_ready_to_sent_ms": _diff(metrics, "first_audio_sent_ms", "first_audio_after_speech_end_ms"),
             # The reply's first frame against its first audio, as the server sent them: frames
             # are placed on the audio schedule, so this is the encoder's lag (tests do not bound it).
             "server_av_start_skew_ms": _skew(metrics),
@@ -140,8 +143,12 @@ def _pause_figures(seg: Segment, mic: Envelope, remote: list[Segment]) -> dict[s
 
 
 def _skew(metrics: dict[str, Any]) -> float | None:
-    frame, audio = _num(metrics.get("first_frame_sent_ms")), _num(metrics.get("first_audio_sent_ms"))
-    return round(frame - audio, 1) if frame is not None and audio is not None else None
+    return _diff(metrics, "first_frame_sent_ms", "first_audio_sent_ms")
+
+
+def _diff(metrics: dict[str, Any], later: str, earlier: str) -> float | None:
+    a, b = _num(metrics.get(later)), _num(metrics.get(earlier))
+    return round(a - b, 1) if a is not None and b is not None else None
 
 
 def speculations(messages: list[dict[str, Any]]) -> dict[str, int | None]:
