@@ -107,8 +107,8 @@ def load_model(threads: int = 1, model: ModelFile = SMART_TURN_MODEL) -> SmartTu
 class SmartTurnHandler(Handler[SmartTurnOptions]):
     """``turn: smart_turn``: SpeechPaused in (and passed on to the ASR first); EndOfTurnGuess out.
 
-    A pause with no usable audio (empty, or not finite) gets no guess: the end of the turn
-    is then judged from the words alone, as without this stage."""
+    A pause with no usable audio (empty, or not finite: never from the VAD) gets no guess:
+    end of turn, which waits for one, then leaves that pause to the VAD's own ``end_ms``."""
 
     name: ClassVar[str] = "smart_turn"
     stage: ClassVar[str] = "turn"
