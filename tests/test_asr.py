@@ -23,7 +23,13 @@ from avatarchat.engine.events import (
 )
 from avatarchat.engine.handler import HandlerLoadError, SessionInfo
 from avatarchat.engine.session import Session
-from avatarchat.handlers.asr.whisper import WhisperHandler, WhisperOptions, base_dir, looks_like_a_loop
+from avatarchat.handlers.asr.whisper import (
+    WhisperHandler,
+    WhisperOptions,
+    base_dir,
+    looks_like_a_loop,
+    window_features,
+)
 from avatarchat.handlers.vad.silero import SileroOptions, SileroVADHandler
 
 RATE = 16_000
@@ -164,6 +170,24 @@ def test_the_short_window_hears_what_the_full_window_hears(whisper: WhisperHandl
         audio = resample(tts(sentence), 24_000, RATE).astype(np.float32)
         assert words(whisper._short_window(audio, "en")) == words(sentence)
         assert words(whisper.transcribe(audio, "en")) == words(full.transcribe(audio, "en")) == words(sentence)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seconds", [0.3, 2.37, 10.95, 11.6])
+def test_window_features_equal_the_padded_windows_features(whisper: WhisperHandler, fox_24k: np.ndarray,
+                                                           seconds: float) -> None:
+    # Taken over the audio only, with the silence after it filled in: the same numbers as
+    # Whisper's extractor on the whole zero-padded window, from a short clip to one that
+    # almost fills it (a few frames past the audio are computed, not filled).
+    speech = resample(fox_24k, 24_000, RATE).astype(np.float32)
+    audio = np.resize(speech, int(seconds * RATE)) * np.float32(0.3)
+    extractor = whisper._model.feature_extractor
+    padded = np.zeros(12 * RATE, np.float32)
+    padded[: len(audio)] = audio
+    expected = extractor(padded, padding=0)
+    got = window_features(extractor, audio, 12.0)
+    assert got.shape == (80, 1200) and expected.shape[1] >= 1200
+    np.testing.assert_array_equal(got, expected[:, :1200])
 
 
 @pytest.mark.slow

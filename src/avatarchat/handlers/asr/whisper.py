@@ -105,6 +105,36 @@ _STALE_PARTIAL_S = 0.3
 _TAIL_S = 1.0  # silence after the utterance inside the window, so its last word is complete
 
 
+def window_features(extractor: Any, audio: np.ndarray, window_s: float) -> np.ndarray:
+    """Whisper's log-mel features of ``audio`` zero-padded to ``window_s`` (an even number
+    of frames), exactly as ``extractor`` computes them on the padded window, but with the
+    spectrogram taken only over the audio and a few frames after it.
+
+    Every frame past the audio holds only zeros, so each of its mel values is the floor
+    ``max(-10, peak - 8)`` that the normalisation gives silence: copied, not computed.
+    On a 2-3 s utterance in a 12 s window that is 0.8 ms instead of 2.6 ms idle, and
+    ~4 ms instead of ~15 ms on a loaded 2-core machine (numpy's BLAS threads wait there).
+    """
+    hop, n_fft = extractor.hop_length, extractor.n_fft
+    n = int(window_s * RATE)
+    frames = n // hop // 2 * 2  # the encoder's first convolution halves the frame count
+    m = len(audio) + n_fft + 2 * hop  # past the last frame that sees the audio, and its own end
+    if m >= n:
+        padded = np.zeros(n, np.float32)
+        padded[: len(audio)] = audio
+        return extractor(padded, padding=0)[:, :frames]
+    head_audio = np.zeros(m, np.float32)
+    head_audio[: len(audio)] = audio
+    head = extractor(head_audio, padding=0)
+    exact = (m - 1 - n_fft // 2) // hop + 1  # frames whose window ends inside the head
+    # The last of them starts past the audio: all zeros, so it holds the floor exactly as
+    # the extractor rounds it.
+    features = np.empty((head.shape[0], frames), np.float32)
+    features[:, :exact] = head[:, :exact]
+    features[:, exact:] = head[:, exact - 1 : exact]
+    return features
+
+
 def cache_dir() -> Path:
     """``$XDG_CACHE_HOME/avatarchat`` (``~/.cache/avatarchat`` by default)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -298,10 +328,7 @@ class WhisperHandler(Handler[WhisperOptions]):
         import ctranslate2
 
         model = self._model
-        padded = np.zeros(int(self.options.window_s * RATE), np.float32)
-        padded[: len(audio)] = audio
-        features = model.feature_extractor(padded, padding=0)
-        features = features[:, : features.shape[1] // 2 * 2]  # the encoder's conv halves it
+        features = window_features(model.feature_extractor, audio, self.options.window_s)
         encoded = model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])))
         tokenizer, prompt, suppressed = self._decoding(language)
         result = model.model.generate(
