@@ -142,6 +142,8 @@ def _row(result: TurnResult, end_at: float) -> dict[str, Any]:
         "first_audio_after_vad_ms": ms("vad_end", "tts_first_audio"),
         "first_audio_after_speech_end_ms": ms("speech_end", "tts_first_audio"),
         "reply_audio_s": round(sum(c.duration for c in result.chunks), 2),
+        # What the voice waited for: the first clause's words decide tts_first_audio_ms.
+        "first_chunk": result.chunks[0].text if result.chunks else None,
     }
 
 
