@@ -83,7 +83,8 @@ def test_a_reply_first_heard_in_the_pause_is_an_answer_during_the_pause() -> Non
     assert row["answered_during_pause"] is True and row["reply_before_end"] is True
     # Still playing at the true end: not a voice-to-voice figure.
     assert row["overlapped_reply"] is True and row["voice_to_voice_ms"] is None
-    assert pause_counts(rows) == {"paused_questions": 1, "answers_during_pause": 1, "replies_before_end": 1}
+    assert pause_counts(rows) == {"paused_questions": 1, "answers_during_pause": 1, "replies_before_end": 1,
+                                  "questions_cut_at_pause": 0, "half_answered": 0}
 
 
 def test_a_reply_after_the_true_end_is_timed_from_it_and_not_counted() -> None:
@@ -111,11 +112,18 @@ def test_gaps_between_words_are_not_pauses() -> None:
 def test_a_question_split_in_two_turns_is_matched_to_the_last_one() -> None:
     mic = [{"start": 1000.0, "end": 3200.0}]
     messages = [msg(2300, type="transcript", turn=1, text="What is the capital", final=True),
+                msg(2900, type="reply", turn=1, text="The capital", final=False),
                 msg(3500, type="transcript", turn=2, text="of France?", final=True),
                 msg(6000, type="metrics", turn=2, vad_hangover_ms=300, first_audio_sent_ms=650)]
-    row = turn_rows(mic, [{"start": 4000.0, "end": 5000.0}], messages, ["q"])[0]
+    mic_env = envelope([(1000, 1900), (2500, 3200)], 20000)
+    rows = turn_rows(mic, [{"start": 3280.0, "end": 5000.0}], messages, ["q"], mic_env)
+    row = rows[0]
     assert row["final_transcripts"] == 2 and row["heard"] == "What is the capital / of France?"
     assert row["server_first_audio_sent_ms"] == 650
+    # Heard 80 ms after the end: the reply to the first half, not to turn 2 (sent 650 ms after it).
+    assert row["voice_to_voice_ms"] == 80.0 and row["sent_to_heard_ms"] is None
+    assert row["half_answered"] is True and row["answered_during_pause"] is False
+    assert pause_counts(rows)["questions_cut_at_pause"] == 1 and pause_counts(rows)["half_answered"] == 1
 
 
 # --- speculations, concealment -----------------------------------------------------------------

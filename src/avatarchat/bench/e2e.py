@@ -304,7 +304,7 @@ def bench_e2e(config: str | None, compare: str | None, turns: int, gap_s: float,
 
 #: Per-run counts summed over a variant's runs.
 COUNTS = ("turns_heard", "turns_answered", "turns_overlapped", "speculations_used", "speculations_dropped",
-          "paused_questions", "answers_during_pause", "replies_before_end")
+          "paused_questions", "answers_during_pause", "replies_before_end", "questions_cut_at_pause", "half_answered")
 #: Per-run figures listed (one value per run) for a variant.
 PER_RUN = ("avatar", "load_at_start", "server_cpu_percent_one_session", "browser_cpu_percent", "drawn_fps",
            "received_fps_getstats", "click_to_connected_ms")

@@ -103,6 +103,12 @@ def turn_rows(mic: list[Segment], remote: list[Segment], messages: list[dict[str
         # The reply's audible length: its stretches up to the next question.
         played = [r for r in remote if onset is not None and onset["start"] <= r["start"] < nxt]
         v2v = round(onset["start"] - end, 1) if onset is not None and not overlapped else None
+        parts = split(metrics, v2v)
+        # Cut in two by its pause: the first reply heard after the end may be the one to the
+        # first half, so the last turn's server figures do not tell where its time went.
+        halves = {f.get("turn") for f in finals[:-1]}
+        if halves:
+            parts["sent_to_heard_ms"] = None
         row: dict[str, Any] = {
             "question": questions[i] if i < len(questions) else None,
             "heard": " / ".join(str(f.get("text")) for f in finals) if finals else None,
@@ -111,7 +117,10 @@ def turn_rows(mic: list[Segment], remote: list[Segment], messages: list[dict[str
             "speech_s": round((seg["end"] - seg["start"]) / 1000, 2),
             "overlapped_reply": overlapped,
             "voice_to_voice_ms": v2v,
-            **split(metrics, v2v),
+            **parts,
+            # The server took a pause inside the question for its end, and began to answer the
+            # words before it (its reply may have been cut when the user went on).
+            "half_answered": any(m["msg"].get("type") == "reply" and m["msg"].get("turn") in halves for m in ins),
             "reply_audio_s": round((played[-1]["end"] - played[0]["start"]) / 1000, 2) if played else None,
             "speaking_state_after_speech_end_ms":
                 round(speaking - end, 1) if speaking is not None and not overlapped else None,
@@ -165,11 +174,15 @@ def speculations(messages: list[dict[str, Any]]) -> dict[str, int | None]:
 
 def pause_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
     """Over a run's rows: questions whose pause was found, replies that started during it,
-    and replies that started after the pause began but before the question ended."""
+    replies that started after the pause began but before the question ended, questions the
+    server took for two turns (an end decided at the pause), and those whose first half it
+    began to answer (heard or not)."""
     found = [r for r in rows if r.get("pause_ms") is not None]
     return {"paused_questions": len(found),
             "answers_during_pause": sum(1 for r in found if r["answered_during_pause"]),
-            "replies_before_end": sum(1 for r in found if r["reply_before_end"])}
+            "replies_before_end": sum(1 for r in found if r["reply_before_end"]),
+            "questions_cut_at_pause": sum(1 for r in found if r["final_transcripts"] > 1),
+            "half_answered": sum(1 for r in found if r["half_answered"])}
 
 
 #: getStats counters of the incoming voice whose change over the measured span is reported.
