@@ -121,7 +121,8 @@ def test_a_question_split_in_two_turns_is_matched_to_the_last_one() -> None:
     assert row["final_transcripts"] == 2 and row["heard"] == "What is the capital / of France?"
     assert row["server_first_audio_sent_ms"] == 650
     # Heard 80 ms after the end: the reply to the first half, not to turn 2 (sent 650 ms after it).
-    assert row["voice_to_voice_ms"] == 80.0 and row["sent_to_heard_ms"] is None
+    assert row["voice_to_voice_ms"] is None and row["voice_to_voice_cut_ms"] == 80.0
+    assert row["sent_to_heard_ms"] is None
     assert row["half_answered"] is True and row["answered_during_pause"] is False
     assert pause_counts(rows)["questions_cut_at_pause"] == 1 and pause_counts(rows)["half_answered"] == 1
 

@@ -116,7 +116,10 @@ def turn_rows(mic: list[Segment], remote: list[Segment], messages: list[dict[str
             "reply": reply,
             "speech_s": round((seg["end"] - seg["start"]) / 1000, 2),
             "overlapped_reply": overlapped,
-            "voice_to_voice_ms": v2v,
+            # A question cut in two at its pause: its figure goes apart (the reply heard first
+            # may answer half of it), out of the voice-to-voice summary.
+            "voice_to_voice_ms": None if halves else v2v,
+            "voice_to_voice_cut_ms": v2v if halves else None,
             **parts,
             # The server took a pause inside the question for its end, and began to answer the
             # words before it (its reply may have been cut when the user went on).
