@@ -6,7 +6,11 @@ import { clearBanner, showBanner, ui } from "./ui.js";
 
 // The reply voice's jitter buffer, asked of the browser (RTCRtpReceiver.jitterBufferTarget,
 // ms; Chromium has it, Firefox not): null leaves it to the browser. `?jbt=N` (0..4000)
-// overrides it, `?jbt=off` leaves it unset (A/B runs of `avatarchat bench e2e`).
+// overrides it, `?jbt=off` leaves it unset (A/B runs of `avatarchat bench e2e --jbt`).
+// Unset by default: Chromium takes the target as a floor under its own adaptive delay, so
+// 0, 20 or 40 ms changed nothing (its buffer's target stayed its computed minimum, 70-250 ms
+// on this 2-core machine, in every run), while 150 ms raised it (target 171 ms over a
+// 125 ms minimum) and with it the voice's delay.
 export const DEFAULT_JITTER_TARGET_MS = null;
 
 // The jitter-buffer target a page's query string asks for: a number of ms, or null.
