@@ -199,7 +199,8 @@ def split_streamed(text: str, **options: int) -> list[str]:
     return [c for ch in text for c in splitter.feed(ch)] + splitter.flush()
 
 
-OLD_RULE = {"first_min_words": 4, "opening_words": 1, "first_max_words": 8}  # before issue 16
+OLD_RULE = {"first_min_words": 4, "opening_words": 1, "first_max_words": 8,
+            "first_marks_at_once": False}  # before issue 16
 NEW_RULE = {"first_max_words": 8}  # the TTS stage's defaults
 
 
@@ -246,3 +247,20 @@ def test_words_emitted_counts_what_was_cut() -> None:
     assert splitter.feed("It") == ["The sky is blue."]
     assert splitter.words_emitted == 5
     assert splitter.flush() == ["It"] and splitter.words_emitted == 6
+
+
+def test_a_first_clause_ends_at_its_exclamation_or_question_mark_at_once() -> None:
+    # No wait for the next token: the user is waiting for these words.
+    splitter = ClauseSplitter()
+    assert splitter.feed("Sure") == []
+    assert splitter.feed("!") == ["Sure!"]
+    assert splitter.feed(" The sky is blue.") == []  # later sentence ends wait as before
+    assert splitter.feed(" It") == ["The sky is blue."]
+    assert ClauseSplitter().feed("Really?") == ["Really?"]
+    assert ClauseSplitter().feed("Hello there.") == []  # "Dr." and "3." need the next token
+    # A second mark that comes in its own piece starts the next clause: it says nothing.
+    late = ClauseSplitter()
+    assert late.feed("Wow!") == ["Wow!"] and late.feed("! Great") == ["!"]
+    assert late.flush() == ["Great"] and clean_for_speech("!") == ""
+    assert split_whole("Wow!! Great.") == ["Wow!!", "Great."]
+    assert ClauseSplitter(first_marks_at_once=False).feed("Sure!") == []

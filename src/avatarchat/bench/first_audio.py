@@ -50,8 +50,8 @@ SCRIPTED = (
     "Absolutely, elephants are the largest land animals, and they live in close family groups.",
 )
 #: The rules before issue 16, and the defaults now.
-OLD = {"first_clause_min_words": 4, "opening_words": 1, "trim_clause_pauses": False}
-NEW = {"first_clause_min_words": 1, "opening_words": 4, "trim_clause_pauses": True}
+OLD = {"first_clause_min_words": 4, "opening_words": 1, "trim_clause_pauses": False, "first_clause_at_once": False}
+NEW = {"first_clause_min_words": 1, "opening_words": 4, "trim_clause_pauses": True, "first_clause_at_once": True}
 _TOKEN = re.compile(r"\s*[A-Za-z']+|\s*\d+|\s*[^\sA-Za-z\d]")
 _SILENT_RMS = 0.002
 

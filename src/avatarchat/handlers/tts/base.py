@@ -48,6 +48,9 @@ class TTSOptions(HandlerOptions):
     #: A clause that ends inside a sentence loses the silence after its last sound (keeps
     #: 50 ms), so the seam to the next clause is a comma's pause (~0.1 s), not 0.3-0.5 s.
     trim_clause_pauses: bool = True
+    #: The reply's first clause ends at "!" or "?" as it comes ("Sure!"), not one token
+    #: later when the next word shows the sentence is over.
+    first_clause_at_once: bool = True
 
 
 TTSOptionsT = TypeVar("TTSOptionsT", bound=TTSOptions)
@@ -165,7 +168,7 @@ class StreamingTTS(TTSHandler[TTSOptionsT]):
         """A reply's clause splitter, cut by this stage's options."""
         o = self.options
         return ClauseSplitter(first_min_words=o.first_clause_min_words, first_max_words=o.first_clause_max_words,
-                              opening_words=o.opening_words)
+                              opening_words=o.opening_words, first_marks_at_once=o.first_clause_at_once)
 
     def create_context(self, session: SessionInfo) -> TTSContext:
         return TTSContext(session)

@@ -79,6 +79,7 @@ def clean_for_speech(text: str) -> str:
 # --- splitting ----------------------------------------------------------------------------
 
 _SENTENCE_END = ".!?…"
+_AT_ONCE = frozenset("!?")  # marks that end a reply's first clause as soon as they come
 _CLAUSE_END = ",;:—"
 # Closing marks that may sit between the punctuation and the space: 'He said "no." Then'.
 _CLOSERS = "\"'”’)]*_`"
@@ -119,7 +120,8 @@ class Clause(NamedTuple):
 
 
 class ClauseSplitter:
-    """Cuts streamed text into clauses; feeding it in any pieces gives the same clauses.
+    """Cuts streamed text into clauses; feeding it in any pieces gives the same clauses
+    (but see the first clause's ``!`` and ``?`` below).
 
     A clause ends:
 
@@ -143,18 +145,24 @@ class ClauseSplitter:
     ``opening_words=1, first_min_words=4`` is the rule before issue 16 (only the first
     clause, a comma after 4 words).
 
+    The reply's first clause ends at a ``!`` or ``?`` at once (``first_marks_at_once``),
+    without waiting for the next token (one token less to wait for on "Sure!"); so when it
+    arrives in pieces, a second mark or closing quote after it ("Wow!!", '"Hi!"') starts
+    the next clause, where it cleans to nothing said. Otherwise:
     A sentence end is decided only once the next non-space character is known, so a
     clause is emitted one token after its punctuation at the latest. ``flush`` returns the
     rest. Clauses are stripped and never empty.
     """
 
     def __init__(self, first_min_words: int = 1, min_words: int = 8, max_words: int = 30,
-                 first_max_words: int | None = None, opening_words: int = OPENING_WORDS) -> None:
+                 first_max_words: int | None = None, opening_words: int = OPENING_WORDS,
+                 first_marks_at_once: bool = True) -> None:
         self.first_min_words = first_min_words
         self.first_max_words = first_max_words or max_words
         self.min_words = min_words
         self.max_words = max_words
         self.opening_words = opening_words
+        self.first_marks_at_once = first_marks_at_once
         self._pending = ""
         self._words = 0  # words in the clauses emitted so far
 
@@ -207,6 +215,10 @@ class ClauseSplitter:
                 while j < n and (text[j] in _SENTENCE_END or text[j] in _CLOSERS):
                     j += 1
                 if j == n:
+                    if self.first_marks_at_once and self._words == 0 and set(text[i:j]) <= _AT_ONCE:
+                        # The reply's first words ("Sure!", "Really?") are what the user
+                        # waits for; the next token can only add a mark or a closing quote.
+                        return j
                     return None  # the next characters decide
                 if not text[j].isspace():
                     continue  # "3.5", "e.g", "?!" inside a run
