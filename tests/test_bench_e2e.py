@@ -124,7 +124,18 @@ def test_a_question_split_in_two_turns_is_matched_to_the_last_one() -> None:
     assert row["voice_to_voice_ms"] is None and row["voice_to_voice_cut_ms"] == 80.0
     assert row["sent_to_heard_ms"] is None
     assert row["half_answered"] is True and row["answered_during_pause"] is False
+    assert row["cut_at_pause"] is True and row["repeated_final"] is False
     assert pause_counts(rows)["questions_cut_at_pause"] == 1 and pause_counts(rows)["half_answered"] == 1
+
+
+def test_the_same_final_transcript_twice_is_no_cut() -> None:
+    mic = [{"start": 1000.0, "end": 3200.0}]
+    messages = [msg(3400, type="transcript", turn=4, text="Why is the sky blue?", final=True),
+                msg(3420, type="transcript", turn=5, text="why is the sky blue", final=True),
+                msg(6000, type="metrics", turn=5, vad_hangover_ms=300, first_audio_sent_ms=650)]
+    row = turn_rows(mic, [{"start": 4000.0, "end": 5000.0}], messages, ["q"])[0]
+    assert row["repeated_final"] is True and row["cut_at_pause"] is False
+    assert row["voice_to_voice_ms"] == 800.0 and row["sent_to_heard_ms"] == 150.0
 
 
 # --- speculations, concealment -----------------------------------------------------------------

@@ -19,6 +19,7 @@ and, for questions with a pause in the middle, whether a reply started during th
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -106,13 +107,18 @@ def turn_rows(mic: list[Segment], remote: list[Segment], messages: list[dict[str
         parts = split(metrics, v2v)
         # Cut in two by its pause: the first reply heard after the end may be the one to the
         # first half, so the last turn's server figures do not tell where its time went.
-        halves = {f.get("turn") for f in finals[:-1]}
+        last = finals[-1] if finals else {}
+        halves = {f.get("turn") for f in finals[:-1]
+                  if f.get("turn") != last.get("turn") and _words(f) != _words(last)}
         if halves:
             parts["sent_to_heard_ms"] = None
         row: dict[str, Any] = {
             "question": questions[i] if i < len(questions) else None,
             "heard": " / ".join(str(f.get("text")) for f in finals) if finals else None,
             "final_transcripts": len(finals),
+            # The same words twice (a server that sent one final transcript again).
+            "repeated_final": len({_words(f) for f in finals}) < len(finals),
+            "cut_at_pause": bool(halves),
             "reply": reply,
             "speech_s": round((seg["end"] - seg["start"]) / 1000, 2),
             "overlapped_reply": overlapped,
@@ -154,6 +160,11 @@ def _pause_figures(seg: Segment, mic: Envelope, remote: list[Segment]) -> dict[s
             "reply_before_end": before_end}
 
 
+def _words(transcript: dict[str, Any]) -> str:
+    """A transcript's words, without case or punctuation."""
+    return " ".join(re.sub(r"[^\w\s']", " ", str(transcript.get("text") or "")).lower().split())
+
+
 def _skew(metrics: dict[str, Any]) -> float | None:
     return _diff(metrics, "first_frame_sent_ms", "first_audio_sent_ms")
 
@@ -184,7 +195,7 @@ def pause_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
     return {"paused_questions": len(found),
             "answers_during_pause": sum(1 for r in found if r["answered_during_pause"]),
             "replies_before_end": sum(1 for r in found if r["reply_before_end"]),
-            "questions_cut_at_pause": sum(1 for r in found if r["final_transcripts"] > 1),
+            "questions_cut_at_pause": sum(1 for r in found if r["cut_at_pause"]),
             "half_answered": sum(1 for r in found if r["half_answered"])}
 
 
