@@ -132,9 +132,10 @@ def test_the_same_final_transcript_twice_is_no_cut() -> None:
     mic = [{"start": 1000.0, "end": 3200.0}]
     messages = [msg(3400, type="transcript", turn=4, text="Why is the sky blue?", final=True),
                 msg(3420, type="transcript", turn=5, text="why is the sky blue", final=True),
-                msg(6000, type="metrics", turn=5, vad_hangover_ms=300, first_audio_sent_ms=650)]
+                msg(6000, type="metrics", turn=4, vad_hangover_ms=300, first_audio_sent_ms=650)]
     row = turn_rows(mic, [{"start": 4000.0, "end": 5000.0}], messages, ["q"])[0]
     assert row["repeated_final"] is True and row["cut_at_pause"] is False
+    assert row["server_first_audio_sent_ms"] == 650  # the metrics came under the other turn
     assert row["voice_to_voice_ms"] == 800.0 and row["sent_to_heard_ms"] == 150.0
 
 

@@ -95,8 +95,11 @@ def turn_rows(mic: list[Segment], remote: list[Segment], messages: list[dict[str
         onset = next((r for r in remote if end < r["start"] < nxt), None)
         finals = [m["msg"] for m in ins if seg["start"] <= m["t"] < nxt
                   and m["msg"].get("type") == "transcript" and m["msg"].get("final")]
-        turn = finals[-1].get("turn") if finals else None
-        of_turn = [m["msg"] for m in ins if turn is not None and m["msg"].get("turn") == turn]
+        last = finals[-1] if finals else {}
+        # The last final's turn, and any other that had the same words (a repeated final):
+        # the reply and its metrics may come under either.
+        turns = {f.get("turn") for f in finals if _words(f) == _words(last)} - {None}
+        of_turn = [m["msg"] for m in ins if m["msg"].get("turn") in turns]
         reply = next((m.get("text") for m in of_turn if m.get("type") == "reply" and m.get("final")), None)
         metrics: dict[str, Any] = next((m for m in of_turn if m.get("type") == "metrics"), {})
         speaking = next((m["t"] for m in ins if end < m["t"] < nxt
@@ -107,7 +110,6 @@ def turn_rows(mic: list[Segment], remote: list[Segment], messages: list[dict[str
         parts = split(metrics, v2v)
         # Cut in two by its pause: the first reply heard after the end may be the one to the
         # first half, so the last turn's server figures do not tell where its time went.
-        last = finals[-1] if finals else {}
         halves = {f.get("turn") for f in finals[:-1]
                   if f.get("turn") != last.get("turn") and _words(f) != _words(last)}
         if halves:
