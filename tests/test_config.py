@@ -37,10 +37,12 @@ def test_the_embedded_default_is_valid() -> None:
     config = load_config()
     assert config.path == str(DEFAULT_CONFIG)
     assert {s: c.handler for s, c in config.stages.items()} == {
-        "vad": "silero", "asr": "whisper", "llm": "local", "tts": "hibari", "avatar": "portrait",
+        "vad": "silero", "turn": "smart_turn", "asr": "whisper", "llm": "local", "tts": "hibari",
+        "avatar": "portrait",
     }
     assert config.stages["llm"].options.threads == 1  # type: ignore[attr-defined]
-    assert (config.session.end_of_turn.complete_ms, config.session.end_of_turn.unfinished_ms) == (250, 1600)
+    eot = config.session.end_of_turn
+    assert (eot.complete_ms, eot.unfinished_ms, eot.doubtful_ms, eot.speculate) == (250, 1600, 900, True)
     assert config.server == ServerSettings()
 
 
@@ -127,3 +129,12 @@ def test_the_engine_alone_reads_its_own_sections_and_no_server(tmp_path: Path) -
     with pytest.raises(ConfigError) as info:
         load_pipeline_config(write(tmp_path, GOOD + "server: {port: 8000}\n"))
     assert str(info.value).endswith("c.yaml: server: unknown section; allowed: session, vad, turn, asr, llm, tts, avatar")
+
+
+def test_every_config_shipped_in_the_repository_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The configs the README and the benches name (a moved key once broke configs/voice.yaml)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    shipped = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+    assert shipped
+    for path in shipped:
+        load_config(path)

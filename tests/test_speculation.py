@@ -179,3 +179,16 @@ async def test_a_pause_transcript_that_comes_after_the_user_went_on_starts_nothi
     assert run.speculator is not None and run.speculator[0] == 1, "only the last pause speculated"
     assert run.speculator[1:] == (1, 0)
     assert run.llm is not None and [m[-1]["content"] for m in run.llm.requests] == ["What is the capital of France?"]
+
+
+async def test_a_speculation_adopted_as_soon_as_it_starts_still_comes_out_as_the_users_turn() -> None:
+    # The pause's words come 250 ms after the pause, past the 400 ms of silence a complete
+    # sentence needs: the turn ends with them, and its final transcript overtakes the
+    # speculation's start on its way through the stages.
+    script = [UserSpeech(0.5, 1.5, "What is the capital of France?")]
+    run = await converse(script, replies=("Paris is the capital.",), asr_latency_s=0.25)
+    assert run.speculator == (1, 1, 0)
+    assert {e.turn for _, e in run.out} == {1}
+    assert [e.text for e in run.events(UserTranscript) if e.final] == ["What is the capital of France?"]
+    assert "".join(e.text for e in run.events(ReplyText)) == "Paris is the capital."
+    assert len(run.events(ReplyEnd)) == 1 and run.llm is not None and len(run.llm.requests) == 1

@@ -264,7 +264,7 @@ class Session:
             self._spec.drop(turn)
             self._stop(turn, SPECULATION_DROPPED, quiet=True)  # the LLM forgets it
             return True
-        spec = self._spec.adopted.get(turn)
+        spec = self._spec.pairs.get(turn)
         if spec is not None and spec not in self._cancelled:
             self._spec.forget(spec, turn)
             self._stop(spec, reason, quiet=True)
@@ -373,7 +373,7 @@ class Session:
 
     def _answered(self, event: Event) -> bool:
         """A user turn's final transcript whose reply is an adopted speculation: only passed on."""
-        return isinstance(event, UserTranscript) and event.final and event.turn in self._spec.adopted
+        return isinstance(event, UserTranscript) and event.final and event.turn in self._spec.answered
 
     async def _steer(self, stage: _Stage) -> None:
         """The stage's control task: control events as they come, even while its worker

@@ -29,6 +29,7 @@ from typing import Protocol
 from avatarchat.engine.endofturn import looks_unfinished
 from avatarchat.engine.events import (
     Event,
+    ReplyEnd,
     SpeechEnded,
     SpeechOngoing,
     SpeechStarted,
@@ -58,11 +59,14 @@ class Speculations:
     #: Hidden turn -> the user turn it answers, while not adopted.
     hidden: dict[int, int] = field(default_factory=dict)
     held: dict[int, list[Event]] = field(default_factory=dict)
-    #: User turn -> the hidden turn adopted as its reply, and the reverse.
-    adopted: dict[int, int] = field(default_factory=dict)
+    #: Adopted speculations whose events are still on their way out (relabelled), -> user turn.
     alias: dict[int, int] = field(default_factory=dict)
-    #: User turn -> the copy of its final transcript already put out at adoption.
-    early_final: dict[int, UserTranscript] = field(default_factory=dict)
+    #: User turns whose final transcript the stages only pass on, with the copy of it put out
+    #: at adoption; until the pipeline's own leaves the last stage.
+    answered: dict[int, UserTranscript] = field(default_factory=dict)
+    #: Recent adoptions, user turn -> speculation: what the stages call a reply that a cut or
+    #: a cancel may still concern while it plays (bounded).
+    pairs: dict[int, int] = field(default_factory=dict)
 
     def start(self, spec: int, turn: int) -> None:
         self.hidden[spec] = turn
@@ -70,11 +74,13 @@ class Speculations:
 
     def inner(self, turn: int) -> int:
         """The turn the stages work on for ``turn`` (its adopted speculation, or itself)."""
-        return self.adopted.get(turn, turn)
+        return self.pairs.get(turn, turn)
 
     def outer(self, turn: int) -> int:
         """The turn the outside knows ``turn`` by (an adopted speculation is its user turn)."""
-        return self.alias.get(turn, turn)
+        if turn in self.alias:
+            return self.alias[turn]
+        return next((t for t, s in self.pairs.items() if s == turn), turn)
 
     def drop(self, spec: int) -> None:
         self.hidden.pop(spec, None)
@@ -84,9 +90,12 @@ class Speculations:
         """Make ``spec`` the reply of ``final``'s turn; returns what comes out now: the final
         transcript, a ``speculation_adopted`` mark, and what ``spec`` made so far."""
         turn = self.hidden.pop(spec)
-        self.adopted[turn], self.alias[spec] = spec, turn
+        self.alias[spec] = turn
+        self.pairs[turn] = spec
+        while len(self.pairs) > _KEEP_OUTCOMES:
+            del self.pairs[next(iter(self.pairs))]
         early = dataclasses.replace(final)  # a copy: the pipeline's own is dropped at the exit
-        self.early_final[turn] = early
+        self.answered[turn] = early
         out: list[Event] = [early, TimingMark(turn, "speculation_adopted", at=at)]
         for event in self.held.pop(spec, []):
             out += self.outward(event)
@@ -103,24 +112,19 @@ class Speculations:
         if outer is not None:
             if isinstance(event, UserTranscript):
                 return []  # the words the speculation was started on: the user's own came out
+            if isinstance(event, ReplyEnd | TurnCancelled):
+                del self.alias[turn]  # its last event
             return [dataclasses.replace(event, turn=outer)]
-        if isinstance(event, UserTranscript) and event.final and turn in self.early_final:
-            if event is not self.early_final[turn]:
-                # The pipeline's copy of the transcript put out at adoption: it follows the
-                # speculation's last event through every stage, so the adoption is over.
-                del self.early_final[turn]
-                spec = self.adopted.get(turn)
-                if spec is not None:
-                    self.forget(spec, turn)
-                return []
+        early = self.answered.get(turn)
+        if early is not None and isinstance(event, UserTranscript) and event.final and event is not early:
+            del self.answered[turn]  # the pipeline's own copy: it has passed every stage
+            return []
         return [event]
 
     def forget(self, spec: int, turn: int) -> None:
-        """An adopted ``spec`` of ``turn`` is over (all of it came out, or it was cancelled
-        with its turn)."""
+        """The adopted ``spec`` of ``turn`` was cancelled with it: nothing more comes out."""
         self.alias.pop(spec, None)
-        self.adopted.pop(turn, None)
-        self.early_final.pop(turn, None)
+        self.answered.pop(turn, None)
 
 
 class SpeculationHost(Protocol):
