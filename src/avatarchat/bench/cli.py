@@ -32,6 +32,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                     help="encoder windows to compare, seconds (default: 12 30)")
     ps.add_argument("--json", type=Path, help="also write the JSON to this file")
     ps.set_defaults(run=run_asr)
+    pf = bsub.add_parser("first-audio", help="the reply's first audio after the LLM's first token, old and new "
+                         "clause rules on the same replies (SmolLM2's own and scripted short openers)")
+    pf.add_argument("--slow-rate", type=float, default=26.0, help="tokens/s of the slow pacing (default 26)")
+    pf.add_argument("--rounds", type=int, default=1, help="replays of every reply per rule (default 1)")
+    _common(pf)
+    pf.set_defaults(run=run_first_audio)
     pt = bsub.add_parser("turn", help="end of turn on labelled pauses (complete / mid-sentence): "
                                       "the words rule, Smart Turn, both; accuracy and hangovers")
     pt.add_argument("--doubtful", type=int, nargs="+", default=[500, 600, 700, 800, 900],
@@ -118,6 +124,16 @@ def run_asr(args: argparse.Namespace) -> int:
     if not all(4.0 <= w <= 30.0 for w in args.windows):
         raise UserError("--windows must be between 4 and 30 seconds")
     _emit(bench_asr(args.windows, _say), args.json)
+    return 0
+
+
+def run_first_audio(args: argparse.Namespace) -> int:
+    from avatarchat.bench.first_audio import bench_first_audio
+
+    if not 1 <= args.rounds <= 20 or not 1.0 <= args.slow_rate <= 500.0:
+        raise UserError("--rounds must be 1-20 and --slow-rate 1-500 tokens/s")
+    report = asyncio.run(bench_first_audio(load_config(args.config), args.slow_rate, args.rounds, _say))
+    _emit(report, args.json)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``python -m avatarchat.bench.first_audio``: the TTS's first audio after the LLM's first
+"""``avatarchat bench first-audio``: the TTS's first audio after the LLM's first
 token, and the seams after it, for two ways of cutting a reply's opening, on the same replies.
 
 Each question is answered once by the configured LLM and its text deltas are recorded with
@@ -20,9 +20,7 @@ would take from it in a real turn: the figures are a paired comparison, not abso
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import re
 import time
 from dataclasses import dataclass
@@ -226,25 +224,3 @@ async def bench_first_audio(config: Any, slow_rate: float, rounds: int, progress
         report["groups"][name] = {"summary": _summary(rows), "rows": rows}
     report["machine_after"] = machine()
     return report
-
-
-def main() -> None:
-    from avatarchat.config import load_config
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", "-c", default="configs/voice.yaml")
-    parser.add_argument("--slow-rate", type=float, default=26.0, help="tokens/s of the slow pacing (default 26)")
-    parser.add_argument("--rounds", type=int, default=1, help="replays of every reply per rule (default 1)")
-    parser.add_argument("--json", help="also write the JSON here")
-    args = parser.parse_args()
-    report = asyncio.run(bench_first_audio(load_config(args.config), args.slow_rate, args.rounds,
-                                           lambda m: print(m, flush=True)))
-    text = json.dumps(report, indent=2)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            f.write(text)
-    print(json.dumps({g: v["summary"] for g, v in report["groups"].items()}, indent=2))
-
-
-if __name__ == "__main__":
-    main()
