@@ -70,7 +70,10 @@ export class ClientAvatar {
     this.clock = transport.pc ? new RtcHeardClock(transport.pc) : new WsHeardClock(transport.player);
     this.shown = false;
     this.faceMessages = 0;
+    // ?drawfps=N: another draw rate (60: every frame of a 60 Hz display), for comparisons.
+    const drawFps = Number(new URLSearchParams(location.search).get("drawfps")) || 30;
     this.view = new FaceView({
+      maxFps: drawFps,
       renderer,
       timeline: this.timeline,
       clock: this.clock,
