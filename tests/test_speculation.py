@@ -192,3 +192,43 @@ async def test_a_speculation_adopted_as_soon_as_it_starts_still_comes_out_as_the
     assert [e.text for e in run.events(UserTranscript) if e.final] == ["What is the capital of France?"]
     assert "".join(e.text for e in run.events(ReplyText)) == "Paris is the capital."
     assert len(run.events(ReplyEnd)) == 1 and run.llm is not None and len(run.llm.requests) == 1
+
+
+async def test_a_speculation_whose_llm_fails_is_dropped_and_the_turn_answered_when_it_ends() -> None:
+    """The LLM fails on its first request (the speculation's): nobody is told, nothing is
+    said; the user's final transcript is then answered as if no speculation had been made."""
+
+    class FailsOnce(FakeLLM):
+        async def stream(self, ctx, messages):  # type: ignore[no-untyped-def, override]
+            if not self.requests:
+                self.requests.append(messages)
+                raise RuntimeError("the model server went away")
+            async for delta in super().stream(ctx, messages):
+                yield delta
+
+    script = [UserSpeech(0.5, 1.5, "What is the capital of France?")]
+    clock = FakeClock()
+    vad = ScriptedVAD(script, ScriptedVADOptions(pause_ms=150, end_ms=1000))
+    llm = FailsOnce(("Paris.",), first_token_s=0.1, token_s=0.05)
+    session = Session([vad, FakeASR(vad), llm, FakeTTS()], SessionInfo("t", settings(True), clock=clock))
+    out: list[Event] = []
+
+    async def read() -> None:
+        async for event in session.events():
+            out.append(event)
+
+    await session.start()
+    reader = asyncio.create_task(read())
+    try:
+        for chunk in Audio.silence(4.0).chunks():
+            await clock.advance(0.02)
+            session.push(UserAudio(NO_TURN, chunk, 16_000))
+        await clock.settle()
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await session.close()
+    assert session.speculator is not None and (session.speculator.started, session.speculator.used) == (1, 0)
+    assert not [e for e in out if type(e).__name__ in ("ErrorEvent", "TurnCancelled")]
+    assert [e.text for e in out if isinstance(e, ReplyAudio)] == ["Paris."]
+    assert {e.turn for e in out} == {1} and len(llm.requests) == 2
