@@ -1,5 +1,5 @@
 """Smart Turn v3.2 (turn: smart_turn): load errors, the features it is fed, what it says of
-real speech (hibari), and the handler in a real Session ahead of the real whisper ASR."""
+real speech (hibari), and the handler in a real Session after the real whisper ASR."""
 
 from __future__ import annotations
 
@@ -162,7 +162,7 @@ def test_the_output_is_a_probability_and_the_same_each_time(
 
 
 @pytest.mark.slow
-async def test_the_handler_guesses_each_pause_and_passes_it_on_to_the_asr(
+async def test_the_asr_passes_each_pause_on_once_transcribed_and_the_handler_guesses_it(
     pairs: list[tuple[np.ndarray, np.ndarray]]
 ) -> None:
     from avatarchat.handlers.asr.whisper import WhisperHandler, WhisperOptions
@@ -172,8 +172,8 @@ async def test_the_handler_guesses_each_pause_and_passes_it_on_to_the_asr(
     await asyncio.gather(asyncio.to_thread(turn_stage.load), asyncio.to_thread(asr.load))
     complete, unfinished = pairs[1]
     out: list[Event] = []
-    async with Session([turn_stage, asr], SessionInfo("t")) as session:
-        # No usable audio: no guess, but the pause still goes on to the ASR.
+    async with Session([asr, turn_stage], SessionInfo("t")) as session:
+        # No usable audio: no guess (the ASR still transcribes it, as "").
         session.push(SpeechPaused(1, audio=np.zeros(0, np.float32), speech_end=10.0))
         session.push(SpeechPaused(1, audio=unfinished, speech_end=11.5))
         session.push(SpeechPaused(1, audio=complete, speech_end=13.25))
@@ -191,5 +191,10 @@ async def test_the_handler_guesses_each_pause_and_passes_it_on_to_the_asr(
     assert guesses[0].complete < 0.2 < 0.8 < guesses[1].complete
     # The ASR got every pause (the empty one too): its early transcripts carry their speech_end.
     heard = {e.speech_end: e.text for e in out if isinstance(e, UserTranscript)}
+    # Each guess comes after its pause's words: the model never ran beside whisper.
+    order = [(type(e).__name__, getattr(e, "speech_end", None)) for e in out
+             if isinstance(e, UserTranscript | EndOfTurnGuess)]
+    for g in guesses:
+        assert order.index(("UserTranscript", g.speech_end)) < order.index(("EndOfTurnGuess", g.speech_end))
     assert not any(e.final for e in out if isinstance(e, UserTranscript))
     assert set(heard) == {10.0, 11.5, 13.25} and "brother" in heard[13.25].lower()

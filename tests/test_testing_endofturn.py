@@ -9,7 +9,6 @@ and ends a turn after 500 ms, unless an ``EndOfTurnHint`` for that pause says ot
 
 from __future__ import annotations
 
-import pytest
 
 from avatarchat.engine.events import Event, TimingMark, UserTranscript
 from avatarchat.engine.handler import EndOfTurnSettings, SessionSettings
@@ -74,7 +73,7 @@ VOICED = SessionSettings(end_of_turn=EndOfTurnSettings(complete_ms=200, unfinish
 async def turns_heard_with_voice(script: list[UserSpeech], guess: dict[str, float], *, seconds: float = 5.0,
                                  model_latency_s: float = 0.0, asr_latency_s: float = 0.0
                                  ) -> list[tuple[str, float, float]]:
-    """As ``turns_heard``, with a fake audio model between the VAD and the ASR that guesses
+    """As ``turns_heard``, with a fake audio model after the ASR that guesses
     ``guess[words so far]`` (0.5 for words it does not know)."""
     from avatarchat.testing import FakeTurnModel
 
@@ -82,7 +81,7 @@ async def turns_heard_with_voice(script: list[UserSpeech], guess: dict[str, floa
     vad = ScriptedVAD(script)
     model = FakeTurnModel(vad, lambda words: guess.get(words, 0.5), latency_s=model_latency_s)
     events: list[Event] = await run_pipeline_test(
-        [vad, model, FakeASR(vad, latency_s=asr_latency_s)], [Audio.silence(seconds)], clock=clock,
+        [vad, FakeASR(vad, latency_s=asr_latency_s), model], [Audio.silence(seconds)], clock=clock,
         settings=VOICED, until=lambda evs: False if clock.elapsed < seconds - 1e-6 else True,
     )
     marks = {(e.turn, e.name): round(e.at - clock.start, 3) for e in events if isinstance(e, TimingMark)}
@@ -115,7 +114,7 @@ async def test_dangling_words_wait_whatever_the_voice_says() -> None:
 
 
 async def test_a_voice_that_comes_after_the_words_still_decides() -> None:
-    # The model answers 300 ms after the pause (the words came at once): the turn ends as
+    # The model answers 300 ms after the words (which came at the pause): the turn ends as
     # soon as both are in, 200 ms of silence having long passed.
     heard = await turns_heard_with_voice([UserSpeech(0.5, 1.5, "What time is it?")], {"What time is it?": 0.9},
                                          model_latency_s=0.3)

@@ -123,9 +123,6 @@ def _commit(path: Path) -> str | None:
 def run_variant(variant: Variant, wav: Path, wav_seconds: float, questions: Sequence[str], avatar: AvatarMode,
                 pauses: bool, progress: Progress) -> dict[str, Any]:
     """Serve ``variant``, talk to it through its page for the whole WAV, and measure."""
-    from playwright.sync_api import sync_playwright
-
-    label = variant.label
     with tempfile.TemporaryDirectory(prefix="avatarchat-e2e-meta-") as meta:
         env = source_env(variant.source, Path(meta)) if variant.source is not None else {}
         return _run_served(variant, env, wav, wav_seconds, questions, avatar, pauses, progress)

@@ -2,10 +2,10 @@
 ``turn`` stage, an audio model's guess lengthen the VAD's hangover when the user is
 mid-sentence and shorten it for a complete question.
 
-The VAD hands the utterance to the ASR (and to the ``turn`` stage) after a short pause
-(``SpeechPaused``); the ASR's transcript of it (``final=False``, with the pause's
-``speech_end``) and the audio model's ``EndOfTurnGuess`` reach ``EndOfTurn`` on the session's
-control lane, and an ``EndOfTurnHint`` goes back on the lane to the VAD. The session wires it
+The VAD hands the utterance to the ASR after a short pause (``SpeechPaused``), and the ASR
+passes it on to the ``turn`` stage once transcribed; the ASR's transcript of it
+(``final=False``, with the pause's ``speech_end``) and then the audio model's
+``EndOfTurnGuess`` reach ``EndOfTurn`` on the session's control lane, and an ``EndOfTurnHint`` goes back on the lane to the VAD. The session wires it
 from ``session.end_of_turn``. The trade-off: a short hangover answers sooner but cuts people
 who pause to think; a long one never cuts them but makes every answer wait. Judging the
 words lets complete questions end early and "I want to go to, um," wait; the voice catches
@@ -84,8 +84,8 @@ class EndOfTurn:
 
     A pause is judged from its early transcript (``looks_unfinished``) and, when the pipeline
     has a ``turn`` stage (``voice=True``), from that stage's ``EndOfTurnGuess`` for the same
-    pause, whichever comes second (the audio model, ~65 ms, mostly comes before the words,
-    ~150 ms); ``hangover_ms`` weighs them. A pause whose guess never comes (the model
+    pause, whichever comes second (the guess, ~60 ms after the words: the reply started on
+    the words meanwhile, ``engine.speculation``); ``hangover_ms`` weighs them. A pause whose guess never comes (the model
     failed on it, logged by the session) keeps the VAD's own ``end_ms``: slow, not wrong.
     """
 

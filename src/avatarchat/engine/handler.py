@@ -43,9 +43,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from avatarchat.engine.clock import REAL_CLOCK, Clock
 from avatarchat.engine.events import NO_TURN, Event
 
-STAGES = ("vad", "turn", "asr", "llm", "tts", "avatar")
+STAGES = ("vad", "asr", "turn", "llm", "tts", "avatar")
 #: Stages a config may leave out (no avatar: a voice-only pipeline; no ``turn``: the end of
-#: a turn is judged from the words alone).
+#: a turn is judged from the words alone). The ``turn`` stage hears each pause after the ASR
+#: has transcribed it (the ASR passes the ``SpeechPaused`` on), so the two never compete for
+#: the cores and the words are never late for a model's sake.
 OPTIONAL_STAGES = frozenset({"turn", "avatar"})
 
 

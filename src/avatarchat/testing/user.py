@@ -240,16 +240,17 @@ class FakeASR(Handler[HandlerOptions]):
         text = self.vad.heard(ctx.session_id, event.turn)
         if isinstance(event, SpeechPaused):
             yield UserTranscript(event.turn, text, final=False, speech_end=event.speech_end)
+            yield event  # on to a ``turn`` stage, as a real ASR passes it
             return
         yield TimingMark(event.turn, "asr_final", at=ctx.clock.now())
         yield UserTranscript(event.turn, text, final=True)
 
 
 class FakeTurnModel(Handler[HandlerOptions]):
-    """An audio end-of-turn model (the ``turn`` stage) that hears the script: at each
-    ``SpeechPaused`` it guesses ``guess(words so far)`` (a probability that the user has
-    finished), ``latency_s`` (session clock) after the pause, as ``EndOfTurnGuess``. The
-    pause goes on to the ASR at once, as a real ``turn`` stage forwards it."""
+    """An audio end-of-turn model (the ``turn`` stage, after the ASR) that hears the script:
+    at each ``SpeechPaused`` the ASR passes on it guesses ``guess(words so far)`` (a
+    probability that the user has finished), ``latency_s`` (session clock) later, as
+    ``EndOfTurnGuess``."""
 
     name = "fake"
     stage = "turn"

@@ -24,7 +24,7 @@ from avatarchat.engine.events import (
     TimingMark,
 )
 from avatarchat.engine.clock import REAL_CLOCK, Clock
-from avatarchat.engine.handler import TTSHandler, Handler, HandlerOptions, SessionInfo
+from avatarchat.engine.handler import TTSHandler, HandlerOptions, SessionInfo
 from avatarchat.engine.scheduling import Priority, run_model
 from avatarchat.handlers.tts.text import ClauseSplitter, clean_for_speech, ends_with_sentence_end, without_dangling_end
 

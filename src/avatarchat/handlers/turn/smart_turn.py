@@ -105,7 +105,7 @@ def load_model(threads: int = 1, model: ModelFile = SMART_TURN_MODEL) -> SmartTu
 
 @register
 class SmartTurnHandler(Handler[SmartTurnOptions]):
-    """``turn: smart_turn``: SpeechPaused in (and passed on to the ASR first); EndOfTurnGuess out.
+    """``turn: smart_turn``: SpeechPaused in (from the ASR, once it has transcribed the pause); EndOfTurnGuess out.
 
     A pause with no usable audio (empty, or not finite: never from the VAD) gets no guess:
     end of turn, which waits for one, then leaves that pause to the VAD's own ``end_ms``."""
@@ -114,7 +114,7 @@ class SmartTurnHandler(Handler[SmartTurnOptions]):
     stage: ClassVar[str] = "turn"
     Options: ClassVar[type[HandlerOptions]] = SmartTurnOptions
     accepts = (SpeechPaused,)
-    forwards = (SpeechPaused,)  # the ASR transcribes the same pause
+    forwards = (SpeechPaused,)  # (nothing after this stage uses it; passed on as any event is)
 
     def __init__(self, options: SmartTurnOptions) -> None:
         super().__init__(options)
