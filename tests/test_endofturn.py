@@ -9,11 +9,12 @@ import pytest
 
 from avatarchat.audio.resample import resample
 from avatarchat.engine.endofturn import looks_unfinished
-from avatarchat.engine.events import NO_TURN, TimingMark, UserAudio
+from avatarchat.engine.events import TimingMark
 from avatarchat.engine.handler import EndOfTurnSettings, SessionInfo, SessionSettings
 from avatarchat.engine.session import Session
 from avatarchat.handlers.asr.whisper import WhisperHandler
 from avatarchat.handlers.vad.silero import SileroOptions, SileroVADHandler, _Detector, _End, _Pause
+from tests.live_mic import feed_live
 
 RATE = 16_000
 
@@ -89,14 +90,7 @@ async def _speak_live(session: Session, audio: np.ndarray, seconds: float) -> fl
     signal = np.concatenate([np.zeros(RATE // 2, np.float32), audio, np.zeros(int(seconds * RATE), np.float32)])
     marks: dict[str, float] = {}
 
-    async def feed() -> None:
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        for k, i in enumerate(range(0, len(signal), 320)):
-            await asyncio.sleep(max(0.0, t0 + k * 0.02 - loop.time()))
-            session.push(UserAudio(NO_TURN, signal[i:i + 320], RATE))
-
-    feeder = asyncio.create_task(feed())
+    feeder = asyncio.create_task(feed_live(session, signal))
     try:
         async with asyncio.timeout(len(signal) / RATE + 5):
             async for event in session.events():  # (the ASR consumes SpeechEnded; marks pass)

@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 
 from avatarchat.audio.resample import resample
-from avatarchat.engine.events import NO_TURN, Event, ReplyAudio, ReplyEnd, ReplyText, UserAudio, UserTranscript
+from avatarchat.engine.events import Event, ReplyAudio, ReplyEnd, ReplyText, UserTranscript
 from avatarchat.engine.handler import EndOfTurnSettings, SessionInfo, SessionSettings
 from avatarchat.engine.session import Session
 from avatarchat.handlers.asr.whisper import WhisperHandler
 from avatarchat.handlers.llm.local import LocalLLM
 from avatarchat.handlers.tts.hibari import HibariOptions, HibariTTS
 from avatarchat.handlers.vad.silero import SileroOptions, SileroVADHandler
+from tests.live_mic import feed_live
 
 RATE = 16_000
 pytestmark = pytest.mark.slow
@@ -38,17 +39,7 @@ async def talk(session: Session, signal: np.ndarray, after_s: float) -> list[Eve
     seconds past the end of the signal)."""
     out: list[Event] = []
 
-    async def feed() -> None:
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        for k, i in enumerate(range(0, len(signal), 320)):
-            await asyncio.sleep(max(0.0, t0 + k * 0.02 - loop.time()))
-            session.push(UserAudio(NO_TURN, signal[i:i + 320], RATE))
-        while True:  # the mic goes on sending silence
-            await asyncio.sleep(0.02)
-            session.push(UserAudio(NO_TURN, np.zeros(320, np.float32), RATE))
-
-    feeder = asyncio.create_task(feed())
+    feeder = asyncio.create_task(feed_live(session, signal, then_silence=True))
     try:
         async with asyncio.timeout(len(signal) / RATE + after_s):
             async for event in session.events():
