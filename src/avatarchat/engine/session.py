@@ -202,7 +202,14 @@ class Session:
         Its output is held until ``adopt``; ``cancel_turn`` drops it unheard."""
         spec = self.new_turn()
         self._spec.start(spec, turn)
-        self.push(UserTranscript(spec, text, final=True))
+        words = UserTranscript(spec, text, final=True)
+        # Straight to the first stage that answers words (the LLM): the stages before it
+        # would only pass it on, after whatever they are busy with (Smart Turn's ~60 ms).
+        stage = next((st for st in self._stages if isinstance(words, st.handler.accepts)), None)
+        if stage is None:
+            self.push(words)
+        else:
+            stage.inbox.put_nowait(words)
         return spec
 
     def adopt(self, spec: int, final: UserTranscript) -> None:
