@@ -5,8 +5,9 @@ mid-sentence and shorten it for a complete question.
 The VAD hands the utterance to the ASR after a short pause (``SpeechPaused``), and the ASR
 passes it on to the ``turn`` stage once transcribed; the ASR's transcript of it
 (``final=False``, with the pause's ``speech_end``) and then the audio model's
-``EndOfTurnGuess`` reach ``EndOfTurn`` on the session's control lane, and an ``EndOfTurnHint`` goes back on the lane to the VAD. The session wires it
-from ``session.end_of_turn``. The trade-off: a short hangover answers sooner but cuts people
+``EndOfTurnGuess`` reach ``EndOfTurn`` on the session's control lane, and an
+``EndOfTurnHint`` goes back on the lane to the VAD. The session wires it from
+``session.end_of_turn``. The trade-off: a short hangover answers sooner but cuts people
 who pause to think; a long one never cuts them but makes every answer wait. Judging the
 words lets complete questions end early and "I want to go to, um," wait; the voice catches
 what the words cannot tell: Whisper writes "I was thinking about the weather today." for a
@@ -85,8 +86,9 @@ class EndOfTurn:
     A pause is judged from its early transcript (``looks_unfinished``) and, when the pipeline
     has a ``turn`` stage (``voice=True``), from that stage's ``EndOfTurnGuess`` for the same
     pause, whichever comes second (the guess, ~60 ms after the words: the reply started on
-    the words meanwhile, ``engine.speculation``); ``hangover_ms`` weighs them. A pause whose guess never comes (the model
-    failed on it, logged by the session) keeps the VAD's own ``end_ms``: slow, not wrong.
+    the words meanwhile, ``engine.speculation``); ``hangover_ms`` weighs them. A pause whose
+    guess never comes (the model failed on it, logged by the session) keeps the VAD's own
+    ``end_ms``: slow, not wrong.
     """
 
     WATCHES: tuple[type[Event], ...] = (UserTranscript, EndOfTurnGuess)
@@ -97,7 +99,7 @@ class EndOfTurn:
         self.voice = voice
         #: The newest pause: (turn, speech_end) -> its words' verdict / its voice, as known.
         self._pause: tuple[int, float] | None = None
-        self._words: bool | None | object = _UNKNOWN
+        self._words: tuple[bool | None] | None = None  # (verdict,) once the transcript came
         self._guess: float | None = None
 
     def on_event(self, event: Event) -> None:
@@ -112,12 +114,12 @@ class EndOfTurn:
             if event.final or event.speech_end is None:
                 return
             self._at(event.turn, event.speech_end)
-            self._words = looks_unfinished(event.text)
-        if self._words is _UNKNOWN or (self.voice and self._guess is None):
+            self._words = (looks_unfinished(event.text),)
+        if self._words is None or (self.voice and self._guess is None):
             return
         assert self._pause is not None
         s = self.settings
-        silence = hangover_ms(self._words, self._guess, complete_ms=s.complete_ms,  # type: ignore[arg-type]
+        silence = hangover_ms(self._words[0], self._guess, complete_ms=s.complete_ms,
                               unfinished_ms=s.unfinished_ms, doubtful_ms=s.doubtful_ms,
                               threshold=s.audio_threshold)
         turn, speech_end = self._pause
@@ -129,7 +131,4 @@ class EndOfTurn:
         """Make ``(turn, speech_end)`` the pause being judged (a newer one drops the old)."""
         if self._pause != (turn, speech_end):
             self._pause = (turn, speech_end)
-            self._words, self._guess = _UNKNOWN, None
-
-
-_UNKNOWN = object()
+            self._words, self._guess = None, None
