@@ -334,7 +334,11 @@ def test_without_echo_cancellation_the_echo_cuts_the_reply(loop_browser: LoopBro
         mutes = gate_mutes(page)
         print(f"\nno echo cancellation: {describe(levels)}; cut to {cut['text'] if cut else None!r}; "
               f"page mutes at {[(round(m['t']), m.get('over')) for m in mutes or []]} (ms, × threshold)")
-        assert abs(levels["echo_db"] - ECHO_DB) < 4, describe(levels)  # the loop works, at its level
+        # The loop works, at its level. The mean, not the block median: uncancelled there are no
+        # bursts to be robust against, and the echo cuts the reply within ~0.5 s, so the median
+        # is of 2-3 blocks, one of them the tail where the voice stops and its echo lingers
+        # (median -10.7 dB with the mean at -14.3 dB in a CI run; means -14.3 to -16.3 in 7 runs).
+        assert abs(levels["mean_db"] - ECHO_DB) < 4, describe(levels)
         assert cut is not None, "the avatar's echo, uncancelled, did not cut its reply"
     finally:
         close_pages(server, page)
