@@ -159,7 +159,11 @@ def run_turn(args: argparse.Namespace) -> int:
     rules = Rules(eot.complete_ms, eot.unfinished_ms, end_ms)
     thresholds = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
     vad_options = vad.options if vad is not None and isinstance(vad.options, SileroOptions) else None
-    _emit(bench_turn(rules, threshold, args.doubtful, thresholds, args.limit, _say, vad_options), args.json)
+    try:  # a Chinese config runs the Chinese set, with its voice and its whisper
+        report = bench_turn(rules, threshold, args.doubtful, thresholds, args.limit, _say, vad_options, config)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    _emit(report, args.json)
     return 0
 
 

@@ -16,6 +16,11 @@ finished question waits; for unfinished ones, a hangover shorter than the speake
 ends the turn on them (a false end): reported for pauses of 0.4 s and 0.8 s. The hangover
 is the nominal one: the decision itself needs the pause's transcript (pause_ms + a whisper
 call, ~0.35 s), so a shorter hangover ends the turn when the transcript is back.
+
+A config whose ``session.language`` is Chinese (``configs/zh.yaml``) runs the Chinese set
+instead (``bench/pauses_zh.py``, said by the config's voice, the Mandarin one), transcribed
+by the config's whisper (base, zh) and judged by the Chinese word rules
+(``engine.endofturn_zh``).
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ import numpy as np
 
 from avatarchat.bench.pauses import SENTENCES, Pause, make_pauses, through_vad
 from avatarchat.bench.stats import machine, summarize
+from avatarchat.config import Config
 from avatarchat.engine.endofturn import hangover_ms, looks_unfinished
+from avatarchat.handlers.asr.chinese import is_chinese
 from avatarchat.handlers.turn.features import RATE, features
 from avatarchat.handlers.vad.silero import SileroOptions
 
@@ -37,8 +44,9 @@ from avatarchat.handlers.vad.silero import SileroOptions
 TAIL_DROPS_MS = (0, 50, 100, 150)
 #: Pause lengths (s) that a speaker takes mid-sentence (the issue's 0.4-0.8 s).
 FALSE_END_PAUSES_S = (0.4, 0.8)
-LANGUAGE_NOTE = ("English only (hibari): the issue also asks for Chinese once issue 11 lands; "
-                 "no Chinese voice or set exists yet")
+LANGUAGE_NOTE = "English (hibari); a Chinese config (configs/zh.yaml) runs the Chinese set"
+LANGUAGE_NOTE_ZH = ("Chinese (bench/pauses_zh.py, the config's voice), whisper base zh, "
+                    "the Chinese word rules (engine/endofturn_zh.py)")
 
 
 @dataclass(frozen=True)
@@ -154,7 +162,7 @@ def word_verdicts(scored: Sequence[Scored]) -> dict[str, dict[str, int]]:
 
 
 def judge(pauses: Sequence[Pause], transcribe: Callable[[np.ndarray], str],
-          complete: Callable[[np.ndarray], float]) -> list[Scored]:
+          complete: Callable[[np.ndarray], float], language: str = "en") -> list[Scored]:
     """Run both judges on every pause (blocking)."""
     scored = []
     for pause in pauses:
@@ -162,7 +170,7 @@ def judge(pauses: Sequence[Pause], transcribe: Callable[[np.ndarray], str],
         t0 = time.perf_counter()
         p = complete(pause.audio)
         ms = (time.perf_counter() - t0) * 1000
-        scored.append(Scored(pause, text, looks_unfinished(text), p, ms))
+        scored.append(Scored(pause, text, looks_unfinished(text, language), p, ms))
     return scored
 
 
@@ -199,38 +207,66 @@ def _features_ms(pauses: Sequence[Pause]) -> list[float]:
     return times
 
 
+def _chinese_set(config: Config, limit: int | None, progress: Callable[[str], None]) -> tuple[list[Pause], Any]:
+    """The Chinese pauses said by the config's voice, and the config's whisper (loaded)."""
+    from avatarchat.bench.pauses_zh import SENTENCES_ZH, make_pauses_zh
+    from avatarchat.engine.handler import handlers_for
+    from avatarchat.handlers.asr.whisper import WhisperHandler, WhisperOptions
+
+    tts_stage, asr_stage = config.stages.get("tts"), config.stages.get("asr")
+    if tts_stage is None or asr_stage is None or not isinstance(asr_stage.options, WhisperOptions):
+        raise ValueError(f"{config.path}: bench turn in Chinese needs a tts stage (the Mandarin voice) "
+                         "and an asr stage with handler: whisper")
+    sentences = SENTENCES_ZH[:limit] if limit else SENTENCES_ZH
+    progress(f"synthesizing {len(sentences)} Chinese sentences ({tts_stage.handler}) and cutting them")
+    tts: Any = handlers_for("tts")[tts_stage.handler](tts_stage.options)
+    tts.load()
+    ideal = make_pauses_zh(tts, sentences)
+    asr = WhisperHandler(asr_stage.options)
+    asr.load()
+    return ideal, asr
+
+
 def bench_turn(rules: Rules, threshold: float, doubtful: Sequence[int], thresholds: Sequence[float],
                limit: int | None, progress: Callable[[str], None],
-               vad_options: SileroOptions | None = None) -> dict[str, Any]:
-    """The report (JSON-able). ``limit``: only the first ``limit`` sentences of the set."""
+               vad_options: SileroOptions | None = None, config: Config | None = None) -> dict[str, Any]:
+    """The report (JSON-able). ``limit``: only the first ``limit`` sentences of the set.
+    ``config``: a Chinese one runs the Chinese set (its voice, its whisper)."""
     from avatarchat.handlers.asr.whisper import WhisperHandler, WhisperOptions
     from avatarchat.handlers.tts.hibari import HibariOptions, HibariTTS
     from avatarchat.handlers.turn.smart_turn import SMART_TURN_MODEL, load_model
 
-    sentences = SENTENCES[:limit] if limit else SENTENCES
-    progress(f"synthesizing {len(sentences)} sentences (hibari) and cutting them")
-    tts = HibariTTS(HibariOptions())
-    tts.load()
-    ideal = make_pauses(tts, sentences)
+    language = config.session.language if config is not None else "en"
+    if is_chinese(language):
+        assert config is not None
+        ideal, asr = _chinese_set(config, limit, progress)
+        asr_name, language, note = f"whisper {asr.options.model} (zh)", "zh", LANGUAGE_NOTE_ZH
+    else:
+        sentences = SENTENCES[:limit] if limit else SENTENCES
+        progress(f"synthesizing {len(sentences)} sentences (hibari) and cutting them")
+        tts = HibariTTS(HibariOptions())
+        tts.load()
+        ideal = make_pauses(tts, sentences)
+        asr = WhisperHandler(WhisperOptions())
+        asr.load()
+        asr_name, language, note = "whisper tiny.en", "en", LANGUAGE_NOTE
     progress(f"finding the pauses with the Silero VAD ({len(ideal)} clips)")
     pauses, vad_missed = through_vad(ideal, vad_options)
-    progress("loading whisper tiny.en and Smart Turn v3.2")
-    asr = WhisperHandler(WhisperOptions())
-    asr.load()
+    progress("loading Smart Turn v3.2")
     model = load_model(threads=1)
     model.complete(pauses[0].audio)  # first-run allocations are not a decision's cost
     progress(f"judging {len(pauses)} pauses")
-    scored = judge(pauses, lambda a: asr.transcribe(a, "en"), model.complete)
+    scored = judge(pauses, lambda a: asr.transcribe(a, language), model.complete, language)
     progress("Smart Turn on the ideal cuts, and without the pauses' last ms")
     ideal_accuracy = accuracy([model.complete(x.audio) for x in ideal], ideal, threshold)
     tails = tail_sweep(scored, model.complete, rules, threshold)
     return {
         "benchmark": "turn",
-        "language": "en",
-        "note": LANGUAGE_NOTE,
+        "language": language,
+        "note": note,
         "model": {"name": SMART_TURN_MODEL.name, "distribution": f"{SMART_TURN_MODEL.distribution}=="
                   f"{SMART_TURN_MODEL.pinned_version}", "sha256": SMART_TURN_MODEL.sha256, "threads": 1},
-        "asr": "whisper tiny.en",
+        "asr": asr_name,
         "pauses": {"complete": sum(p.label == "complete" for p in pauses),
                    "unfinished": sum(p.label == "unfinished" for p in pauses),
                    "vad_missed": vad_missed},
