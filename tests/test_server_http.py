@@ -247,7 +247,7 @@ async def test_config_gives_the_browser_the_ice_servers() -> None:
         async with http.get(url + "/api/config") as r:
             body = await r.json()
             assert {k: v for k, v in body.items() if k != "barge_in"} == {
-                "max_sessions": 4, "ice_transport_policy": "all", "avatar": None, "ice_servers": [
+                "max_sessions": 4, "ice_transport_policy": "all", "avatar": None, "language": "en", "ice_servers": [
                     {"urls": ["stun:stun.example.org"]},
                     {"urls": ["turn:t.example.org"], "username": "u", "credential": "c"}]}
     async with running() as (url, _), aiohttp.ClientSession() as http:

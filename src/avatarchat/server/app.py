@@ -11,8 +11,9 @@ Routes (documented for other clients in docs/PROTOCOL.md):
   conversation and messages as WebRTC's data channel, with mic and reply audio as binary
   PCM; before the upgrade, the same 503/429 as an offer, and 400 for a bad query
 - ``GET /api/config``: ``{"ice_servers": [...], "ice_transport_policy": "all" | "relay",
-  "max_sessions": n, "barge_in": {...}, "avatar": {...} | null}`` for the browser's ICE agent (TURN credentials made
-  for this request) and its barge-in gate
+  "max_sessions": n, "barge_in": {...}, "avatar": {...} | null, "language": "en"}`` for the browser's ICE
+  agent (TURN credentials made for this request), its barge-in gate and the page's language
+  (the config's ``session.language``)
 - ``GET /healthz``: 503 ``{"status": "loading"}`` until the models are loaded, then 200
 - ``GET /metrics``: Prometheus text
 
@@ -204,7 +205,8 @@ async def _config(request: web.Request) -> web.Response:
     return web.json_response({"ice_servers": ice, "max_sessions": settings.max_sessions,
                               "ice_transport_policy": "relay" if settings.turn.relay_only else "all",
                               "barge_in": settings.barge_in.client(request.app[STATE].session.barge_in.enabled),
-                              "avatar": avatar.config(settings) if avatar is not None else None})
+                              "avatar": avatar.config(settings) if avatar is not None else None,
+                              "language": request.app[STATE].session.language})
 
 
 async def _avatar_rig(request: web.Request) -> web.Response:
