@@ -12,7 +12,8 @@
 // No build step, no framework, standard APIs only (current Chromium and Firefox).
 //
 // This module owns the session (start, stop, the server's messages) and wires the others:
-//   ui.js         elements, user-facing messages, banner, status line
+//   ui.js         elements, banner, status line
+//   i18n.js       the page's words in English and Chinese, and which language it shows
 //   signaling.js  health, /api/config, the microphone, the peer connection, the offer
 //   rtcmedia.js   the WebRTC tracks on the page's media elements
 //   wsclient.js   the WebSocket transport (wsaudio.js: its mic capture and reply player)
@@ -28,6 +29,7 @@
 import { AvatarSlot } from "./avatar/client.js";
 import { BargeInGate, settingsFrom } from "./bargein.js";
 import { addLine, addTypedLine, finishStreaming, onReply, onTranscript } from "./chatlog.js";
+import { browserLanguage, language, queryLanguage, setLanguage, setText, supported, t } from "./i18n.js";
 import { showMetrics } from "./latency.js";
 import { MicLevel } from "./miclevel.js";
 import {
@@ -39,7 +41,7 @@ import {
   rtcConfigFrom, waitForIceGathering, waitUntilReady,
 } from "./signaling.js";
 import {
-  MESSAGES, clearBanner, setAvatarLabel, setBadge, setPlaceholder, setStatus, setVoiceVolume, showBanner,
+  clearBanner, setAvatarLabel, setBadge, setPlaceholder, setStatus, setVoiceVolume, showBanner,
   showSurface, ui, voiceElement,
 } from "./ui.js";
 import { clearMedia, playTrack } from "./rtcmedia.js";
@@ -63,6 +65,32 @@ const AVATAR = params.get("avatar") === "video" ? "video" : "auto";
 // Asking a full server again after a fallback: every FULL_RETRY_MS, FULL_RETRIES times.
 const FULL_RETRY_MS = 2000;
 const FULL_RETRIES = 8;
+// How long Start waits for the server to say the page's language (i18n.js) before going on
+// in the browser's.
+const LANGUAGE_WAIT_MS = 2000;
+
+// The page's language: the link's `?lang=`, else the server's (/api/config's `language`,
+// asked at once), else the browser's. The fixed texts change when it is known; Start waits
+// for it (at most LANGUAGE_WAIT_MS), so that a session speaks one language throughout.
+const languageReady = chooseLanguage();
+
+async function chooseLanguage() {
+  const asked = queryLanguage();
+  if (asked) return setLanguage(asked, "query");
+  const browser = browserLanguage();
+  setLanguage(browser || "en", browser ? "browser" : "default");
+  const answer = getJSON("api/config", { auth: true }).then(followServer, () => {
+    /* no server yet, or a link without its token: the browser's language stays */
+  });
+  await Promise.race([answer, new Promise((r) => setTimeout(r, LANGUAGE_WAIT_MS))]);
+}
+
+// The server's config says its language (session.language): the page follows it, unless the
+// link asked for one; a language the page lacks leaves it as it is.
+function followServer(config) {
+  const lang = supported(config?.body?.language);
+  if (config?.ok && lang && language().source !== "query") setLanguage(lang, "server");
+}
 
 // One session at a time; Stop (or a failure) tears it all down.
 const session = {
@@ -160,7 +188,7 @@ function onServerMessage(raw) {
       showMetrics(msg);
       break;
     case "error":
-      addLine("error", null, msg.message || "error");
+      addLine("error", null, msg.message || t("error"));
       break;
     default:
       break; // pong and future types
@@ -214,10 +242,10 @@ function onPeerState(pc) {
     clearTimeout(session.iceTimer);
     mark("connected");
     if (session.connection !== "connected") setConnection("connected");
-    setStatus(MESSAGES.connectedWebRTC);
+    setStatus(t("connectedWebRTC"));
   } else if (state === "failed") {
-    if (TRANSPORT === "auto" && session.connection !== "connected") fallBack(MESSAGES.iceFailed, true);
-    else fail(MESSAGES.failed);
+    if (TRANSPORT === "auto" && session.connection !== "connected") fallBack(t("iceFailed"), true);
+    else fail(t("failed"));
   }
 }
 
@@ -228,7 +256,7 @@ function onChannelOpen() {
 
 function onChannelClose(pc) {
   if (pc !== session.pc) return; // our own Stop
-  showBanner(MESSAGES.closedByServer, "info");
+  showBanner(t("closedByServer"), "info");
   teardown("idle");
 }
 
@@ -247,12 +275,15 @@ async function start() {
   setConnection("connecting");
   ensureAudioContext(); // inside the click: browsers allow audio started from a gesture
   try {
+    await languageReady;
+    if (stale()) return;
     if (!(await waitUntilReady(stale))) {
       if (!stale()) teardown("idle");
       return;
     }
     const config = await getJSON("api/config", { auth: true });
-    if (!config.ok) throw new UserFacingError(config.body?.error || MESSAGES.unreachable);
+    if (!config.ok) throw new UserFacingError(config.body?.error || t("unreachable"));
+    followServer(config); // the page may have loaded before the server answered
     gate.configure(settingsFrom(config.body.barge_in));
     const [, { stream: mic, state: micState }] = await Promise.all([
       avatar.choose(config.body.avatar, ui.glCanvas, fetchAuthorized),
@@ -270,8 +301,8 @@ async function start() {
   } catch (err) {
     if (stale()) return;
     if (err instanceof UserFacingError) fail(err.message);
-    else if (err instanceof TypeError) fail(MESSAGES.unreachable);
-    else fail(`Could not connect: ${err?.message || err}`);
+    else if (err instanceof TypeError) fail(t("unreachable"));
+    else fail(t("couldNotConnect", { error: err?.message || err }));
   }
 }
 
@@ -288,7 +319,7 @@ async function connectWebRTC(rtcConfig, mic, stale) {
       pc.close();
     },
   };
-  setStatus(MESSAGES.connectingWebRTC);
+  setStatus(t("connectingWebRTC"));
   watchVideo(ui.video);
   await pc.setLocalDescription(await pc.createOffer());
   await waitForIceGathering(pc);
@@ -303,13 +334,13 @@ async function connectWebRTC(rtcConfig, mic, stale) {
   if (TRANSPORT === "auto") {
     session.iceTimer = setTimeout(async () => {
       const heard = await iceHeardBack(pc);
-      if (!heard && !stale() && session.pc === pc) fallBack(MESSAGES.noUdpAnswer(ICE_FALLBACK_MS / 1000), true);
+      if (!heard && !stale() && session.pc === pc) fallBack(t("noUdpAnswer", { s: ICE_FALLBACK_MS / 1000 }), true);
     }, ICE_FALLBACK_MS);
   }
   session.connectTimer = setTimeout(() => {
     if (stale() || session.connection === "connected") return;
-    if (TRANSPORT === "auto") fallBack(MESSAGES.notConnectedIn(CONNECT_TIMEOUT_MS / 1000), false);
-    else fail(MESSAGES.failed);
+    if (TRANSPORT === "auto") fallBack(t("notConnectedIn", { s: CONNECT_TIMEOUT_MS / 1000 }), false);
+    else fail(t("failed"));
   }, CONNECT_TIMEOUT_MS);
 }
 
@@ -328,15 +359,15 @@ function fallBack(why, udpBlocked) {
   session.fallback = why;
   session.udpBlocked = udpBlocked;
   mark("fallback");
-  setStatus(MESSAGES.fallingBack);
-  addLine("system", null, `WebRTC ${why}: switching to WebSocket.`);
+  setStatus(t("fallingBack"));
+  addLine("system", null, t("switchingToWebSocket", { why }));
   connectWebSocket();
 }
 
 function connectWebSocket() {
   const ctx = ensureAudioContext();
-  if (!ctx?.audioWorklet || !window.WebSocket) return fail(MESSAGES.noWebSocket);
-  if (!session.fallback) setStatus(MESSAGES.connectingWebSocket);
+  if (!ctx?.audioWorklet || !window.WebSocket) return fail(t("noWebSocket"));
+  if (!session.fallback) setStatus(t("connectingWebSocket"));
   const ours = () => session.ws === transport;
   const transport = new WsTransport({
     token: accessToken(),
@@ -358,14 +389,14 @@ function connectWebSocket() {
         player.setVolume(gate.volume);
       },
       close: (info) => ours() && onSocketClose(info),
-      micError: (err) => showBanner(`Could not send the microphone (${err?.message || err}) — you can type below.`),
+      micError: (err) => showBanner(t("micSendError", { error: err?.message || err })),
     },
   });
   session.ws = session.transport = transport;
   showSurface("frames");
   clearTimeout(session.connectTimer);
   session.connectTimer = setTimeout(() => {
-    if (ours() && !transport.open) fail(session.fallback ? MESSAGES.fallbackFailed : MESSAGES.webSocketFailed);
+    if (ours() && !transport.open) fail(t(session.fallback ? "fallbackFailed" : "webSocketFailed"));
   }, CONNECT_TIMEOUT_MS);
 }
 
@@ -376,14 +407,14 @@ function onSocketHello(hello) {
   mark("connected");
   mark("channelOpen");
   setConnection("connected");
-  if (!session.fallback) setStatus(MESSAGES.connectedWebSocket);
-  else setStatus(session.udpBlocked ? MESSAGES.connectedNoUdp : MESSAGES.connectedFallback);
+  if (!session.fallback) setStatus(t("connectedWebSocket"));
+  else setStatus(t(session.udpBlocked ? "connectedNoUdp" : "connectedFallback"));
   for (const text of session.pendingText.splice(0)) sendMessage({ type: "text", text });
 }
 
 async function onSocketClose({ code, reason, opened }) {
   if (opened) {
-    showBanner(reason ? `The server ended the session: ${reason}` : MESSAGES.closedByServer, "info");
+    showBanner(reason ? t("serverEnded", { reason }) : t("closedByServer"), "info");
     teardown("idle");
     return;
   }
@@ -398,21 +429,21 @@ async function onSocketClose({ code, reason, opened }) {
   // timeout (server.connect_timeout_s) lets it go: a full server is asked again meanwhile.
   if (full && session.fallback && session.fullRetries++ < FULL_RETRIES) {
     setTimeout(() => session.ws === transport && connectWebSocket(), FULL_RETRY_MS);
-  } else if (full) fail(MESSAGES.full);
-  else if (reason) fail(`Could not connect over WebSocket: ${reason}`);
-  else fail(`${session.fallback ? MESSAGES.fallbackFailed : MESSAGES.webSocketFailed} (code ${code})`);
+  } else if (full) fail(t("full"));
+  else if (reason) fail(t("webSocketRefused", { reason }));
+  else fail(t("withCode", { message: t(session.fallback ? "fallbackFailed" : "webSocketFailed"), code }));
 }
 
 function fail(message) {
   showBanner(message);
-  addLine("system", null, "Not connected.");
+  addLine("system", null, t("notConnected"));
   teardown("failed");
 }
 
 function stop() {
   if (session.connection === "idle") return;
   teardown("idle");
-  addLine("system", null, "Session ended.");
+  addLine("system", null, t("sessionEnded"));
 }
 
 function teardown(state) {
@@ -450,8 +481,8 @@ function useAvatar(mode, transport) {
   showSurface(shown.surface);
   setAvatarLabel(shown.label);
   if (shown.cannotDraw) {
-    showBanner(MESSAGES.cannotDraw(shown.cannotDraw), "info");
-    setPlaceholder(MESSAGES.voiceOnly);
+    showBanner(t("cannotDraw", { why: shown.cannotDraw }), "info");
+    setPlaceholder(t("voiceOnly"));
   }
 }
 
@@ -466,7 +497,7 @@ function setMuted(muted) {
   if (track) track.enabled = !muted;
   if (session.mic) session.micState = muted ? "muted" : "on";
   ui.mute.setAttribute("aria-pressed", String(muted));
-  ui.mute.textContent = muted ? "Unmute mic" : "Mute mic";
+  setText(ui.mute, muted ? "unmuteMic" : "muteMic");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -485,10 +516,11 @@ ui.composer.addEventListener("submit", (ev) => {
 });
 ui.text.disabled = false;
 ui.send.disabled = false;
-ui.text.placeholder = "Type a message";
 window.addEventListener("pagehide", () => teardown("idle"));
 
-if (!window.isSecureContext || !navigator.mediaDevices) showBanner(MESSAGES.insecure, "info");
+languageReady.then(() => {
+  if (!window.isSecureContext || !navigator.mediaDevices) showBanner(t("insecure"), "info");
+});
 
 // Measurement hooks for tests and `avatarchat bench e2e` (all times: performance.now()).
 window.avatarchat = {
@@ -523,6 +555,8 @@ window.avatarchat = {
   // The Mute button's level bar: now, and the highest since Start.
   micLevel: () => micLevel.snapshot(),
   now: () => performance.now(),
+  // The page's language: {lang: "en" | "zh", source: "query" | "server" | "browser" | "default"}.
+  language,
   // Client mode (avatar/client.js): avatar(), faceFrames(since), faceAt(h), syncSources().
   ...avatar.hooks(() => (ui.avatarMode.hidden ? null : ui.avatarMode.textContent)),
 };

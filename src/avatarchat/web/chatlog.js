@@ -1,6 +1,7 @@
 // The chat log: one user line and one avatar line per turn, updated in place as partial
 // transcripts and reply deltas stream in.
 
+import { t } from "./i18n.js";
 import { ui } from "./ui.js";
 
 const turns = new Map(); // turn -> {user, avatar}
@@ -37,7 +38,7 @@ function setBody(li, text) {
 
 // Shown at once, before the server echoes it back as the turn's transcript.
 export function addTypedLine(text) {
-  const li = addLine("user", "You (typed)", text);
+  const li = addLine("user", t("youTyped"), text);
   li.dataset.text = text;
   typedLines.push(li);
 }
@@ -47,7 +48,7 @@ export function onTranscript({ turn, text, final }) {
   if (!entry.user) {
     // A typed message comes back as this turn's transcript: reuse its line.
     const i = typedLines.findIndex((li) => sameText(li.dataset.text, text));
-    entry.user = i >= 0 ? typedLines.splice(i, 1)[0] : addLine("user", "You", text);
+    entry.user = i >= 0 ? typedLines.splice(i, 1)[0] : addLine("user", t("you"), text);
   }
   entry.user.dataset.turn = turn;
   entry.user.classList.toggle("partial", !final);
@@ -59,7 +60,7 @@ export function onTranscript({ turn, text, final }) {
 export function onReply({ turn, text, final, interrupted }) {
   const entry = turnEntry(turn);
   if (!entry.avatar) {
-    entry.avatar = addLine("avatar streaming", "Avatar", "");
+    entry.avatar = addLine("avatar streaming", t("avatarSpeaker"), "");
     entry.avatar.dataset.turn = turn;
     // Typed lines the server never echoed belong to this turn.
     if (!entry.user && typedLines.length) entry.user = typedLines.shift();

@@ -1,28 +1,29 @@
 // The "Last turn" panel: the latency figures of the server's `metrics` message.
 
+import { has, t } from "./i18n.js";
 import { ui } from "./ui.js";
 
-// Known timings first, in this order; other keys follow with a label made from the key.
-const METRIC_LABELS = [
-  ["first_audio_after_speech_end_ms", "You stopped → first audio"],
-  ["first_audio_sent_ms", "First audio sent"],
-  ["first_frame_sent_ms", "First frame sent"],
-  ["vad_hangover_ms", "End-of-speech wait"],
-  ["decision_to_first_audio_sent_ms", "Turn decided → first audio sent"],
-  ["asr_early_ms", "Speech recognition (at the pause)"],
-  ["asr_ms", "Speech recognition left at the end"],
-  ["llm_first_token_ms", "LLM first token"],
-  ["tts_first_audio_ms", "TTS first audio"],
-  ["avatar_first_frame_ms", "Avatar first frame"],
-  ["first_audio_after_asr_ms", "ASR start → first audio"],
-  ["speculated", "Reply prepared during the pause (1 = yes)"],
-  ["speculations_dropped", "Replies prepared and dropped"],
+// Known timings first, in this order (their labels: i18n.js's "metric.KEY"); other keys follow
+// with a label made from the key.
+const METRIC_ORDER = [
+  "first_audio_after_speech_end_ms",
+  "first_audio_sent_ms",
+  "first_frame_sent_ms",
+  "vad_hangover_ms",
+  "decision_to_first_audio_sent_ms",
+  "asr_early_ms",
+  "asr_ms",
+  "llm_first_token_ms",
+  "tts_first_audio_ms",
+  "avatar_first_frame_ms",
+  "first_audio_after_asr_ms",
+  "speculated",
+  "speculations_dropped",
 ];
 const KEY_METRICS = ["first_audio_after_speech_end_ms", "first_audio_sent_ms"];
 
 function metricLabel(key) {
-  const known = METRIC_LABELS.find(([k]) => k === key);
-  if (known) return known[1];
+  if (has(`metric.${key}`)) return t(`metric.${key}`);
   const words = key.replace(/_ms$/, "").replace(/_/g, " ");
   return words.charAt(0).toUpperCase() + words.slice(1);
 }
@@ -35,9 +36,8 @@ function formatValue(key, value) {
 
 function sortedKeys(msg) {
   const keys = Object.keys(msg).filter((k) => k !== "type" && k !== "turn");
-  const order = METRIC_LABELS.map(([k]) => k);
   return keys.sort((a, b) => {
-    const ia = order.indexOf(a), ib = order.indexOf(b);
+    const ia = METRIC_ORDER.indexOf(a), ib = METRIC_ORDER.indexOf(b);
     return (ia < 0 ? 99 : ia) - (ib < 0 ? 99 : ib) || a.localeCompare(b);
   });
 }
@@ -56,5 +56,5 @@ export function showMetrics(msg) {
     item.append(dt, dd);
     ui.metrics.append(item);
   }
-  ui.metricsTurn.textContent = msg.turn != null ? `(turn ${msg.turn})` : "";
+  ui.metricsTurn.textContent = msg.turn != null ? t("turnNumber", { turn: msg.turn }) : "";
 }

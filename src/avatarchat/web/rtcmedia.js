@@ -1,6 +1,7 @@
 // The WebRTC transport's media on the page: the server's tracks (the avatar's voice and
 // video, one stream) on the <video> element, or apart on <video> and <audio>.
 
+import { t } from "./i18n.js";
 import { watchAudio } from "./probe.js";
 import { clearBanner, showBanner, ui } from "./ui.js";
 
@@ -64,7 +65,7 @@ function play(el) {
     // An AbortError: the source went before it played (Stop, a failure, the fallback).
     if (err?.name !== "NotAllowedError") return;
     // Autoplay was refused (no user gesture reached this point): ask for one click.
-    showBanner("Click anywhere on the page to hear the avatar.", "info");
+    showBanner(t("clickToHear"), "info");
     document.addEventListener(
       "click",
       () => {

@@ -2,7 +2,8 @@
 // microphone, and one RTCPeerConnection with the "events" data channel (docs/PROTOCOL.md).
 // Nothing here touches the chat or the session state: callers pass callbacks.
 
-import { MESSAGES, clearBanner, showBanner } from "./ui.js";
+import { t } from "./i18n.js";
+import { clearBanner, showBanner } from "./ui.js";
 
 // No trickle ICE over HTTP: the offer is posted once gathering is complete, or after this.
 const ICE_GATHER_TIMEOUT_MS = 5000;
@@ -28,7 +29,7 @@ function authHeaders(extra = {}) {
 
 // A 401 means the link lacks a token, or its token expired or is not this server's.
 function refusedAccess() {
-  return new UserFacingError(TOKEN ? MESSAGES.badToken : MESSAGES.needsToken);
+  return new UserFacingError(t(TOKEN ? "badToken" : "needsToken"));
 }
 
 // A GET with the page's access token (the avatar's rig and portrait for client mode).
@@ -62,11 +63,11 @@ export async function waitUntilReady(stale) {
       if (announced) clearBanner();
       return true;
     }
-    if (health.status !== 503) throw new Error(health.body?.error || `health check: HTTP ${health.status}`);
-    if (!announced) showBanner(MESSAGES.loading, "info");
+    if (health.status !== 503) throw new Error(health.body?.error || t("healthCheck", { status: health.status }));
+    if (!announced) showBanner(t("loading"), "info");
     announced = true;
     if (performance.now() > deadline) {
-      showBanner(MESSAGES.loadingGaveUp);
+      showBanner(t("loadingGaveUp"));
       return false;
     }
     await new Promise((r) => setTimeout(r, 1000));
@@ -78,7 +79,7 @@ export async function waitUntilReady(stale) {
 // Returns {stream, state} with state "on" | "denied" | "unavailable".
 export async function openMic(raw) {
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-    showBanner(MESSAGES.insecure);
+    showBanner(t("insecure"));
     return { stream: null, state: "unavailable" };
   }
   const processing = !raw;
@@ -100,9 +101,9 @@ export async function openMic(raw) {
 function explainMicError(err) {
   const name = err?.name;
   const denied = name === "NotAllowedError" || name === "SecurityError" || name === "PermissionDeniedError";
-  if (denied) showBanner(MESSAGES.micDenied);
-  else if (name === "NotFoundError" || name === "OverconstrainedError") showBanner(MESSAGES.noMic);
-  else showBanner(`Could not open the microphone (${name || "error"}: ${err?.message || err}) — you can type below.`);
+  if (denied) showBanner(t("micDenied"));
+  else if (name === "NotFoundError" || name === "OverconstrainedError") showBanner(t("noMic"));
+  else showBanner(t("micError", { name: name || t("error"), message: err?.message || err }));
   return denied ? "denied" : "unavailable";
 }
 
@@ -187,8 +188,8 @@ export async function postOffer(pc, avatar = null) {
   }
   if (!resp.ok) {
     const message = capitalize(body?.error);
-    if (resp.status === 503) throw new UserFacingError(message || MESSAGES.full);
-    throw new UserFacingError(`The server refused the connection: ${message || `HTTP ${resp.status}`}`);
+    if (resp.status === 503) throw new UserFacingError(message || t("full"));
+    throw new UserFacingError(t("refused", { message: message || `HTTP ${resp.status}` }));
   }
   return body;
 }

@@ -1,5 +1,8 @@
-// The page's fixed elements, its user-facing messages, the state badges' DOM and the banner.
-// Every other module reaches the DOM through `ui` so that element ids live in one place.
+// The page's fixed elements, the state badges' DOM, the banner and the status line.
+// Every other module reaches the DOM through `ui` so that element ids live in one place;
+// their words come from i18n.js.
+
+import { has, localize, setLiteral, setText } from "./i18n.js";
 
 export const $ = (id) => document.getElementById(id);
 
@@ -29,50 +32,6 @@ export const ui = {
   metricsEmpty: $("metrics-empty"),
 };
 
-export const MESSAGES = {
-  micDenied: "Microphone access was denied — allow it in the browser's site settings, or type below.",
-  noMic: "No microphone was found — you can type below.",
-  insecure:
-    "The microphone needs a secure page: open this page over https:// (start the server with " +
-    "--self-signed, or give it a certificate and key), or as http://localhost on the server's own " +
-    "machine. You can still type below.",
-  loading: "The server is still loading its models — connecting as soon as it is ready…",
-  loadingGaveUp: "The server is still loading its models — try again in a few seconds.",
-  full: "The server is full — try again later.",
-  failed:
-    "Connection failed — the browser could not reach the server's media port. Across networks the " +
-    "server may need a STUN or TURN server (server.ice_servers in its config).",
-  unreachable: "Cannot reach the server — is `avatarchat serve` running?",
-  needsToken:
-    "This server needs an access link with a token (…/?token=…): ask whoever runs it for one " +
-    "(they make it with `avatarchat token`).",
-  badToken:
-    "This server needs an access link with a token, and this link's token has expired or is not " +
-    "for this server: ask whoever runs it for a new link.",
-  closedByServer: "The server ended the session (it was idle or the server stopped). Press Start to talk again.",
-  // The status line under the controls: which transport carries the session, and why.
-  connectingWebRTC: "Connecting over WebRTC…",
-  connectedWebRTC: "Connected over WebRTC",
-  fallingBack: "WebRTC could not connect — switching to WebSocket…",
-  connectingWebSocket: "Connecting over WebSocket…",
-  connectedNoUdp: "Connected over WebSocket (UDP seems blocked)",
-  connectedFallback: "Connected over WebSocket (WebRTC could not connect)",
-  // Why WebRTC was given up (the chat log's line: "WebRTC <why>: switching to WebSocket.").
-  noUdpAnswer: (s) => `had no answer over UDP in ${s} s (UDP seems blocked)`,
-  iceFailed: "could not find a path to the server (ICE failed)",
-  notConnectedIn: (s) => `did not connect within ${s} s`,
-  connectedWebSocket: "Connected over WebSocket (the page's link asks for it)",
-  fallbackFailed:
-    "Connection failed — WebRTC could not reach the server's media port (UDP seems blocked) and " +
-    "the WebSocket fallback could not connect either.",
-  webSocketFailed: "Could not connect over WebSocket — is `avatarchat serve` running, and this link still valid?",
-  noWebSocket: "This browser lacks what the WebSocket transport needs (WebSocket, AudioWorklet).",
-  voiceOnly: "Voice only: this browser cannot draw the avatar",
-  cannotDraw: (why) =>
-    `This server leaves drawing the avatar to the browser, and this one cannot (${why || "no WebGL2"}): ` +
-    "you hear the voice only.",
-};
-
 // The status line: how the session is carried (empty when there is none).
 export function setStatus(text) {
   ui.status.textContent = text || "";
@@ -89,10 +48,13 @@ export function clearBanner() {
   ui.bannerText.textContent = "";
 }
 
-// A badge shows one word and colours its dot by `data-state` (style.css).
+// A badge shows one word and colours its dot by `data-state` (style.css); `state` is the
+// page's or the server's name for it, shown in the page's language where it has the words.
 export function setBadge(badge, state) {
   badge.dataset.state = state || "";
-  badge.querySelector(".badge-text").textContent = state || "";
+  const text = badge.querySelector(".badge-text");
+  if (state && has(`state.${state}`)) setText(text, `state.${state}`);
+  else setLiteral(text, state || "");
 }
 
 // The element that plays the avatar's voice: the <video> when audio and video share a
@@ -121,11 +83,15 @@ const PLACEHOLDER = ui.placeholder.innerHTML;
 // The avatar box's text while nothing is shown in it (null: "Press Start to talk").
 export function setPlaceholder(text) {
   if (text) ui.placeholder.firstElementChild.textContent = text;
-  else ui.placeholder.innerHTML = PLACEHOLDER;
+  else {
+    ui.placeholder.innerHTML = PLACEHOLDER;
+    localize(ui.placeholder);
+  }
 }
 
-// The label that says who renders the avatar (`text` null: none shown).
-export function setAvatarLabel(text) {
-  ui.avatarMode.textContent = text || "";
-  ui.avatarMode.hidden = !text;
+// The label that says who renders the avatar (`key`: its words in i18n.js; null: none shown).
+export function setAvatarLabel(key) {
+  if (key) setText(ui.avatarMode, key);
+  else setLiteral(ui.avatarMode, "");
+  ui.avatarMode.hidden = !key;
 }

@@ -14,11 +14,12 @@
 
 import { FaceTimeline, FaceView, RtcHeardClock, WsHeardClock } from "./face.js";
 
+// The label over the avatar, by what the page shows (i18n.js's "avatarMode.*" keys).
 export const LABELS = {
-  client: "avatar: drawn in your browser (WebGL)",
-  video: "avatar: video from the server",
+  client: "avatarMode.client",
+  video: "avatarMode.video",
   // The server draws nothing for this page (`avatar_mode: client`) and it cannot draw.
-  none: "avatar: not shown (this browser cannot draw it)",
+  none: "avatarMode.none",
 };
 
 let prepared = null; // {key, renderer}: one renderer (one WebGL context) per page and rig
@@ -173,7 +174,7 @@ export class AvatarSlot {
   }
 
   // The server's answer: `mode` "client" or "video"; `transport` {pc} or {player}. Returns
-  // what the page shows: {surface: "drawn" | "video" | "frames", label (null: none),
+  // what the page shows: {surface: "drawn" | "video" | "frames", label (an i18n key; null: none),
   // cannotDraw (the reason, when the server left drawing to a page that cannot)}.
   use(mode, transport) {
     this.stop();
