@@ -33,11 +33,14 @@ from pathlib import Path
 from avatarchat.addons import Addon, PreparedFile
 
 def build(work: Path, progress) -> None:
-    dist = distribution({dist!r})
-    with open(work / "model.bin", "wb") as out:
-        for part in ("part01.bin", "part02.bin"):
-            progress("joining " + part)
-            out.write(Path(dist.locate_file("avatarchat_addon_testdata/data/" + part)).read_bytes())
+    if not {requirements!r}:  # no wheel: the parts are here
+        (work / "model.bin").write_bytes({parts!r})
+    else:
+        dist = distribution({dist!r})
+        with open(work / "model.bin", "wb") as out:
+            for part in ("part01.bin", "part02.bin"):
+                progress("joining " + part)
+                out.write(Path(dist.locate_file("avatarchat_addon_testdata/data/" + part)).read_bytes())
     {extra}
 
 FILE = PreparedFile(addon={name!r}, name="test model", relpath="model.bin", sha256={sha!r}, licence="MIT")
@@ -96,7 +99,7 @@ def register(tmp: Path, monkeypatch: pytest.MonkeyPatch, *, wheel_hash: str | No
         req.write_text(f"--no-index\n--find-links {wheels}\n{DIST}==1.0 --hash=sha256:{digest}\n")
         requirements = str(req)
     module = f"acme_addon_{n}"
-    (tmp / f"{module}.py").write_text(MODULE.format(dist=DIST, name=name, sha=sha, extra=extra,
+    (tmp / f"{module}.py").write_text(MODULE.format(dist=DIST, parts=b"".join(PARTS), name=name, sha=sha, extra=extra,
                                                     restriction=restriction, requirements=requirements))
     monkeypatch.setitem(addons.ADDONS, name, f"{module}:ADDON")
     monkeypatch.delitem(sys.modules, module, raising=False)
