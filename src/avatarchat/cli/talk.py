@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
     if args.no_avatar:
         config = dataclasses.replace(config, stages={k: v for k, v in config.stages.items() if k != "avatar"})
     # Read every input before any model loads: a bad file fails in a second, not after loading.
-    turns = [TurnInput(k, v, load_audio(v) if k == "audio" else None) for k, v in args.turns]
-    if any(k == "text" and not v.strip() for k, v in args.turns):
+    # An audio file is read by its path as given; its name is kept as typed, for the transcript.
+    turns = [TurnInput(k, argument_text(v), load_audio(v) if k == "audio" else None) for k, v in args.turns]
+    if any(t.kind == "text" and not t.value.strip() for t in turns):
         raise UserError("--text is empty")
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"{args.out} exists and is not a folder")
@@ -116,9 +118,29 @@ async def _talk(config: Any, turns: list[TurnInput], out: Path) -> list[dict[str
     finally:
         await conversation.close()
     transcript = {"config": config.path, "turns": records}
-    atomic_write(out / "transcript.json", lambda f: f.write(json.dumps(transcript, indent=2).encode()))
+    # UTF-8 whatever the locale, Chinese as characters, not \u escapes (a path the locale could
+    # not decode stays escaped rather than failing the write).
+    text = json.dumps(transcript, indent=2, ensure_ascii=False)
+    atomic_write(out / "transcript.json", lambda f: f.write(text.encode("utf-8", "backslashreplace")))
     _say(f"wrote {len(records)} turn(s) to {out}/ (transcript.json)")
     return records
+
+
+def argument_text(value: str) -> str:
+    """A command-line argument as the user typed it.
+
+    Python decodes arguments with the locale's encoding. Under a C or POSIX locale without
+    UTF-8 mode (``PYTHONUTF8=0``, or ``LC_ALL=C`` with ``PYTHONCOERCECLOCALE=0``) it is ASCII,
+    and the bytes of ``你好`` arrive as lone surrogates that no model can read and no UTF-8
+    file can hold: they are the UTF-8 a terminal sent, so they are decoded as such. Raises
+    ``UserError`` when those bytes are not UTF-8 either."""
+    if not any("\udc80" <= c <= "\udcff" for c in value):
+        return value
+    raw = os.fsencode(value)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"an argument is neither UTF-8 nor in the locale's encoding: {raw!r}") from None
 
 
 def _ask(conversation: Conversation, item: TurnInput) -> int:
