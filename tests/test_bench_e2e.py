@@ -24,6 +24,7 @@ from avatarchat.bench.e2e_mic import (
     PAUSED_QUESTIONS,
     PAUSES_S,
     paused_questions,
+    QUESTIONS_ZH,
     questions_wav,
     with_pause,
     word_boundary,
@@ -263,3 +264,16 @@ def test_every_paused_question_is_spoken_with_silence_exactly_in_its_pause(tmp_p
         # Speech right before and after it: the cut is inside the sentence, not at its end.
         before, after = audio[a - 4800:a], audio[b:b + 4800]
         assert np.abs(before).max() > 0.02 and np.abs(after).max() > 0.02, s.text
+
+
+def test_a_chinese_config_asks_chinese_questions(tmp_path: Path) -> None:
+    """bench e2e reads the language from the config it serves: zh.yaml speaks QUESTIONS_ZH
+    (with the Mandarin voice); a config without a session section is English."""
+    from avatarchat.bench.e2e import config_language
+
+    assert config_language("configs/zh.yaml") == "zh"
+    assert config_language(None) == "en"
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("vad: {handler: silero}\n")
+    assert config_language(str(bare)) == "en"
+    assert all(q.endswith(("？", "。")) for q in QUESTIONS_ZH)

@@ -41,6 +41,21 @@ def test_looks_unfinished(text: str, verdict: bool | None) -> None:
     assert looks_unfinished(text) is verdict
 
 
+@pytest.mark.parametrize(("text", "language", "verdict"), [
+    # Another language is judged by its punctuation only: English function words are not its.
+    ("Ich gehe in den Park und", "de", None),  # "und" dangles in German, but the rules are English
+    ("Wie spät ist es?", "de", False),
+    ("Ich denke,", "de-DE", True),
+    ("I went to the park and", "de", None),  # English words in a German session: not judged
+    ("I went to the park and", "en-GB", True),
+    # Chinese has rules of its own (engine.endofturn_zh), its marks included.
+    ("你好吗？", "zh", False),
+    ("我想问一下，", "zh-CN", True),
+])
+def test_looks_unfinished_by_language(text: str, language: str, verdict: bool | None) -> None:
+    assert looks_unfinished(text, language) is verdict
+
+
 @pytest.fixture(scope="module")
 def speech() -> dict[str, np.ndarray]:
     from hibari import Hibari

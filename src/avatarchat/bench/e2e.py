@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from avatarchat.bench.e2e_mic import FAKE_MIC_RATE, paused_questions, questions_wav
+from avatarchat.bench.e2e_mic import FAKE_MIC_RATE, QUESTIONS_ZH, paused_questions, questions_wav
 from avatarchat.bench.e2e_turns import (
     AUDIBLE_RMS,
     SERVER_METRICS,
@@ -252,6 +252,17 @@ def _report_run(variant: Variant, rec: dict[str, Any], questions: Sequence[str],
 # --- the benchmark -----------------------------------------------------------------------------
 
 
+def config_language(config: str | None) -> str:
+    """The ``session.language`` of a serve config (the embedded default's: English)."""
+    if config is None:
+        return "en"
+    from avatarchat.engine.config import read_config
+
+    raw = read_config(config)
+    session = raw.get("session") if isinstance(raw, dict) else None
+    return str(session.get("language", "en")) if isinstance(session, dict) else "en"
+
+
 def bench_e2e(config: str | None, compare: str | None, turns: int, gap_s: float, progress: Progress, *,
               avatar: AvatarMode = "client", baseline: Path | None = None, rounds: int = 1,
               pauses: bool = False, jbt: Sequence[str] = ()) -> dict[str, Any]:
@@ -263,13 +274,18 @@ def bench_e2e(config: str | None, compare: str | None, turns: int, gap_s: float,
         raise RuntimeError(f"{CHROMIUM} is missing: install Debian's chromium (scripts/test.sh does)")
     if baseline is not None and not (baseline / "src" / "avatarchat").is_dir():
         raise RuntimeError(f"--baseline {baseline}: no src/avatarchat there (give a checkout, e.g. a git worktree)")
+    language = config_language(config)
+    chinese = language.lower().startswith("zh")
+    if pauses and chinese:
+        raise RuntimeError("--pauses has English questions only (bench turn measures Chinese pauses)")
+    questions = QUESTIONS_ZH if chinese else QUESTIONS
     asked: list[str | tuple[str, str, float]]
-    asked = list(paused_questions(turns)) if pauses else [QUESTIONS[i % len(QUESTIONS)] for i in range(turns)]
+    asked = list(paused_questions(turns)) if pauses else [questions[i % len(questions)] for i in range(turns)]
     order = variants(config, compare, baseline, jbt)
     lead_s = 4.0  # covers getUserMedia -> connected: the file starts when capture opens
     with tempfile.TemporaryDirectory(prefix="avatarchat-e2e-") as tmp:
         wav = Path(tmp) / "questions.wav"
-        spoken = questions_wav(wav, asked, lead_s, gap_s, progress)
+        spoken = questions_wav(wav, asked, lead_s, gap_s, progress, language)
         wav_seconds = spoken[-1].end + gap_s
         texts = [s.text for s in spoken]
         runs = []
@@ -287,6 +303,7 @@ def bench_e2e(config: str | None, compare: str | None, turns: int, gap_s: float,
         "machine": machine(),
         "turns_requested": turns,
         "gap_s": gap_s,
+        "language": language,
         "avatar": avatar,
         "pauses": [s.as_dict() for s in spoken] if pauses else None,
         "order": [v.label for v in order],

@@ -31,6 +31,17 @@ PAUSED_QUESTIONS: tuple[tuple[str, str], ...] = (
     ("How do I stay focused", "while working from home?"),
     ("What is the tallest", "mountain in the world?"),
 )
+#: The questions of a Chinese run (``session.language: zh``), spoken by the Mandarin voice.
+QUESTIONS_ZH: tuple[str, ...] = (
+    "中国的首都是哪里？",
+    "你能推荐一本好书吗？",
+    "月亮离地球有多远？",
+    "我今天晚上应该做什么菜？",
+    "天空为什么是蓝色的？",
+    "给我讲一讲大象吧。",
+    "你最喜欢什么颜色？",
+    "工作的时候怎么保持专注？",
+)
 #: The pauses, in turn (seconds): deterministic, within 0.4-0.8 s.
 PAUSES_S: tuple[float, ...] = (0.6, 0.4, 0.8, 0.5, 0.7)
 #: Each side of a cut fades over this long (a step in the waveform would click).
@@ -84,18 +95,34 @@ def paused_questions(turns: int) -> list[tuple[str, str, float]]:
     return [(*PAUSED_QUESTIONS[i % len(PAUSED_QUESTIONS)], PAUSES_S[i % len(PAUSES_S)]) for i in range(turns)]
 
 
-def questions_wav(path: Path, questions: Sequence[str | tuple[str, str, float]], lead_s: float,
-                  gap_s: float, progress: Progress) -> list[Spoken]:
-    """Speak ``questions`` with hibari into one 48 kHz WAV: ``lead_s`` of silence, then each
-    question followed by ``gap_s`` of silence. A question given as (before, after, pause)
-    is spoken whole with ``pause`` seconds of silence between its two parts. Returns where
-    each question (and its pause) lies in the file."""
-    from avatarchat.audio.io import write_wav
-    from avatarchat.audio.resample import resample
+def question_voice(language: str) -> Any:
+    """A loaded TTS that speaks questions in ``language``: the Mandarin voice for Chinese
+    (the add-on ``mandarin-voice``), hibari for everything else."""
+    from avatarchat.engine.handler import handlers_for
     from avatarchat.handlers.tts.hibari import HibariOptions, HibariTTS
 
-    tts = HibariTTS(HibariOptions())
+    if language.lower().startswith("zh"):
+        cls = handlers_for("tts").get("mandarin")
+        if cls is None:
+            raise RuntimeError("Chinese questions need the Mandarin voice: avatarchat models add mandarin-voice")
+        tts = cls(cls.Options())
+    else:
+        tts = HibariTTS(HibariOptions())
     tts.load()
+    return tts
+
+
+def questions_wav(path: Path, questions: Sequence[str | tuple[str, str, float]], lead_s: float,
+                  gap_s: float, progress: Progress, language: str = "en") -> list[Spoken]:
+    """Speak ``questions`` (in ``language``: ``question_voice``) into one 48 kHz WAV:
+    ``lead_s`` of silence, then each question followed by ``gap_s`` of silence. A question
+    given as (before, after, pause) is spoken whole with ``pause`` seconds of silence between
+    its two parts (English only: the cut is found at hibari's word gaps). Returns where each
+    question (and its pause) lies in the file."""
+    from avatarchat.audio.io import write_wav
+    from avatarchat.audio.resample import resample
+
+    tts = question_voice(language)
     parts: list[np.ndarray] = [np.zeros(int(lead_s * FAKE_MIC_RATE), np.float32)]
     spoken, clock = [], lead_s
     for q in questions:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from avatarchat.engine.endofturn_zh import looks_unfinished_zh
 from avatarchat.engine.events import EndOfTurnGuess, EndOfTurnHint, Event, UserTranscript
 from avatarchat.engine.handler import EndOfTurnSettings
 
@@ -37,12 +38,25 @@ TRAILING_WORDS = frozenset(
 _LAST_WORD = re.compile(r"([A-Za-z']+)[^A-Za-z']*$")
 
 
-def looks_unfinished(text: str) -> bool | None:
-    """True if ``text`` stops mid-sentence, False if it ends a sentence, None if unsure."""
+#: Marks that leave a sentence open, and those that close one, in any language's script.
+_OPEN_MARKS = (",", ";", ":", "-", "—", "…", "...", "，", "、", "；", "：")
+_CLOSE_MARKS = ("?", "!", ".", "？", "！", "。")
+
+
+def looks_unfinished(text: str, language: str = "en") -> bool | None:
+    """True if ``text`` stops mid-sentence, False if it ends a sentence, None if unsure.
+
+    English and Chinese have word rules; another language is judged by its punctuation
+    alone (English function words would misjudge it)."""
     t = text.strip()
     if not t:
         return None
-    if t.endswith((",", ";", ":", "-", "—", "…", "...")):
+    lang = language.lower().split("-")[0].split("_")[0]
+    if lang == "zh":
+        return looks_unfinished_zh(t)
+    if lang != "en":
+        return True if t.endswith(_OPEN_MARKS) else False if t.endswith(_CLOSE_MARKS) else None
+    if t.endswith(_OPEN_MARKS):
         return True
     m = _LAST_WORD.search(t)
     last = m.group(1).lower() if m else ""
@@ -93,10 +107,12 @@ class EndOfTurn:
 
     WATCHES: tuple[type[Event], ...] = (UserTranscript, EndOfTurnGuess)
 
-    def __init__(self, signal: Callable[[Event], None], settings: EndOfTurnSettings, *, voice: bool = False) -> None:
+    def __init__(self, signal: Callable[[Event], None], settings: EndOfTurnSettings, *, voice: bool = False,
+                 language: str = "en") -> None:
         self.signal = signal
         self.settings = settings
         self.voice = voice
+        self.language = language
         #: The newest pause: (turn, speech_end) -> its words' verdict / its voice, as known.
         self._pause: tuple[int, float] | None = None
         self._words: tuple[bool | None] | None = None  # (verdict,) once the transcript came
@@ -114,7 +130,7 @@ class EndOfTurn:
             if event.final or event.speech_end is None:
                 return
             self._at(event.turn, event.speech_end)
-            self._words = (looks_unfinished(event.text),)
+            self._words = (looks_unfinished(event.text, self.language),)
         if self._words is None or (self.voice and self._guess is None):
             return
         assert self._pause is not None

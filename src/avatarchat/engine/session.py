@@ -109,9 +109,9 @@ class Session:
         eot = info.settings.end_of_turn
         if eot.complete_ms or eot.unfinished_ms:
             voice = any(h.stage == "turn" for h in self._handlers)
-            self.listen(EndOfTurn.WATCHES, EndOfTurn(self.signal, eot, voice=voice).on_event)
+            self.listen(EndOfTurn.WATCHES, EndOfTurn(self.signal, eot, voice=voice, language=info.settings.language).on_event)
         if eot.speculate:
-            self.speculator = Speculator(self)
+            self.speculator = Speculator(self, language=info.settings.language)
             self.listen(Speculator.WATCHES, self.speculator.on_event)
 
     # -- lifecycle -------------------------------------------------------------------

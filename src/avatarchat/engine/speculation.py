@@ -158,8 +158,9 @@ class Speculator:
 
     WATCHES: tuple[type[Event], ...] = (UserTranscript, SpeechOngoing, SpeechEnded, SpeechStarted, TurnCancelled)
 
-    def __init__(self, host: SpeculationHost) -> None:
+    def __init__(self, host: SpeculationHost, *, language: str = "en") -> None:
         self.host = host
+        self.language = language
         self._active: _Active | None = None
         #: The newest voice heard: (turn, captured until), so a late transcript is not used.
         self._voiced: tuple[int, float] | None = None
@@ -215,7 +216,7 @@ class Speculator:
         if self._active is not None:
             self._drop("a new pause")
         text = event.text.strip()
-        if not text or looks_unfinished(text) is True:
+        if not text or looks_unfinished(text, self.language) is True:
             return
         if self._voiced is not None and self._voiced[0] == event.turn and self._voiced[1] > speech_end + _SAME_INSTANT_S:
             return  # a transcript that came after the user went on: its pause is over
