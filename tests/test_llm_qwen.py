@@ -24,7 +24,7 @@ from avatarchat.handlers.llm.qwen_files import QWEN25_05B, QWEN25_05B_FILE
 
 EN_PERSONA = ("You are Ava, a friendly voice assistant. Answer in one or two short sentences, "
               "as you would say them aloud.")
-ZH_PERSONA = "你是一个名叫Ava的AI助手。请用一两句话简短回答。"
+ZH_PERSONA = "你是一个名叫Ava的AI助手。请用中文回答，每次只说一两句话。"
 
 
 def test_each_model_brings_its_defaults_and_the_config_wins() -> None:

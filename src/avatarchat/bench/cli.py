@@ -47,6 +47,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     pt.add_argument("--limit", type=int, help="only the first N sentences of the set (a quick run)")
     _common(pt)
     pt.set_defaults(run=run_turn)
+    pq = bsub.add_parser("quality", help="the LLM on 20 everyday English and 10 Chinese questions: right, "
+                                         "on topic, reply length (words, characters, spoken seconds)")
+    pq.add_argument("--models", nargs="+", metavar="MODEL",
+                    help="local LLM models to compare, each with its own defaults (default: the config's)")
+    pq.add_argument("--temperature", type=float, default=0.0,
+                    help="sampling temperature (default 0: greedy, so a run repeats)")
+    pq.add_argument("--limit", type=int, help="only the first N questions of each language (a quick run)")
+    _common(pq)
+    pq.set_defaults(run=run_quality)
     pe = bsub.add_parser("e2e", help="spoken turns through the web page in headless Chromium: "
                                      "voice-to-voice latency, fps, server CPU")
     pe.add_argument("--turns", "-n", type=int, default=5, help="spoken questions (default 5)")
@@ -162,6 +171,20 @@ def run_turn(args: argparse.Namespace) -> int:
     try:  # a Chinese config runs the Chinese set, with its voice and its whisper
         report = bench_turn(rules, threshold, args.doubtful, thresholds, args.limit, _say, vad_options, config)
     except ValueError as exc:
+        raise UserError(str(exc)) from None
+    _emit(report, args.json)
+    return 0
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    from avatarchat.bench.quality import bench_quality
+
+    if not 0.0 <= args.temperature <= 2.0 or (args.limit is not None and args.limit < 1):
+        raise UserError("--temperature must be 0..2 and --limit at least 1")
+    try:
+        report = asyncio.run(bench_quality(load_config(args.config), args.models or [None], args.temperature,
+                                           args.limit, _say))
+    except ValueError as exc:  # --models with a config whose LLM is not local
         raise UserError(str(exc)) from None
     _emit(report, args.json)
     return 0
