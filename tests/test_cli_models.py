@@ -53,3 +53,14 @@ def test_models_add_with_a_bad_name_lists_the_names(capsys: pytest.CaptureFixtur
     assert main(["models", "add", "qwen-7b"]) == 2
     err = capsys.readouterr().err
     assert "unknown add-on 'qwen-7b'" in err and "qwen2.5-1.5b" in err and "zh" in err
+
+
+def test_install_sh_rejects_a_bad_option_before_installing_anything(tmp_path: Path) -> None:
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "install.sh"
+    env = {"PATH": "/usr/bin:/bin", "VENV": str(tmp_path / "never")}  # nothing may be created
+    for args, says in ((["--with"], "--with needs an add-on name"), (["--frobnicate"], "unknown option --frobnicate")):
+        done = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=env, timeout=30)
+        assert done.returncode == 2 and says in done.stderr
+    assert not (tmp_path / "never").exists()
