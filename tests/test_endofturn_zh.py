@@ -48,6 +48,17 @@ from avatarchat.engine.endofturn_zh import DANGLING, TRAILING, looks_unfinished_
     ("你想喝茶还是", True),
     ("我跟", True),
     ("呃", True),
+    ("我想知道关于。", True),  # a preposition never ends a sentence
+    ("请你把", True),
+    # A sentence opened by 虽然/如果… without its main clause.
+    ("虽然今天很冷。", True),
+    ("如果明天下雨。", True),
+    ("虽然今天很冷，但是我还是想出去。", False),
+    ("如果明天下雨我们就在家看电影。", False),  # whisper left out the comma
+    ("如果你是我，你会怎么做？", False),
+    ("即使下雨我也去。", False),
+    ("今天虽然很冷。", True),  # after a short subject
+    ("我弟弟买了一辆新车虽然他还不会开。", False),  # after its main clause
     # A structural 的 leaves a noun phrase open.
     ("我最喜欢的", True),
     ("我最喜欢的。", True),

@@ -28,7 +28,9 @@ _CLOSERS = "”’」』）)\"'》〉]】"
 #: conjunctions and the words that open a clause ("…因为。" is a speaker who paused).
 DANGLING = frozenset(
     "和 跟 与 以及 或 或者 还是 但 但是 可是 不过 而 而且 并且 还有 因为 所以 然后 接着 如果 要是 假如 "
-    "虽然 尽管 即使 只要 除了 比如 例如 那么 于是 的话 的时候 之后 以后 之前 呃".split()
+    "虽然 尽管 即使 只要 除了 比如 例如 那么 于是 的话 的时候 之后 以后 之前 呃 "
+    # Prepositions that never end a sentence (whisper writes "我想知道关于。").
+    "关于 对于 把 被 从 向 往".split()
 )
 #: Words that end in a dangling one but are not conjunctions ("今天很暖和。").
 NOT_DANGLING = ("暖和", "温和", "平和", "总和", "缓和", "柔和", "随和", "讲和", "参与", "鞋跟", "脚跟", "高跟")
@@ -36,9 +38,17 @@ NOT_DANGLING = ("暖和", "温和", "平和", "总和", "缓和", "柔和", "随
 #: object or a clause, measure words, adverbs ("我想" waits; "我想。" is whisper's verdict).
 #: After 不 or 没 they end a refusal ("我不想", "不会"), so they are not judged there.
 TRAILING = frozenset(
-    "在 是 把 被 给 从 向 往 让 叫 想 想要 觉得 告诉 问 一个 一些 几个 这个 那个 这些 那些 这么 怎么 "
-    "很 最 更 比 关于 就 也 都 还 再 又 会 能 应该 帮 帮我 请".split()
+    "在 是 给 让 叫 想 想要 觉得 告诉 问 一个 一些 几个 这个 那个 这些 那些 这么 怎么 "
+    "很 最 更 比 就 也 都 还 再 又 会 能 应该 帮 帮我 请".split()
 )
+#: Clause openers that need a main clause, and the words that start one: "虽然今天很冷。"
+#: is a speaker who paused (whisper drops the comma as readily as it adds a full stop).
+_OPENERS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("虽然", "尽管"), ("但", "可", "却", "还是", "仍", "也")),
+    "即使": ("也", "还是", "都", "仍"),
+    "只要": ("就", "都"),
+    **dict.fromkeys(("如果", "要是", "假如"), ("就", "那", "吧", "吗", "呢", "怎么", "什么", "哪", "谁", "几", "多少")),
+}
 #: Sentence-final particles: a question or a suggestion that is complete as said.
 FINAL_PARTICLES = ("吗", "呢", "吧", "嘛")
 #: 么 ends a question after 什 ("为什么", "你叫什么"); after 怎/这/那/多 it wants more.
@@ -87,13 +97,30 @@ def _trails(ending: str, text: str) -> bool:
     return not before.endswith(_NEGATION)
 
 
+_SUBJECT_CHARS = 3
+
+
+def _open_clause(t: str) -> bool:
+    """The last sentence of ``t`` opens with 虽然/如果/即使… and no main clause follows."""
+    last = re.split(r"[。？！?!]", t.rstrip("".join(CLOSE_MARKS) + " "))[-1]
+    for opener, mains in _OPENERS.items():
+        at = last.find(opener)
+        # Only where it opens the sentence (after a short subject: "我虽然…"); later it
+        # follows its main clause ("我买了新车虽然他还不会开。").
+        if 0 <= at <= _SUBJECT_CHARS and not any(m in last[at + len(opener):] for m in mains):
+            return True
+    return False
+
+
 def looks_unfinished_zh(text: str) -> bool | None:
     """True if Chinese ``text`` stops mid-sentence, False if it ends a sentence, None if the
     words cannot tell (the voice or the VAD's own hangover decides).
 
     - An open mark at the end (，、；：… and half-width , ; :) -> True.
-    - A conjunction or clause opener at the end (和 跟 但是 因为 所以 然后 如果 …的话), or a
-      hesitation (呃) -> True, whatever mark follows.
+    - A conjunction, clause opener or preposition at the end (和 跟 但是 因为 所以 然后 如果
+      …的话 关于 把), or a hesitation (呃) -> True, whatever mark follows.
+    - A sentence opened by 虽然/尽管/即使/只要/如果/要是/假如 with no main clause after it
+      ("虽然今天很冷。": no 但/还是/也; "如果明天下雨。": no 就/那/a question) -> True.
     - A structural 的 at the end -> True unless a question or exclamation mark closes it
       ("你是怎么知道的？") or it is an answer ("好的。" "是的"); "这是我妈妈做的。" waits the
       longer hangover: cutting "我最喜欢的。……" would cost more.
@@ -109,7 +136,7 @@ def looks_unfinished_zh(text: str) -> bool | None:
     if t.endswith(OPEN_MARKS):
         return True
     ending = _ending(t)
-    if _dangles(ending):
+    if _dangles(ending) or _open_clause(t):
         return True
     if ending.endswith("的"):
         return not (t.endswith(_QUESTION_MARKS) or ending.endswith(_DE_COMPLETE))
