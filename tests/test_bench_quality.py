@@ -39,6 +39,7 @@ def test_a_reply_is_right_only_with_every_right_pattern_and_no_wrong_one() -> No
 def test_the_language_counts_and_lengths_are_measured_per_language() -> None:
     assert in_language("你好，我叫Ava。", "zh") and not in_language("Hello, I am Ava.", "zh")
     assert in_language("Paris.", "en") and not in_language("巴黎 Paris", "en")
+    assert in_language("60", "en") and in_language("12", "zh") and not in_language(" ", "en")
     capital = Question("zh", "中国的首都是哪里？", ("北京",), (), ("首都",))
     assert not score(capital, "The capital is Beijing (北京).")["right"]  # mostly English
     s = score(capital, "中国的首都是北京。")

@@ -61,9 +61,12 @@ def _matches(pattern: str, text: str) -> bool:
 
 
 def in_language(reply: str, language: str) -> bool:
-    """Chinese: at least half the letters are Chinese characters; English: none is."""
+    """Chinese: mostly Chinese characters (a Latin letter counts a third of one: "Ava" is
+    one name); English: none. A reply of digits only ("60") is in either language."""
     cjk, latin = len(_CJK.findall(reply)), len(_LATIN.findall(reply))
-    return cjk > 0 and cjk >= latin / 3 if language == "zh" else cjk == 0 and latin > 0
+    if not reply.strip():
+        return False
+    return cjk >= latin / 3 and (cjk > 0 or latin == 0) if language == "zh" else cjk == 0
 
 
 def score(q: Question, reply: str) -> dict[str, Any]:
