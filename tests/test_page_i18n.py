@@ -74,6 +74,22 @@ def fixed_texts(page: Any) -> dict[str, str]:
     }""")
 
 
+def cut_reply_marks(page: Any) -> list[str]:
+    """What style.css adds after a cut reply's words, and in place of none (a scratch line)."""
+    return page.evaluate("""() => {
+        const li = document.createElement('li');
+        li.className = 'msg avatar interrupted';
+        li.innerHTML = '<span class="body">words</span>';
+        document.querySelector('#log').append(li);
+        const mark = () => JSON.parse(getComputedStyle(li.firstChild, '::after').content);
+        const after = mark();
+        li.firstChild.textContent = '';
+        const empty = mark();
+        li.remove();
+        return [after, empty];
+    }""")
+
+
 def latin_words(page: Any) -> set[str]:
     """Latin-script words the page shows (texts, labels read out, placeholders), leaving out
     what was said in the conversation (the English model answers in English)."""
@@ -115,6 +131,7 @@ def test_a_zh_link_shows_the_page_and_a_session_in_chinese(quiet_browser: Any, s
             "lastTurn": "上一轮", "metricsEmpty": "第一次回复后显示各环节耗时。", "dismiss": "关闭",
             "stage": "数字人", "video": "数字人视频"}, texts
         assert latin_words(page) == set()
+        assert cut_reply_marks(page) == [" —— 已打断", "一个字还没说就停下了"]
 
         page.click("#start")
         wait_for(page, CONNECTED, 20)
@@ -155,6 +172,7 @@ def test_an_english_server_keeps_the_page_in_english_whatever_the_browser(
         try:
             assert page_language(page) == {"lang": "en", "source": "server"}, locale
             assert fixed_texts(page) == ENGLISH, locale
+            assert cut_reply_marks(page) == [" — interrupted", "stopped before a word was said"]
         finally:
             page.context.close()
 
