@@ -13,6 +13,9 @@ missing=()
 [ -x /usr/bin/pulseaudio ] || missing+=(pulseaudio)
 [ -x /usr/bin/turnserver ] || missing+=(coturn)
 [ -x /usr/bin/stress-ng ] || missing+=(stress-ng)
+# A CJK font (1.6 MB), so that headless Chromium draws the Chinese page (screenshots of
+# ?lang=zh or configs/zh.yaml) in characters, not boxes.
+[ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || missing+=(fonts-wqy-microhei)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing Debian's ${missing[*]} for the browser, TURN and load tests"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
