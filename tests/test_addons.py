@@ -45,7 +45,7 @@ def build(work: Path, progress) -> None:
 
 FILE = PreparedFile(addon={name!r}, name="test model", relpath="model.bin", sha256={sha!r}, licence="MIT")
 ADDON = Addon(name={name!r}, summary="a test add-on", licence="MIT", restriction={restriction!r},
-              requirements={requirements!r}, build=build, files=(FILE,))
+              requirements={requirements!r}, build=build, files=(FILE,), transport={transport!r})
 '''
 
 
@@ -53,22 +53,26 @@ def _record_hash(data: bytes) -> str:
     return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def make_wheel(folder: Path) -> Path:
-    """A real data-only wheel, as the transport wheels are: two parts and its dist-info."""
-    info = "avatarchat_addon_testdata-1.0.dist-info"
-    entries = {
-        "avatarchat_addon_testdata/data/part01.bin": PARTS[0],
-        "avatarchat_addon_testdata/data/part02.bin": PARTS[1],
-        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {DIST}\nVersion: 1.0\n".encode(),
+def data_wheel(folder: Path, dist: str, files: dict[str, bytes], version: str = "1.0") -> Path:
+    """A real data-only wheel, as the transport wheels are: ``files`` and its dist-info."""
+    stem = f"{dist.replace('-', '_')}-{version}"
+    info = f"{stem}.dist-info"
+    entries = dict(files) | {
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n".encode(),
         f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }
     record = "".join(f"{path},{_record_hash(data)},{len(data)}\n" for path, data in entries.items())
     entries[f"{info}/RECORD"] = (record + f"{info}/RECORD,,\n").encode()
-    wheel = folder / "avatarchat_addon_testdata-1.0-py3-none-any.whl"
+    wheel = folder / f"{stem}-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as z:
         for path, data in entries.items():
             z.writestr(path, data)
     return wheel
+
+
+def make_wheel(folder: Path) -> Path:
+    return data_wheel(folder, DIST, {"avatarchat_addon_testdata/data/part01.bin": PARTS[0],
+                                     "avatarchat_addon_testdata/data/part02.bin": PARTS[1]})
 
 
 @pytest.fixture
@@ -85,7 +89,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def register(tmp: Path, monkeypatch: pytest.MonkeyPatch, *, wheel_hash: str | None = None,
              restriction: str | None = None, extra: str = "pass", sha: str = MODEL_SHA,
-             with_wheel: bool = True) -> str:
+             with_wheel: bool = True, transport: bool = False) -> str:
     """Write a real add-on module under ``tmp`` and register it; returns its name."""
     n = next(_ids)
     name = f"test-addon-{n}"
@@ -99,7 +103,7 @@ def register(tmp: Path, monkeypatch: pytest.MonkeyPatch, *, wheel_hash: str | No
         req.write_text(f"--no-index\n--find-links {wheels}\n{DIST}==1.0 --hash=sha256:{digest}\n")
         requirements = str(req)
     module = f"acme_addon_{n}"
-    (tmp / f"{module}.py").write_text(MODULE.format(dist=DIST, parts=b"".join(PARTS), name=name, sha=sha, extra=extra,
+    (tmp / f"{module}.py").write_text(MODULE.format(dist=DIST, parts=b"".join(PARTS), name=name, transport=(DIST,) if transport else (), sha=sha, extra=extra,
                                                     restriction=restriction, requirements=requirements))
     monkeypatch.setitem(addons.ADDONS, name, f"{module}:ADDON")
     monkeypatch.delitem(sys.modules, module, raising=False)
@@ -133,6 +137,18 @@ def test_add_installs_builds_verifies_then_is_idempotent(env: Path, monkeypatch:
     assert addons.add(name, accept_licence=False, progress=again.append) is False
     assert again == [f"{name}: already added"]  # no pip, no build
     assert path.stat().st_mtime_ns == mtime
+
+
+def test_transport_wheels_are_removed_once_their_files_are_in_place(
+        env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = register(env, monkeypatch, transport=True)
+    said: list[str] = []
+    assert addons.add(name, False, said.append) is True
+    assert any("removing the 1 transport wheels" in s for s in said)
+    assert not (env / "site" / "avatarchat_addon_testdata").exists()
+    assert (env / "models" / name / "model.bin").read_bytes() == b"".join(PARTS)
+    assert addons.state(addons.get(name)) == "verified"
+    assert addons.add(name, False, lambda s: None) is False  # no reinstall for the gone wheels
 
 
 def test_a_damaged_file_is_rebuilt_and_replaced(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:

