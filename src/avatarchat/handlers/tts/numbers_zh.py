@@ -92,7 +92,8 @@ _SYMBOL = re.compile("|".join(re.escape(s) for s in sorted(_SYMBOLS, key=len, re
 def _quantity(m: re.Match[str]) -> str:
     text = m.group(1)
     after = m.string[m.end():m.end() + 1]
-    if text == "2" and after in _LIANG_BEFORE:
+    before = m.string[m.start() - 1] if m.start() else ""
+    if text == "2" and after in _LIANG_BEFORE and before != "第":  # 第二名 is an ordinal
         return "两"
     return number_zh(text)
 
