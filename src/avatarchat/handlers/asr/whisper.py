@@ -18,7 +18,10 @@ Models ship inside PyPI packages; nothing is downloaded. ``tiny.en`` (default) c
 cache folder.
 
 Chinese (``language: zh``, base only) comes out in simplified characters with full-width
-marks (``handlers.asr.chinese``: OpenCC t2s), decoded after a simplified-Chinese prompt.
+marks (``handlers.asr.chinese``: OpenCC t2s), decoded after a simplified-Chinese prompt
+that makes whisper close 90 % of its transcripts with a mark (50 % without), which the
+end-of-turn rules read. On 40 clips of the Mandarin voice: 3.5 % CER and ~340 ms a call in
+the 12 s window, 3.0 % and ~1080 ms in the full one (bench asr, loaded 2-core machine).
 """
 
 from __future__ import annotations
