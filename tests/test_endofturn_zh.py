@@ -88,3 +88,21 @@ def test_looks_unfinished_zh(text: str, verdict: bool | None) -> None:
 def test_the_word_lists_do_not_overlap() -> None:
     # A word in both would be judged by whichever rule runs first: keep the lists apart.
     assert not DANGLING & TRAILING
+
+
+@pytest.mark.parametrize(("text", "asks"), [
+    ("你好吗？", True),
+    ("你会说英语吗", True),
+    ("我们一起去吧。", True),
+    ("你知道为什么？", True),
+    ("为什么天是蓝色的？", True),
+    ("北京是中国的首都。", False),
+    ("你觉得我应该学中文还是日语。", False),  # whisper's full stop: the words are not enough
+    ("我呢，", False),  # a topic, not a question
+    ("你喜欢猫还是？", False),  # a dangling word outweighs the mark
+    ("", False),
+])
+def test_asks_zh(text: str, asks: bool) -> None:
+    from avatarchat.engine.endofturn_zh import asks_zh
+
+    assert asks_zh(text) is asks

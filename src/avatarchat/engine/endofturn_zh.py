@@ -147,3 +147,19 @@ def looks_unfinished_zh(text: str) -> bool | None:
     if _trails(ending, t):
         return True
     return None
+
+
+def asks_zh(text: str) -> bool:
+    """True if Chinese ``text`` ends as a question or a suggestion: a question mark, or a
+    final particle (吗 呢 吧 嘛) with or without a mark.
+
+    Stronger than ``looks_unfinished_zh(text) is False``: on the Chinese set of ``bench
+    turn`` (the Mandarin voice), Smart Turn heard 8 of the 11 complete pauses so marked as
+    "more to come", and no mid-sentence pause was so marked with the voice saying
+    unfinished; letting these end at ``complete_ms`` whatever the voice says took the
+    complete pauses answered at 250 ms from 48 % to 65 % with the same 20 % false ends.
+    """
+    t = _strip(text)
+    if not t or t.endswith(OPEN_MARKS) or _dangles(_ending(t)):
+        return False
+    return t.endswith(("？", "?")) or _ending(t).endswith(FINAL_PARTICLES)
