@@ -112,3 +112,16 @@ async def test_a_chinese_session_gets_simplified_text_at_the_pause_and_reuses_it
     assert final.text == partial.text and char_errors("今天天气怎么样？", final.text)[0] <= 1, final.text
     marks = {e.name: e.at for e in out if isinstance(e, TimingMark)}
     assert marks["asr_final"] - marks["asr_start"] < 0.05  # the pause's transcript, not a second call
+
+
+def test_bench_asr_scores_chinese_by_characters(whisper: WhisperHandler, speech: dict[str, np.ndarray]) -> None:
+    from avatarchat.bench.asr import _run
+
+    clips = [("mandarin", s, a) for s, a in list(speech.items())[:3]]
+    report = _run(whisper, clips, "zh", True)
+    rows = report["clips"]
+    assert [r["said"] for r in rows] == [s for _, s, _ in clips]
+    errors = sum(r["errors"] for r in rows)
+    chars = sum(char_errors(s, "")[1] for _, s, _ in clips)
+    assert report["cer_percent"] == round(100 * errors / chars, 1)
+    assert report["call_ms"]["n"] == 3 and 0 <= report["closing_mark_share"] <= 1
