@@ -104,3 +104,22 @@ def test_the_addon_pins_the_files_the_handler_checks() -> None:
     # Every pin carries its wheels' sha256 (pip --require-hashes refuses anything else).
     blocks = re.split(r"\n(?=[a-z0-9-]+==)", path.read_text().split("\n", 2)[2])
     assert len(blocks) == 3 and all(re.search(r"--hash=sha256:[0-9a-f]{64}", b) for b in blocks)
+
+
+def test_without_opencc_chinese_keeps_whispers_script_and_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    handler = WhisperHandler(WhisperOptions(model="base"))  # no simplifier: OpenCC not installed
+    with caplog.at_level("WARNING"):
+        assert handler._finish("中華,", "zh") == "中華，"
+        assert handler._finish("中華", "zh") == "中華"
+    assert caplog.text.count("avatarchat models add whisper-base") == 1
+
+
+def test_a_missing_opencc_says_which_addon_to_add(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from avatarchat.engine.handler import HandlerLoadError
+    from avatarchat.handlers.asr.chinese import Simplifier
+
+    monkeypatch.setitem(sys.modules, "opencc", None)  # import opencc now raises ImportError
+    with pytest.raises(HandlerLoadError, match="avatarchat models add whisper-base"):
+        Simplifier()

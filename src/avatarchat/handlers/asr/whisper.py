@@ -284,6 +284,7 @@ class WhisperHandler(Handler[WhisperOptions]):
         self.fallbacks = 0
         self._decoders: dict[str, tuple[Any, list[int], list[int]]] = {}
         self._simplifier: Simplifier | None = None
+        self._warned_no_opencc = False
 
     def models(self) -> list[ModelFile]:
         return [TINY_EN] if self.options.model == "tiny.en" else [BASE_PART1, BASE_PART2]
@@ -323,8 +324,10 @@ class WhisperHandler(Handler[WhisperOptions]):
             return text
         if self._simplifier is not None:
             text = self._simplifier(text)
-        elif self.options.simplified:
-            log.warning("whisper: OpenCC is missing, so Chinese may come out in traditional characters")
+        elif self.options.simplified and not self._warned_no_opencc:
+            self._warned_no_opencc = True  # once, not on every transcript
+            log.warning("whisper: OpenCC is missing, so Chinese may come out in traditional characters; "
+                        "run: avatarchat models add whisper-base")
         return full_width_marks(text)
 
     @property
