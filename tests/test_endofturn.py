@@ -138,3 +138,30 @@ async def test_complete_questions_end_early_and_half_sentences_wait(speech: dict
     # themselves are performance figures: `avatarchat bench e2e`.)
     assert waited_complete < 2.8
     assert waited_unfinished > 3.9
+
+
+def test_a_chinese_question_ends_the_turn_whatever_the_voice() -> None:
+    """In Chinese, words that plainly ask (…吗？) end at complete_ms at once, without waiting
+    for the voice, and a doubting guess after them sends no second hint; an open clause
+    (…，) still waits for the voice and then for unfinished_ms. In English a question is
+    still weighed with the voice: a doubting voice gives doubtful_ms."""
+    from avatarchat.engine.endofturn import EndOfTurn
+    from avatarchat.engine.events import EndOfTurnGuess, EndOfTurnHint, UserTranscript
+
+    settings = EndOfTurnSettings(complete_ms=250, unfinished_ms=1600, doubtful_ms=900)
+    hints: list[EndOfTurnHint] = []
+    zh = EndOfTurn(hints.append, settings, voice=True, language="zh-CN")
+    zh.on_event(UserTranscript(1, "你今天过得好吗？", final=False, speech_end=2.0))
+    assert [(h.turn, h.speech_end, h.silence_ms) for h in hints] == [(1, 2.0, 250)]
+    zh.on_event(EndOfTurnGuess(1, speech_end=2.0, complete=0.1))
+    assert len(hints) == 1
+    zh.on_event(UserTranscript(2, "我想问一下，", final=False, speech_end=5.0))
+    assert len(hints) == 1  # the words do not outweigh the voice: wait for it
+    zh.on_event(EndOfTurnGuess(2, speech_end=5.0, complete=0.9))
+    assert hints[-1].silence_ms == 1600  # dangling words outweigh any voice
+    en: list[EndOfTurnHint] = []
+    eot = EndOfTurn(en.append, settings, voice=True, language="en")
+    eot.on_event(UserTranscript(1, "How old are you?", final=False, speech_end=1.0))
+    assert en == []
+    eot.on_event(EndOfTurnGuess(1, speech_end=1.0, complete=0.1))
+    assert [h.silence_ms for h in en] == [900]
