@@ -75,6 +75,18 @@ def test_each_rule_gives_its_hangover_and_counts_false_ends() -> None:
     assert word_verdicts(clips)["unfinished"] == {"complete": 1, "unfinished": 1, "unsure": 1}
 
 
+def test_a_plain_question_outweighs_a_doubting_voice_as_in_the_engine() -> None:
+    """The bench weighs a Chinese question (``Scored.asks``) as ``EndOfTurn`` does: the voice
+    is not asked, so a doubting Smart Turn no longer makes it wait ``doubtful_ms``."""
+    from dataclasses import replace
+
+    doubted = scored("complete", False, 0.2)
+    r = score_rules([doubted, replace(doubted, asks=True)], RULES, threshold=0.5, doubtful=[800])
+    both = r["words+smart_turn(doubtful_ms=800)"]["complete"]
+    assert both["answered_at_complete_ms"] == 0.5 and both["hangover_ms"]["max"] == 800
+    assert r["smart_turn"]["complete"]["accuracy"] == 0.0  # Smart Turn alone still judged on its own
+
+
 @pytest.fixture(scope="module")
 def pauses() -> list[Pause]:
     from avatarchat.handlers.tts.hibari import HibariOptions, HibariTTS

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ import numpy as np
 from avatarchat.bench.pauses import SENTENCES, Pause, make_pauses, through_vad
 from avatarchat.bench.stats import machine, summarize
 from avatarchat.config import Config
-from avatarchat.engine.endofturn import hangover_ms, looks_unfinished
+from avatarchat.engine.endofturn import asks, hangover_ms, looks_unfinished
 from avatarchat.handlers.asr.chinese import is_chinese
 from avatarchat.handlers.turn.features import RATE, features
 from avatarchat.handlers.vad.silero import SileroOptions
@@ -58,6 +58,12 @@ class Scored:
     words: bool | None  # looks_unfinished(transcript)
     p: float  # Smart Turn's P(finished)
     infer_ms: float  # features + ONNX run
+    asks: bool = False  # engine.endofturn.asks: the words outweigh the voice (a Chinese question)
+
+    @property
+    def voice(self) -> float | None:
+        """The voice as end of turn weighs it: not at all where the words plainly ask."""
+        return None if self.asks else self.p
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,7 @@ def _answers_fast(rules: Rules, wait: Callable[[Scored], int]) -> Callable[[Scor
 
 def _combined(rules: Rules, threshold: float, doubtful_ms: int) -> Callable[[Scored], int]:
     def wait(s: Scored) -> int:
-        return hangover_ms(s.words, s.p, complete_ms=rules.complete_ms, unfinished_ms=rules.unfinished_ms,
+        return hangover_ms(s.words, s.voice, complete_ms=rules.complete_ms, unfinished_ms=rules.unfinished_ms,
                            doubtful_ms=doubtful_ms, threshold=threshold)
     return wait
 
@@ -137,7 +143,7 @@ def threshold_sweep(scored: Sequence[Scored], thresholds: Sequence[float], rules
         return round(float(np.mean([test(s) for s in group])), 3) if group else None
 
     def fast(s: Scored, t: float) -> bool:
-        ms = hangover_ms(s.words, s.p, complete_ms=rules.complete_ms, unfinished_ms=rules.unfinished_ms,
+        ms = hangover_ms(s.words, s.voice, complete_ms=rules.complete_ms, unfinished_ms=rules.unfinished_ms,
                          doubtful_ms=rules.end_ms, threshold=t)
         return _hangover(rules, ms) <= rules.complete_ms
 
@@ -170,7 +176,7 @@ def judge(pauses: Sequence[Pause], transcribe: Callable[[np.ndarray], str],
         t0 = time.perf_counter()
         p = complete(pause.audio)
         ms = (time.perf_counter() - t0) * 1000
-        scored.append(Scored(pause, text, looks_unfinished(text, language), p, ms))
+        scored.append(Scored(pause, text, looks_unfinished(text, language), p, ms, asks(text, language)))
     return scored
 
 
@@ -192,7 +198,7 @@ def tail_sweep(scored: Sequence[Scored], complete: Callable[[np.ndarray], float]
     for ms in TAIL_DROPS_MS:
         n = ms * RATE // 1000
         ps = [complete(x.audio[: len(x.audio) - n]) for x in pauses]
-        rescored = [Scored(s.pause, s.transcript, s.words, p, s.infer_ms) for s, p in zip(scored, ps, strict=True)]
+        rescored = [replace(s, p=p) for s, p in zip(scored, ps, strict=True)]
         sweep = threshold_sweep(rescored, [threshold], rules)[f"{threshold:g}"]
         out[f"drop_{ms}ms"] = sweep
     return out
