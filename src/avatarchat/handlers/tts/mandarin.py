@@ -7,7 +7,9 @@ training corpus is non-commercial). Each clause is cut into script runs: Chinese
 ONNX graphs; Latin-script runs ("Python", "AI") through hibari, whose audio is joined in
 place at the same rate, so no word is dropped. Lip-sync timings come from the voice's own
 duration output (``Identity_2``: frames of 300 samples, 12.5 ms, one per input symbol),
-each initial and final split into IPA-like segments (``avatar.pinyin_visemes``).
+each initial and final split into IPA-like segments (``avatar.pinyin_visemes``). The
+timings sit on the audio (no lead: the portrait stage wants ``timing_lead_ms: 0`` for this
+voice, where hibari's timings trail its audio by ~50 ms).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ HOP = 300
 _LEAD_KEEP_FRAMES = 4
 #: Silence between a Chinese run and an English one, as between two words.
 _JOIN_GAP_S = 0.06
+#: hibari's timings trail its audio by this much (the portrait's default timing_lead_ms);
+#: this voice's own sit on the audio, so hibari's are moved onto it in a mixed clause.
+HIBARI_TIMING_LAG_S = 0.05
 
 
 class MandarinOptions(TTSOptions):
@@ -107,6 +112,8 @@ class MandarinTTS(StreamingTTS[MandarinOptions]):
     def _latin(self, text: str) -> Synthesis:
         """An English run by hibari, without the silence around it (the join adds a gap)."""
         samples, timings = self._english.synthesize(text)
+        timings = tuple(PhonemeTiming(t.phoneme, max(0.0, t.start - HIBARI_TIMING_LAG_S),
+                                      max(0.0, t.end - HIBARI_TIMING_LAG_S)) for t in timings)
         samples, timings = trim_leading_silence(samples, timings, self.sample_rate)
         return trim_trailing_silence(samples, timings, self.sample_rate)
 
