@@ -8,7 +8,8 @@ import pytest
 from avatarchat.avatar.pinyin_visemes import FINALS, INITIALS, final_segments, initial_segment
 from avatarchat.avatar.visemes import viseme_of
 from avatarchat.handlers.tts.numbers_zh import int_zh, normalize_numbers
-from avatarchat.handlers.tts.pinyin import Segment, SymbolTable, split_scripts, to_phonemes
+from avatarchat.handlers.tts.pinyin import MAX_CHARS, Segment, SymbolTable, pieces, split_scripts, to_phonemes
+from avatarchat.handlers.tts.text import is_han
 
 ADD = "avatarchat models add mandarin-voice --accept-licence"
 
@@ -108,3 +109,13 @@ def test_a_final_is_split_over_its_time_by_weight() -> None:
     assert segs[1].end - segs[1].start > segs[2].end - segs[2].start > segs[0].end - segs[0].start
     assert final_segments("a1", 0.5, 0.5) == [] and initial_segment("^", 0.0, 0.1) == []
     assert [s.phoneme for s in final_segments("xyz", 0.0, 0.1)] == ["ə"]  # unknown: still moves
+
+
+def test_long_text_is_cut_into_pieces_the_voice_can_hold() -> None:
+    text = "今天天气很好，我们一起去公园散步吧。" * 5
+    parts = pieces(text)
+    assert "".join(parts) == text
+    assert all(sum(is_han(c) for c in p) <= MAX_CHARS for p in parts)
+    assert all(p.endswith(("，", "。")) for p in parts[:-1])  # after a mark where there is one
+    assert [len(p) for p in pieces("一" * 100)] == [40, 40, 20]  # else hard
+    assert pieces("你好") == ["你好"] and pieces("") == []

@@ -145,6 +145,14 @@ def test_the_voice_is_deterministic(mandarin: MandarinTTS) -> None:
     assert np.array_equal(a, b) and ta == tb
 
 
+def test_a_text_longer_than_the_voice_holds_is_said_whole(mandarin: MandarinTTS) -> None:
+    # One call to the graphs holds at most 2048 mel frames (25.6 s): 240 characters are more.
+    text = "今天天气很好我们一起去公园散步吧，" * 15
+    samples, timings = mandarin.synthesize(text)
+    assert len(samples) / 24000 > 30 and timings[-1].end <= len(samples) / 24000
+    assert len(timings) >= 2 * 16 * 15
+
+
 @pytest.mark.parametrize("text", ["", "   ", "。！？", "😀😀", "……", "\U00020000"])
 def test_nothing_to_say_is_silence(mandarin: MandarinTTS, text: str) -> None:
     samples, timings = mandarin.synthesize(text)

@@ -26,7 +26,7 @@ from avatarchat.engine.handler import HandlerLoadError, HandlerOptions, register
 from avatarchat.handlers.tts.base import StreamingTTS, Synthesis, TTSOptions, trim_leading_silence, trim_trailing_silence
 from avatarchat.handlers.tts.hibari import HIBARI_MODEL, HibariOptions, HibariTTS
 from avatarchat.handlers.tts.mandarin_files import ACOUSTIC, NAME, SYMBOLS, VOCODER
-from avatarchat.handlers.tts.pinyin import Phonemes, SymbolTable, split_scripts, to_phonemes
+from avatarchat.handlers.tts.pinyin import Phonemes, SymbolTable, pieces, split_scripts, to_phonemes
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class MandarinTTS(StreamingTTS[MandarinOptions]):
         segments = split_scripts(text)
         for k, segment in enumerate(segments):
             if segment.kind == "zh":
-                audio, seg_timings = self._chinese(segment.text)
+                audio, seg_timings = self._chinese_pieces(segment.text)
             else:
                 audio, seg_timings = self._latin(segment.text)
             if len(audio) == 0:
@@ -116,6 +116,17 @@ class MandarinTTS(StreamingTTS[MandarinOptions]):
                                       max(0.0, t.end - HIBARI_TIMING_LAG_S)) for t in timings)
         samples, timings = trim_leading_silence(samples, timings, self.sample_rate)
         return trim_trailing_silence(samples, timings, self.sample_rate)
+
+    def _chinese_pieces(self, text: str) -> Synthesis:
+        """A Chinese run of any length, said in pieces the voice can hold, joined."""
+        parts, timings, clock = [], [], 0.0
+        for piece in pieces(text):
+            audio, piece_timings = self._chinese(piece)
+            timings.extend(PhonemeTiming(t.phoneme, t.start + clock, t.end + clock) for t in piece_timings)
+            parts.append(audio)
+            clock += len(audio) / self.sample_rate
+        samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        return samples, tuple(timings)
 
     def _chinese(self, text: str) -> Synthesis:
         assert self._table is not None, "load() first"

@@ -61,6 +61,31 @@ def split_scripts(text: str) -> list[Segment]:
     return [s for s in out if s.text.strip()]
 
 
+#: Han characters one call to the voice may hold: its position tables end at 2048 input
+#: symbols and 2048 mel frames (25.6 s); 40 characters are ~9 s of speech.
+MAX_CHARS = 40
+
+
+def pieces(text: str, max_chars: int = MAX_CHARS) -> list[str]:
+    """``text`` cut into pieces of at most ``max_chars`` Han characters each, after a
+    punctuation mark where there is one (a clause the splitter could not cut), else hard."""
+    out: list[str] = []
+    start = count = 0
+    last_break = -1  # index just past the last mark in the current piece
+    for i, ch in enumerate(text):
+        if ch in BREAKS or ch in ENDS:
+            last_break = i + 1
+        elif _HAN.match(ch):
+            if count == max_chars:
+                cut = last_break if last_break > start else i
+                out.append(text[start:cut])
+                start, last_break = cut, -1
+                count = sum(1 for c in text[start:i] if _HAN.match(c))
+            count += 1
+    out.append(text[start:])
+    return [p for p in out if p.strip()]
+
+
 @dataclass(frozen=True)
 class SymbolTable:
     """The voice's symbols and its pinyin → (initial, final) table."""
