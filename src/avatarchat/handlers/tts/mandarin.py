@@ -119,7 +119,9 @@ class MandarinTTS(StreamingTTS[MandarinOptions]):
 
     def _chinese_pieces(self, text: str) -> Synthesis:
         """A Chinese run of any length, said in pieces the voice can hold, joined."""
-        parts, timings, clock = [], [], 0.0
+        parts: list[np.ndarray] = []
+        timings: list[PhonemeTiming] = []
+        clock = 0.0
         for piece in pieces(text):
             audio, piece_timings = self._chinese(piece)
             timings.extend(PhonemeTiming(t.phoneme, t.start + clock, t.end + clock) for t in piece_timings)
