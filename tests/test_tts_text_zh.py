@@ -44,9 +44,11 @@ def test_a_closing_quote_stays_with_its_sentence() -> None:
 
 
 def test_a_run_on_chinese_clause_is_cut_between_characters() -> None:
-    run_on = "这是一个没有任何标点符号的非常非常长的中文句子它一直说下去直到最后"
+    run_on = "这是一个没有任何标点符号的非常非常长的中文句子它一直说下去直到最后没有停下来的意思"
     out = clauses(run_on, 3)
-    assert out[0].text == "这是一个没有任何" and "".join(c.text for c in out) == run_on
+    # At 30 characters (max_words), not at the opening's 8: a cut may split a word.
+    assert [len(c.text) for c in out] == [30, len(run_on) - 30] and "".join(c.text for c in out) == run_on
+    assert clauses("Python是一种高级编程语言，广泛用于数据处理。", 1)[0].text == "Python是一种高级编程语言，"
 
 
 def test_mixed_text_keeps_its_english_words_in_the_clause() -> None:

@@ -271,8 +271,11 @@ class ClauseSplitter:
                     return j
             elif ch.isspace() and words >= max_words:
                 return i
-            elif han and words >= max_words and i + 1 < n and is_han(text[i + 1]):
-                return i + 1  # a run-on Chinese clause: no space to wait for
+            elif han and words >= self.max_words and i + 1 < n and is_han(text[i + 1]):
+                # A run-on Chinese clause: no space to wait for. Not at the opening's shorter
+                # limit: a cut between characters may split a word (编|程), so only when
+                # the clause is long enough that its intonation breaks anyway.
+                return i + 1
             elif ch.isspace() and first and words >= FIRST_SOFT_WORDS and _joins_next(text, i):
                 # The first clause is what the user waits for: rather than wait for a comma
                 # that may come 15 words later, break before a joining word ("... with").
