@@ -29,8 +29,7 @@ done
 # The tests run every add-on's real model. The test run opts in to the Mandarin voice's
 # licence (voice trained on the DataBaker corpus: non-commercial use only) for testing;
 # a user's install never accepts it for them (--with mandarin-voice needs --accept-licence).
-# mandarin-voice joins this list once handlers/tts/mandarin_files.py is committed.
-TEST_ADDONS=(whisper-base qwen2.5-0.5b)
+TEST_ADDONS=(whisper-base qwen2.5-0.5b mandarin-voice)
 if [ $test = 1 ]; then
   addons+=("${TEST_ADDONS[@]}")
   accept=(--accept-licence)
