@@ -6,8 +6,8 @@ repeats), through the handler's own ``handle`` (the same speaker-label stripping
 fallback as in a session). Each reply is scored: right (every ``right`` pattern matches,
 no ``wrong`` one does), on topic (a ``topic`` pattern matches, in the question's language)
 and its length: words (English), characters (Chinese) and an estimate of the seconds it
-takes to say (2.5 words/s; 4 characters/s). English questions use the config's persona,
-Chinese ones ``ZH_PERSONA`` unless the config's language is ``zh``.
+takes to say (2.5 words/s; 4 characters/s). Questions in the config's language use its
+persona; the others the default English persona or ``ZH_PERSONA`` (``configs/zh.yaml``'s).
 
 ``--models`` runs the config's ``local`` LLM once per model, each with its own defaults
 (``handlers/llm/local.py`` ``MODEL_DEFAULTS``) and the config's other options.
@@ -141,8 +141,9 @@ async def bench_quality(config: Config, models: list[str | None], temperature: f
     questions = load_questions()
     if limit is not None:
         questions = [q for lang in ("en", "zh") for q in [q for q in questions if q.language == lang][:limit]]
-    personas = {"en": config.session.system_prompt,
-                "zh": config.session.system_prompt if config.session.language == "zh" else ZH_PERSONA}
+    # The config's persona for questions in its language; the other language's built-in one.
+    personas = {"en": SessionSettings().system_prompt, "zh": ZH_PERSONA} | {
+        config.session.language: config.session.system_prompt}
     report: dict[str, Any] = {"bench": "quality", "machine": machine(), "config": str(config.path),
                               "personas": personas, "models": {}}
     for model in models:
