@@ -381,3 +381,14 @@ async def test_openai_compatible_unreachable_server_is_an_error_naming_the_url()
         assert any(isinstance(e, ErrorEvent) and url in e.message for e in events)
         empty = session.say("")
         assert await turn_events(session, empty) == [UserTranscript(empty, ""), ReplyEnd(empty, "")]
+
+
+@pytest.mark.parametrize(("text", "kept"), [
+    ("Paris is the capital. It has", "Paris is the capital."),
+    ("It is 3.5 km away", "It is 3.5 km away"),  # no sentence ends: all of it
+    ("北京是中国的首都。它有很多", "北京是中国的首都。"),
+    ("你好！我叫Ava。我可以", "你好！我叫Ava。"),
+    ("他说：“好的。”然后", "他说：“好的。”"),
+])
+def test_a_reply_cut_at_max_tokens_is_remembered_to_its_last_full_sentence(text: str, kept: str) -> None:
+    assert complete_sentences(text) == kept

@@ -86,7 +86,8 @@ async def without_speaker_label(deltas: AsyncGenerator[str, None], names: frozen
         yield piece
 
 
-_SENTENCE_END = re.compile(r"[.!?…][\"')\]]*(?=\s|$)")
+# Chinese marks end a sentence with no space after them ("北京。它是…").
+_SENTENCE_END = re.compile(r"[.!?…][\"')\]]*(?=\s|$)|[。！？][”’」』）)]*")
 
 
 def complete_sentences(text: str) -> str:
