@@ -44,11 +44,27 @@ def test_a_closing_quote_stays_with_its_sentence() -> None:
 
 
 def test_a_run_on_chinese_clause_is_cut_between_characters() -> None:
-    run_on = "这是一个没有任何标点符号的非常非常长的中文句子它一直说下去直到最后没有停下来的意思"
+    run_on = "这座城市的夏天热得让人受不了街上的行人都躲在树荫下面乘凉小孩子们在河边玩水老人们坐在院子里聊天"
     out = clauses(run_on, 3)
     # At 30 characters (max_words), not at the opening's 8: a cut may split a word.
     assert [len(c.text) for c in out] == [30, len(run_on) - 30] and "".join(c.text for c in out) == run_on
     assert clauses("Python是一种高级编程语言，广泛用于数据处理。", 1)[0].text == "Python是一种高级编程语言，"
+
+
+@pytest.mark.parametrize(("reply", "first"), [
+    ("月亮离地球大约有38万公里。", "月亮离地球"),  # before 大约, once 5 characters are there
+    ("天空之所以是蓝色的，是因为阳光散射。", "天空之所以"),  # the copula after a full subject
+    ("今天晚上应该做一道烤鸡胸肉。", "今天晚上应该做"),
+    ("中国的首都是北京。", "中国的首都是北京。"),  # 都是 may be "all are": not cut there
+    ("他每一个问题都回答了。", "他每一个问题都回答了。"),  # 每一个 is one word
+    ("我们不可以这样做。", "我们不可以这样做。"),  # nor 不|可以
+    ("天是否会下雨呢？", "天是否会下雨呢？"),  # 是否 is not the copula
+])
+def test_the_first_chinese_clause_breaks_before_a_joining_word(reply: str, first: str) -> None:
+    """Qwen writes ~15 characters a second: the voice starts on the sentence's first part."""
+    for pieces in (1, 2, 3):
+        out = clauses(reply, pieces)
+        assert out[0].text == first and "".join(c.text for c in out) == reply
 
 
 def test_mixed_text_keeps_its_english_words_in_the_clause() -> None:
