@@ -8,7 +8,7 @@ import pytest
 from avatarchat.avatar.pinyin_visemes import FINALS, INITIALS, final_segments, initial_segment
 from avatarchat.avatar.visemes import viseme_of
 from avatarchat.handlers.tts.numbers_zh import int_zh, normalize_numbers
-from avatarchat.handlers.tts.pinyin import MAX_CHARS, Segment, SymbolTable, pieces, split_scripts, to_phonemes
+from avatarchat.handlers.tts.pinyin import MAX_CHARS, SLOT, Segment, SymbolTable, pieces, split_scripts, to_phonemes
 from avatarchat.handlers.tts.text import is_han
 
 ADD = "avatarchat models add mandarin-voice --accept-licence"
@@ -119,3 +119,12 @@ def test_long_text_is_cut_into_pieces_the_voice_can_hold() -> None:
     assert all(p.endswith(("，", "。")) for p in parts[:-1])  # after a mark where there is one
     assert [len(p) for p in pieces("一" * 100)] == [40, 40, 20]  # else hard
     assert pieces("你好") == ["你好"] and pieces("") == []
+
+
+def test_latin_slots_become_pauses_in_one_sequence(table: SymbolTable) -> None:
+    p = to_phonemes(f"{SLOT}我喜欢{SLOT}和{SLOT}。", table)
+    # Before the first syllable, a pause between 欢 and 和 (one prosody runs across), after all.
+    inner = p.slots[1]
+    assert p.slots == [-1, inner, len(p.symbols)]
+    assert p.symbols[inner] == "#3" and p.symbols[inner - 1] == "uan1" and p.symbols[inner + 1] == "h"
+    assert " ".join(p.symbols).count("sil") == 2  # still one utterance

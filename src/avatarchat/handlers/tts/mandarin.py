@@ -26,7 +26,7 @@ from avatarchat.engine.handler import HandlerLoadError, HandlerOptions, register
 from avatarchat.handlers.tts.base import StreamingTTS, Synthesis, TTSOptions, trim_leading_silence, trim_trailing_silence
 from avatarchat.handlers.tts.hibari import HIBARI_MODEL, HibariOptions, HibariTTS
 from avatarchat.handlers.tts.mandarin_files import ACOUSTIC, NAME, SYMBOLS, VOCODER
-from avatarchat.handlers.tts.pinyin import Phonemes, SymbolTable, pieces, split_scripts, to_phonemes
+from avatarchat.handlers.tts.pinyin import SLOT, Phonemes, SymbolTable, pieces, split_scripts, to_phonemes
 
 log = logging.getLogger(__name__)
 
@@ -88,26 +88,16 @@ class MandarinTTS(StreamingTTS[MandarinOptions]):
         self.synthesize("你好。")  # first-call costs (pypinyin's dictionaries, ORT allocations) at load
 
     def synthesize(self, text: str) -> Synthesis:
-        parts: list[np.ndarray] = []
-        timings: list[PhonemeTiming] = []
-        clock = 0.0
-        segments = split_scripts(text)
-        for k, segment in enumerate(segments):
+        """The clause's Chinese in one pass of the voice (its prosody runs on across the
+        English words), each Latin run said by hibari in the pause left for it."""
+        zh, latin = [], []
+        for segment in split_scripts(text):
             if segment.kind == "zh":
-                audio, seg_timings = self._chinese_pieces(segment.text)
+                zh.append(segment.text)
             else:
-                audio, seg_timings = self._latin(segment.text)
-            if len(audio) == 0:
-                continue
-            if parts and (segment.kind == "latin" or segments[k - 1].kind == "latin"):
-                gap = np.zeros(int(_JOIN_GAP_S * self.sample_rate), np.float32)
-                parts.append(gap)
-                clock += len(gap) / self.sample_rate
-            timings.extend(PhonemeTiming(t.phoneme, t.start + clock, t.end + clock) for t in seg_timings)
-            parts.append(audio)
-            clock += len(audio) / self.sample_rate
-        samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-        return samples.astype(np.float32, copy=False), tuple(timings)
+                zh.append(SLOT)
+                latin.append(segment.text)
+        return self._chinese_pieces("".join(zh), latin)
 
     def _latin(self, text: str) -> Synthesis:
         """An English run by hibari, without the silence around it (the join adds a gap)."""
@@ -117,24 +107,26 @@ class MandarinTTS(StreamingTTS[MandarinOptions]):
         samples, timings = trim_leading_silence(samples, timings, self.sample_rate)
         return trim_trailing_silence(samples, timings, self.sample_rate)
 
-    def _chinese_pieces(self, text: str) -> Synthesis:
-        """A Chinese run of any length, said in pieces the voice can hold, joined."""
+    def _chinese_pieces(self, text: str, latin: list[str]) -> Synthesis:
+        """Chinese text (``SLOT`` for each of the ``latin`` runs) of any length, said in
+        pieces the voice can hold, joined."""
         parts: list[np.ndarray] = []
         timings: list[PhonemeTiming] = []
         clock = 0.0
         for piece in pieces(text):
-            audio, piece_timings = self._chinese(piece)
+            words, latin = latin[:piece.count(SLOT)], latin[piece.count(SLOT):]
+            audio, piece_timings = self._chinese(piece, words)
             timings.extend(PhonemeTiming(t.phoneme, t.start + clock, t.end + clock) for t in piece_timings)
             parts.append(audio)
             clock += len(audio) / self.sample_rate
         samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
         return samples, tuple(timings)
 
-    def _chinese(self, text: str) -> Synthesis:
+    def _chinese(self, text: str, latin: list[str]) -> Synthesis:
         assert self._table is not None, "load() first"
         phonemes = to_phonemes(text, self._table)
         if not phonemes.spoken:
-            return np.zeros(0, np.float32), ()
+            return self._join([self._latin(word) for word in latin])
         ids = np.asarray([[self._table.ids[s] for s in phonemes.symbols]], np.int32)
         feeds = {"input_ids": ids, "speaker_ids": np.zeros(1, np.int32),
                  # FastSpeech2's speed ratio multiplies durations: >1 is slower.
@@ -147,9 +139,41 @@ class MandarinTTS(StreamingTTS[MandarinOptions]):
             log.warning("Mandarin durations (%d frames) do not match the mel (%d)", frames.sum(), mel.shape[1])
         cut = max(0, int(frames[0]) - _LEAD_KEEP_FRAMES)  # the leading "sil"
         mel = mel[:, cut:, :]
-        audio = self._vocoder.run(None, {"mels": mel})[0].reshape(-1)
-        timings = self._timings(phonemes, frames, mel[0].mean(axis=-1))
-        return audio.astype(np.float32, copy=False), tuple(timings)
+        audio = self._vocoder.run(None, {"mels": mel})[0].reshape(-1).astype(np.float32, copy=False)
+        loudness = mel[0].mean(axis=-1)
+        timings = self._timings(phonemes, frames, loudness)
+        if not latin:
+            return audio, tuple(timings)
+        return self._splice(audio, timings, _slot_cuts(phonemes, frames, loudness), latin)
+
+    def _splice(self, audio: np.ndarray, timings: list[PhonemeTiming], cuts: list[tuple[int, int]],
+                latin: list[str]) -> Synthesis:
+        """Each Latin run's audio put in place of the pause [start, end) (samples) left for it."""
+        parts: list[Synthesis] = []
+        at = 0
+        for (start, end), word in zip(cuts, latin, strict=True):
+            parts.append(_span(audio, timings, at, start, self.sample_rate))
+            parts.append(self._latin(word))
+            at = max(at, end)
+        parts.append(_span(audio, timings, at, len(audio), self.sample_rate))
+        return self._join(parts)
+
+    def _join(self, parts: list[Synthesis]) -> Synthesis:
+        """Pieces of audio back to back, a word's gap where an English one meets another."""
+        out: list[np.ndarray] = []
+        timings: list[PhonemeTiming] = []
+        clock = 0.0
+        for samples, piece_timings in parts:
+            if len(samples) == 0:
+                continue
+            if out:
+                gap = np.zeros(int(_JOIN_GAP_S * self.sample_rate), np.float32)
+                out.append(gap)
+                clock += len(gap) / self.sample_rate
+            timings.extend(PhonemeTiming(t.phoneme, t.start + clock, t.end + clock) for t in piece_timings)
+            out.append(samples)
+            clock += len(samples) / self.sample_rate
+        return (np.concatenate(out) if out else np.zeros(0, np.float32)), tuple(timings)
 
     def _timings(self, phonemes: Phonemes, frames: np.ndarray, loudness: np.ndarray) -> list[PhonemeTiming]:
         """Per-symbol durations → IPA-like segments of each syllable, in seconds from the
@@ -181,6 +205,31 @@ class MandarinTTS(StreamingTTS[MandarinOptions]):
                 out.extend(PhonemeTiming(*s) for s in final_segments(symbol, first, end))
                 onset = None
         return out
+
+
+def _slot_cuts(phonemes: Phonemes, frames: np.ndarray, loudness: np.ndarray) -> list[tuple[int, int]]:
+    """For each slot, the samples [start, end) of the audio it replaces: its pause, from the
+    end of the last loud frame before it to the start of the next syllable."""
+    spans = _frame_spans(phonemes, frames, loudness)
+    n = len(loudness)
+    cuts = []
+    for k in phonemes.slots:
+        if k < 0:
+            cuts.append((0, 0))
+        elif k >= len(spans):
+            cuts.append((n * HOP, n * HOP))
+        else:
+            start = min(max(spans[k - 1][1], spans[k][0]), n)
+            cuts.append((start * HOP, max(start, min(spans[k][1], n)) * HOP))
+    return cuts
+
+
+def _span(audio: np.ndarray, timings: list[PhonemeTiming], start: int, end: int, rate: int) -> Synthesis:
+    """Samples [start, end) of ``audio`` and the timings inside them, from their start."""
+    t0, t1 = start / rate, end / rate
+    kept = tuple(PhonemeTiming(t.phoneme, max(t.start, t0) - t0, min(t.end, t1) - t0)
+                 for t in timings if t.end > t0 and t.start < t1)
+    return audio[start:end], kept
 
 
 #: Mean log-mel energy above which a frame is voiced (the voice's silence is ~-2.2, its

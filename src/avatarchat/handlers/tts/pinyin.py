@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -33,6 +33,11 @@ _LATIN = re.compile(r"[A-Za-z\u00c0-\u024f][A-Za-z0-9\u00c0-\u024f'’.+#-]*(?:[
 BREAKS = frozenset("，、；：,;:—…·～~()（）《》「」『』“”\"'‘’—-/|　 \t\n")
 #: Marks that end a sentence.
 ENDS = frozenset("。！？!?.")
+
+
+#: Stands in a Chinese text for a Latin run said by another voice (``to_phonemes`` makes it
+#: a pause, ``Phonemes.slots``, where the caller puts that voice's audio).
+SLOT = "\ue000"
 
 
 class Segment(NamedTuple):
@@ -128,6 +133,9 @@ class Phonemes:
     symbols: list[str]
     owners: list[int]
     syllables: list[Syllable]
+    #: One entry per ``SLOT`` in the text, in order: the index of its pause symbol, -1 for
+    #: a slot before the first syllable, ``len(symbols)`` for one after the last.
+    slots: list[int] = field(default_factory=list)
 
     @property
     def spoken(self) -> bool:
@@ -159,11 +167,15 @@ def to_phonemes(text: str, table: SymbolTable) -> Phonemes:
     text = normalize_numbers(text)
     symbols, owners = ["sil"], [-1]
     syllables: list[Syllable] = []
+    slots: list[int] = []
     for run in re.finditer(f"[{HAN}]+|[^{HAN}]+", text):
         chunk = run.group()
         if not _HAN.match(chunk):
-            if syllables and any(c in BREAKS or c in ENDS for c in chunk) and symbols[-1] == "#0":
+            if syllables and any(c in BREAKS or c in ENDS or c == SLOT for c in chunk) and symbols[-1] == "#0":
                 symbols[-1] = "#3"
+            for _ in range(chunk.count(SLOT)):
+                # Placed after the loop if no syllable follows: then it goes after the last.
+                slots.append(len(symbols) - 1 if syllables else -1)
             continue
         reads = _read(chunk)
         if len(reads) != len(chunk):  # an unreadable run came back as one item: per character
@@ -184,9 +196,10 @@ def to_phonemes(text: str, table: SymbolTable) -> Phonemes:
     if symbols[-1] in ("#0", "#3"):
         symbols.pop()
         owners.pop()
+    slots = [s if s < len(symbols) else len(symbols) + 2 for s in slots]  # after the last syllable
     symbols += ["sil", "eos"]
     owners += [-1, -1]
-    return Phonemes(symbols, owners, syllables)
+    return Phonemes(symbols, owners, syllables, slots)
 
 
 def _read(han: str) -> list[str]:
