@@ -2,10 +2,11 @@
 24 kHz, with English words spoken by hibari in the same reply.
 
 The voice is an add-on (``avatarchat models add mandarin-voice --accept-licence``: its
-training corpus is non-commercial). Each clause is cut into script runs: Chinese runs
-(numbers and symbols read in Chinese) go through the front end (``pinyin``) and the two
-ONNX graphs; Latin-script runs ("Python", "AI") through hibari, whose audio is joined in
-place at the same rate, so no word is dropped. Lip-sync timings come from the voice's own
+training corpus is non-commercial). Each clause is cut into script runs: its Chinese
+(numbers and symbols read in Chinese) goes through the front end (``pinyin``) and the two
+ONNX graphs in one pass, a pause standing for each Latin-script run ("Python", "AI"); hibari
+says those runs at the same rate, and their audio replaces the pauses, so no word is
+dropped and the Chinese keeps one intonation across them. Lip-sync timings come from the voice's own
 duration output (``Identity_2``: frames of 300 samples, 12.5 ms, one per input symbol),
 each initial and final split into IPA-like segments (``avatar.pinyin_visemes``). The
 timings sit on the audio (no lead: the portrait stage wants ``timing_lead_ms: 0`` for this
