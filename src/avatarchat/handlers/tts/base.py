@@ -26,7 +26,13 @@ from avatarchat.engine.events import (
 from avatarchat.engine.clock import REAL_CLOCK, Clock
 from avatarchat.engine.handler import TTSHandler, HandlerOptions, SessionInfo
 from avatarchat.engine.scheduling import Priority, run_model
-from avatarchat.handlers.tts.text import ClauseSplitter, clean_for_speech, ends_with_sentence_end, without_dangling_end
+from avatarchat.handlers.tts.text import (
+    ClauseSplitter,
+    clean_for_speech,
+    count_words,
+    ends_with_sentence_end,
+    without_dangling_end,
+)
 
 Synthesis = tuple[np.ndarray, tuple[PhonemeTiming, ...]]
 
@@ -189,7 +195,7 @@ class StreamingTTS(TTSHandler[TTSOptionsT]):
                         yield out
                 # An opener ("Sure!") is not yet an answer to stop at: the clause after it
                 # must not wait for its sentence, or the opener is followed by a gap.
-                state.words += len(clause.text.split())
+                state.words += count_words(clause.text)  # a Han character is a word
                 state.said_sentence = state.said_sentence or (
                     clause.ends_sentence and state.words >= self.options.opening_words)
         elif isinstance(event, ReplyEnd):
