@@ -188,7 +188,8 @@ def _run(handler: WhisperHandler, clips: list[Clip], language: str, chinese: boo
     if chinese:
         out["cer_percent_per_clip"] = summarize(per_clip)
         # The end-of-turn rules read the closing mark: how often whisper writes one.
-        out["closing_mark_share"] = round(sum(r["heard"].endswith(("。", "？", "！")) for r in rows) / len(rows), 3)
+        closed = sum(str(r["heard"]).endswith(("。", "？", "！")) for r in rows)
+        out["closing_mark_share"] = round(closed / len(rows), 3)
         out["clips"] = rows
     return out
 
