@@ -7,6 +7,8 @@ figures the bench reads for it (concealment, the buffer's target delay) reach
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,6 +28,18 @@ PARSE = """async () => {
       (q) => m.jitterTargetFrom(q)),
   };
 }"""
+
+
+def stats_when(page: Any, ready: Callable[[dict[str, Any]], bool], timeout_s: float) -> dict[str, Any]:
+    """``avatarchat.stats()`` once ``ready`` says so. Polled from here: ``wait_for`` with an
+    async predicate passed at once (its Promise is truthy), before any audio had come."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = page.evaluate("avatarchat.stats()")
+        if ready(stats):
+            return stats
+        assert time.monotonic() < deadline, f"not ready after {timeout_s} s: {stats}"
+        page.wait_for_timeout(100)
 
 
 @pytest.fixture(autouse=True)
@@ -52,15 +66,13 @@ def test_the_reply_voices_receiver_gets_the_target(quiet_browser: Any, server: S
         default = page.evaluate(PARSE)["default"]
         page.click("#start")
         wait_for(page, CONNECTED, 20)
-        wait_for(page, "async () => (await avatarchat.stats()).audio !== null", 10)
-        audio = page.evaluate("avatarchat.stats()")["audio"]
+        audio = stats_when(page, lambda s: s["audio"] is not None, 10)["audio"]
         expected = {"": default, "jbt=40": 40, "jbt=off": None}[query]
         assert audio["jitterBufferTarget"] == expected, audio
         for key in ("concealedSamples", "silentConcealedSamples", "concealmentEvents", "totalSamplesReceived"):
             assert isinstance(audio[key], int | float), (key, audio)
         # Chromium reports the buffer's target delay; asked for 40 ms, it aims at 40 or more.
-        wait_for(page, "async () => (await avatarchat.stats()).audio.jitterBufferEmittedCount > 4800", 10)
-        audio = page.evaluate("avatarchat.stats()")["audio"]
+        audio = stats_when(page, lambda s: s["audio"]["jitterBufferEmittedCount"] > 4800, 10)["audio"]
         if query == "jbt=40" and audio["jitterBufferTargetDelay"] is not None:
             target_ms = 1000 * audio["jitterBufferTargetDelay"] / audio["jitterBufferEmittedCount"]
             assert target_ms >= 30, audio
