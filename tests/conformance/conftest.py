@@ -7,7 +7,9 @@ local OpenAI-compatible server of ``tests/llm_server.py``) or speeds the built-i
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,6 +56,20 @@ FACTORIES: dict[str, ConformanceFactory] = {
     # time); the third call is the second full batch, well into the reply.
     "portrait": ConformanceFactory(core=lambda h: (h, "_render_batch"), fail_at=3),
 }
+
+
+def _service_factories() -> None:
+    """Merge the factories (and the fixtures they pull: local protocol servers) of each
+    ``factories_*.py`` beside this file: one module per service's handlers."""
+    for path in sorted(Path(__file__).parent.glob("factories_*.py")):
+        module = importlib.import_module(f"tests.conformance.{path.stem}")
+        FACTORIES.update(module.FACTORIES)
+        for name, value in vars(module).items():
+            if hasattr(value, "_pytestfixturefunction") or type(value).__name__ == "FixtureFunctionDefinition":
+                globals()[name] = value
+
+
+_service_factories()
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,17 @@
-"""The streaming TTS stage: reply text deltas in, one audio chunk per clause out.
+"""The streaming TTS stage: reply text deltas in, audio chunks of each clause out.
 
 ``StreamingTTS`` does the streaming, cleaning and timekeeping once for every engine; an
 engine subclass only loads its model and turns one clean clause into samples and phoneme
-timings (``synthesize``, blocking, run in an executor).
+timings (``synthesize``, blocking, run in an executor). A voice behind a network service
+streams instead: it overrides ``synthesize_stream``, which yields a clause in pieces as
+they arrive.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import AsyncIterator
+from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, TypeVar
 
@@ -160,15 +163,28 @@ class StreamingTTS(TTSHandler[TTSOptionsT]):
     #: Samples per second of what ``synthesize`` returns.
     sample_rate: ClassVar[int]
 
-    @abstractmethod
     def synthesize(self, text: str) -> Synthesis:
         """Blocking: ``text`` (one clean clause) → (mono float32 samples at ``sample_rate``,
         phoneme timings in seconds from the first sample). Must be safe to call from
-        several executor threads at once."""
+        several executor threads at once. A local engine implements this; a network voice
+        implements ``synthesize_stream`` instead."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither synthesize nor synthesize_stream")
+
+    async def synthesize_stream(self, text: str, first: bool) -> AsyncGenerator[Synthesis, None]:
+        """``text`` (one clean clause) → its audio in pieces as they come, each with phoneme
+        timings in seconds from that piece's first sample (``()`` if the voice gives none:
+        the avatar's mouth then follows the audio). ``first``: the reply's first clause,
+        whose audio decides when the user hears the answer.
+
+        Default: one piece, from ``synthesize`` in the model lane (the first clause goes
+        ahead of other sessions' later ones). The engine may close the generator at any
+        ``await`` when the turn is cancelled: release sockets in ``finally``."""
+        priority = Priority.CRITICAL if first else Priority.NORMAL
+        yield await run_model(self.synthesize, text, lane="tts", priority=priority)
 
     @abstractmethod
     def models(self) -> list[Any]:
-        """The ``ModelFile``s this engine loads."""
+        """The ``ModelFile``s this engine loads (``[]`` for a network voice)."""
 
     def _splitter(self) -> ClauseSplitter:
         """A reply's clause splitter, cut by this stage's options."""
@@ -219,26 +235,48 @@ class StreamingTTS(TTSHandler[TTSOptionsT]):
             yield event
 
     async def _speak(self, state: _TurnState, turn: int, raw: str) -> AsyncIterator[Event]:
+        """Say one clause: a ``ReplyAudio`` per piece the voice yields, contiguous on the
+        reply's timeline. Only the clause's last piece carries its text, so what the user
+        is said to have heard never runs ahead of the audio (``engine.heard``). Each piece
+        waits for the next one (a streamed voice sends them faster than they play) so that
+        the last one is known: it loses the clause's trailing pause."""
         text = clean_for_speech(raw)
         if not text or state.cancelled:
             return
-        # The first chunk decides when the user hears the answer; the rest has the first
-        # chunk's playing time to be ready.
-        priority = Priority.NORMAL if state.spoke else Priority.CRITICAL
-        samples, phonemes = await run_model(self.synthesize, text, lane="tts", priority=priority)
-        # The turn may have been cancelled while the executor worked; its result is dropped.
-        if state.cancelled or len(samples) == 0:
+        pending: Synthesis | None = None
+        # aclosing: a cancelled turn closes the voice's stream (and its socket) at once.
+        async with aclosing(self.synthesize_stream(text, first=not state.spoke)) as pieces:
+            async for piece in pieces:
+                # The turn may have been cancelled while the voice worked; its audio is dropped.
+                if state.cancelled:
+                    return
+                if len(piece[0]) == 0:
+                    continue
+                if pending is not None:
+                    for out in self._emit(state, turn, pending, ""):
+                        yield out
+                pending = piece
+        if state.cancelled or pending is None:
             return
         if self.options.trim_clause_pauses and not ends_with_sentence_end(text):
             # The next clause goes on the same sentence: a comma's pause, not a full stop's.
-            samples, phonemes = trim_trailing_silence(samples, phonemes, self.sample_rate)
+            pending = trim_trailing_silence(*pending, self.sample_rate)
+        for out in self._emit(state, turn, pending, text):
+            yield out
+
+    def _emit(self, state: _TurnState, turn: int, piece: Synthesis, text: str) -> list[Event]:
+        """The ``ReplyAudio`` of one piece at the turn's offset (the reply's first piece
+        without its leading silence, after a ``tts_first_audio`` mark)."""
+        out: list[Event] = []
+        samples, phonemes = piece
         if not state.spoke:
             samples, phonemes = trim_leading_silence(samples, phonemes, self.sample_rate)
             state.spoke = True
-            yield TimingMark(turn, "tts_first_audio", at=state.clock.now())
+            out.append(TimingMark(turn, "tts_first_audio", at=state.clock.now()))
         chunk = ReplyAudio(turn, samples, self.sample_rate, state.offset, text=text, phonemes=phonemes)
         state.offset += chunk.duration
-        yield chunk
+        out.append(chunk)
+        return out
 
     def cancel_turn(self, ctx: TTSContext, turn: int) -> None:
         state = ctx.turns.pop(turn, None)

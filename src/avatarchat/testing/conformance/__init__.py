@@ -29,6 +29,7 @@ spies that record what a handler yields and how often its blocking core runs.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -136,31 +137,51 @@ class OutputSpy:
 
 
 class CoreSpy:
-    """Wraps a handler's blocking core (``getattr(owner, attr)``, one call per unit of work):
+    """Wraps a handler's core (``getattr(owner, attr)``, one call per unit of work):
     counts calls started and running, and can raise ``InjectedFailure`` on call ``fail_at``
-    (counted from 1, once only, so the turn after the failure works again)."""
+    (counted from 1, once only, so the turn after the failure works again). The core is a
+    blocking function (run on executor threads) or an async generator function (a network
+    voice's stream), which is running until it is exhausted or closed."""
 
     def __init__(self, owner: object, attr: str, monkeypatch: pytest.MonkeyPatch,
                  fail_at: int | None = None) -> None:
         self.starts: list[float] = []
         self.running = 0
         self._lock = threading.Lock()  # the core runs on executor threads
+        self._attr = attr
+        self._fail_at = fail_at
         real = getattr(owner, attr)
 
         def core(*args: Any, **kwargs: Any) -> Any:
-            with self._lock:
-                self.starts.append(time.monotonic())
-                n = len(self.starts)
-                self.running += 1
+            self._start()
             try:
-                if n == fail_at:
-                    raise InjectedFailure(f"injected failure of {attr} call {n}")
                 return real(*args, **kwargs)
             finally:
-                with self._lock:
-                    self.running -= 1
+                self._stop()
 
-        monkeypatch.setattr(owner, attr, core)
+        async def stream(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
+            self._start()
+            try:
+                async with aclosing(real(*args, **kwargs)) as pieces:
+                    async for piece in pieces:
+                        yield piece
+            finally:
+                self._stop()
+
+        monkeypatch.setattr(owner, attr, stream if inspect.isasyncgenfunction(real) else core)
+
+    def _start(self) -> None:
+        with self._lock:
+            self.starts.append(time.monotonic())
+            n = len(self.starts)
+            self.running += 1
+        if n == self._fail_at:
+            self._stop()
+            raise InjectedFailure(f"injected failure of {self._attr} call {n}")
+
+    def _stop(self) -> None:
+        with self._lock:
+            self.running -= 1
 
     @property
     def calls(self) -> int:

@@ -130,7 +130,9 @@ def core_of(handler: Handler[Any], factories: Factories) -> tuple[object, str]:
     if core is not None:
         return core(handler)
     if isinstance(handler, StreamingTTS):
-        return handler, "synthesize"
+        # A network voice streams each clause (an async generator) instead of synthesizing it.
+        streams = type(handler).synthesize_stream is not StreamingTTS.synthesize_stream
+        return handler, "synthesize_stream" if streams else "synthesize"
     pytest.fail(
         f"{handler.stage} handler {handler.name!r} has no known blocking core to count and break. {HINT} "
         "(ConformanceFactory.core)",
