@@ -1,8 +1,10 @@
 """LLM handler ``openai_compatible``: any server speaking the OpenAI chat completions API.
 
-Ollama, llama.cpp's ``llama-server``, vLLM, LM Studio or a hosted API. ``load`` only builds
-the client, so start-up works with the server down; a turn that cannot reach it fails with
-an error naming the URL, and the next turn tries again.
+Ollama, llama.cpp's ``llama-server``, vLLM, LM Studio or a hosted API (Qwen on Bailian /
+DashScope through its compatible mode: ``configs/bailian.yaml``). ``load`` only builds the
+client, so start-up works with the server down (``check: true`` asks a hosted API for one
+token at start-up instead, so a wrong key stops ``serve`` with one line); a turn that cannot
+reach it fails with an error naming the URL, and the next turn tries again.
 
 A turn never hangs on the server: connecting is bounded by ``connect_timeout_s``, the first
 word by ``first_token_timeout_s``, each later silence of the stream by ``timeout_s``. A
@@ -52,6 +54,12 @@ class OpenAICompatibleOptions(HandlerOptions):
     #: Retries on connection errors. 0 by default: in a conversation a quick error beats
     #: seconds of silent back-off.
     max_retries: int = Field(default=0, ge=0, le=5)
+    #: Extra top-level fields of the request that a server defines beyond OpenAI's
+    #: (DashScope: ``enable_thinking: false`` for Qwen3 models, ``enable_search``).
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+    #: At start-up, ask for one token: a wrong key, model or URL stops ``serve`` with one
+    #: line instead of failing every turn. Off by default: a local server may start later.
+    check: bool = False
 
     @field_validator("api_url")
     @classmethod
@@ -82,9 +90,24 @@ class OpenAICompatibleLLM(ChatLLM[OpenAICompatibleOptions]):
             raise HandlerLoadError("the openai_compatible LLM needs the openai package: pip install openai") from exc
         self._openai = openai
         self._client = self._new_client()
+        if self.options.check:
+            self._check()
         # The openai package imports its chat resources on first use (~35 ms): do it here,
         # not on the event loop in the middle of the first turn.
         self._client.chat.completions  # noqa: B018
+
+    def _check(self) -> None:
+        """One token from the configured model (blocking; ``load`` runs in an executor)."""
+        o = self.options
+        timeout = self._openai.Timeout(o.first_token_timeout_s, connect=o.connect_timeout_s)
+        client = self._openai.OpenAI(base_url=o.api_url, api_key=o.api_key, timeout=timeout, max_retries=0)
+        try:
+            client.chat.completions.create(model=o.model, messages=[{"role": "user", "content": "Hi"}],
+                                           max_tokens=1, stream=False, extra_body=o.extra_body or None)
+        except self._openai.OpenAIError as exc:
+            raise HandlerLoadError(f"start-up check failed: {self._explain(exc)}") from None
+        finally:
+            client.close()
 
     def _new_client(self) -> Any:
         o = self.options
@@ -151,6 +174,7 @@ class OpenAICompatibleLLM(ChatLLM[OpenAICompatibleOptions]):
                 top_p=o.top_p,
                 max_tokens=o.max_tokens,
                 stream=True,
+                extra_body=o.extra_body or None,
             )
         except self._openai.OpenAIError as exc:
             raise self._explain(exc) from exc

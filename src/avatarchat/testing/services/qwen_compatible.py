@@ -1,0 +1,113 @@
+"""A local stand-in for Qwen through DashScope's OpenAI-compatible mode (Bailian).
+
+What it speaks, from Alibaba Cloud Model Studio's public reference "OpenAI compatible -
+Chat" (help.aliyun.com/zh/model-studio/compatibility-of-openai-with-dashscope and the
+international edition alibabacloud.com/help/en/model-studio/compatibility-of-openai-with-dashscope):
+
+- ``POST {base}/compatible-mode/v1/chat/completions`` with ``Authorization: Bearer <key>``;
+  base ``https://dashscope.aliyuncs.com`` (mainland China) or
+  ``https://dashscope-intl.aliyuncs.com`` (international).
+- Body: ``model``, ``messages``, ``stream``, the sampling parameters, and DashScope's own
+  top-level extras such as ``enable_thinking`` (Qwen3 models: must be false unless the
+  caller reads the reasoning stream) and ``enable_search``.
+- Streamed answer: Server-Sent Events of ``chat.completion.chunk`` objects (``choices[0].delta``
+  with ``role`` on the first, ``content`` deltas, ``finish_reason`` "stop"/"length" on the
+  last), then ``data: [DONE]``.
+- Errors: an OpenAI-style body ``{"error": {"message", "type", "param", "code"}}``; a bad
+  key is HTTP 401 with code ``invalid_api_key``, an unknown model 404 with
+  ``model_not_found``.
+
+It answers from a small table of replies (else a sentence naming the question), word by
+word: the tests pin the request shape the handler sends and that the deltas stream; the
+answer's quality is not what is tested here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from avatarchat.testing.services.base import GOOD_KEY, LocalService
+
+#: The models this stand-in knows (a few of Model Studio's Qwen models).
+MODELS = ("qwen-flash", "qwen-turbo", "qwen-plus", "qwen-max", "qwen3-32b")
+
+#: Replies to questions the benches ask; anything else gets ``"You asked: <question>"``.
+REPLIES: dict[str, str] = {
+    "what is the capital of france": "The capital of France is Paris.",
+    "how many legs does a spider have": "A spider has eight legs.",
+    "what color is the sky": "The sky is blue on a clear day.",
+}
+
+#: Seconds between two streamed words (a fast hosted model: ~50 tokens/s).
+WORD_S = 0.02
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    return web.json_response(body, status=status)
+
+
+def _reply_to(messages: list[dict[str, Any]]) -> str:
+    question = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
+    key = "".join(c for c in str(question).lower() if c.isalnum() or c == " ").strip()
+    return REPLIES.get(key, f"You asked: {question}".strip())
+
+
+def _chunk(cid: str, model: str, delta: dict[str, Any], finish: str | None) -> bytes:
+    body = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "system_fingerprint": None,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
+
+
+def app(svc: LocalService) -> web.Application:
+    """The compatible-mode chat endpoint, with ``svc``'s delay and faults."""
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        await svc.arrive()
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "invalid_parameter_error", "The request body is not valid JSON.")
+        svc.record("http", request.path, request.headers, body)
+        if request.headers.get("Authorization") != f"Bearer {GOOD_KEY}" or svc.fault == "reject_key":
+            return _error(401, "invalid_api_key", "Incorrect API key provided.")
+        if body.get("model") not in MODELS:
+            return _error(404, "model_not_found", f"The model `{body.get('model')}` does not exist.")
+        if svc.fault == "server_error":
+            return _error(500, "internal_error", "An internal error has occured, please try again later.")
+        await svc.first_byte()
+        words = _reply_to(body.get("messages") or []).split(" ")
+        cap = int(body.get("max_tokens") or 1000)
+        cid, model = f"chatcmpl-{uuid.uuid4()}", str(body["model"])
+        if not body.get("stream"):
+            text = " ".join(words[:cap])
+            return web.json_response({"id": cid, "object": "chat.completion", "model": model, "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text},
+                 "finish_reason": "stop" if len(words) <= cap else "length"}]})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        out = svc.sender(response.write)
+        out.send(_chunk(cid, model, {"role": "assistant", "content": ""}, None))
+        for i, word in enumerate(words[:cap]):
+            out.send(_chunk(cid, model, {"content": word if i == 0 else f" {word}"}, None))
+            if svc.fault == "drop_mid_stream" and i == 1:
+                await out.drain()
+                assert request.transport is not None
+                request.transport.close()  # the connection drops mid-answer
+                return response
+            await asyncio.sleep(WORD_S)
+        out.send(_chunk(cid, model, {}, "stop" if len(words) <= cap else "length"))
+        out.send(b"data: [DONE]\n\n")
+        await out.drain()
+        return response
+
+    application = web.Application()
+    application.router.add_post("/compatible-mode/v1/chat/completions", chat)
+    return application
