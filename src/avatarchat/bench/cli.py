@@ -101,6 +101,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                                                        "llama.cpp slots (parallel) against one slot")
     _common(pc)
     pc.set_defaults(run=run_sched)
+    pv = bsub.add_parser("services", help="each cloud service handler's first audio / transcript / token against "
+                                          "its local protocol server with a network delay, beside the embedded "
+                                          "handler of its stage")
+    pv.add_argument("--rounds", "-n", type=int, default=10, help="calls per handler (default 10)")
+    pv.add_argument("--delay-ms", type=float, default=50.0, help="network delay each way (default 50)")
+    pv.add_argument("--only", nargs="+", metavar="CASE", help="only these cases (names as in the JSON)")
+    pv.add_argument("--json", type=Path, help="also write the JSON to this file")
+    pv.set_defaults(run=run_services)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -228,6 +236,19 @@ def run_sched(args: argparse.Namespace) -> int:
         report = asyncio.run(bench_llm_parallel(load_config(args.config), args.talking, args.rounds, _say))
     else:
         report = asyncio.run(bench_sched(load_config(args.config), args.talking, args.idle, args.rounds, _say))
+    _emit(report, args.json)
+    return 0
+
+
+def run_services(args: argparse.Namespace) -> int:
+    from avatarchat.bench.services import bench_services
+
+    if not 1 <= args.rounds <= 200 or not 0.0 <= args.delay_ms <= 5000.0:
+        raise UserError("--rounds must be 1..200 and --delay-ms 0..5000")
+    try:
+        report = asyncio.run(bench_services(args.rounds, args.delay_ms, args.only, _say))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     _emit(report, args.json)
     return 0
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
-from avatarchat.testing.services.base import GOOD_KEY, LocalService
+from avatarchat.testing.services.base import GOOD_KEY, LocalService, ServiceCase
 
 #: The models this stand-in knows (a few of Model Studio's Qwen models).
 MODELS = ("qwen-flash", "qwen-turbo", "qwen-plus", "qwen-max", "qwen3-32b")
@@ -111,3 +111,12 @@ def app(svc: LocalService) -> web.Application:
     application = web.Application()
     application.router.add_post("/compatible-mode/v1/chat/completions", chat)
     return application
+
+
+def bench_cases() -> list[ServiceCase]:
+    """``bench services``: Qwen's first token through the compatible mode."""
+    return [ServiceCase(
+        name="qwen-compatible", stage="llm", handler="openai_compatible", server=app, measure="first_token",
+        options=lambda svc: {"api_url": f"{svc.url}/compatible-mode/v1", "api_key": GOOD_KEY,
+                             "model": "qwen-flash", "extra_body": {"enable_thinking": False}},
+    )]

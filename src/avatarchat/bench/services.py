@@ -1,0 +1,144 @@
+"""``avatarchat bench services``: each service handler's first result against its local
+protocol server with a fixed network delay, beside the embedded handler of its stage.
+
+What is timed, per call (rounds alternate between the handlers of a stage, so the machine's
+load falls on all of them alike):
+- TTS: a reply sentence handed to the stage → its first ``ReplyAudio``;
+- ASR: the end of an utterance (``SpeechEnded``, no partials before) → its final transcript;
+- LLM: a question → the reply's first ``ReplyText``;
+- speech to speech: the end of an utterance → the reply's first ``ReplyAudio``.
+
+The servers answer with the embedded voice's speech and canned text (``avatarchat.testing.
+services``): the figures are this project's side of the wire plus the delay, not the
+services' own speed, which cannot be measured from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import Any
+
+from avatarchat.bench.stats import machine, summarize
+from avatarchat.engine.clock import REAL_CLOCK
+from avatarchat.engine.events import Event, ReplyAudio, ReplyEnd, ReplyText, SpeechEnded, UserTranscript
+from avatarchat.engine.handler import Handler, SessionInfo, SessionSettings, handlers_for
+from avatarchat.testing.services.base import LocalService, ServiceCase, speech
+
+#: The modules of ``avatarchat.testing.services`` whose ``bench_cases()`` are measured.
+SERVICE_MODULES = ("qwen_compatible", "dashscope", "qwen_omni", "edge", "openai_audio")
+
+#: What each stage is asked, by language.
+SENTENCE = {"en": "The capital of France is Paris, a city on the Seine.", "zh": "法国的首都是巴黎，它在塞纳河边。"}
+QUESTION = {"en": "What is the capital of France?", "zh": "法国的首都是哪里？"}
+
+#: The embedded handler each stage is compared with: (handler, options).
+EMBEDDED: dict[str, tuple[str, dict[str, Any]]] = {
+    "tts": ("hibari", {}),
+    "asr": ("whisper", {"model": "tiny.en"}),
+    "llm": ("local", {"max_tokens": 24}),
+}
+
+Progress = Callable[[str], None]
+
+
+def service_cases(only: list[str] | None = None) -> list[ServiceCase]:
+    """Every service module's bench cases (those named in ``only``, if given); a module not
+    present yet is skipped."""
+    cases: list[ServiceCase] = []
+    for name in SERVICE_MODULES:
+        try:
+            module = importlib.import_module(f"avatarchat.testing.services.{name}")
+        except ImportError:
+            continue
+        cases += getattr(module, "bench_cases", lambda: [])()
+    return [c for c in cases if not only or c.name in only]
+
+
+def _build(stage: str, handler: str, options: dict[str, Any], language: str) -> Handler[Any]:
+    registered = handlers_for(stage)
+    if handler not in registered:
+        raise ValueError(f"no {stage} handler named {handler!r} is installed")
+    cls = registered[handler]
+    built = cls(cls.Options(**options))
+    built.use_session(SessionSettings(language=language))
+    built.load()
+    return built
+
+
+async def _first(handler: Handler[Any], events: list[Event], want: Callable[[Event], bool]) -> float:
+    """Seconds from handing ``events[-1]`` to the stage (the ones before it go first) until
+    it yields an event ``want`` accepts; the rest of its output is drained."""
+    info = SessionInfo("bench-services", SessionSettings(language=handler.session_settings.language))
+    ctx = await asyncio.get_running_loop().run_in_executor(None, handler.create_context, info)
+    try:
+        for event in events[:-1]:
+            async for _ in handler.handle(ctx, event):
+                pass
+        t0, took = time.monotonic(), None
+        async for out in handler.handle(ctx, events[-1]):
+            if took is None and want(out):
+                took = time.monotonic() - t0
+        if took is None:
+            raise RuntimeError(f"{handler.stage} {handler.name} gave no result")
+        return took
+    finally:
+        handler.close_context(ctx)
+
+
+def _call(measure: str, language: str) -> tuple[list[Event], Callable[[Event], bool]]:
+    """The events one call hands the stage, and what its first result is."""
+    if measure == "first_audio":
+        text = SENTENCE[language]
+        return [ReplyText(1, text), ReplyEnd(1, text)], lambda e: isinstance(e, ReplyAudio)
+    if measure == "first_token":
+        return [UserTranscript(1, QUESTION[language])], lambda e: isinstance(e, ReplyText) and bool(e.text.strip())
+    audio = speech(QUESTION[language], language, 16000)
+    end = SpeechEnded(1, audio, speech_end=REAL_CLOCK.now())
+    if measure == "first_transcript":
+        return [end], lambda e: isinstance(e, UserTranscript) and e.final
+    return [end], lambda e: isinstance(e, ReplyAudio)
+
+
+async def bench_services(rounds: int, delay_ms: float, only: list[str] | None, progress: Progress) -> dict[str, Any]:
+    """Time every case ``rounds`` times against its server (``delay_ms`` each way) and the
+    embedded handler of each stage measured (without a network) in the same rounds."""
+    cases = service_cases(only)
+    if not cases:
+        raise ValueError("no service cases to measure" + (f" named {', '.join(only)}" if only else ""))
+    loop = asyncio.get_running_loop()
+    with ExitStack() as stack:
+        runs: list[tuple[str, str, Handler[Any], str, str]] = []  # name, stage, handler, measure, language
+        for case in cases:
+            progress(f"starting {case.name}'s local server and loading its handler …")
+            svc = stack.enter_context(LocalService(case.server, delay_ms=delay_ms))
+            handler = await loop.run_in_executor(None, _build, case.stage, case.handler, case.options(svc),
+                                                 case.language)
+            runs.append((case.name, case.stage, handler, case.measure, case.language))
+        for stage in sorted({c.stage for c in cases} & set(EMBEDDED)):
+            name, options = EMBEDDED[stage]
+            progress(f"loading the embedded {stage} ({name}) …")
+            language = next(c.language for c in cases if c.stage == stage)
+            if stage == "asr" and language != "en":
+                options = {"model": "base", "language": language}
+            handler = await loop.run_in_executor(None, _build, stage, name, options, language)
+            measure = {"tts": "first_audio", "asr": "first_transcript", "llm": "first_token"}[stage]
+            runs.append((f"embedded-{name}", stage, handler, measure, language))
+        times: dict[str, list[float]] = {name: [] for name, *_ in runs}
+        for r in range(rounds):
+            for name, _stage, handler, measure, language in runs:
+                events, want = _call(measure, language)
+                times[name].append(await _first(handler, events, want) * 1000)
+            progress(f"round {r + 1}/{rounds} done")
+    stages = {name: (stage, measure) for name, stage, _h, measure, _l in runs}
+    return {
+        "bench": "services",
+        "delay_ms_each_way": delay_ms,
+        "rounds": rounds,
+        "machine": machine(),
+        "results": {name: {"stage": stages[name][0], "measure": stages[name][1], "ms": summarize(v)}
+                    for name, v in times.items()},
+    }
