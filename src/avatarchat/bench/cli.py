@@ -76,6 +76,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                     help="questions with a 0.4-0.8 s pause mid-sentence: counts replies that start in the pause")
     pe.add_argument("--jbt", nargs="+", metavar="MS", default=[],
                     help="also run the page with each reply jitter-buffer target (ms, or 'off': unset)")
+    pe.add_argument("--local-services", type=float, metavar="DELAY_MS", nargs="?", const=50.0,
+                    help="serve the cloud services' local stand-ins (network delay DELAY_MS each way, default "
+                         "50) and point the server at them: for configs/bailian.yaml and the other service configs")
     _common(pe)
     pe.set_defaults(run=run_e2e)
     pl = bsub.add_parser("load", help="N real sessions at once (aiortc clients, niced): voice to voice, fps, "
@@ -214,7 +217,8 @@ def run_e2e(args: argparse.Namespace) -> int:
             load_config(path)  # a bad config fails here, before the TTS and the browser start
     try:
         report = bench_e2e(args.config, args.compare, args.turns, args.gap, _say, avatar=args.avatar,
-                           baseline=args.baseline, rounds=args.rounds, pauses=args.pauses, jbt=args.jbt)
+                           baseline=args.baseline, rounds=args.rounds, pauses=args.pauses, jbt=args.jbt,
+                           local_services_ms=args.local_services)
     except RuntimeError as exc:
         raise UserError(str(exc)) from None
     _emit(report, args.json)

@@ -26,6 +26,7 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -121,11 +122,13 @@ def _commit(path: Path) -> str | None:
 
 
 def run_variant(variant: Variant, wav: Path, wav_seconds: float, questions: Sequence[str], avatar: AvatarMode,
-                pauses: bool, progress: Progress) -> dict[str, Any]:
-    """Serve ``variant``, talk to it through its page for the whole WAV, and measure."""
+                pauses: bool, progress: Progress, services_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Serve ``variant`` (with ``services_env``: the local services' URLs and keys), talk to
+    it through its page for the whole WAV, and measure."""
     with tempfile.TemporaryDirectory(prefix="avatarchat-e2e-meta-") as meta:
         env = source_env(variant.source, Path(meta)) if variant.source is not None else {}
-        return _run_served(variant, env, wav, wav_seconds, questions, avatar, pauses, progress)
+        return _run_served(variant, {**(services_env or {}), **env}, wav, wav_seconds, questions, avatar, pauses,
+                           progress)
 
 
 def _run_served(variant: Variant, env: dict[str, str], wav: Path, wav_seconds: float, questions: Sequence[str],
@@ -265,9 +268,13 @@ def config_language(config: str | None) -> str:
 
 def bench_e2e(config: str | None, compare: str | None, turns: int, gap_s: float, progress: Progress, *,
               avatar: AvatarMode = "client", baseline: Path | None = None, rounds: int = 1,
-              pauses: bool = False, jbt: Sequence[str] = ()) -> dict[str, Any]:
+              pauses: bool = False, jbt: Sequence[str] = (), local_services_ms: float | None = None) -> dict[str, Any]:
     """Run the page against every variant (``variants``), ``rounds`` times in turn, and report
-    each run, the turns of each variant pooled, and the variants side by side."""
+    each run, the turns of each variant pooled, and the variants side by side.
+
+    ``local_services_ms``: serve every cloud service's local stand-in with that network
+    delay each way, for the whole run, and point the servers at them (``configs/bailian.yaml``
+    and the other service configs read their URLs and keys from the environment)."""
     from avatarchat.bench.pipeline import QUESTIONS
 
     if not CHROMIUM.is_file():
@@ -283,7 +290,13 @@ def bench_e2e(config: str | None, compare: str | None, turns: int, gap_s: float,
     asked = list(paused_questions(turns)) if pauses else [questions[i % len(questions)] for i in range(turns)]
     order = variants(config, compare, baseline, jbt)
     lead_s = 4.0  # covers getUserMedia -> connected: the file starts when capture opens
-    with tempfile.TemporaryDirectory(prefix="avatarchat-e2e-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="avatarchat-e2e-") as tmp, ExitStack() as stack:
+        services_env = None
+        if local_services_ms is not None:
+            from avatarchat.bench.services import local_services
+
+            progress(f"serving the local service stand-ins ({local_services_ms:g} ms each way) …")
+            services_env = local_services(stack, local_services_ms)
         wav = Path(tmp) / "questions.wav"
         spoken = questions_wav(wav, asked, lead_s, gap_s, progress, language)
         wav_seconds = spoken[-1].end + gap_s
@@ -291,7 +304,7 @@ def bench_e2e(config: str | None, compare: str | None, turns: int, gap_s: float,
         runs = []
         for r in range(rounds):
             for v in order:
-                run = run_variant(v, wav, wav_seconds, texts, avatar, pauses, progress)
+                run = run_variant(v, wav, wav_seconds, texts, avatar, pauses, progress, services_env)
                 runs.append({"round": r + 1, "load_at_start": machine()["loadavg"][0], **run})
     pooled = {v.label: _pool([r for r in runs if r["variant"] == v.label], pauses) for v in order}
     report: dict[str, Any] = {
@@ -302,6 +315,7 @@ def bench_e2e(config: str | None, compare: str | None, turns: int, gap_s: float,
                 "less the server's first_audio_sent_ms: includes the microphone's trip to the server)",
         "machine": machine(),
         "turns_requested": turns,
+        "local_services_delay_ms": local_services_ms,
         "gap_s": gap_s,
         "language": language,
         "avatar": avatar,

@@ -26,7 +26,7 @@ from avatarchat.bench.stats import machine, summarize
 from avatarchat.engine.clock import REAL_CLOCK
 from avatarchat.engine.events import Event, ReplyAudio, ReplyEnd, ReplyText, SpeechEnded, UserTranscript
 from avatarchat.engine.handler import Handler, SessionInfo, SessionSettings, handlers_for
-from avatarchat.testing.services.base import LocalService, ServiceCase, speech
+from avatarchat.testing.services.base import GOOD_KEY, LocalService, ServiceCase, speech
 
 #: The modules of ``avatarchat.testing.services`` whose ``bench_cases()`` are measured.
 SERVICE_MODULES = ("qwen_compatible", "dashscope", "qwen_omni", "edge", "openai_audio")
@@ -56,6 +56,27 @@ def service_cases(only: list[str] | None = None) -> list[ServiceCase]:
             continue
         cases += getattr(module, "bench_cases", lambda: [])()
     return [c for c in cases if not only or c.name in only]
+
+
+#: How a served config finds each local stand-in: module → the environment it sets (the
+#: variables configs/bailian.yaml, qwen_omni.yaml and openai_audio.yaml read).
+SERVICE_ENV: dict[str, Callable[[LocalService], dict[str, str]]] = {
+    "qwen_compatible": lambda svc: {"DASHSCOPE_HTTP_URL": svc.url},
+    "dashscope": lambda svc: {"DASHSCOPE_WS_URL": f"{svc.ws_url}/api-ws/v1/inference"},
+    "qwen_omni": lambda svc: {"DASHSCOPE_REALTIME_URL": f"{svc.ws_url}/api-ws/v1/realtime"},
+    "openai_audio": lambda svc: {"OPENAI_BASE_URL": f"{svc.url}/v1"},
+}
+
+
+def local_services(stack: ExitStack, delay_ms: float) -> dict[str, str]:
+    """Serve every stand-in that has an ``app`` (closed with ``stack``); the environment that
+    points a config's ``${...}`` URLs and keys at them."""
+    env = {"DASHSCOPE_API_KEY": GOOD_KEY, "OPENAI_API_KEY": GOOD_KEY}
+    for name, env_of in SERVICE_ENV.items():
+        module = importlib.import_module(f"avatarchat.testing.services.{name}")
+        svc = stack.enter_context(LocalService(module.app, delay_ms=delay_ms))
+        env.update(env_of(svc))
+    return env
 
 
 def _build(stage: str, handler: str, options: dict[str, Any], language: str) -> Handler[Any]:
