@@ -128,7 +128,7 @@ def test_the_engine_alone_reads_its_own_sections_and_no_server(tmp_path: Path) -
     assert type(config) is PipelineConfig and config.stages["tts"].handler == "hibari"
     with pytest.raises(ConfigError) as info:
         load_pipeline_config(write(tmp_path, GOOD + "server: {port: 8000}\n"))
-    assert str(info.value).endswith("c.yaml: server: unknown section; allowed: session, vad, asr, turn, llm, tts, avatar")
+    assert str(info.value).endswith("c.yaml: server: unknown section; allowed: session, vad, asr, turn, s2s, llm, tts, avatar")
 
 
 def test_every_config_shipped_in_the_repository_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,11 @@
     llm: {handler: local}
     tts: {handler: hibari}
 
+or, with a speech-to-speech model in place of ``asr``, ``llm`` and ``tts``::
+
+    vad: {handler: silero}
+    s2s: {handler: qwen_omni, api_key: "${DASHSCOPE_API_KEY}"}
+
 This is what the engine needs (``PipelineConfig``). An application that keeps sections of its
 own in the same file (``avatarchat.config``: ``server:``) passes their models to
 ``parse_sections``; the engine validates them with the same rules and messages, knowing
@@ -33,7 +38,14 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from avatarchat.engine import yaml_limits
-from avatarchat.engine.handler import OPTIONAL_STAGES, STAGES, HandlerOptions, SessionSettings, handlers_for
+from avatarchat.engine.handler import (
+    OPTIONAL_STAGES,
+    S2S_REPLACES,
+    STAGES,
+    HandlerOptions,
+    SessionSettings,
+    handlers_for,
+)
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
@@ -169,13 +181,18 @@ def parse_sections(raw: Any, source: str = "<config>", sections: Mapping[str, ty
     _refuse_moved(raw, source, {**MOVED_KEYS, **(moved or {})})
     session = _validate(SessionSettings, raw.get("session") or {}, source, "session")
     stages = {}
+    s2s = raw.get("s2s") is not None
     for stage in STAGES:
         section = raw.get(stage)
-        if section is None and stage in OPTIONAL_STAGES:
+        if section is not None and s2s and stage in S2S_REPLACES:
+            raise ConfigError(f"{source}: {stage}: not with s2s (a speech-to-speech model replaces "
+                              f"{', '.join(S2S_REPLACES)}); remove {stage}, or remove s2s")
+        if section is None and (stage in OPTIONAL_STAGES or stage == "s2s" or (s2s and stage in S2S_REPLACES)):
             continue
         if section is None:
-            required = ", ".join(s for s in STAGES if s not in OPTIONAL_STAGES)
-            raise ConfigError(f"{source}: {stage}: missing section; every config needs {required}")
+            required = ", ".join(s for s in STAGES if s not in OPTIONAL_STAGES and s != "s2s")
+            raise ConfigError(f"{source}: {stage}: missing section; every config needs {required} "
+                              f"(or vad and s2s, a speech-to-speech model, in place of {', '.join(S2S_REPLACES)})")
         stages[stage] = _stage(stage, section, source)
     validated = {name: _validate(model, raw.get(name) or {}, source, name) for name, model in extra.items()}
     return PipelineConfig(source, session, stages), validated

@@ -1,6 +1,7 @@
 """The handler contract and the registry of handlers by stage and name.
 
-A handler is one stage of the pipeline (VAD, ASR, LLM, TTS, avatar). Its life:
+A handler is one stage of the pipeline (VAD, ASR, LLM, TTS, avatar; or a speech-to-speech
+model, ``s2s``, in place of ASR + LLM + TTS). Its life:
 
 1. ``use_session(settings)`` once, before ``load``: the config's ``session:`` section (the
    persona a local LLM warms its cache with). Default: kept as ``self.session_settings``.
@@ -20,8 +21,8 @@ A handler is one stage of the pipeline (VAD, ASR, LLM, TTS, avatar). Its life:
 7. ``close_context(ctx)`` when the session ends.
 
 Capabilities a transport needs are declared here, not found by ``hasattr``: an avatar
-handler (``AvatarHandler``) states its ``fps`` and renders ``idle_frame``s; a TTS handler
-states its output ``sample_rate``.
+handler (``AvatarHandler``) states its ``fps`` and renders ``idle_frame``s; a voice handler
+(``VoiceHandler``: a TTS, or a speech-to-speech model) states its output ``sample_rate``.
 
 Register a handler with ``@register`` and name it in the YAML config. Built-in handlers and
 third-party ones are found the same way: through the ``avatarchat.handlers`` entry points.
@@ -43,12 +44,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from avatarchat.engine.clock import REAL_CLOCK, Clock
 from avatarchat.engine.events import NO_TURN, Event
 
-STAGES = ("vad", "asr", "turn", "llm", "tts", "avatar")
+STAGES = ("vad", "asr", "turn", "s2s", "llm", "tts", "avatar")
 #: Stages a config may leave out (no avatar: a voice-only pipeline; no ``turn``: the end of
 #: a turn is judged from the words alone). The ``turn`` stage hears each pause after the ASR
 #: has transcribed it (the ASR passes the ``SpeechPaused`` on), so the two never compete for
 #: the cores and the words are never late for a model's sake.
 OPTIONAL_STAGES = frozenset({"turn", "avatar"})
+#: A speech-to-speech model (``s2s``: the user's audio in, reply text and speech out) takes
+#: the place of these three stages: a config has either ``s2s`` or all of them.
+S2S_REPLACES = ("asr", "llm", "tts")
 
 
 class HandlerOptions(BaseModel):
@@ -115,7 +119,7 @@ class SessionSettings(HandlerOptions):
         """The line said (or, past the voice, shown) when ``stage`` fails on a turn."""
         if stage in ("vad", "asr"):
             return self.asr_fallback_reply
-        if stage == "llm":
+        if stage in ("llm", "s2s"):  # after an s2s, with no voice left, it is only shown
             return self.fallback_reply
         return self.voice_fallback_reply
 
@@ -215,12 +219,30 @@ class AvatarHandler(Handler[OptionsT]):
         return None
 
 
-class TTSHandler(Handler[OptionsT]):
-    """A voice stage: what a transport needs of it before any reply."""
+class VoiceHandler(Handler[OptionsT]):
+    """A stage that speaks the reply (``ReplyAudio``): what a transport needs of it before
+    any reply."""
 
-    stage: ClassVar[str] = "tts"
     #: The rate of every ``ReplyAudio`` it emits (a WebSocket client is told it up front).
     sample_rate: ClassVar[int]
+
+
+class TTSHandler(VoiceHandler[OptionsT]):
+    """A voice stage: reply text in, reply speech out."""
+
+    stage: ClassVar[str] = "tts"
+
+
+class S2SHandler(VoiceHandler[OptionsT]):
+    """A speech-to-speech stage (``s2s``), in place of ASR + LLM + TTS: the user's utterance
+    (``SpeechEnded``) or typed words (a final ``UserTranscript``) in; out, per turn, the
+    model's transcript of the user (``UserTranscript``), the reply as ``ReplyText`` deltas
+    and ``ReplyAudio`` (contiguous offsets, at ``sample_rate``; a chunk's ``text`` claims
+    only words said by its end), the timing marks the metrics use (``llm_start``,
+    ``llm_first_token``, ``tts_first_audio``), then ``ReplyEnd``. It answers one turn at a
+    time; a cut reply (``ReplyInterrupted``) and ``cancel_turn`` stop the model's response."""
+
+    stage: ClassVar[str] = "s2s"
 
 
 async def run_blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from avatarchat.engine.clock import REAL_CLOCK, Clock
 from avatarchat.engine.config import PipelineConfig
-from avatarchat.engine.handler import STAGES, Handler, HandlerLoadError, SessionInfo, TTSHandler, handlers_for
+from avatarchat.engine.handler import STAGES, Handler, HandlerLoadError, SessionInfo, VoiceHandler, handlers_for
 from avatarchat.engine.session import Session
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,10 @@ class Pipeline:
 
     @property
     def reply_sample_rate(self) -> int | None:
-        """The rate of the reply audio, as the voice handler declares it (``TTSHandler``)."""
-        tts = next((h for h in self.handlers if isinstance(h, TTSHandler)), None)
-        return tts.sample_rate if tts is not None else None
+        """The rate of the reply audio, as the voice handler declares it (``VoiceHandler``:
+        the TTS, or the speech-to-speech model)."""
+        voice = next((h for h in self.handlers if isinstance(h, VoiceHandler)), None)
+        return voice.sample_rate if voice is not None else None
 
     def handler(self, stage: str) -> Handler[Any]:
         return next(h for h in self.handlers if h.stage == stage)
