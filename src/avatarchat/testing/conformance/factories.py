@@ -23,7 +23,7 @@ HINT = ("Give the suite a ConformanceFactory for it (avatarchat.testing.conforma
         "in the dict named by --avatarchat-factories MODULE[:ATTR].")
 
 #: The stages the suite has cases for.
-STAGES = ("llm", "tts", "avatar")
+STAGES = ("asr", "llm", "tts", "avatar")
 
 #: Builds a loaded handler; may pull other fixtures (a server) from the request.
 Build = Callable[[pytest.FixtureRequest], Handler[Any]]

@@ -4,8 +4,8 @@ The package's own ``conftest.py`` does, for ``pytest --pyargs avatarchat.testing
 so does this repository's ``tests/conformance/conftest.py``, which then overrides
 ``avatarchat_factories`` with the built-in handlers' factories.
 
-The handler fixtures (``llm_handler``, ``tts_handler``, ``avatar_handler``) are parametrized
-over the chosen handlers of their stage (``factories.selected``). Each is built and loaded
+The handler fixtures (``asr_handler``, ``llm_handler``, ``tts_handler``, ``avatar_handler``)
+are parametrized over the chosen handlers of their stage (``factories.selected``). Each is built and loaded
 once per test module and reused by all its cases: a loaded handler is a plain object that
 must serve sessions on any event loop (each test runs on its own loop).
 """
@@ -28,6 +28,7 @@ from avatarchat.testing.conformance.factories import STAGES, Factories, build_ha
 
 __all__ = [
     "Speech",
+    "asr_handler",
     "avatar_handler",
     "avatarchat_factories",
     "llm_handler",
@@ -61,6 +62,11 @@ def avatarchat_factories(pytestconfig: pytest.Config) -> Factories:
     """Handler name → ``ConformanceFactory``: from ``--avatarchat-factories``, or none.
     A repository's own conftest may override this fixture instead."""
     return load_factories(pytestconfig.getoption("avatarchat_factories", default=None))
+
+
+@pytest.fixture(scope="module")
+def asr_handler(request: pytest.FixtureRequest, avatarchat_factories: Factories) -> Handler[Any]:
+    return build_handler("asr", request.param, request, avatarchat_factories)
 
 
 @pytest.fixture(scope="module")
