@@ -33,8 +33,8 @@ import asyncio
 import concurrent.futures
 import logging
 import math
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from contextlib import aclosing, asynccontextmanager
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -94,11 +94,22 @@ class RelayConnector(aiohttp.BaseConnector):
 
     aiohttp's extension point for a connector (``_create_connection``, as its own
     ``UnixConnector`` implements it). The request is sent unchanged: edge-tts's URL, query
-    and headers reach the relay as they would reach the service."""
+    and headers reach the relay as they would reach the service.
+
+    A session closing it leaves it open: on a 403, edge-tts retries in a new session with
+    the connector it was given (it closed the first session, and with it an ordinary
+    connector: the retry failed with "Session is closed"). Its owner calls ``shut``."""
 
     def __init__(self, host: str, port: int) -> None:
-        super().__init__(force_close=True)
+        super().__init__(force_close=True)  # no pooling: nothing stays open between requests
         self._host, self._port = host, port
+
+    def close(self, *, abort_ssl: bool = False) -> Awaitable[None]:
+        return asyncio.sleep(0)
+
+    async def shut(self) -> None:
+        """Close it for good (after the edge-tts call it served)."""
+        await super().close()
 
     async def _create_connection(self, req: Any, traces: Any, timeout: aiohttp.ClientTimeout) -> Any:
         try:
@@ -130,13 +141,19 @@ class EdgeTTS(StreamingTTS[EdgeOptions]):
         via = f" via proxy {self.options.proxy}" if self.options.proxy else ""
         return f"{self.options.url}{via}"
 
-    def connector(self) -> aiohttp.BaseConnector | None:
-        """A fresh connector for one edge-tts call (its session closes it): None = edge-tts's own."""
+    @asynccontextmanager
+    async def connector(self) -> AsyncIterator[RelayConnector | None]:
+        """The connector of one edge-tts call, shut after it: None = edge-tts's own."""
         if self.options.url == EDGE_URL:
-            return None
+            yield None
+            return
         parts = urlsplit(self.options.url)
         assert parts.hostname is not None and parts.port is not None
-        return RelayConnector(parts.hostname, parts.port)
+        relay = RelayConnector(parts.hostname, parts.port)
+        try:
+            yield relay
+        finally:
+            await relay.shut()
 
     def load(self) -> None:
         self._espeak_voice = espeak_voice_for(self.options.voice)
@@ -150,8 +167,8 @@ class EdgeTTS(StreamingTTS[EdgeOptions]):
     async def _check(self) -> None:
         o = self.options
         try:
-            async with asyncio.timeout(o.connect_timeout_s + o.first_audio_timeout_s):
-                voices = await edge_tts.list_voices(connector=self.connector(), proxy=o.proxy or None)
+            async with asyncio.timeout(o.connect_timeout_s + o.first_audio_timeout_s), self.connector() as relay:
+                voices = await edge_tts.list_voices(connector=relay, proxy=o.proxy or None)
         except aiohttp.ClientResponseError as exc:
             raise HandlerLoadError(_refused(exc.status, self.where)) from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -165,11 +182,11 @@ class EdgeTTS(StreamingTTS[EdgeOptions]):
             raise HandlerLoadError(f"unknown Edge voice {o.voice!r}: {len(voices)} voices, e.g. {', '.join(some)} "
                                    "(list them: edge-tts --list-voices)")
 
-    def _communicate(self, text: str) -> edge_tts.Communicate:
+    def _communicate(self, text: str, relay: RelayConnector | None) -> edge_tts.Communicate:
         o = self.options
         return edge_tts.Communicate(
             text, o.voice, rate=o.rate, volume=o.volume, pitch=o.pitch, boundary="WordBoundary",
-            connector=self.connector(), proxy=o.proxy or None,
+            connector=relay, proxy=o.proxy or None,
             # edge-tts takes whole seconds; our own deadlines below are exact.
             connect_timeout=math.ceil(o.connect_timeout_s), receive_timeout=math.ceil(o.first_audio_timeout_s),
         )
@@ -177,8 +194,13 @@ class EdgeTTS(StreamingTTS[EdgeOptions]):
     async def synthesize_stream(self, text: str, first: bool) -> AsyncGenerator[Synthesis, None]:
         """The clause's audio in pieces of about ``piece_s`` as Edge streams it, each with
         the phonemes of the words that start in it (seconds from the piece's start)."""
+        async with self.connector() as relay:
+            async with aclosing(self._stream(self._communicate(text, relay))) as pieces:
+                async for piece in pieces:
+                    yield piece
+
+    async def _stream(self, communicate: edge_tts.Communicate) -> AsyncGenerator[Synthesis, None]:
         o = self.options
-        communicate = self._communicate(text)
         decoder = Mp3Stream(self.sample_rate)
         words: list[tuple[str, float, float]] = []  # (text, start, end) in the clause's audio
         spread = 0  # words already turned into phonemes

@@ -294,7 +294,6 @@ async def _turn(service: LocalService, request: web.Request, ws: web.WebSocketRe
                 ssml: str, config: dict[str, Any]) -> None:
     said = parse_ssml(ssml)
     known = {v["Name"]: v for v in voice_list()}
-    send = service.sender(ws.send_str)
     await service.first_byte()
     if said["voice"] not in known:
         await ws.close()
@@ -304,15 +303,23 @@ async def _turn(service: LocalService, request: web.Request, ws: web.WebSocketRe
     samples, words = await loop.run_in_executor(None, timed_speech, said["text"], chinese)
     data = await loop.run_in_executor(None, mp3, samples)
     options = config.get("context", {}).get("synthesis", {}).get("audio", {}).get("metadataoptions", {})
-    word_events = options.get("wordBoundaryEnabled") == "true"
+    send = service.sender(ws.send_str)
+    try:
+        await _answer(service, request, ws, send, request_id, data,
+                      list(words) if options.get("wordBoundaryEnabled") == "true" else [])
+    finally:
+        await send.close()
+
+
+async def _answer(service: LocalService, request: web.Request, ws: web.WebSocketResponse, send: Any,
+                  request_id: str, data: bytes, words: list[Word]) -> None:
+    """One turn's messages: turn.start, boundaries before the audio they start in, turn.end."""
     send.send(_text_message("turn.start", json.dumps({"context": {"serviceTag": uuid.uuid4().hex}}), request_id))
     step = int(PIECE_S * BITRATE / 8)
-    pending = list(words) if word_events else []
     for k, at in enumerate(range(0, len(data), step)):
-        # Each word's boundary goes out before the audio it starts in, as the service does.
         until = (at + step) * 8 / BITRATE
-        while pending and pending[0].start + DECODED_DELAY / RATE < until:
-            send.send(_text_message("audio.metadata", _boundary(pending.pop(0)), request_id))
+        while words and words[0].start + DECODED_DELAY / RATE < until:
+            send.send(_text_message("audio.metadata", _boundary(words.pop(0)), request_id))
         send.send(_audio_message(request_id, data[at:at + step]), ws.send_bytes)
         if k == 0 and service.fault == "drop_mid_stream":
             await send.drain()
