@@ -153,6 +153,7 @@ class SdkTask:
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._started: asyncio.Future[None] = self._loop.create_future()
         self._closed = threading.Event()
+        self._failure: DashScopeError | None = None  # what ended the reading thread
         self._thread = threading.Thread(target=self._run, name="dashscope-task", daemon=True)
 
     async def start(self) -> None:
@@ -170,6 +171,7 @@ class SdkTask:
             self._put(_END)
         except BaseException as exc:  # noqa: BLE001 - handed to the loop, which raises it
             error = None if self._closed.is_set() else explain(exc, self._url, started)
+            self._failure = error
             self._loop.call_soon_threadsafe(self._set_started, error)
             self._put(error if error is not None else _END)
         finally:
@@ -222,7 +224,8 @@ class SdkTask:
         try:
             await self._loop.run_in_executor(None, functools.partial(getattr(self._session, method), *args))
         except Exception as exc:
-            raise explain(exc, self._url) from exc
+            # A write that finds the session closed: the reading thread saw why first.
+            raise (self._failure or explain(exc, self._url, started=True)) from exc
 
     def close(self) -> None:
         """Close the socket: the reading thread ends at once; nothing more comes out."""
