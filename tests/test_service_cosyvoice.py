@@ -138,6 +138,8 @@ async def _cancel_mid_stream(svc: LocalService) -> None:
             await drain(session, 0.1)
         gone = [s for s in svc.seen if s["kind"] == "ws-closed"][closed_before:]
         assert gone and gone[0]["body"]["client_closed"], "the server never saw the cancelled stream close"
+        finishes = [m["payload"]["input"] for m in messages(svc, "finish-task")]
+        assert {"directive": "cancel"} in finishes, f"no cancel directive: {finishes}"
         assert len(messages(svc, "continue-task")) < 5, "every clause was sent despite the cancel"
         turn2, end2 = reply(session, "Still here.")
         assert chunks(of_turn(await until_ended(session, turn2), turn2))

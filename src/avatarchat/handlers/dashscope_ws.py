@@ -146,9 +146,11 @@ class SdkTask:
     broken connection. ``call`` runs one of the session's sending methods in the default
     executor. ``close`` closes the socket (idempotent, never blocks the loop)."""
 
-    def __init__(self, session: Any, url: str) -> None:
+    def __init__(self, session: Any, url: str, cancel: str | None = None) -> None:
         self._session = session
         self._url = url
+        self._cancel = cancel  # the session's method that tells the service to stop, if any
+        self._running = False  # task-started came and task-finished not yet
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._started: asyncio.Future[None] = self._loop.create_future()
@@ -164,10 +166,11 @@ class SdkTask:
         started = False
         try:
             self._session.start()
-            started = True
+            started = self._running = True
             self._loop.call_soon_threadsafe(self._set_started, None)
             for frame in self._session.events():
                 self._put(frame)
+            self._running = False
             self._put(_END)
         except BaseException as exc:  # noqa: BLE001 - handed to the loop, which raises it
             error = None if self._closed.is_set() else explain(exc, self._url, started)
@@ -233,4 +236,15 @@ class SdkTask:
             self._closed.set()
             # websocket-client's close sends a close frame and waits up to 3 s for the
             # answer: never on the loop.
-            threading.Thread(target=self._session.close, name="dashscope-close", daemon=True).start()
+            threading.Thread(target=self._shutdown, name="dashscope-close", daemon=True).start()
+
+    def _shutdown(self) -> None:
+        """A running task is told to stop (``finish-task`` with ``directive: cancel`` for a
+        synthesis: the service stops work it would bill), then the socket closes."""
+        try:
+            if self._cancel is not None and self._running:
+                getattr(self._session, self._cancel)()
+        except Exception:  # noqa: BLE001 - the socket closes anyway
+            pass
+        finally:
+            self._session.close()

@@ -137,7 +137,7 @@ class CosyVoiceTTS(StreamingTTS[CosyVoiceOptions]):
         ``DashScopeError`` on any failure; closing the generator closes the socket."""
         if not self._key:
             raise DashScopeError("the cosyvoice voice is not loaded")
-        task = SdkTask(self._session(), self.options.url)
+        task = SdkTask(self._session(), self.options.url, cancel="cancel")
         pieces = _Pieces(int(self.options.piece_ms * RATE / 1000))
         words: dict[tuple[int, int], tuple[str, float, float]] = {}
         try:
