@@ -36,8 +36,9 @@ from avatarchat.handlers.tts.base import StreamingTTS, Synthesis, TTSOptions
 log = logging.getLogger(__name__)
 
 RATE = 24_000
-#: The first piece goes out as soon as this much audio came: it starts the voice.
-_FIRST_PIECE_S = 0.1
+#: The first two pieces are short: the stage plays a piece once the next one has come (so
+#: that it knows a clause's last piece), so the voice starts after two of them.
+_FIRST_PIECES_S = (0.1, 0.1)
 #: Later pieces gather more: fewer, larger ReplyAudio events for the avatar and the transport.
 _PIECE_S = 0.4
 _READ_BYTES = 4096
@@ -63,8 +64,8 @@ class OpenAISpeechOptions(TTSOptions, OpenAIAudioOptions):
 
 @register
 class OpenAISpeechTTS(StreamingTTS[OpenAISpeechOptions]):
-    """``tts: openai``: each clause streamed from ``/audio/speech`` as 24 kHz pieces (the first
-    after 0.1 s of audio, then 0.4 s each), without phoneme timings."""
+    """``tts: openai``: each clause streamed from ``/audio/speech`` as 24 kHz pieces (two of
+    0.1 s, then 0.4 s each), without phoneme timings."""
 
     name = "openai"
     Options = OpenAISpeechOptions
@@ -126,12 +127,12 @@ class OpenAISpeechTTS(StreamingTTS[OpenAISpeechOptions]):
             async with asyncio.timeout(o.first_audio_timeout_s) as first_audio:
                 async with client.audio.speech.with_streaming_response.create(**self._request(text)) as response:
                     chunks = aiter(response.iter_bytes(_READ_BYTES))
-                    want = _FIRST_PIECE_S
+                    wants = [*_FIRST_PIECES_S]
                     while True:
-                        if pcm.seconds >= want:
+                        if pcm.seconds >= (wants[0] if wants else _PIECE_S):
                             first_audio.reschedule(None)  # audio came: later reads have timeout_s
                             yield (pcm.take(), ())
-                            want = _PIECE_S
+                            wants = wants[1:]
                         chunk = await self._next(chunks, None if first_audio.when() is not None else o.timeout_s)
                         if chunk is None:
                             break
