@@ -38,6 +38,7 @@ WAIT_S = 60.0
 
 @pytest.fixture(scope="module")
 def service() -> Iterator[LocalService]:
+    fixture.warm(chinese=True)  # the first request's deadline is not for loading voices
     with LocalService(fixture.app) as svc:
         yield svc
 
@@ -62,6 +63,14 @@ async def pieces(handler: EdgeTTS, text: str) -> list[tuple[np.ndarray, tuple[An
 
 def seen(service: LocalService, path: str) -> list[dict[str, Any]]:
     return [e for e in service.seen if e["path"] == path or e["path"].endswith(path)]
+
+
+async def closed(service: LocalService) -> dict[str, Any]:
+    """What the server noted when the client's socket closed (waiting for it)."""
+    async with asyncio.timeout(WAIT_S):
+        while not seen(service, "closed"):
+            await asyncio.sleep(0.02)
+    return seen(service, "closed")[0]
 
 
 async def test_a_clause_streams_in_pieces_of_the_servers_speech_with_word_timed_phonemes(service: LocalService) -> None:
@@ -122,7 +131,7 @@ async def test_the_request_has_the_services_shape(service: LocalService) -> None
     assert ssml["body"]["voice"] == "Microsoft Server Speech Text to Speech Voice (en-US, EmmaMultilingualNeural)"
     assert (ssml["body"]["rate"], ssml["body"]["pitch"], ssml["body"]["volume"]) == ("+10%", "-5Hz", "+0%")
     assert ssml["body"]["text"] == "Fish & chips <now>."  # escaped in the SSML, whole again in the XML
-    assert [e["path"] for e in service.seen][-1] == "closed"
+    assert (await closed(service))["body"] == {"turn_end_sent": True}
 
 
 async def test_a_reply_is_spoken_piece_by_piece_with_its_text_on_each_clauses_last_piece(
@@ -158,10 +167,8 @@ async def test_cancelling_a_turn_mid_clause_closes_the_socket_and_nothing_more_c
         # What the engine does on a barge-in: the turn is cancelled, its generator closed.
         handler.cancel_turn(ctx, 1)
         await stage.aclose()
-        while not seen(service, "closed"):
-            await asyncio.sleep(0.02)
-    closed, = seen(service, "closed")
-    assert closed["body"] == {"turn_done": False}, "the server was still sending when the client left"
+    note = await closed(service)
+    assert note["body"] == {"turn_end_sent": False}, "the server was still sending when the client left"
     async with asyncio.timeout(WAIT_S):
         after = [e async for e in handler.handle(ctx, ReplyEnd(1, long))]
     assert not any(isinstance(e, ReplyAudio) for e in after)
@@ -203,9 +210,7 @@ async def test_a_slow_first_byte_times_out_instead_of_hanging(service: LocalServ
     service.fault, service.slow_first_s = "slow_first_byte", 30.0
     with pytest.raises(TimeoutError, match="no audio within 0.5 s"):
         await pieces(handler, SENTENCE)
-    async with asyncio.timeout(WAIT_S):
-        while not seen(service, "closed"):
-            await asyncio.sleep(0.02)  # the client left; the server's turn is given up
+    assert (await closed(service))["body"] == {"turn_end_sent": False}  # the client left; the server gave up
 
 
 async def test_an_unknown_voice_or_an_unreachable_server_stops_load_with_one_line(service: LocalService) -> None:
@@ -226,6 +231,9 @@ def test_the_url_is_the_service_or_a_plain_relay() -> None:
             EdgeOptions(url=bad)
     with pytest.raises(ValidationError):
         EdgeOptions(rate="fast")
+    assert EdgeOptions(proxy="http://127.0.0.1:3128").proxy  # edge-tts's own, to the service
+    with pytest.raises(ValidationError, match="proxy is for reaching the service"):
+        EdgeOptions(url="ws://127.0.0.1:9000", proxy="http://127.0.0.1:3128")
 
 
 async def test_a_chinese_voice_speaks_with_pinyin_like_phonemes_per_character(service: LocalService) -> None:

@@ -12,12 +12,13 @@ import pytest
 from avatarchat.engine.handler import Handler
 from avatarchat.testing.conformance.factories import ConformanceFactory
 from avatarchat.testing.services.base import LocalService
-from avatarchat.testing.services.edge import app
+from avatarchat.testing.services.edge import app, warm
 
 
 @pytest.fixture(scope="module")
 def edge_readaloud_server() -> Iterator[LocalService]:
     """The local read-aloud server, for one test module's handlers."""
+    warm()  # its voice loads now, not inside a case's first-audio deadline
     with LocalService(app) as svc:
         yield svc
 

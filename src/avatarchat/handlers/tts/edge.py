@@ -42,7 +42,8 @@ import aiohttp
 import edge_tts
 import numpy as np
 from edge_tts.constants import WSS_URL
-from pydantic import Field, field_validator
+from edge_tts.typing import TTSChunk
+from pydantic import Field, field_validator, model_validator
 
 from avatarchat.engine.events import PhonemeTiming
 from avatarchat.engine.handler import HandlerLoadError, HandlerOptions, register, run_blocking
@@ -87,6 +88,12 @@ class EdgeOptions(TTSOptions):
             return url
         raise ValueError(f"{EDGE_URL} (the service) or ws://HOST:PORT (a relay that speaks its protocol); "
                          "edge-tts always requests the service's own path")
+
+    @model_validator(mode="after")
+    def _proxy_for_the_service(self) -> EdgeOptions:
+        if self.proxy and self.url != EDGE_URL:
+            raise ValueError("proxy is for reaching the service itself; a ws:// relay is reached directly")
+        return self
 
 
 class RelayConnector(aiohttp.BaseConnector):
@@ -200,56 +207,62 @@ class EdgeTTS(StreamingTTS[EdgeOptions]):
                     yield piece
 
     async def _stream(self, communicate: edge_tts.Communicate) -> AsyncGenerator[Synthesis, None]:
-        o = self.options
+        """Decoded audio in pieces of ``piece_s`` or more, with the phonemes starting in each."""
         decoder = Mp3Stream(self.sample_rate)
         words: list[tuple[str, float, float]] = []  # (text, start, end) in the clause's audio
         spread = 0  # words already turned into phonemes
         phonemes: list[PhonemeTiming] = []  # in the clause's audio
         buffered: list[np.ndarray] = []
         done_s = 0.0  # audio yielded so far
-        deadline = asyncio.get_running_loop().time() + o.first_audio_timeout_s
-        heard = False
-        async with aclosing(communicate.stream()) as chunks:
-            it = aiter(chunks)
-            while True:
-                try:
-                    if heard:
-                        chunk = await anext(it)
-                    else:
-                        async with asyncio.timeout_at(deadline):
-                            chunk = await anext(it)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    raise TimeoutError(f"Edge TTS sent no audio within {o.first_audio_timeout_s:g} s "
-                                       f"({self.where})") from None
-                except aiohttp.ClientResponseError as exc:
-                    raise ConnectionError(_refused(exc.status, self.where)) from exc
-                except aiohttp.ClientError as exc:
-                    raise ConnectionError(f"Edge TTS at {self.where}: {_reason(exc)}") from exc
+        async with aclosing(self._chunks(communicate)) as chunks:
+            async for chunk in chunks:
                 if chunk["type"] == "WordBoundary":
                     start = chunk["offset"] / TICKS
                     words.append((chunk["text"], start, start + chunk["duration"] / TICKS))
                     continue
                 if chunk["type"] != "audio":
                     continue
-                heard = True
                 buffered.append(decoder.feed(chunk["data"]))
                 size = sum(len(b) for b in buffered)
-                if size < o.piece_s * self.sample_rate:
+                if size < self.options.piece_s * self.sample_rate:
                     continue
                 spread = await self._spread(words, spread, phonemes)
                 piece, buffered = np.concatenate(buffered), []
                 yield piece, _within(phonemes, done_s, done_s + size / self.sample_rate)
                 done_s += size / self.sample_rate
-        if communicate.state["chunk_audio_bytes"]:
-            # edge-tts ends its stream quietly when the socket closes; only turn.end resets this.
-            raise ConnectionError(f"Edge TTS at {self.where} closed the connection mid-clause (no turn.end)")
         buffered.append(decoder.close())
         rest = np.concatenate(buffered)
         if len(rest):
             await self._spread(words, spread, phonemes)
             yield rest, _within(phonemes, done_s, math.inf)
+
+    async def _chunks(self, communicate: edge_tts.Communicate) -> AsyncGenerator[TTSChunk, None]:
+        """edge-tts's chunks of one clause, the first audio due ``first_audio_timeout_s``
+        after the request; its failures raised as one line saying where."""
+        o = self.options
+        deadline: float | None = asyncio.get_running_loop().time() + o.first_audio_timeout_s
+        async with aclosing(communicate.stream()) as chunks:
+            it = aiter(chunks)
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await anext(it)
+                except StopAsyncIteration:
+                    break
+                except aiohttp.ClientResponseError as exc:
+                    raise ConnectionError(_refused(exc.status, self.where)) from exc
+                except aiohttp.ClientError as exc:  # a read timeout mid-stream included
+                    raise ConnectionError(f"Edge TTS at {self.where}: {_reason(exc)}") from exc
+                except TimeoutError:
+                    raise TimeoutError(f"Edge TTS sent no audio within {o.first_audio_timeout_s:g} s "
+                                       f"({self.where})") from None
+                if chunk["type"] == "audio":
+                    deadline = None
+                yield chunk
+        # edge-tts ends its stream quietly when the socket closes; only the service's
+        # turn.end resets this count (a clause is one request: far below its 4096-byte split).
+        if communicate.state["chunk_audio_bytes"]:
+            raise ConnectionError(f"Edge TTS at {self.where} closed the connection mid-clause (no turn.end)")
 
     async def _spread(self, words: list[tuple[str, float, float]], spread: int,
                       phonemes: list[PhonemeTiming]) -> int:

@@ -139,6 +139,13 @@ def timed_speech(text: str, chinese: bool) -> tuple[np.ndarray, tuple[Word, ...]
     return samples, tuple(words)
 
 
+def warm(chinese: bool = False) -> None:
+    """Load the voice the server answers with now, not during a client's first request."""
+    timed_speech("Hello.", False)
+    if chinese:
+        timed_speech("你好。", True)
+
+
 def _spaced_words(text: str, phonemes: Any) -> list[Word]:
     """Words of ``text`` timed by hibari's phoneme runs between spaces."""
     runs: list[tuple[float, float]] = []
@@ -249,12 +256,14 @@ def app(service: LocalService) -> web.Application:
         await service.arrive()
         service.record("http", request.path, request.headers, dict(request.query))
         refused = _rejected(service, request, "trustedclienttoken")
+        await service.arrive()  # the answer's way back
         return refused or web.json_response(voice_list())
 
     async def synthesize(request: web.Request) -> web.StreamResponse:
         await service.arrive()
         service.record("http", request.path, request.headers, dict(request.query))
         refused = _rejected(service, request, "TrustedClientToken")
+        await service.arrive()  # the answer's way back (the 101 or the refusal)
         if refused is not None:
             return refused
         ws = web.WebSocketResponse()
@@ -270,28 +279,44 @@ def app(service: LocalService) -> web.Application:
 
 async def _converse(service: LocalService, request: web.Request, ws: web.WebSocketResponse) -> None:
     """Read the client's messages; answer each ``ssml`` with one turn; note the close."""
+    loop = asyncio.get_running_loop()
+    # Messages are stamped as they come and handled delay_s later: two sent together arrive
+    # together (a network's latency), not one delay after the other.
+    inbox: asyncio.Queue[tuple[float, str] | None] = asyncio.Queue()
+
+    async def read() -> None:
+        async for msg in ws:
+            if isinstance(msg.data, str):
+                inbox.put_nowait((loop.time() + service.delay_s, msg.data))
+        service.record("ws", "closed", {}, {"turn_end_sent": ended.is_set()})
+        inbox.put_nowait(None)
+
     config: dict[str, Any] = {}
     turn: asyncio.Task[None] | None = None
-    async for msg in ws:
-        if not isinstance(msg.data, str):
-            continue
-        await service.arrive()
-        headers, body = parse_text_message(msg.data)
-        path = headers.get("Path", "")
-        if path == "speech.config":
-            config = json.loads(body)
-            service.record("ws", path, headers, config)
-        elif path == "ssml":
-            service.record("ws", path, headers, {"ssml": body, **parse_ssml(body)})
-            turn = asyncio.create_task(_turn(service, request, ws, headers.get("X-RequestId", ""), body, config))
-    service.record("ws", "closed", {}, {"turn_done": turn is not None and turn.done()})
-    if turn is not None:
-        turn.cancel()
-        await asyncio.gather(turn, return_exceptions=True)
+    ended = asyncio.Event()  # set as turn.end goes out: before the client can have it
+    reader = asyncio.create_task(read())
+    try:
+        while (item := await inbox.get()) is not None:
+            due, raw = item
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            headers, body = parse_text_message(raw)
+            path = headers.get("Path", "")
+            if path == "speech.config":
+                config = json.loads(body)
+                service.record("ws", path, headers, config)
+            elif path == "ssml":
+                service.record("ws", path, headers, {"ssml": body, **parse_ssml(body)})
+                turn = asyncio.create_task(
+                    _turn(service, request, ws, headers.get("X-RequestId", ""), body, config, ended))
+    finally:
+        for task in (reader, turn):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
 
 async def _turn(service: LocalService, request: web.Request, ws: web.WebSocketResponse, request_id: str,
-                ssml: str, config: dict[str, Any]) -> None:
+                ssml: str, config: dict[str, Any], ended: asyncio.Event) -> None:
     said = parse_ssml(ssml)
     known = {v["Name"]: v for v in voice_list()}
     await service.first_byte()
@@ -306,13 +331,13 @@ async def _turn(service: LocalService, request: web.Request, ws: web.WebSocketRe
     send = service.sender(ws.send_str)
     try:
         await _answer(service, request, ws, send, request_id, data,
-                      list(words) if options.get("wordBoundaryEnabled") == "true" else [])
+                      list(words) if options.get("wordBoundaryEnabled") == "true" else [], ended)
     finally:
         await send.close()
 
 
 async def _answer(service: LocalService, request: web.Request, ws: web.WebSocketResponse, send: Any,
-                  request_id: str, data: bytes, words: list[Word]) -> None:
+                  request_id: str, data: bytes, words: list[Word], ended: asyncio.Event) -> None:
     """One turn's messages: turn.start, boundaries before the audio they start in, turn.end."""
     send.send(_text_message("turn.start", json.dumps({"context": {"serviceTag": uuid.uuid4().hex}}), request_id))
     step = int(PIECE_S * BITRATE / 8)
@@ -328,7 +353,12 @@ async def _answer(service: LocalService, request: web.Request, ws: web.WebSocket
             return
         await asyncio.sleep(PIECE_S / PACE)
     send.send(_audio_message(request_id, b""), ws.send_bytes)
-    send.send(_text_message("turn.end", "{}", request_id))
+
+    async def last(message: str) -> None:
+        ended.set()
+        await ws.send_str(message)
+
+    send.send(_text_message("turn.end", "{}", request_id), last)
     await send.drain()
 
 
