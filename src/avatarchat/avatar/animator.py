@@ -13,6 +13,9 @@ timed entries in hibari's output but no sound of their own, so their time goes t
 neighbours instead of briefly closing the mouth; punctuation stays (a real pause). A
 stress mark instead lifts the brows a little over the vowel it stresses.
 
+A chunk without timings (a network voice that sends audio only) gets its mouth from its
+audio: the MFCC vowel classifier of ``avatar.audio_visemes`` by default.
+
 Not thread-safe: call it from one thread (the event loop). Its calls are cheap (well under
 a millisecond for a frame batch); rendering is what goes to an executor.
 """
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from avatarchat.avatar.audio_visemes import AudioMouth
 from avatarchat.avatar.idle import IdleMotion, smoothstep
 from avatarchat.avatar.lipsync import CHANNELS, MouthCurves, curves_from_audio, curves_from_phonemes
 from avatarchat.avatar.params import FaceParams
@@ -45,7 +49,8 @@ _CLOSED = np.array([getattr(SHAPES["PP"], c) for c in CHANNELS], np.float32)
 
 @dataclass(frozen=True)
 class _AudioSpan:
-    """A chunk without phoneme timings: its mouth follows its loudness."""
+    """A chunk without phoneme timings under ``audio_mouth="loudness"``: its mouth follows
+    its loudness."""
 
     start: float
     samples: np.ndarray
@@ -107,16 +112,24 @@ class Animator:
 
     ``anticipation``: lips lead the sound by this much (seconds). ``timing_lead``: how far
     the TTS audio runs ahead of its phoneme timings (hibari: ~50 ms), subtracted from them.
+    ``audio_mouth``: what shapes the mouth of a chunk without timings: ``"mfcc"`` (the
+    vowel classifier of ``avatar.audio_visemes``, its audio read ``anticipation`` early) or
+    ``"loudness"`` (``lipsync.curves_from_audio``: loudness and spectral brightness only).
     """
 
-    def __init__(self, seed: int = 0, anticipation: float = 0.05, timing_lead: float = 0.05) -> None:
+    def __init__(self, seed: int = 0, anticipation: float = 0.05, timing_lead: float = 0.05,
+                 audio_mouth: str = "mfcc") -> None:
+        if audio_mouth not in ("mfcc", "loudness"):
+            raise ValueError(f"audio_mouth must be 'mfcc' or 'loudness', not {audio_mouth!r}")
         self.idle = IdleMotion(seed)
         self.anticipation = anticipation
         self.timing_lead = timing_lead
+        self.audio_mouth = audio_mouth
         self.origin = 0.0
         self._phonemes: list[PhonemeTiming] = []
         self._stressed: list[float] = []
         self._audio: list[_AudioSpan] = []
+        self._heard = AudioMouth(anticipation)
         self._start: float | None = None  # reply time the mouth starts fading in
         self._close: float | None = None  # reply time the mouth starts closing
         self.speech_end = 0.0
@@ -127,6 +140,7 @@ class Animator:
         """A new reply whose time 0 is ``origin`` on the session clock; forgets the last."""
         self.origin = origin
         self._phonemes, self._stressed, self._audio = [], [], []
+        self._heard = AudioMouth(self.anticipation)
         self._start, self._close = None, None
         self.speech_end = 0.0
 
@@ -138,6 +152,8 @@ class Animator:
             kept, stressed = clean_phonemes(chunk.phonemes, chunk.offset - self.timing_lead, chunk.duration)
             self._phonemes.extend(kept)
             self._stressed.extend(stressed)
+        elif self.audio_mouth == "mfcc":
+            self._heard.add(chunk.offset, chunk.samples, chunk.sample_rate)
         else:
             self._audio.append(_AudioSpan(chunk.offset, chunk.samples, chunk.sample_rate))
         self.speech_end = max(self.speech_end, chunk.offset + chunk.duration)
@@ -195,6 +211,12 @@ class Animator:
                 values[inside] = audio.values
                 for i, v in zip(np.flatnonzero(inside), audio.visemes):
                     visemes[i] = v
+        inside = self._heard.covers(times)
+        if inside.any():
+            heard = self._heard.curves(times[inside])
+            values[inside] = heard.values
+            for i, v in zip(np.flatnonzero(inside), heard.visemes):
+                visemes[i] = v
         return MouthCurves(times, values, tuple(visemes))
 
     def motion(self, times: np.ndarray) -> MouthCurves:

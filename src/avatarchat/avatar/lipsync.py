@@ -1,4 +1,5 @@
-"""Mouth curves from phoneme timings (or, lacking them, from the audio itself).
+"""Mouth curves from phoneme timings (or, lacking them, from the audio's loudness; the
+vowel classifier for untimed audio is ``avatar.audio_visemes``).
 
 Coarticulation is dominance blending: each phoneme pulls the mouth towards its viseme's
 shape with a weight that peaks at the phoneme's centre and falls off over about its own
@@ -77,9 +78,10 @@ def curves_from_phonemes(phonemes: Sequence[PhonemeTiming], times: np.ndarray,
 
 def curves_from_audio(samples: np.ndarray, sample_rate: int, times: np.ndarray,
                       offset: float = 0.0) -> MouthCurves:
-    """An audio-driven mouth for a TTS without timings: loudness opens the jaw, a bright
-    spectrum stretches the lips, a dark one rounds them. ``offset`` is where ``samples``
-    starts on the clock of ``times``."""
+    """The simplest audio-driven mouth (``Animator(audio_mouth="loudness")``; the default
+    for a TTS without timings is ``avatar.audio_visemes``' vowel classifier): loudness
+    opens the jaw, a bright spectrum stretches the lips, a dark one rounds them. ``offset``
+    is where ``samples`` starts on the clock of ``times``."""
     win = int(0.04 * sample_rate)
     values = np.zeros((len(times), len(CHANNELS)), np.float32)
     for i, t in enumerate(times):
