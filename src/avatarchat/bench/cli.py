@@ -104,6 +104,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                                                        "llama.cpp slots (parallel) against one slot")
     _common(pc)
     pc.set_defaults(run=run_sched)
+    pl = bsub.add_parser("lipsync", help="the audio-driven mouth (old loudness, MFCC vowels) against the "
+                                         "phoneme-timed one on the same speech: agreement, A/V lag, cost")
+    pl.add_argument("--languages", nargs="+", choices=("en", "zh"), default=["en", "zh"])
+    pl.add_argument("--no-render", action="store_true", help="curves only: skip the rendered-frames A/V analysis")
+    pl.add_argument("--piece-ms", type=float, default=300.0, help="streamed pieces' length (default 300)")
+    pl.add_argument("--rounds", type=int, default=3, help="timed passes per mouth for the cost (default 3)")
+    pl.add_argument("--json", type=Path, help="also write the JSON to this file")
+    pl.set_defaults(run=run_lipsync)
     pv = bsub.add_parser("services", help="each cloud service handler's first audio / transcript / token against "
                                           "its local protocol server with a network delay, beside the embedded "
                                           "handler of its stage")
@@ -222,6 +230,15 @@ def run_e2e(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         raise UserError(str(exc)) from None
     _emit(report, args.json)
+    return 0
+
+
+def run_lipsync(args: argparse.Namespace) -> int:
+    from avatarchat.bench.lipsync import bench_lipsync
+
+    if not (20.0 <= args.piece_ms <= 5000.0 and 1 <= args.rounds <= 50):
+        raise UserError("--piece-ms must be 20..5000 and --rounds 1..50")
+    _emit(bench_lipsync(args.languages, not args.no_render, args.piece_ms, args.rounds, _say), args.json)
     return 0
 
 
