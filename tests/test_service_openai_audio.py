@@ -15,7 +15,17 @@ import numpy as np
 import pytest
 
 from avatarchat.audio.resample import resample
-from avatarchat.engine.events import ErrorEvent, Event, ReplyAudio, ReplyEnd, ReplyText, SpeechEnded, TurnCancelled, UserTranscript
+from avatarchat.engine.events import (
+    ErrorEvent,
+    Event,
+    ReplyAudio,
+    ReplyEnd,
+    ReplyText,
+    SpeechEnded,
+    SpeechSoFar,
+    TurnCancelled,
+    UserTranscript,
+)
 from avatarchat.engine.handler import HandlerLoadError, SessionInfo
 from avatarchat.engine.session import Session
 from avatarchat.handlers.asr.openai_transcribe import OpenAITranscribeASR, OpenAITranscribeOptions
@@ -204,6 +214,23 @@ def test_tts_load_errors_name_the_cause(svc: LocalService, monkeypatch: pytest.M
     OpenAISpeechTTS(OpenAISpeechOptions(base_url=f"{svc.url}/v1", check=False)).load()
 
 
+async def test_tts_resamples_a_server_of_another_rate() -> None:
+    """A server whose pcm is 22050 Hz (``pcm_rate: 22050``): the clause comes out at 24 kHz,
+    as long as the server's audio, and still says the clause."""
+    with LocalService(app_with(pace=0, rate=22050)) as svc:
+        tts = tts_for(svc, pcm_rate=22050, first_clause_max_words=30)
+        async with Session([tts], SessionInfo("t")) as session:
+            turn = reply(session, CLAUSE)
+            events = of_turn(await read_until(session, ended(turn), WAIT_S), turn)
+    chunks = [e for e in events if isinstance(e, ReplyAudio)]
+    audio = np.concatenate([c.samples for c in chunks])
+    sent_s = len(speech(CLAUSE, "en", 22050)) / 22050
+    # The stage trims the silence before the reply's first sound (at most ~0.1 s).
+    assert sent_s - 0.15 < len(audio) / 24000 <= sent_s + 0.01
+    heard = await asyncio.to_thread(whisper_transcribe, resample(audio, 24000, 16000), "en")
+    assert "quick brown fox" in heard.lower(), heard
+
+
 # --- ASR ------------------------------------------------------------------------------------
 
 
@@ -251,7 +278,7 @@ async def test_asr_rejected_key(svc: LocalService) -> None:
     assert any(isinstance(e, ReplyEnd) and e.text == fallback for e in events), summary(events)
 
 
-@pytest.mark.parametrize("fault, says", [("drop_mid_stream", "cannot reach the transcription server"),
+@pytest.mark.parametrize("fault, says", [("drop_mid_stream", "the connection to the transcription server at"),
                                          ("slow_first_byte", "gave no transcript within 5 s"),
                                          ("server_error", "answered 500")])
 async def test_asr_failures_end_only_their_turn(svc: LocalService, fault: Any, says: str) -> None:
@@ -272,6 +299,23 @@ async def test_asr_failures_end_only_their_turn(svc: LocalService, fault: Any, s
         got: list[Event] = await read_until(
             session, lambda evs: any(isinstance(e, UserTranscript) and e.turn == nxt for e in evs), WAIT_S)
     assert "hello" in [e for e in got if isinstance(e, UserTranscript)][-1].text.lower()
+
+
+@pytest.mark.parametrize("partials", [False, True])
+async def test_asr_partials_only_when_asked(svc: LocalService, partials: bool) -> None:
+    """Speech so far is transcribed (a non-final transcript, one billed call) only with
+    ``partials: true``; off, it costs nothing and gives nothing."""
+    asr = asr_for(svc, partials=partials)
+    audio = utterance(CLAUSE)
+    async with Session([asr], SessionInfo("t")) as session:
+        turn = session.new_turn()
+        session.push(SpeechSoFar(turn, audio, voiced_until=session.info.clock.now()))
+        session.push(SpeechEnded(turn, audio, speech_end=session.info.clock.now()))
+        events = await read_until(
+            session, lambda evs: any(isinstance(e, UserTranscript) and e.final for e in evs), WAIT_S)
+    said = [e for e in events if isinstance(e, UserTranscript)]
+    assert [e.final for e in said] == ([False, True] if partials else [True]), summary(said)
+    assert len(requests(svc, "/v1/audio/transcriptions")) == (2 if partials else 1)
 
 
 def test_asr_load_checks_the_model(svc: LocalService) -> None:

@@ -100,12 +100,18 @@ class ClientPerLoop:
         return self._client
 
 
+#: httpx's errors for a connection the server closed mid-exchange (not one never made).
+_CUT = frozenset({"RemoteProtocolError", "ReadError"})
+
+
 def explain(openai: Any, exc: BaseException, what: str, url: str, model: str, hint_404: str = "") -> str:
     """One line for a user: ``what`` (e.g. "the speech server") at ``url`` failed, and why."""
     if isinstance(exc, openai.APITimeoutError):
         return f"{what} at {url} did not answer in time"
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__ or exc
+        if type(cause).__name__ in _CUT:  # it was reached, then closed the connection
+            return f"the connection to {what} at {url} broke off before its answer ({type(cause).__name__}: {cause})"
         return f"cannot reach {what} at {url}: {type(cause).__name__}: {cause}"
     if isinstance(exc, openai.AuthenticationError):
         return (f"{what} at {url} rejected the API key (401): set {KEY_VARIABLE} (or api_key) "

@@ -70,9 +70,11 @@ def app(svc: LocalService) -> web.Application:
     return OpenAIAudioServer(svc).application()
 
 
-def app_with(transcribe: Transcriber | None = None, pace: float = 4.0) -> Callable[[LocalService], web.Application]:
-    """A server builder with another transcriber or pace (0: as fast as it can)."""
-    return lambda svc: OpenAIAudioServer(svc, transcribe, pace).application()
+def app_with(transcribe: Transcriber | None = None, pace: float = 4.0,
+             rate: int = RATE) -> Callable[[LocalService], web.Application]:
+    """A server builder with another transcriber, pace (0: as fast as it can) or ``pcm``
+    rate (as a server other than OpenAI's may have: Piper's voices are 22050 Hz)."""
+    return lambda svc: OpenAIAudioServer(svc, transcribe, pace, rate).application()
 
 
 _WHISPER_LOCK = threading.Lock()
@@ -103,10 +105,12 @@ def error(status: int, message: str, type_: str = "invalid_request_error", param
 class OpenAIAudioServer:
     """The routes, over one ``LocalService`` (its fault, delay and record)."""
 
-    def __init__(self, svc: LocalService, transcribe: Transcriber | None = None, pace: float = 4.0) -> None:
+    def __init__(self, svc: LocalService, transcribe: Transcriber | None = None, pace: float = 4.0,
+                 rate: int = RATE) -> None:
         self.svc = svc
         self.transcribe = transcribe or whisper_transcribe
         self.pace = pace
+        self.rate = rate
 
     def application(self) -> web.Application:
         application = web.Application(client_max_size=25 * 1024 * 1024)  # the API's upload limit
@@ -163,7 +167,7 @@ class OpenAIAudioServer:
         await self.svc.first_byte()
         language = "zh" if any("\u4e00" <= c <= "\u9fff" for c in body["input"]) else "en"
         loop = asyncio.get_running_loop()
-        samples = await loop.run_in_executor(None, speech, body["input"], language, RATE)
+        samples = await loop.run_in_executor(None, speech, body["input"], language, self.rate)
         speed = float(body.get("speed", 1.0))
         if speed != 1.0:  # resampled as a tape would play it: enough for a local server
             idx = np.arange(0, len(samples), speed)
@@ -215,8 +219,8 @@ class OpenAIAudioServer:
         out = self.svc.sender(write)
         out.send(request, via=response.prepare)
         if response_format == "wav":
-            out.send(_streamed_wav_header())
-        piece = int(PIECE_S * RATE) * 2
+            out.send(_streamed_wav_header(self.rate))
+        piece = int(PIECE_S * self.rate) * 2
         try:
             for start in range(0, len(pcm), piece):
                 if self.pace > 0:
@@ -286,12 +290,12 @@ class OpenAIAudioServer:
         return None
 
 
-def _streamed_wav_header() -> bytes:
-    """A WAV header for 24 kHz 16-bit mono of unknown length (sizes 0xFFFFFFFF, as streamed)."""
+def _streamed_wav_header(rate: int) -> bytes:
+    """A WAV header for 16-bit mono at ``rate`` of unknown length (sizes 0xFFFFFFFF, as streamed)."""
     out = io.BytesIO()
     out.write(b"RIFF\xff\xff\xff\xffWAVEfmt ")
     out.write((16).to_bytes(4, "little") + (1).to_bytes(2, "little") + (1).to_bytes(2, "little"))
-    out.write(RATE.to_bytes(4, "little") + (RATE * 2).to_bytes(4, "little"))
+    out.write(rate.to_bytes(4, "little") + (rate * 2).to_bytes(4, "little"))
     out.write((2).to_bytes(2, "little") + (16).to_bytes(2, "little"))
     out.write(b"data\xff\xff\xff\xff")
     return out.getvalue()
