@@ -23,9 +23,12 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from avatarchat.engine.events import ErrorEvent, ReplyAudio, ReplyEnd, ReplyText, TimingMark
+from avatarchat.avatar.lipsync import curves_from_phonemes, frame_times
+from avatarchat.engine.events import ErrorEvent, PhonemeTiming, ReplyAudio, ReplyEnd, ReplyText, TimingMark
 from avatarchat.engine.handler import HandlerLoadError, SessionInfo
 from avatarchat.handlers.tts.edge import EdgeOptions, EdgeTTS
+from avatarchat.handlers.tts.edge_audio import word_phonemes
+from avatarchat.handlers.tts.hibari import HibariOptions, HibariTTS
 from avatarchat.testing.fakes import FakeLLM
 from avatarchat.testing.harness import run_pipeline_test
 from avatarchat.testing.services import edge as fixture
@@ -245,3 +248,28 @@ async def test_a_chinese_voice_speaks_with_pinyin_like_phonemes_per_character(se
     assert sum(1 for p in phonemes if p.phoneme == " ") == 8  # a WordBoundary per character here
     assert sum(len(s) for s, _ in got) / 24000 > 1.0
     assert not any(p.phoneme == "ə" for p in phonemes), "espeak-ng's Mandarin said every character"
+
+
+def test_edges_word_spans_filled_with_espeak_phonemes_move_the_mouth_like_the_voices_own_timings() -> None:
+    """On hibari's speech, the words timed as Edge times them (the fixture's boundaries) and
+    filled by ``word_phonemes`` give the mouth hibari's own phoneme timings give (its G2P
+    differs from espeak-ng's, so not every frame can agree), far closer than a word-long
+    open mouth. Measured on 8 sentences: 69 % of speaking frames, jaw r 0.72 (one vowel per
+    word: 6 %, 0.08)."""
+    hibari = HibariTTS(HibariOptions())
+    hibari.load()
+    agree, flat_agree = [], []
+    for sentence in ("The capital of France is Paris, a city on the Seine.",
+                     "Please remember to water the plants on Monday.",
+                     "Turn left after the bridge and you will see the museum."):
+        samples, words = fixture.timed_speech(sentence, False)
+        _, truth = hibari.synthesize(sentence)
+        spans = [(w.text, w.start, w.end) for w in words]
+        times = frame_times(len(samples) / fixture.RATE, 25)
+        own = curves_from_phonemes(truth, times).visemes
+        ours = curves_from_phonemes(word_phonemes("en-us", spans), times).visemes
+        flat = curves_from_phonemes([PhonemeTiming("ə", s, e) for _, s, e in spans], times).visemes
+        speaking = [i for i, v in enumerate(own) if v != "sil"]
+        agree.append(np.mean([own[i] == ours[i] for i in speaking]))
+        flat_agree.append(np.mean([own[i] == flat[i] for i in speaking]))
+    assert min(agree) > 0.45 and np.mean(agree) > 3 * np.mean(flat_agree)
