@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from avatarchat.avatar.lipsync import curves_from_phonemes, frame_times
 from avatarchat.engine.events import ErrorEvent, PhonemeTiming, ReplyAudio, ReplyEnd, ReplyText, TimingMark
-from avatarchat.engine.handler import HandlerLoadError, SessionInfo
+from avatarchat.engine.handler import HandlerLoadError, SessionInfo, SessionSettings
 from avatarchat.handlers.tts.edge import EdgeOptions, EdgeTTS
 from avatarchat.handlers.tts.edge_audio import word_phonemes
 from avatarchat.handlers.tts.hibari import HibariOptions, HibariTTS
@@ -185,11 +185,15 @@ async def test_a_rejected_request_stops_load_with_one_line_and_fails_only_its_tu
     assert len(seen(service, "/voices/list")) == 2, "edge-tts fixes its clock from the 403's Date and retries once"
 
     handler = await asyncio.to_thread(edge, service, check=False)
-    events = await run_pipeline_test([FakeLLM([SENTENCE, "Fine."]), handler], ["Hi!"], timeout=WAIT_S)
+    events = await run_pipeline_test([FakeLLM([SENTENCE, "Fine."]), handler], ["Hi!"], timeout=WAIT_S,
+                                     until=lambda out: any(isinstance(e, ReplyEnd) and e.turn > 1 for e in out))
     errors = [e for e in events if isinstance(e, ErrorEvent)]
     assert len(errors) == 1 and errors[0].stage == "tts" and "403" in errors[0].message
     assert len(seen(service, "/edge/v1")) == 2, "the synthesis is retried once too"
     assert not any(isinstance(e, ReplyAudio) for e in events)
+    # The voice is what failed: the session's fallback line is shown, in a turn of its own.
+    fallback = [e for e in events if isinstance(e, ReplyEnd)]
+    assert [e.text for e in fallback] == [SessionSettings().voice_fallback_reply]
 
     service.fault = None
     events = await run_pipeline_test([FakeLLM(["Fine."]), handler], ["Again?"], timeout=WAIT_S)
