@@ -318,6 +318,32 @@ async def test_asr_partials_only_when_asked(svc: LocalService, partials: bool) -
     assert len(requests(svc, "/v1/audio/transcriptions")) == (2 if partials else 1)
 
 
+async def test_asr_streamed_transcript_grows_then_ends_final(svc: LocalService) -> None:
+    """With ``stream: true`` the request asks for server-sent events; the transcript comes
+    as growing non-final transcripts (each extending the last), then one final with the
+    words. whisper-1, which does not stream, fails the turn with the server's 400."""
+    asr = asr_for(svc, model="gpt-4o-mini-transcribe", stream=True)
+    async with Session([asr], SessionInfo("t")) as session:
+        turn = session.new_turn()
+        session.push(SpeechEnded(turn, utterance(CLAUSE), speech_end=time.monotonic()))
+        events = await read_until(
+            session, lambda evs: any(isinstance(e, UserTranscript) and e.final for e in evs), WAIT_S)
+    said = [e for e in events if isinstance(e, UserTranscript)]
+    assert len(said) > 3 and [e.final for e in said] == [False] * (len(said) - 1) + [True], summary(said)
+    growing = [e.text for e in said[:-1]]
+    assert all(b.startswith(a) and len(b) > len(a) for a, b in zip(growing, growing[1:])), growing
+    assert growing[-1] == said[-1].text and "quick brown fox" in said[-1].text.lower()
+    assert requests(svc, "/v1/audio/transcriptions")[-1]["body"]["stream"] == "true"
+
+    asr = asr_for(svc, stream=True)  # whisper-1
+    async with Session([asr], SessionInfo("t")) as session:
+        turn = session.new_turn()
+        session.push(SpeechEnded(turn, utterance(CLAUSE), speech_end=time.monotonic()))
+        events = of_turn(await read_until(session, ended(turn), WAIT_S), turn)
+    errors = [e for e in events if isinstance(e, ErrorEvent)]
+    assert len(errors) == 1 and "answered 400: Streaming is not supported" in errors[0].message, summary(events)
+
+
 def test_asr_load_checks_the_model(svc: LocalService) -> None:
     """A model the server does not list stops load, naming the ones it has."""
     with pytest.raises(HandlerLoadError, match="has no model 'whisper-9' \\(it lists: .*whisper-1"):

@@ -8,9 +8,13 @@ Each utterance our VAD cuts is uploaded as a 16 kHz 16-bit mono WAV in one
 is transcribed at once, for the end of turn to judge its words, and an utterance that ends
 without more speech after the pause reuses that transcript: one call per utterance, not two.
 Growing partials while the user speaks (``partials``) cost one call each: off by default.
+With ``stream: true`` (``gpt-4o-transcribe`` and ``gpt-4o-mini-transcribe``; not ``whisper-1``)
+the server sends the transcript as it decodes (server-sent events ``transcript.text.delta``,
+then ``transcript.text.done``): the page shows it growing (non-final transcripts) and the
+final one comes with ``done``.
 
-A call never hangs: connecting is bounded by ``connect_timeout_s``, the whole answer by
-``first_result_timeout_s``. A failure raises ``ServiceError`` out of the turn (the engine
+A call never hangs: connecting is bounded by ``connect_timeout_s``, the whole answer (when
+streamed: the first event, then each later silence) by ``first_result_timeout_s``. A failure raises ``ServiceError`` out of the turn (the engine
 says the ASR fallback line); the next utterance tries again.
 
 OpenAI's prices (2026-12): ``gpt-4o-mini-transcribe`` $0.003 a minute of audio,
@@ -23,7 +27,8 @@ import asyncio
 import io
 import logging
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,17 +61,19 @@ class OpenAITranscribeOptions(OpenAIAudioOptions):
     #: Transcribe the speech so far while the user talks (a growing transcript on the
     #: page). Each partial is a billed call.
     partials: bool = False
+    #: Ask for the transcript as server-sent events while it is decoded (``stream: true``);
+    #: OpenAI's ``whisper-1`` and many local servers do not stream.
+    stream: bool = False
 
 
 @dataclass
 class TranscribeContext:
-    """Per session: its language, the transcript made at the last pause (turn, speech_end,
-    text) for the end of the turn to reuse, and whether a partial is in flight."""
+    """Per session: its language, and the transcript made at the last pause (turn,
+    speech_end, text) for the end of the turn to reuse."""
 
     language: str
     clock: Clock = REAL_CLOCK
     early: tuple[int, float, str] | None = None
-    partial_busy: bool = False
 
 
 def wav_bytes(audio: np.ndarray, rate: int = RATE) -> bytes:
@@ -132,13 +139,16 @@ class OpenAITranscribeASR(Handler[OpenAITranscribeOptions]):
         language = (self.options.language or session.settings.language).split("-")[0].lower()
         return TranscribeContext(language, session.clock)
 
-    async def transcribe(self, audio: np.ndarray, language: str) -> str:
-        """The text of one 16 kHz mono utterance ("" for one too short to hold words).
-        Failures raise ``ServiceError`` naming the server."""
+    async def transcripts(self, audio: np.ndarray, language: str) -> AsyncGenerator[tuple[str, bool], None]:
+        """The text of one 16 kHz mono utterance as it comes: ``(text so far, done)``, the
+        last with ``done`` (one item unless ``stream``); ``("", True)`` for audio too short
+        to hold words. Failures raise ``ServiceError`` naming the server. Closing the
+        generator closes the HTTP response."""
         if self._clients is None:
             raise RuntimeError("the openai ASR is not loaded")
         if len(audio) < _MIN_UTTERANCE_S * RATE:
-            return ""
+            yield "", True
+            return
         o = self.options
         request: dict[str, Any] = {
             "file": ("speech.wav", wav_bytes(audio), "audio/wav"),
@@ -150,50 +160,83 @@ class OpenAITranscribeASR(Handler[OpenAITranscribeOptions]):
             request["language"] = language
         if o.prompt:
             request["prompt"] = o.prompt
+        if o.stream:
+            request["stream"] = True
         client = await self._clients.for_this_loop()
+        finish = full_width_marks if is_chinese(language) else str
+        events: Any = None
         try:
+            # Awaited here, never across a ``yield``: a timeout must cancel this request,
+            # not whatever the consumer does meanwhile.
             async with asyncio.timeout(o.first_result_timeout_s):
                 result = await client.audio.transcriptions.create(**request)
+                if o.stream:
+                    events = result
+                    event = await anext(aiter(events), None)
+            if not o.stream:
+                yield finish(str(getattr(result, "text", "") or "").strip()), True
+                return
+            text = ""
+            while event is not None:
+                if getattr(event, "type", "") == "transcript.text.done":
+                    yield finish(str(event.text).strip()), True
+                    return
+                if getattr(event, "type", "") == "transcript.text.delta" and event.delta:
+                    text += event.delta
+                    yield finish(text.strip()), False
+                async with asyncio.timeout(o.first_result_timeout_s):
+                    event = await anext(aiter(events), None)
+            raise ServiceError(f"the transcription stream from {o.base_url} ended before transcript.text.done")
         except TimeoutError:
             raise ServiceError(f"the transcription server at {o.base_url} gave no transcript within "
                                f"{o.first_result_timeout_s:g} s") from None
         except self._clients.openai.OpenAIError as exc:
             raise ServiceError(self._explain(exc)) from exc
-        text = str(getattr(result, "text", "") or "").strip()
-        return full_width_marks(text) if is_chinese(language) else text
+        finally:
+            if events is not None:
+                await events.close()
 
     async def handle(self, ctx: TranscribeContext, event: Event) -> AsyncIterator[Event]:
+        heard: list[str] = []
         if isinstance(event, SpeechSoFar):
-            # Only the page shows a partial: skip one while another is in flight, or stale.
-            if (self.options.partials and not ctx.partial_busy
-                    and ctx.clock.now() - event.voiced_until < _STALE_PARTIAL_S):
-                ctx.partial_busy = True
-                try:
-                    text = await self.transcribe(event.audio, ctx.language)
-                finally:
-                    ctx.partial_busy = False
-                if text:
-                    yield UserTranscript(event.turn, text, final=False)
+            # Only the page shows it: one that waited behind a slow call is stale.
+            if self.options.partials and ctx.clock.now() - event.voiced_until < _STALE_PARTIAL_S:
+                async for out in self._listen(event.turn, event.audio, ctx.language, heard):
+                    yield out
+                if heard[0]:
+                    yield UserTranscript(event.turn, heard[0], final=False)
             return
         if isinstance(event, SpeechPaused):
             # Transcribed while the VAD waits out its hangover: the end of turn judges these
             # words, and the utterance's end reuses them if nothing more is said.
             yield TimingMark(event.turn, "asr_early_start", at=ctx.clock.now())
-            text = await self.transcribe(event.audio, ctx.language)
-            ctx.early = (event.turn, event.speech_end, text)
+            async for out in self._listen(event.turn, event.audio, ctx.language, heard):
+                yield out
+            ctx.early = (event.turn, event.speech_end, heard[0])
             yield TimingMark(event.turn, "asr_early_final", at=ctx.clock.now())
-            yield UserTranscript(event.turn, text, final=False, speech_end=event.speech_end)
+            yield UserTranscript(event.turn, heard[0], final=False, speech_end=event.speech_end)
             yield event  # on to a ``turn`` stage, as whisper does
             return
         assert isinstance(event, SpeechEnded)
         yield TimingMark(event.turn, "asr_start", at=ctx.clock.now())
         early, ctx.early = ctx.early, None
         if early is not None and early[:2] == (event.turn, event.speech_end):
-            text = early[2]
+            heard.append(early[2])
         else:
-            text = await self.transcribe(event.audio, ctx.language)
+            async for out in self._listen(event.turn, event.audio, ctx.language, heard):
+                yield out
         yield TimingMark(event.turn, "asr_final", at=ctx.clock.now())
-        yield UserTranscript(event.turn, text, final=True)
+        yield UserTranscript(event.turn, heard[0], final=True)
+
+    async def _listen(self, turn: int, audio: np.ndarray, language: str, heard: list[str]) -> AsyncIterator[Event]:
+        """Transcribe ``audio``: the growing text as non-final transcripts while a stream
+        brings it; the whole text is appended to ``heard``."""
+        async with aclosing(self.transcripts(audio, language)) as texts:
+            async for text, done in texts:
+                if done:
+                    heard.append(text)
+                elif text:
+                    yield UserTranscript(turn, text, final=False)
 
     def cancel_turn(self, ctx: TranscribeContext, turn: int) -> None:
         if ctx.early is not None and ctx.early[0] == turn:

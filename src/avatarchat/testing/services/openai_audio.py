@@ -28,8 +28,13 @@ drive against it, is generated from the same OpenAPI spec):
 - ``POST /v1/audio/transcriptions`` (reference, "Audio: Create transcription"):
   ``multipart/form-data`` with ``file`` (the audio file, with its name) and ``model``, optional
   ``language`` (ISO-639-1), ``prompt``, ``response_format`` (``json`` by default: ``{"text":
-  ...}``; ``text``: the plain transcript), ``temperature``. This server reads WAV files only
-  (any rate, mono or stereo, 16-bit) and answers the other formats with a 400.
+  ...}``; ``text``: the plain transcript), ``temperature``, ``stream``. With ``stream: true``
+  the answer is server-sent events (``text/event-stream``, reference "Audio: Stream Event"):
+  ``transcript.text.delta`` events (``{"type", "delta"}``) as the text is decoded, then one
+  ``transcript.text.done`` (``{"type", "text", "usage"}``). This server reads WAV files only
+  (any rate, mono or stereo, 16-bit) and answers the other formats with a 400; it streams a
+  transcript word by word (20 ms apart) after transcribing the whole file, as whisper here
+  is not incremental: a streamed first word comes no sooner than the whole text would.
 
 Audio is made at ``pace`` times real time (a server synthesizing as it streams), in pieces
 of 0.1 s; each is delivered ``delay_s`` late, as is every answer (``LocalService``). Faults
@@ -45,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import threading
 import wave
 from collections.abc import Callable
@@ -270,6 +276,8 @@ class OpenAIAudioServer:
         assert audio is not None
         loop = asyncio.get_running_loop()
         text = await loop.run_in_executor(None, self.transcribe, audio, fields.get("language", ""))
+        if fields.get("stream", "false") == "true":
+            return await self._stream_transcript(request, entry, text)
         entry["outcome"] = "complete"
         if fields.get("response_format", "json") == "text":
             return await self._late(web.Response(text=text + "\n"))
@@ -285,9 +293,36 @@ class OpenAIAudioServer:
                          param="model", code="model_not_found")
         if fields.get("response_format", "json") not in ("json", "text"):
             return error(400, "this local server answers only 'json' and 'text'", param="response_format")
-        if fields.get("stream", "false") not in ("false", "False"):
-            return error(400, "this local server does not stream transcriptions", param="stream")
+        if fields.get("stream", "false") == "true" and fields["model"] == "whisper-1":
+            return error(400, "Streaming is not supported for the whisper-1 model.", param="stream")
         return None
+
+    async def _stream_transcript(self, request: web.Request, entry: dict[str, Any], text: str) -> web.StreamResponse:
+        """``text`` as ``transcript.text.delta`` events word by word, then ``transcript.text.done``."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        out = self.svc.sender(response.write)
+        out.send(request, via=response.prepare)
+        entry["outcome"] = "complete"
+        try:
+            for i, word in enumerate(re.findall(r"\s*\S+", text)):
+                if i:
+                    await asyncio.sleep(0.02)
+                out.send(_event({"type": "transcript.text.delta", "delta": word}))
+            usage = {"type": "tokens", "input_tokens": 0, "output_tokens": len(text.split()),
+                     "total_tokens": len(text.split())}
+            out.send(_event({"type": "transcript.text.done", "text": text, "usage": usage}))
+            out.send(None, via=lambda _: response.write_eof())
+            await out.drain()
+        except ConnectionError:
+            entry["outcome"] = "client_closed"
+        finally:
+            await out.close()
+        return response
+
+
+def _event(data: dict[str, Any]) -> bytes:
+    """One server-sent event carrying ``data`` as JSON."""
+    return f"data: {json.dumps(data)}\n\n".encode()
 
 
 def _streamed_wav_header(rate: int) -> bytes:
