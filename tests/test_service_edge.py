@@ -223,6 +223,9 @@ async def test_a_slow_first_byte_times_out_instead_of_hanging(service: LocalServ
 async def test_an_unknown_voice_or_an_unreachable_server_stops_load_with_one_line(service: LocalService) -> None:
     with pytest.raises(HandlerLoadError, match=r"unknown Edge voice 'en-US-NobodyNeural': 6 voices, e\.g\. en-US-"):
         await asyncio.to_thread(edge, service, voice="en-US-NobodyNeural")
+    unchecked = await asyncio.to_thread(edge, service, voice="en-US-NobodyNeural", check=False)
+    with pytest.raises(RuntimeError, match="said nothing in voice 'en-US-NobodyNeural'"):
+        await pieces(unchecked, SENTENCE)  # in a turn: the service answers with no audio
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, never listening: nothing answers there

@@ -42,6 +42,7 @@ import aiohttp
 import edge_tts
 import numpy as np
 from edge_tts.constants import WSS_URL
+from edge_tts.exceptions import NoAudioReceived
 from edge_tts.typing import TTSChunk
 from pydantic import Field, field_validator, model_validator
 
@@ -256,6 +257,9 @@ class EdgeTTS(StreamingTTS[EdgeOptions]):
                 except TimeoutError:
                     raise TimeoutError(f"Edge TTS sent no audio within {o.first_audio_timeout_s:g} s "
                                        f"({self.where})") from None
+                except NoAudioReceived as exc:  # the service ended the turn without a sound
+                    raise RuntimeError(f"Edge TTS at {self.where} said nothing in voice {o.voice!r} "
+                                       "(a voice it does not have?)") from exc
                 if chunk["type"] == "audio":
                     deadline = None
                 yield chunk
