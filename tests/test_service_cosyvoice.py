@@ -7,6 +7,7 @@ what the server sent, sample for sample (PCM16).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from avatarchat.engine.events import ErrorEvent, Event, ReplyAudio, ReplyEnd, ReplyText, TurnCancelled
+from avatarchat.engine.events import ErrorEvent, Event, ReplyAudio, ReplyEnd, ReplyText, TurnCancelled, UserTranscript
 from avatarchat.engine.handler import HandlerLoadError, SessionInfo
 from avatarchat.engine.session import Session
 from avatarchat.handlers.tts.cosyvoice import CosyVoiceTTS
@@ -108,6 +109,27 @@ async def test_request_shape_is_what_dashscope_documents(svc: LocalService) -> N
     assert [m["payload"]["input"]["text"] for m in messages(svc, "continue-task")] == ["Hello there."]
     (finish,) = messages(svc, "finish-task")
     assert finish["header"]["task_id"] == run["header"]["task_id"] and finish["payload"]["input"] == {}
+
+
+async def test_the_users_final_words_ready_a_task_for_the_first_clause(svc: LocalService) -> None:
+    """A final transcript (a reply is coming) connects and starts a task before any text;
+    the reply's first clause is said on that task, with no second run-task."""
+    tts = voice(svc, check=False)
+    ctx = tts.create_context(SessionInfo("t"))
+    try:
+        assert tts.on_control(ctx, UserTranscript(1, "How is the weather?", final=True)) == []
+        deadline = time.monotonic() + 10
+        while not messages(svc, "run-task") and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert messages(svc, "run-task") and not messages(svc, "continue-task")
+        out = [e async for e in tts.handle(ctx, ReplyText(1, "It is sunny."))]
+        out += [e async for e in tts.handle(ctx, ReplyEnd(1, "It is sunny."))]
+    finally:
+        tts.close_context(ctx)
+    assert chunks(out) and chunks(out)[-1].text == "It is sunny."
+    (run,) = messages(svc, "run-task")
+    (said,) = messages(svc, "continue-task")
+    assert said["header"]["task_id"] == run["header"]["task_id"]
 
 
 async def _say(tts: CosyVoiceTTS, text: str) -> list[Event]:

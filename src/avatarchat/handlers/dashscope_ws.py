@@ -158,16 +158,31 @@ class SdkTask:
         self._failure: DashScopeError | None = None  # what ended the reading thread
         self._thread = threading.Thread(target=self._run, name="dashscope-task", daemon=True)
 
+    def begin(self) -> None:
+        """Connect and start the task in the background (idempotent)."""
+        if not self._thread.is_alive() and self._thread.ident is None:
+            self._thread.start()
+
     async def start(self) -> None:
-        self._thread.start()
+        self.begin()
         await asyncio.shield(self._started)
+
+    @property
+    def usable(self) -> bool:
+        """Started (or starting) on this loop, not closed, not failed: a spare may serve."""
+        try:
+            same_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            same_loop = False
+        failed = self._started.done() and self._started.exception() is not None
+        return same_loop and not self._closed.is_set() and self._failure is None and not failed
 
     def _run(self) -> None:
         started = False
         try:
             self._session.start()
             started = self._running = True
-            self._loop.call_soon_threadsafe(self._set_started, None)
+            self._post(self._set_started, None)
             for frame in self._session.events():
                 self._put(frame)
             self._running = False
@@ -175,7 +190,7 @@ class SdkTask:
         except BaseException as exc:  # noqa: BLE001 - handed to the loop, which raises it
             error = None if self._closed.is_set() else explain(exc, self._url, started)
             self._failure = error
-            self._loop.call_soon_threadsafe(self._set_started, error)
+            self._post(self._set_started, error)
             self._put(error if error is not None else _END)
         finally:
             self._session.close()
@@ -186,9 +201,13 @@ class SdkTask:
                 inner.close()
 
     def _put(self, item: Any) -> None:
+        self._post(self._queue.put_nowait, item)
+
+    def _post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop (from the reading thread)."""
         try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the loop is gone: nobody reads any more
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is gone (a spare outlived it): nobody reads any more
             self._closed.set()
 
     def _set_started(self, error: BaseException | None) -> None:

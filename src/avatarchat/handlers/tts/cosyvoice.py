@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncGenerator
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field, field_validator
 
-from avatarchat.engine.events import PhonemeTiming
+from avatarchat.engine.events import Event, PhonemeTiming, ReplyText, UserTranscript
 from avatarchat.engine.handler import HandlerLoadError, register
 from avatarchat.handlers.dashscope_ws import (
     MAINLAND_URL,
@@ -46,11 +47,14 @@ from avatarchat.handlers.dashscope_ws import (
 
 #: The socket's own read timeout lies past ours, so that ours (which names the step) fires first.
 _BACKSTOP_S = 5.0
-from avatarchat.handlers.tts.base import StreamingTTS, Synthesis, TTSOptions
+from avatarchat.handlers.tts.base import StreamingTTS, Synthesis, TTSContext, TTSOptions
 
 RATE = 24_000
 #: A piece quieter than this (peak) is a pause: it goes out with the piece before it.
 _QUIET_PEAK = 0.01
+#: A spare task unused this long is closed: the service ends a task that has had no text
+#: for 23 s (the CosyVoice reference's continue-task limit).
+_SPARE_S = 15.0
 
 
 class CosyVoiceOptions(TTSOptions):
@@ -75,6 +79,10 @@ class CosyVoiceOptions(TTSOptions):
     first_audio_timeout_s: float = Field(default=10.0, gt=0.0)
     #: One tiny synthesis at load, so ``serve`` never starts with a voice that cannot speak.
     check: bool = True
+    #: While the reply is written, keep a task connected and started for its next clause:
+    #: its first audio then waits one round trip instead of the handshakes (TCP, TLS,
+    #: WebSocket) and run-task. False: connect per clause only.
+    warm_task: bool = True
 
     @field_validator("url")
     @classmethod
@@ -90,15 +98,26 @@ class CosyVoiceTTS(StreamingTTS[CosyVoiceOptions]):
     name = "cosyvoice"
     Options = CosyVoiceOptions
     sample_rate: ClassVar[int] = RATE
+    #: The user's final words: a reply is coming, so a task is readied for its first clause.
+    controls: ClassVar[tuple[type[Event], ...]] = (UserTranscript,)
 
     def __init__(self, options: CosyVoiceOptions) -> None:
         super().__init__(options)
         self._key = ""
         self._g2p: Any = None
         self._g2p_lock = threading.Lock()
+        #: A task connected and started ahead of the next clause (and when it was opened):
+        #: the clause's first audio then costs one round trip, not a handshake or three.
+        self._spare: tuple[SdkTask, float] | None = None
 
     def models(self) -> list[Any]:
         return []
+
+    def close_context(self, ctx: TTSContext) -> None:
+        super().close_context(ctx)
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare[0].close()
 
     @property
     def language(self) -> str:
@@ -132,12 +151,52 @@ class CosyVoiceTTS(StreamingTTS[CosyVoiceOptions]):
             connector=connector(o.connect_timeout_s), timeout=o.first_audio_timeout_s + _BACKSTOP_S,
             api_key=self._key)
 
+    async def handle(self, ctx: TTSContext, event: Event) -> AsyncIterator[Event]:
+        if isinstance(event, ReplyText) and self._key and self.options.warm_task:
+            # The reply is being written: have a task ready for its next clause.
+            self._prepare()
+        async for out in super().handle(ctx, event):
+            yield out
+
+    def on_control(self, ctx: TTSContext, event: Event) -> list[Event]:
+        if isinstance(event, UserTranscript) and event.final and self._key and self.options.warm_task:
+            self._prepare()
+        return []
+
+    def _prepare(self) -> None:
+        """Open a spare task (connect, run-task) unless a usable one is waiting."""
+        if self._spare is not None:
+            task, opened = self._spare
+            if task.usable and time.monotonic() - opened < _SPARE_S:
+                return
+            task.close()
+        task = SdkTask(self._session(), self.options.url, cancel="cancel")
+        task.begin()
+        self._spare = (task, time.monotonic())
+        asyncio.get_running_loop().call_later(_SPARE_S, self._expire, task)
+
+    def _expire(self, task: SdkTask) -> None:
+        if self._spare is not None and self._spare[0] is task:
+            self._spare = None
+            task.close()
+
+    def _take_spare(self) -> SdkTask | None:
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        task, opened = spare
+        if task.usable and time.monotonic() - opened < _SPARE_S:
+            return task
+        task.close()
+        return None
+
     async def synthesize_stream(self, text: str, first: bool) -> AsyncGenerator[Synthesis, None]:
-        """One task per clause; pieces of ``piece_ms`` as the frames come. Raises
-        ``DashScopeError`` on any failure; closing the generator closes the socket."""
+        """One task per clause (the spare one if it is ready); pieces of ``piece_ms`` as
+        the frames come. Raises ``DashScopeError`` on any failure; closing the generator
+        closes the socket."""
         if not self._key:
             raise DashScopeError("the cosyvoice voice is not loaded")
-        task = SdkTask(self._session(), self.options.url, cancel="cancel")
+        task = self._take_spare() or SdkTask(self._session(), self.options.url, cancel="cancel")
         pieces = _Pieces(int(self.options.piece_ms * RATE / 1000))
         words: dict[tuple[int, int], tuple[str, float, float]] = {}
         try:
