@@ -6,15 +6,17 @@ duration in 100 ns ticks). The MP3 is decoded as it comes (PyAV) and yielded in 
 of about ``piece_s``; each word's span is filled with the phonemes espeak-ng says the
 word has (its relative durations, stretched onto Edge's span), so the avatar's mouth
 follows the words Edge timed; a voice whose language espeak-ng lacks gives no phonemes
-and the mouth follows the audio.
+and the mouth follows the audio. A piece carries the phonemes that start in it: a word
+whose boundary comes only after its audio went out is not timed (a piece with no word
+at all is mouthed from its audio).
 
 The endpoint. edge-tts always connects to ``wss://speech.platform.bing.com/…`` and checks
 TLS against certifi's roots only; its one seam is ``connector=`` (an aiohttp connector).
 ``url`` keeps that default (edge-tts's own connection, TLS verified) or names
 ``ws://HOST:PORT``: every connection edge-tts opens (the synthesis WebSocket, the voice
 list) then goes to HOST:PORT in the clear, with the same request line and headers (Host:
-speech.platform.bing.com). That serves a relay you run (one that terminates TLS to Bing
-itself) and the local protocol server the tests use
+speech.platform.bing.com). That serves a relay you run (one that forwards the requests to
+the service over TLS itself) and the local protocol server the tests use
 (``avatarchat.testing.services.edge``). A resolver mapping Bing's name to 127.0.0.1
 cannot do it: the TLS handshake would still need a certificate for
 speech.platform.bing.com from a public CA. So TLS, and the service itself, are not what
@@ -24,7 +26,7 @@ the tests exercise: edge-tts's protocol code is. No edge_tts module is patched.
 Errors: a 403 (the service's clock token refused: edge-tts retries once after fixing
 its clock skew), an unreachable host, no audio within ``first_audio_timeout_s``, or a
 connection that closes before the clause's ``turn.end`` raise out of ``handle``; the
-engine says the session's fallback line.
+engine ends the turn and shows the session's ``voice_fallback_reply``.
 """
 
 from __future__ import annotations

@@ -32,9 +32,11 @@ times in the *decoded* audio (LAME's 576-sample priming plus the decoder's 529-s
 delay included), so a client that decodes the stream finds each word where it is said.
 English words are timed by hibari's own phoneme durations; Chinese words (one per Han
 character here; the service segments words itself) by spreading the clause's sounding
-span over its characters. What the real service does with an unknown voice could not be
-checked here: this server closes the socket without audio, which edge-tts reports as
-``NoAudioReceived``.
+span over its characters. Audio goes out in messages of 0.25 s of sound, 4x faster than
+real time, each word's boundary just before the message its sound starts in. Not observable
+from here, so not claimed: the service's own message sizes, pace and interleaving (they move
+``bench services``' figures, not the protocol), and what it does with an unknown voice
+(this server closes the socket without audio, which edge-tts reports as ``NoAudioReceived``).
 
 Faults (``LocalService.fault``): ``reject_key`` → 403 on the handshake and the voice list;
 ``server_error`` → HTTP 500 on both; ``slow_first_byte`` → ``turn.start`` comes
