@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -132,6 +133,9 @@ class OmniLink:
                  url: str) -> None:
         self.conversation, self._bridge, self.events, self.url = conversation, bridge, queue, url
         self._pending: set[asyncio.Future[Any]] = set()
+        # One thread sends, so messages leave in the order they were handed over (a
+        # cancel before the next turn's audio); the service answers in that order too.
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qwen-omni-send")
 
     @property
     def closed(self) -> bool:
@@ -205,14 +209,17 @@ class OmniLink:
         """Run an SDK call (it sends on the socket) in an executor and wait for it."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(None, lambda: fn(*args, **kwargs))
+            return await loop.run_in_executor(self._sender, lambda: fn(*args, **kwargs))
         except (ConnectionError, OSError) as exc:
             raise OmniError(f"the Qwen-Omni connection to {self.url} is closed ({exc})") from exc
 
     def send(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run an SDK call in an executor without waiting (a cancel on the way out, the
         connect); a failure is only logged."""
-        future = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self._sender, fn, *args)
+        except RuntimeError:  # the link is closed: nothing more goes out
+            return
         self._pending.add(future)
         future.add_done_callback(self._done)
 
@@ -222,10 +229,12 @@ class OmniLink:
             log.debug("qwen_omni: %s", future.exception())
 
     def close(self) -> None:
-        """Close the socket (its thread then ends); idempotent, returns at once."""
+        """Close the socket after what was handed over is sent (the threads then end);
+        idempotent, returns at once."""
         ws = self.conversation.ws
-        if ws is not None and not self._bridge.closed:
-            try:
-                self.send(ws.close)
-            except RuntimeError:  # no running loop (closing at interpreter exit)
-                ws.close()
+        try:
+            if ws is not None and not self._bridge.closed:
+                self._sender.submit(ws.close)
+            self._sender.shutdown(wait=False)
+        except RuntimeError:  # shut down already
+            pass

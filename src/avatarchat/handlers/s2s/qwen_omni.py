@@ -10,9 +10,10 @@ over the realtime WebSocket API. Endpoints (``url``): ``wss://dashscope.aliyuncs
 Our VAD decides the turn: the session is configured with ``turn_detection`` off; at
 ``SpeechEnded`` the utterance (16 kHz 16-bit PCM) is appended, committed, and a response
 created. A typed message is a ``conversation.item.create`` of ``input_text``. One
-connection per session, opened at its first turn (and again after it dropped); the
-service keeps the conversation, and a new connection is told the last exchanges in its
-instructions.
+connection per session, opened as soon as the user starts to speak (``SpeechStarted``, so
+the end of the utterance does not wait for a handshake; at a typed message otherwise) and
+again after it dropped; the service keeps the conversation, and a new connection is told
+the last exchanges in its instructions.
 
 What comes out per turn (``S2SHandler``'s promises): the service's transcript of the
 user as a final ``UserTranscript``; ``response.audio_transcript.delta`` as ``ReplyText``;
@@ -49,6 +50,7 @@ from avatarchat.engine.events import (
     ReplyInterrupted,
     ReplyText,
     SpeechEnded,
+    SpeechStarted,
     TimingMark,
     UserTranscript,
 )
@@ -108,8 +110,14 @@ class OmniContext:
 
     session: SessionInfo
     link: OmniLink | None = None
+    #: Opening the connection, started when the user begins to speak.
+    connecting: asyncio.Task[OmniLink] | None = None
     #: A response was abandoned (cancelled) before its response.done was seen.
     unsettled: bool = False
+    #: A ``response.cancel`` went out whose answer may still come: an ``error`` if the
+    #: response had already ended. The link sends in order and the service answers in
+    #: order, so that answer comes before anything about the next turn's input.
+    cancel_sent: bool = False
     history: list[tuple[str, str]] = field(default_factory=list)
     cut_note: str = ""
     #: The turn being answered, or the last one answered.
@@ -126,7 +134,8 @@ class QwenOmniS2S(S2SHandler[QwenOmniOptions]):
     accepts: ClassVar[tuple[type[Event], ...]] = (SpeechEnded, UserTranscript)
     # A typed message goes on to the client, which shows it.
     forwards: ClassVar[tuple[type[Event], ...]] = (UserTranscript,)
-    controls: ClassVar[tuple[type[Event], ...]] = (ReplyInterrupted,)
+    # The user starts to speak: the connection opens meanwhile. A cut reply: see on_control.
+    controls: ClassVar[tuple[type[Event], ...]] = (SpeechStarted, ReplyInterrupted)
 
     def load(self) -> None:
         if not self.options.check:
@@ -149,6 +158,8 @@ class QwenOmniS2S(S2SHandler[QwenOmniOptions]):
         return OmniContext(session)
 
     def close_context(self, ctx: OmniContext) -> None:
+        if ctx.connecting is not None and not ctx.connecting.done():
+            ctx.connecting.cancel()
         if ctx.link is not None:
             ctx.link.close()
             ctx.link = None
@@ -190,6 +201,7 @@ class QwenOmniS2S(S2SHandler[QwenOmniOptions]):
                 ctx.unsettled = True
                 if not link.closed:
                     link.send(link.conversation.cancel_response)
+                    ctx.cancel_sent = True
         self._remember(ctx, state.heard or "", state.text.strip())
         yield ReplyEnd(state.turn, state.text.strip())
 
@@ -201,11 +213,29 @@ class QwenOmniS2S(S2SHandler[QwenOmniOptions]):
         return f"{base}\n\n{ctx.cut_note}".strip() if ctx.cut_note else base
 
     async def _link(self, ctx: OmniContext) -> OmniLink:
+        """The session's open connection: the one being opened since the user began to
+        speak, or a new one (the first turn, or the last connection dropped)."""
         if ctx.link is not None and not ctx.link.closed:
             return ctx.link
+        connecting = self._warm(ctx)
+        # Shielded: a turn cancelled meanwhile leaves the connection to the next one.
+        return await asyncio.shield(connecting)
+
+    def _warm(self, ctx: OmniContext) -> asyncio.Task[OmniLink]:
+        """Start opening the connection unless it is open or being opened: at
+        ``SpeechStarted``, so the utterance's end does not wait for a handshake."""
+        if ctx.connecting is None or ctx.connecting.done():
+            ctx.connecting = asyncio.get_running_loop().create_task(self._connect(ctx), name="qwen-omni-connect")
+            # A failure is the next turn's to report; retrieved here so it is never "unretrieved".
+            ctx.connecting.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return ctx.connecting
+
+    async def _connect(self, ctx: OmniContext) -> OmniLink:
         if ctx.link is not None:
+            if not ctx.link.closed:
+                return ctx.link
             ctx.link.close()
-        ctx.link, ctx.unsettled = None, False
+        ctx.link, ctx.unsettled, ctx.cancel_sent = None, False, False
         instructions = ctx.session.settings.system_prompt
         if ctx.history:  # a new connection: the service forgot the conversation
             said = "\n".join(f"User: {u}\nYou: {r}" for u, r in ctx.history if u or r)
@@ -226,6 +256,8 @@ class QwenOmniS2S(S2SHandler[QwenOmniOptions]):
                 break
             if isinstance(event, Closed):
                 raise OmniError(f"the Qwen-Omni connection to {link.url} closed ({event.reason or event.code})")
+            if event.get("type") == "error" and ctx.cancel_sent:
+                ctx.cancel_sent = False  # the response had ended before the cancel came
             if event.get("type") in ("response.done", "error"):
                 break
         ctx.unsettled = False
@@ -246,7 +278,7 @@ class QwenOmniS2S(S2SHandler[QwenOmniOptions]):
             if isinstance(event, Closed):
                 raise OmniError(f"the Qwen-Omni connection to {link.url} closed mid-reply "
                                 f"(code {event.code}{': ' + event.reason if event.reason else ''})")
-            for out in self._on_event(state, event, clock.now()):
+            for out in self._on_event(ctx, state, event, clock.now()):
                 yield out
         # The reply is done; its user transcript may still be on the way.
         deadline = loop.time() + TRANSCRIPT_WAIT_S
@@ -257,14 +289,20 @@ class QwenOmniS2S(S2SHandler[QwenOmniOptions]):
                 break
             if isinstance(event, Closed):
                 break
-            for out in self._on_event(state, event, clock.now()):
+            for out in self._on_event(ctx, state, event, clock.now()):
                 yield out
 
-    def _on_event(self, state: _Turn, event: dict[str, Any], now: float) -> list[Event]:
+    def _on_event(self, ctx: OmniContext, state: _Turn, event: dict[str, Any], now: float) -> list[Event]:
         kind = str(event.get("type", ""))
         turn = state.turn
         if kind == "error":
+            if ctx.cancel_sent:  # the answer to the last turn's cancel, not about this turn
+                ctx.cancel_sent = False
+                log.info("qwen_omni: a late cancel found no response: %s", error_text(event))
+                return []
             raise OmniError(f"Qwen-Omni error: {error_text(event)}")
+        if kind in ("input_audio_buffer.committed", "conversation.item.created", "response.created"):
+            ctx.cancel_sent = False  # the service is past the cancel: its answer came, if any
         if kind == "input_audio_buffer.committed":
             state.item_id = event.get("item_id")
         elif kind == "conversation.item.input_audio_transcription.completed":
@@ -349,8 +387,13 @@ class QwenOmniS2S(S2SHandler[QwenOmniOptions]):
     # -- control ---------------------------------------------------------------------------
 
     def on_control(self, ctx: OmniContext, event: Event) -> list[Event]:
-        """A cut reply: the next response is told what the user heard of it (the service
-        keeps the whole reply in its history; the API cannot truncate it)."""
+        """``SpeechStarted``: open the connection now (``_warm``). A cut reply: the next
+        response is told what the user heard of it (the service keeps the whole reply in
+        its history; the API cannot truncate it)."""
+        if isinstance(event, SpeechStarted):
+            if ctx.link is None or ctx.link.closed:
+                self._warm(ctx)
+            return []
         assert isinstance(event, ReplyInterrupted)
         heard = event.heard_text.strip()
         state = ctx.current

@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from avatarchat.testing.services.base import GOOD_KEY, LocalService, from_pcm16, pcm16, speech
+from avatarchat.testing.services.base import GOOD_KEY, LocalService, ServiceCase, from_pcm16, pcm16, speech
 
 PATH = "/api-ws/v1/realtime"
 #: The voices this server knows (a few of the service's).
@@ -323,3 +323,17 @@ def server(script: OmniScript | None = None) -> Callable[[LocalService], web.App
         return app
 
     return build
+
+
+def app(svc: LocalService) -> web.Application:
+    """The server with the default script (a fixed transcript), for ``LocalService(app)``."""
+    return server()(svc)
+
+
+def bench_cases() -> list[ServiceCase]:
+    """``avatarchat bench services``: ``s2s: qwen_omni`` against this server (the end of an
+    utterance -> the reply's first audio)."""
+    return [
+        ServiceCase("qwen_omni s2s (qwen3-omni-flash-realtime)", "s2s", "qwen_omni", app,
+                    lambda svc: {"url": f"{svc.ws_url}{PATH}", "api_key": GOOD_KEY}, "first_audio_s2s"),
+    ]
