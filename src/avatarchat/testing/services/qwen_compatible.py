@@ -37,11 +37,27 @@ from avatarchat.testing.services.base import GOOD_KEY, LocalService, ServiceCase
 #: The models this stand-in knows (a few of Model Studio's Qwen models).
 MODELS = ("qwen-flash", "qwen-turbo", "qwen-plus", "qwen-max", "qwen3-32b")
 
-#: Replies to questions the benches ask; anything else gets ``"You asked: <question>"``.
+#: Replies to the questions the benches ask (English and Chinese); anything else gets a
+#: sentence naming the question.
 REPLIES: dict[str, str] = {
     "what is the capital of france": "The capital of France is Paris.",
-    "how many legs does a spider have": "A spider has eight legs.",
+    "can you recommend a good book": "Try The Little Prince, a short and gentle classic.",
+    "how far away is the moon": "The moon is about 384,000 kilometres away.",
+    "what should i cook for dinner tonight": "How about a simple vegetable stir fry?",
+    "why is the sky blue": "Air scatters blue sunlight more than red, so the sky looks blue.",
+    "tell me something about elephants": "Elephants are the largest land animals, and they never forget a friend.",
+    "what is your favourite colour": "I like blue, the colour of a clear sky.",
+    "how do i stay focused while working": "Work in short blocks and take a small break after each.",
     "what color is the sky": "The sky is blue on a clear day.",
+    "中国的首都是哪里": "中国的首都是北京。",
+    "法国的首都是哪里": "法国的首都是巴黎。",
+    "你能推荐一本好书吗": "我推荐《小王子》，简单又温暖。",
+    "月亮离地球有多远": "月亮离地球大约三十八万公里。",
+    "我今天晚上应该做什么菜": "做一个番茄炒蛋吧，简单又好吃。",
+    "天空为什么是蓝色的": "因为空气散射蓝光比红光多。",
+    "给我讲一讲大象吧": "大象是陆地上最大的动物，记忆力很好。",
+    "你最喜欢什么颜色": "我最喜欢蓝色。",
+    "工作的时候怎么保持专注": "把工作分成小段，每段之后休息一下。",
 }
 
 #: Seconds between two streamed words (a fast hosted model: ~50 tokens/s).
@@ -56,7 +72,17 @@ def _error(status: int, code: str, message: str) -> web.Response:
 def _reply_to(messages: list[dict[str, Any]]) -> str:
     question = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
     key = "".join(c for c in str(question).lower() if c.isalnum() or c == " ").strip()
-    return REPLIES.get(key, f"You asked: {question}".strip())
+    if key in REPLIES:
+        return REPLIES[key]
+    chinese = any("\u4e00" <= c <= "\u9fff" for c in str(question))
+    return f"你问的是：{question}" if chinese else f"You asked: {question}".strip()
+
+
+def _tokens(text: str) -> list[str]:
+    """The reply in streamed pieces: words, or two Han characters at a time."""
+    if " " in text or not text:
+        return [w if i == 0 else f" {w}" for i, w in enumerate(text.split(" "))]
+    return [text[i:i + 2] for i in range(0, len(text), 2)]
 
 
 def _chunk(cid: str, model: str, delta: dict[str, Any], finish: str | None) -> bytes:
@@ -83,11 +109,11 @@ def app(svc: LocalService) -> web.Application:
         if svc.fault == "server_error":
             return _error(500, "internal_error", "An internal error has occured, please try again later.")
         await svc.first_byte()
-        words = _reply_to(body.get("messages") or []).split(" ")
+        words = _tokens(_reply_to(body.get("messages") or []))
         cap = int(body.get("max_tokens") or 1000)
         cid, model = f"chatcmpl-{uuid.uuid4()}", str(body["model"])
         if not body.get("stream"):
-            text = " ".join(words[:cap])
+            text = "".join(words[:cap])
             return web.json_response({"id": cid, "object": "chat.completion", "model": model, "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": text},
                  "finish_reason": "stop" if len(words) <= cap else "length"}]})
@@ -96,7 +122,7 @@ def app(svc: LocalService) -> web.Application:
         out = svc.sender(response.write)
         out.send(_chunk(cid, model, {"role": "assistant", "content": ""}, None))
         for i, word in enumerate(words[:cap]):
-            out.send(_chunk(cid, model, {"content": word if i == 0 else f" {word}"}, None))
+            out.send(_chunk(cid, model, {"content": word}, None))
             if svc.fault == "drop_mid_stream" and i == 1:
                 await out.drain()
                 assert request.transport is not None
