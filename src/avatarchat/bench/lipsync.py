@@ -1,7 +1,8 @@
 """``avatarchat bench lipsync``: the audio-driven mouth against the phoneme-timed one.
 
 The same speech (English by hibari, Chinese by the Mandarin add-on voice; sentences no
-fit or test of the templates used) animates the avatar three ways: from its phoneme
+fit of the templates used; ``espeak``: the English by espeak-ng, a voice the templates
+never heard, as a network voice would be) animates the avatar three ways: from its phoneme
 timings (``phonemes``, the reference), and from its audio alone, as a voice without
 timings makes the avatar do: the old loudness mouth (``loudness``, ``curves_from_audio``)
 and the MFCC vowel classifier (``mfcc``, ``avatar.audio_visemes``). Each runs through the
@@ -88,6 +89,10 @@ def speak(language: str) -> Speech:
         tts: Any = HibariTTS(HibariOptions())
         texts: Sequence[str] = EN
         voice, lead = "hibari", 0.05
+    elif language == "espeak":
+        from avatarchat.handlers.tts.espeak import EspeakOptions, EspeakTTS
+
+        tts, texts, voice, lead = EspeakTTS(EspeakOptions()), EN, "espeak-ng en-us", 0.0
     else:
         from avatarchat.handlers.tts.mandarin import MandarinOptions, MandarinTTS
 
