@@ -106,7 +106,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     pc.set_defaults(run=run_sched)
     pl = bsub.add_parser("lipsync", help="the audio-driven mouth (old loudness, MFCC vowels) against the "
                                          "phoneme-timed one on the same speech: agreement, A/V lag, cost")
-    pl.add_argument("--languages", nargs="+", choices=("en", "zh"), default=["en", "zh"])
+    pl.add_argument("--languages", nargs="+", choices=("en", "zh", "espeak"), default=["en", "zh", "espeak"],
+                    help="voices: hibari, the Mandarin add-on, espeak-ng (unseen by the templates)")
     pl.add_argument("--no-render", action="store_true", help="curves only: skip the rendered-frames A/V analysis")
     pl.add_argument("--piece-ms", type=float, default=300.0, help="streamed pieces' length (default 300)")
     pl.add_argument("--rounds", type=int, default=3, help="timed passes per mouth for the cost (default 3)")
