@@ -172,7 +172,7 @@ class OpenAITranscribeASR(Handler[OpenAITranscribeOptions]):
                 result = await client.audio.transcriptions.create(**request)
                 if o.stream:
                     events = result
-                    event = await anext(aiter(events), None)
+                    event = await anext(events, None)
             if not o.stream:
                 yield finish(str(getattr(result, "text", "") or "").strip()), True
                 return
@@ -185,7 +185,7 @@ class OpenAITranscribeASR(Handler[OpenAITranscribeOptions]):
                     text += event.delta
                     yield finish(text.strip()), False
                 async with asyncio.timeout(o.first_result_timeout_s):
-                    event = await anext(aiter(events), None)
+                    event = await anext(events, None)
             raise ServiceError(f"the transcription stream from {o.base_url} ended before transcript.text.done")
         except TimeoutError:
             raise ServiceError(f"the transcription server at {o.base_url} gave no transcript within "

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Any, ClassVar
 
 import numpy as np
@@ -125,8 +126,8 @@ class OpenAISpeechTTS(StreamingTTS[OpenAISpeechOptions]):
         pcm = _Pcm(o.pcm_rate)
         try:
             async with asyncio.timeout(o.first_audio_timeout_s) as first_audio:
-                async with client.audio.speech.with_streaming_response.create(**self._request(text)) as response:
-                    chunks = aiter(response.iter_bytes(_READ_BYTES))
+                async with (client.audio.speech.with_streaming_response.create(**self._request(text)) as response,
+                            aclosing(response.iter_bytes(_READ_BYTES)) as chunks):
                     wants = [*_FIRST_PIECES_S]
                     while True:
                         if pcm.seconds >= (wants[0] if wants else _PIECE_S):
