@@ -220,9 +220,13 @@ async def test_a_slow_first_byte_times_out_instead_of_hanging(service: LocalServ
     assert (await closed(service))["body"] == {"turn_end_sent": False}  # the client left; the server gave up
 
 
-async def test_an_unknown_voice_or_an_unreachable_server_stops_load_with_one_line(service: LocalService) -> None:
+async def test_an_unknown_voice_a_server_error_or_an_unreachable_server_stops_load_with_one_line(service: LocalService) -> None:
     with pytest.raises(HandlerLoadError, match=r"unknown Edge voice 'en-US-NobodyNeural': 6 voices, e\.g\. en-US-"):
         await asyncio.to_thread(edge, service, voice="en-US-NobodyNeural")
+    service.fault = "server_error"
+    with pytest.raises(HandlerLoadError, match=r"^Edge TTS answered HTTP 500 \(ws://127\.0\.0\.1:\d+\)$"):
+        await asyncio.to_thread(edge, service)
+    service.fault = None
     unchecked = await asyncio.to_thread(edge, service, voice="en-US-NobodyNeural", check=False)
     with pytest.raises(RuntimeError, match="said nothing in voice 'en-US-NobodyNeural'"):
         await pieces(unchecked, SENTENCE)  # in a turn: the service answers with no audio
