@@ -213,3 +213,20 @@ def test_unknown_model_and_missing_key_fail_load(svc: LocalService, monkeypatch:
     monkeypatch.delenv("DASHSCOPE_API_KEY", raising=False)
     with pytest.raises(HandlerLoadError, match="DASHSCOPE_API_KEY"):
         asr(svc, api_key="")
+
+
+async def test_a_chinese_session_hints_zh_and_its_words_join_without_spaces(svc: LocalService) -> None:
+    """language zh: the task's language hint is zh, and the Mandarin voice's question comes
+    back in Chinese characters, not spaced (the server hears it with whisper base)."""
+    said = "今天北京的天气怎么样？"
+    audio = np.concatenate([np.zeros(3200, np.float32), speech(said, "zh", 16000)])
+    handler = asr(svc, check=False, language="zh")
+    async with Session([handler], SessionInfo("a")) as session:
+        turn = await speak(session, audio, pause=False, gap_s=0.05)
+        events = of_turn(await read_until(session, lambda evs: final(evs, turn), timeout=120), turn)
+    (run,) = messages(svc, "run-task")
+    assert run["payload"]["parameters"]["language_hints"] == ["zh"]
+    text = [e for e in events if isinstance(e, UserTranscript) and e.final][0].text
+    assert " " not in text
+    heard = sum(c in text for c in said[:-1])
+    assert heard >= 0.8 * len(said[:-1]), f"said {said}, heard {text}"
