@@ -144,8 +144,10 @@ class LocalService:
         return entry
 
     async def arrive(self) -> None:
-        """Await on each request or message received: it reached the server ``delay_s``
-        after the client sent it."""
+        """Await on a request (or a connection) received: it reached the server ``delay_s``
+        after the client sent it. Not for each message read in a loop: there the sleeps add
+        up (two messages sent together would arrive ``2 * delay_s`` apart); stamp messages
+        as they are read and handle each ``delay_s`` after its stamp."""
         if self.delay_s > 0:
             await asyncio.sleep(self.delay_s)
 
