@@ -25,6 +25,7 @@ from avatarchat.engine.events import (
     ReplyEnd,
     ReplyText,
     SpeechEnded,
+    SpeechPaused,
     TimingMark,
     TurnCancelled,
     UserTranscript,
@@ -285,3 +286,25 @@ async def test_a_server_error_ends_only_its_turn(omni: Callable[..., Any]) -> No
     (error,) = [e for e in chat.events if isinstance(e, ErrorEvent)]
     assert error.turn == turn and "Internal server error" in error.message
     assert isinstance(end, ReplyEnd) and end.turn == again and end.text == PARIS
+
+
+async def test_the_utterance_goes_out_at_its_pauses_and_its_end_sends_only_the_rest(omni: Callable[..., Any]) -> None:
+    svc = await omni()
+    audio = question_audio()
+    blip = np.asarray(speech("Um.", rate=16000))
+    async with Chat(handler(svc)) as chat:
+        dropped, turn = chat.session.new_turn(), chat.session.new_turn()
+        chat.session.push(SpeechPaused(dropped, blip, speech_end=0.0))  # a turn the VAD never ends
+        chat.session.push(SpeechPaused(turn, audio[: len(audio) // 2], speech_end=0.0))
+        chat.session.push(SpeechEnded(turn, audio, speech_end=0.0))
+        end = await chat.replied()
+    assert end.turn == turn and end.text == PARIS
+    kinds = [s["body"]["type"] for s in svc.seen if s["kind"] == "ws"]
+    commit = kinds.index("input_audio_buffer.commit")
+    # The blip's audio went out, then was cleared; the question went in two parts.
+    assert kinds.index("input_audio_buffer.clear") < commit and kinds[commit + 1] == "response.create"
+    messages = [s["body"] for s in svc.seen if s["kind"] == "ws"]
+    after_clear = messages[kinds.index("input_audio_buffer.clear") + 1: commit]
+    assert b"".join(base64.b64decode(m["audio"]) for m in after_clear) == pcm16(audio)
+    before_clear = messages[: kinds.index("input_audio_buffer.clear")]
+    assert b"".join(base64.b64decode(m["audio"]) for m in before_clear if "audio" in m) == pcm16(blip)

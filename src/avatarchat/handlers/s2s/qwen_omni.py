@@ -7,9 +7,9 @@ over the realtime WebSocket API. Endpoints (``url``): ``wss://dashscope.aliyuncs
 (international); a proxy or a test server works the same way. The key is ``api_key`` or
 ``$DASHSCOPE_API_KEY``.
 
-Our VAD decides the turn: the session is configured with ``turn_detection`` off; at
-``SpeechEnded`` the utterance (16 kHz 16-bit PCM) is appended, committed, and a response
-created. A typed message is a ``conversation.item.create`` of ``input_text``. One
+Our VAD decides the turn: the session is configured with ``turn_detection`` off; the
+utterance (16 kHz 16-bit PCM) is appended as it comes (at each pause the VAD reports, so
+little is left to send at its end), committed at ``SpeechEnded``, and a response created. A typed message is a ``conversation.item.create`` of ``input_text``. One
 connection per session, opened as soon as the user starts to speak (``SpeechStarted``, so
 the end of the utterance does not wait for a handshake; at a typed message otherwise) and
 again after it dropped; the service keeps the conversation, and a new connection is told
@@ -50,6 +50,8 @@ from avatarchat.engine.events import (
     ReplyInterrupted,
     ReplyText,
     SpeechEnded,
+    SpeechPaused,
+    SpeechSoFar,
     SpeechStarted,
     TimingMark,
     UserTranscript,
@@ -82,6 +84,9 @@ class QwenOmniOptions(HandlerOptions):
     first_audio_timeout_s: float = Field(default=10.0, gt=0, le=300)
     #: At load, open and close one session (the key, URL, model and voice are checked).
     check: bool = True
+    #: Send the utterance so far at each pause the VAD reports (``SpeechPaused``,
+    #: ``SpeechSoFar``), so the end of the turn sends only the rest before the commit.
+    stream_input: bool = True
 
 
 @dataclass
@@ -122,6 +127,9 @@ class OmniContext:
     cut_note: str = ""
     #: The turn being answered, or the last one answered.
     current: _Turn | None = None
+    #: The turn whose audio is in the service's input buffer, not yet committed, and that audio.
+    early_turn: int | None = None
+    early: np.ndarray | None = None
 
 
 @register
@@ -131,7 +139,7 @@ class QwenOmniS2S(S2SHandler[QwenOmniOptions]):
     name = "qwen_omni"
     Options = QwenOmniOptions
     sample_rate: ClassVar[int] = 24000
-    accepts: ClassVar[tuple[type[Event], ...]] = (SpeechEnded, UserTranscript)
+    accepts: ClassVar[tuple[type[Event], ...]] = (SpeechSoFar, SpeechPaused, SpeechEnded, UserTranscript)
     # A typed message goes on to the client, which shows it.
     forwards: ClassVar[tuple[type[Event], ...]] = (UserTranscript,)
     # The user starts to speak: the connection opens meanwhile. A cut reply: see on_control.
@@ -167,6 +175,10 @@ class QwenOmniS2S(S2SHandler[QwenOmniOptions]):
     # -- a turn ----------------------------------------------------------------------------
 
     async def handle(self, ctx: OmniContext, event: Event) -> AsyncIterator[Event]:
+        if isinstance(event, SpeechPaused | SpeechSoFar):
+            if self.options.stream_input:  # a head start only: a failure here is logged
+                await self._append(ctx, await self._link(ctx), event.turn, event.audio)
+            return
         if isinstance(event, UserTranscript):
             if not event.final:
                 return
@@ -184,7 +196,7 @@ class QwenOmniS2S(S2SHandler[QwenOmniOptions]):
         try:
             if isinstance(event, SpeechEnded):
                 yield TimingMark(event.turn, "asr_start", at=clock.now())
-                await link.call(_send_audio, link, event.audio)
+                await self._append(ctx, link, event.turn, event.audio, commit=True)
             else:
                 state.heard = event.text.strip()
                 await link.call(link.conversation.create_item, {
@@ -207,6 +219,21 @@ class QwenOmniS2S(S2SHandler[QwenOmniOptions]):
 
     def _remember(self, ctx: OmniContext, user: str, reply: str) -> None:
         ctx.history = [*ctx.history, (user, reply)][-max(1, ctx.session.settings.history_turns):]
+
+    async def _append(self, ctx: OmniContext, link: OmniLink, turn: int, audio: np.ndarray,
+                      commit: bool = False) -> None:
+        """Put ``turn``'s utterance (so far) in the service's input buffer: only what is new
+        if the buffer holds its beginning already, else (another turn's audio, a blip the
+        VAD dropped) after clearing it; then commit it if ``commit``."""
+        sent = ctx.early if ctx.early_turn == turn else None
+        if sent is not None and len(audio) >= len(sent) and np.array_equal(audio[:len(sent)], sent):
+            new, clear = audio[len(sent):], False
+        else:
+            new, clear = audio, ctx.early_turn is not None
+        ctx.early_turn, ctx.early = None, None  # unknown until the sends are done
+        await link.call(_send_audio, link, new, clear, commit)
+        if not commit:
+            ctx.early_turn, ctx.early = turn, np.array(audio, np.float32)
 
     def _instructions(self, ctx: OmniContext) -> str:
         base = ctx.session.settings.system_prompt
@@ -236,6 +263,7 @@ class QwenOmniS2S(S2SHandler[QwenOmniOptions]):
                 return ctx.link
             ctx.link.close()
         ctx.link, ctx.unsettled, ctx.cancel_sent = None, False, False
+        ctx.early_turn = ctx.early = None  # a new session's input buffer is empty
         instructions = ctx.session.settings.system_prompt
         if ctx.history:  # a new connection: the service forgot the conversation
             said = "\n".join(f"User: {u}\nYou: {r}" for u, r in ctx.history if u or r)
@@ -373,7 +401,7 @@ class QwenOmniS2S(S2SHandler[QwenOmniOptions]):
 
     def _flush(self, state: _Turn) -> list[Event]:
         """The held audio goes out with the stretch's text; the next stretch begins."""
-        out = [self._chunk(state, state.pending, state.segment.strip())] if state.pending is not None else []
+        out: list[Event] = [self._chunk(state, state.pending, state.segment.strip())] if state.pending is not None else []
         state.pending = None
         if out:
             state.segment, state.segment_audio = "", False
@@ -409,9 +437,13 @@ class QwenOmniS2S(S2SHandler[QwenOmniOptions]):
         return []
 
 
-def _send_audio(link: OmniLink, audio: np.ndarray) -> None:
-    """Blocking (an executor): the utterance as appends of 16-bit PCM, then the commit."""
+def _send_audio(link: OmniLink, audio: np.ndarray, clear: bool, commit: bool) -> None:
+    """Blocking (the link's sender): clear the input buffer if ``clear``, append ``audio`` as
+    16-bit PCM, then commit it if ``commit``."""
+    if clear:
+        link.conversation.clear_appended_audio()
     pcm = (np.clip(np.asarray(audio, np.float32), -1.0, 1.0) * 32767.0).astype("<i2")
     for i in range(0, len(pcm), APPEND_SAMPLES):
         link.conversation.append_audio(base64.b64encode(pcm[i:i + APPEND_SAMPLES].tobytes()).decode("ascii"))
-    link.conversation.commit()
+    if commit:
+        link.conversation.commit()
