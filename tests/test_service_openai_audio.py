@@ -22,6 +22,7 @@ from avatarchat.engine.events import (
     ReplyEnd,
     ReplyText,
     SpeechEnded,
+    SpeechPaused,
     SpeechSoFar,
     TurnCancelled,
     UserTranscript,
@@ -342,6 +343,26 @@ async def test_asr_streamed_transcript_grows_then_ends_final(svc: LocalService) 
         events = of_turn(await read_until(session, ended(turn), WAIT_S), turn)
     errors = [e for e in events if isinstance(e, ErrorEvent)]
     assert len(errors) == 1 and "answered 400: Streaming is not supported" in errors[0].message, summary(events)
+
+
+@pytest.mark.parametrize("early", [True, False])
+async def test_asr_pause_transcript_reused_or_skipped(svc: LocalService, early: bool) -> None:
+    """A pause, then the end of the same utterance: with ``early`` the pause is transcribed
+    (a non-final transcript with its ``speech_end``) and the end reuses it; without, the pause
+    only passes on. Either way one upload, and one final transcript with the words."""
+    asr = asr_for(svc, early=early)
+    audio = utterance(CLAUSE)
+    async with Session([asr], SessionInfo("t")) as session:
+        turn, at = session.new_turn(), session.info.clock.now()
+        session.push(SpeechPaused(turn, audio, speech_end=at))
+        session.push(SpeechEnded(turn, audio, speech_end=at))
+        events = await read_until(
+            session, lambda evs: any(isinstance(e, UserTranscript) and e.final for e in evs), WAIT_S)
+    said = [e for e in events if isinstance(e, UserTranscript)]
+    assert [(e.final, e.speech_end) for e in said] == ([(False, at), (True, None)] if early else [(True, None)])
+    assert "quick brown fox" in said[-1].text.lower()
+    assert any(isinstance(e, SpeechPaused) for e in events), "the pause was not passed on"
+    assert len(requests(svc, "/v1/audio/transcriptions")) == 1
 
 
 def test_asr_load_checks_the_model(svc: LocalService) -> None:

@@ -6,7 +6,8 @@ Each utterance our VAD cuts is uploaded as a 16 kHz 16-bit mono WAV in one
 ``response_format: json``, ``temperature: 0``) through the official ``openai`` client; the
 ``text`` of the answer is the transcript. Like ``asr: whisper``, a pause (``SpeechPaused``)
 is transcribed at once, for the end of turn to judge its words, and an utterance that ends
-without more speech after the pause reuses that transcript: one call per utterance, not two.
+without more speech after the pause reuses that transcript: its transcript is ready when the
+VAD's hangover ends. Each pause is a billed call (``early: false``: one call per utterance).
 Growing partials while the user speaks (``partials``) cost one call each: off by default.
 With ``stream: true`` (``gpt-4o-transcribe`` and ``gpt-4o-mini-transcribe``; not ``whisper-1``)
 the server sends the transcript as it decodes (server-sent events ``transcript.text.delta``,
@@ -14,11 +15,12 @@ then ``transcript.text.done``): the page shows it growing (non-final transcripts
 final one comes with ``done``.
 
 A call never hangs: connecting is bounded by ``connect_timeout_s``, the whole answer (when
-streamed: the first event, then each later silence) by ``first_result_timeout_s``. A failure raises ``ServiceError`` out of the turn (the engine
-says the ASR fallback line); the next utterance tries again.
+streamed: the first event, then each later silence) by ``first_result_timeout_s``. A failure
+raises ``ServiceError`` out of the turn (the engine says the ASR fallback line); the next
+utterance tries again.
 
-OpenAI's prices (2026-12): ``gpt-4o-mini-transcribe`` $0.003 a minute of audio,
-``gpt-4o-transcribe`` and ``whisper-1`` $0.006.
+OpenAI's published prices (2025; see https://openai.com/api/pricing): ``gpt-4o-mini-transcribe``
+$0.003 a minute of audio, ``gpt-4o-transcribe`` and ``whisper-1`` $0.006.
 """
 
 from __future__ import annotations
@@ -61,6 +63,11 @@ class OpenAITranscribeOptions(OpenAIAudioOptions):
     #: Transcribe the speech so far while the user talks (a growing transcript on the
     #: page). Each partial is a billed call.
     partials: bool = False
+    #: Transcribe at each pause of the VAD (``SpeechPaused``): the end of the turn finds its
+    #: transcript ready (one round trip sooner) and judges its words, but every pause the
+    #: user makes mid-utterance is one more billed upload of the utterance so far. False:
+    #: one call per utterance, at its end.
+    early: bool = True
     #: Ask for the transcript as server-sent events while it is decoded (``stream: true``);
     #: OpenAI's ``whisper-1`` and many local servers do not stream.
     stream: bool = False
@@ -207,6 +214,9 @@ class OpenAITranscribeASR(Handler[OpenAITranscribeOptions]):
                     yield UserTranscript(event.turn, heard[0], final=False)
             return
         if isinstance(event, SpeechPaused):
+            if not self.options.early:
+                yield event
+                return
             # Transcribed while the VAD waits out its hangover: the end of turn judges these
             # words, and the utterance's end reuses them if nothing more is said.
             yield TimingMark(event.turn, "asr_early_start", at=ctx.clock.now())

@@ -14,8 +14,9 @@ raises ``ServiceError`` out of the turn (the engine shows the voice's fallback l
 next clause or turn tries again. Cancelling the turn closes the HTTP response, which is how
 the server learns to stop.
 
-OpenAI's prices (2026-12): ``tts-1`` $15 per million characters, ``gpt-4o-mini-tts`` per
-audio token; a short reply costs a fraction of a cent.
+OpenAI's published prices (2025; see https://openai.com/api/pricing): ``tts-1`` $15 per
+million characters, ``gpt-4o-mini-tts`` about $0.015 a minute of audio; a short reply costs
+a fraction of a cent.
 """
 
 from __future__ import annotations
