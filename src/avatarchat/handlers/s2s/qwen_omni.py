@@ -218,7 +218,8 @@ class QwenOmniS2S(S2SHandler[QwenOmniOptions]):
         yield ReplyEnd(state.turn, state.text.strip())
 
     def _remember(self, ctx: OmniContext, user: str, reply: str) -> None:
-        ctx.history = [*ctx.history, (user, reply)][-max(1, ctx.session.settings.history_turns):]
+        keep = ctx.session.settings.history_turns
+        ctx.history = [*ctx.history, (user, reply)][-keep:] if keep else []
 
     async def _append(self, ctx: OmniContext, link: OmniLink, turn: int, audio: np.ndarray,
                       commit: bool = False) -> None:
