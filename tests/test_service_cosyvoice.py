@@ -226,3 +226,18 @@ def test_unreachable_endpoint_fails_load() -> None:
     tts = CosyVoiceTTS(CosyVoiceTTS.Options(url=f"ws://127.0.0.1:9{PATH}", api_key=GOOD_KEY, connect_timeout_s=2))
     with pytest.raises(HandlerLoadError, match="cannot reach ws://127.0.0.1:9"):
         tts.load()
+
+
+def test_pieces_never_go_out_tiny_or_silent() -> None:
+    """The frames' audio gathered into pieces: each at least the piece size, a quiet stretch
+    joined to the piece before it, the short rest to the last one, offsets contiguous."""
+    from avatarchat.handlers.tts.cosyvoice import _Pieces
+
+    loud = np.full(1000, 0.3, np.float32)
+    quiet = np.zeros(1000, np.float32)
+    gathered = _Pieces(1000)
+    out = gathered.add(pcm16(np.concatenate([loud, loud, quiet, loud])))  # one big frame
+    out += gathered.add(pcm16(loud[:300]))
+    out += gathered.finish()
+    assert [(at, len(p)) for at, p in out] == [(0, 1000), (1000, 2000), (3000, 1300)]
+    assert float(np.abs(out[1][1][1000:]).max()) == 0.0  # the quiet stretch rode with a loud piece

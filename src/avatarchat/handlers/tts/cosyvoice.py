@@ -205,12 +205,12 @@ class CosyVoiceTTS(StreamingTTS[CosyVoiceOptions]):
             await task.call("stop")
             while (frame := await self._timed(task.next(), "send audio")) is not None:
                 if isinstance(frame, bytes):
-                    for piece in pieces.add(frame):
-                        yield piece, self._timings(words, pieces, piece)
+                    for at, piece in pieces.add(frame):
+                        yield piece, self._timings(words, at, piece)
                 else:
                     _note_words(frame, words)
-            for piece in pieces.finish():
-                yield piece, self._timings(words, pieces, piece)
+            for at, piece in pieces.finish():
+                yield piece, self._timings(words, at, piece)
         finally:
             task.close()
 
@@ -221,13 +221,14 @@ class CosyVoiceTTS(StreamingTTS[CosyVoiceOptions]):
         except TimeoutError:
             raise DashScopeError(f"DashScope at {self.options.url} did not {what} within {limit:g} s") from None
 
-    def _timings(self, words: dict[tuple[int, int], tuple[str, float, float]], pieces: _Pieces,
+    def _timings(self, words: dict[tuple[int, int], tuple[str, float, float]], at: int,
                  piece: np.ndarray) -> tuple[PhonemeTiming, ...]:
-        """The phonemes of the words that start inside ``piece`` (the last one yielded), in
-        seconds from its first sample; () without G2P or word timestamps."""
+        """The phonemes of the words that start inside ``piece`` (its first sample ``at``
+        samples into the task's audio), in seconds from its first sample; () without G2P
+        or word timestamps."""
         if self._g2p is None or not words:
             return ()
-        start = pieces.yielded_at / RATE
+        start = at / RATE
         end = start + len(piece) / RATE
         out: list[PhonemeTiming] = []
         for text, begin, stop in sorted(words.values(), key=lambda w: w[1]):
@@ -267,31 +268,30 @@ class _Pieces:
         self.size = size
         self._buf = bytearray()
         self._held: np.ndarray | None = None
-        self._taken = 0  # samples taken into held pieces so far
-        self.yielded_at = 0  # first sample of the last piece yielded, from the task's start
+        self._taken = 0  # samples of the pieces given out so far
 
-    def add(self, frame: bytes) -> list[np.ndarray]:
+    def add(self, frame: bytes) -> list[tuple[int, np.ndarray]]:
+        """The pieces ready after ``frame``: (first sample from the task's start, samples)."""
         self._buf.extend(frame)
-        out: list[np.ndarray] = []
+        out: list[tuple[int, np.ndarray]] = []
         while len(self._buf) >= 2 * self.size:
             chunk = np.frombuffer(bytes(self._buf[: 2 * self.size]), "<i2").astype(np.float32) / 32768.0
             del self._buf[: 2 * self.size]
             out.extend(self._hold(chunk))
         return out
 
-    def _hold(self, chunk: np.ndarray) -> list[np.ndarray]:
+    def _hold(self, chunk: np.ndarray) -> list[tuple[int, np.ndarray]]:
         if self._held is None or float(np.abs(chunk).max(initial=0.0)) < _QUIET_PEAK:
             self._held = chunk if self._held is None else np.concatenate([self._held, chunk])
             return []
         out, self._held = self._held, chunk
         return [self._release(out)]
 
-    def _release(self, piece: np.ndarray) -> np.ndarray:
-        self.yielded_at = self._taken
-        self._taken += len(piece)
-        return piece
+    def _release(self, piece: np.ndarray) -> tuple[int, np.ndarray]:
+        at, self._taken = self._taken, self._taken + len(piece)
+        return at, piece
 
-    def finish(self) -> list[np.ndarray]:
+    def finish(self) -> list[tuple[int, np.ndarray]]:
         rest = np.frombuffer(bytes(self._buf[: len(self._buf) // 2 * 2]), "<i2").astype(np.float32) / 32768.0
         self._buf.clear()
         last = rest if self._held is None else np.concatenate([self._held, rest])
