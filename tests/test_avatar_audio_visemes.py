@@ -111,6 +111,23 @@ def test_audio_not_received_yet_is_held_not_read_as_silence() -> None:
     assert heard.covers(np.array([0.2, 0.49, 0.5, 0.7])).tolist() == [True, True, False, False]
 
 
+def test_other_sample_rates_and_a_rate_change_mid_reply() -> None:
+    from avatarchat.audio.resample import resample
+
+    audio = _speech_and_silence()
+    times = frame_times(len(audio) / RATE, FPS)
+    whole = _mouth(audio, times).curves(times)
+    heard = AudioMouth()
+    half = len(audio) // 2
+    heard.add(0.0, audio[:half], RATE)  # a 24 kHz piece, then the rest at 16 kHz
+    heard.add(half / RATE, resample(audio[half:], RATE, 16000), 16000)
+    mixed = heard.curves(times)
+    assert heard.covers(times).all()
+    # The features are the same at any rate (mel bands in Hz, windows in seconds).
+    assert np.mean([a == b for a, b in zip(whole.visemes, mixed.visemes)]) > 0.9
+    np.testing.assert_allclose(mixed.channel("jaw"), whole.channel("jaw"), atol=0.05)
+
+
 def test_the_shipped_templates_load_and_say_how_they_were_made(tmp_path: Path) -> None:
     model = default_model()
     assert model.templates.shape[0] == len(CLASSES) and model.shapes.shape == (len(CLASSES), 5)
