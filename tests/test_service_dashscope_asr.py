@@ -26,6 +26,7 @@ from avatarchat.engine.events import (
     SpeechEnded,
     SpeechPaused,
     SpeechSoFar,
+    SpeechStarted,
     TimingMark,
     UserTranscript,
 )
@@ -104,6 +105,25 @@ async def test_a_spoken_question_comes_back_as_its_words(svc: LocalService, utte
     marks = [e.name for e in events if isinstance(e, TimingMark)]
     assert marks[-2:] == ["asr_start", "asr_final"]
     assert any(isinstance(e, SpeechPaused) for e in events), "the pause was not passed on to the turn stage"
+
+
+async def test_the_task_starts_when_the_user_starts_speaking(svc: LocalService, utterance: np.ndarray) -> None:
+    """SpeechStarted (control lane) connects and starts the turn's task before any audio; a
+    turn with no SpeechSoFar (a short answer) then uses it: one run-task, its words back."""
+    handler = asr(svc, check=False)
+    ctx = handler.create_context(SessionInfo("a"))
+    try:
+        assert handler.on_control(ctx, SpeechStarted(1)) == []
+        deadline = time.monotonic() + 10
+        while not messages(svc, "run-task") and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert messages(svc, "run-task") and not any(s["kind"] == "ws-binary" for s in svc.seen)
+        out = [e async for e in handler.handle(ctx, SpeechEnded(1, utterance, speech_end=time.monotonic()))]
+    finally:
+        handler.close_context(ctx)
+    assert len(messages(svc, "run-task")) == 1
+    got = [e for e in out if isinstance(e, UserTranscript)]
+    assert len(got) == 1 and got[0].final and words(got[0].text) == words(SENTENCE)
 
 
 async def test_request_shape_is_what_dashscope_documents(svc: LocalService, utterance: np.ndarray) -> None:

@@ -2,8 +2,10 @@
 ``paraformer-realtime-v2``; ``fun-asr-realtime``) over its WebSocket inference API, driven
 by the official ``dashscope`` SDK (``handlers.dashscope_ws``).
 
-One recognition task per user turn, opened at the turn's first ``SpeechSoFar`` (or its
-pause or end): each event's new samples go out as 16 kHz PCM16 frames of 100 ms, so the
+One recognition task per user turn, connected and started when the user starts speaking
+(``SpeechStarted``, on the control lane; else at the turn's first event): the new samples
+of each ``SpeechSoFar``/``SpeechPaused``/``SpeechEnded`` go out as 16 kHz PCM16 frames of
+100 ms, so the
 service hears the utterance while it is spoken, and its intermediate results reach the
 page as non-final ``UserTranscript``s. At a ``SpeechPaused`` the latest result (waiting up
 to ``pause_wait_ms`` for one after the new audio) is the pause's early transcript, for
@@ -34,7 +36,15 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from avatarchat.engine.clock import REAL_CLOCK, Clock
-from avatarchat.engine.events import Event, SpeechEnded, SpeechPaused, SpeechSoFar, TimingMark, UserTranscript
+from avatarchat.engine.events import (
+    Event,
+    SpeechEnded,
+    SpeechPaused,
+    SpeechSoFar,
+    SpeechStarted,
+    TimingMark,
+    UserTranscript,
+)
 from avatarchat.engine.handler import Handler, HandlerLoadError, HandlerOptions, SessionInfo, register
 from avatarchat.handlers.asr.chinese import is_chinese
 from avatarchat.handlers.dashscope_ws import (
@@ -88,6 +98,7 @@ class _Stream:
     current: str = ""  # the sentence being heard (intermediate result)
     shown: str = ""  # the last partial given to the page
     error: BaseException | None = None
+    ready: bool = False  # task-started came
     closed: bool = False
     cancelled: bool = False  # cancel_turn: nothing more of the turn comes out
 
@@ -111,6 +122,9 @@ class DashScopeASR(Handler[DashScopeASROptions]):
     stage = "asr"
     Options = DashScopeASROptions
     accepts = (SpeechSoFar, SpeechPaused, SpeechEnded)
+    #: The user started speaking: the turn's task connects and starts while they speak, so
+    #: even a short "yes" (no SpeechSoFar before its end) finds it ready.
+    controls = (SpeechStarted,)
 
     def __init__(self, options: DashScopeASROptions) -> None:
         super().__init__(options)
@@ -170,35 +184,50 @@ class DashScopeASR(Handler[DashScopeASROptions]):
             return
         assert isinstance(event, SpeechSoFar | SpeechPaused)
         stream = await self._stream_for(ctx, event.turn)
-        if stream is not None and stream.error is None:
+        if stream.error is None:
             await self._send(stream, event.audio)
             if isinstance(event, SpeechPaused):
                 await self._settle(stream)
             self._absorb(stream)
-        if stream is not None and stream.cancelled:
+        if stream.cancelled:
             return  # cancelled while it sent
         joiner = "" if is_chinese(ctx.language) else " "
-        text = stream.text(joiner) if stream is not None and stream.error is None else ""
+        text = stream.text(joiner) if stream.error is None else ""
         if isinstance(event, SpeechPaused):
             yield UserTranscript(event.turn, text, final=False, speech_end=event.speech_end)
             yield event  # on to the turn stage, as every ASR passes a pause on
-        elif stream is not None and text and text != stream.shown:
+        elif text and text != stream.shown:
             stream.shown = text
             yield UserTranscript(event.turn, text, final=False)
 
-    async def _stream_for(self, ctx: DashScopeASRContext, turn: int) -> _Stream | None:
-        """The turn's task, opened now if it has none; None (the error kept) if it cannot
-        open: the turn's end raises it."""
-        if ctx.stream is not None and ctx.stream.turn == turn:
-            return ctx.stream
-        if ctx.stream is not None:
-            self._close(ctx.stream)  # an older turn's, left open
-        ctx.stream = None
-        try:
-            stream = _Stream(turn, await self._open(ctx.language))
-        except DashScopeError as exc:
-            stream = _Stream(turn, _CLOSED, error=exc)
-        ctx.stream = stream
+    def on_control(self, ctx: DashScopeASRContext, event: Event) -> list[Event]:
+        if isinstance(event, SpeechStarted) and self._key and (ctx.stream is None or ctx.stream.turn != event.turn):
+            if ctx.stream is not None:
+                self._close(ctx.stream)  # an older turn's, left open
+            task = SdkTask(self._recognition(ctx.language), self.options.url)
+            task.begin()
+            ctx.stream = _Stream(event.turn, task)
+        return []
+
+    async def _stream_for(self, ctx: DashScopeASRContext, turn: int) -> _Stream:
+        """The turn's task, started (opened now if the turn has none); on failure a stream
+        that keeps the error, which the turn's end raises."""
+        stream = ctx.stream
+        if stream is None or stream.turn != turn:
+            if stream is not None:
+                self._close(stream)  # an older turn's, left open
+            ctx.stream = None
+            try:
+                stream = _Stream(turn, await self._open(ctx.language), ready=True)
+            except DashScopeError as exc:
+                stream = _Stream(turn, _CLOSED, error=exc)
+            ctx.stream = stream
+        elif not stream.ready and stream.error is None:
+            try:
+                await self._timed(stream.task.start(), "start the recognition task")
+                stream.ready = True
+            except DashScopeError as exc:
+                stream.error = exc
         return stream
 
     async def _send(self, stream: _Stream, audio: np.ndarray) -> None:
@@ -237,7 +266,6 @@ class DashScopeASR(Handler[DashScopeASROptions]):
     async def _end(self, ctx: DashScopeASRContext, event: SpeechEnded) -> AsyncIterator[Event]:
         yield TimingMark(event.turn, "asr_start", at=ctx.clock.now())
         stream = await self._stream_for(ctx, event.turn)
-        assert stream is not None
         try:
             if stream.error is None:
                 await self._send(stream, event.audio)
