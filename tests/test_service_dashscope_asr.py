@@ -126,6 +126,30 @@ async def test_the_task_starts_when_the_user_starts_speaking(svc: LocalService, 
     assert len(got) == 1 and got[0].final and words(got[0].text) == words(SENTENCE)
 
 
+async def test_a_next_turn_starting_does_not_cut_the_last_ones_result(svc: LocalService, utterance: np.ndarray) -> None:
+    """The user speaks again while the last turn's final result is on its way: the new
+    turn's task opens beside it, and each turn gets its own words."""
+    handler = asr(svc, check=False)
+    ctx = handler.create_context(SessionInfo("a"))
+    other = "Please tell me a joke."
+    try:
+        handler.on_control(ctx, SpeechStarted(1))
+
+        async def end(turn: int, audio: np.ndarray) -> list[Event]:
+            return [e async for e in handler.handle(ctx, SpeechEnded(turn, audio, speech_end=time.monotonic()))]
+
+        first = asyncio.create_task(end(1, utterance))
+        await asyncio.sleep(0.05)
+        handler.on_control(ctx, SpeechStarted(2))
+        got1 = await first
+        got2 = await end(2, np.concatenate([np.zeros(3200, np.float32), speech(other, "en", 16000)]))
+    finally:
+        handler.close_context(ctx)
+    for got, said in ((got1, SENTENCE), (got2, other)):
+        finals = [e for e in got if isinstance(e, UserTranscript) and e.final]
+        assert len(finals) == 1 and words(finals[0].text) == words(said), summary(got)
+
+
 async def test_request_shape_is_what_dashscope_documents(svc: LocalService, utterance: np.ndarray) -> None:
     """One task per turn: run-task for Paraformer (PCM, 16 kHz, the session's language as
     the hint), every sample of the utterance once in binary frames of at most 100 ms,

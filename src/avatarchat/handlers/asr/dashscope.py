@@ -110,7 +110,9 @@ class _Stream:
 class DashScopeASRContext:
     language: str
     clock: Clock = REAL_CLOCK
-    stream: _Stream | None = None
+    #: The open tasks by turn: the turn being spoken, and the one before it while its
+    #: final result comes (a next turn may start before that).
+    streams: dict[int, _Stream] = field(default_factory=dict)
 
 
 @register
@@ -201,27 +203,29 @@ class DashScopeASR(Handler[DashScopeASROptions]):
             yield UserTranscript(event.turn, text, final=False)
 
     def on_control(self, ctx: DashScopeASRContext, event: Event) -> list[Event]:
-        if isinstance(event, SpeechStarted) and self._key and (ctx.stream is None or ctx.stream.turn != event.turn):
-            if ctx.stream is not None:
-                self._close(ctx.stream)  # an older turn's, left open
+        if isinstance(event, SpeechStarted) and self._key and event.turn not in ctx.streams:
             task = SdkTask(self._recognition(ctx.language), self.options.url)
             task.begin()
-            ctx.stream = _Stream(event.turn, task)
+            self._keep(ctx, _Stream(event.turn, task))
         return []
+
+    def _keep(self, ctx: DashScopeASRContext, stream: _Stream) -> None:
+        """Add ``stream``; close the tasks of turns before the previous one (left open by a
+        turn that never ended here)."""
+        ctx.streams[stream.turn] = stream
+        for turn in sorted(ctx.streams)[:-2]:
+            self._close(ctx.streams.pop(turn))
 
     async def _stream_for(self, ctx: DashScopeASRContext, turn: int) -> _Stream:
         """The turn's task, started (opened now if the turn has none); on failure a stream
         that keeps the error, which the turn's end raises."""
-        stream = ctx.stream
-        if stream is None or stream.turn != turn:
-            if stream is not None:
-                self._close(stream)  # an older turn's, left open
-            ctx.stream = None
+        stream = ctx.streams.get(turn)
+        if stream is None:
             try:
                 stream = _Stream(turn, await self._open(ctx.language), ready=True)
             except DashScopeError as exc:
                 stream = _Stream(turn, _CLOSED, error=exc)
-            ctx.stream = stream
+            self._keep(ctx, stream)
         elif not stream.ready and stream.error is None:
             try:
                 await self._timed(stream.task.start(), "start the recognition task")
@@ -273,8 +277,8 @@ class DashScopeASR(Handler[DashScopeASROptions]):
                 await self._finish(stream)
         finally:
             self._close(stream)
-            if ctx.stream is stream:
-                ctx.stream = None
+            if ctx.streams.get(event.turn) is stream:
+                del ctx.streams[event.turn]
         if stream.cancelled:
             return
         if stream.error is not None:
@@ -296,15 +300,15 @@ class DashScopeASR(Handler[DashScopeASROptions]):
         stream.task.close()
 
     def cancel_turn(self, ctx: DashScopeASRContext, turn: int) -> None:
-        if ctx.stream is not None and ctx.stream.turn == turn:
-            ctx.stream.cancelled = True
-            self._close(ctx.stream)
-            ctx.stream = None
+        stream = ctx.streams.pop(turn, None)
+        if stream is not None:
+            stream.cancelled = True
+            self._close(stream)
 
     def close_context(self, ctx: DashScopeASRContext) -> None:
-        if ctx.stream is not None:
-            self._close(ctx.stream)
-            ctx.stream = None
+        for stream in ctx.streams.values():
+            self._close(stream)
+        ctx.streams.clear()
 
 
 def _note(stream: _Stream, frame: Any) -> None:
