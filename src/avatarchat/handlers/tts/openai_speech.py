@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 RATE = 24_000
 #: The first two pieces are short: the stage plays a piece once the next one has come (so
 #: that it knows a clause's last piece), so the voice starts after two of them.
-_FIRST_PIECES_S = (0.1, 0.1)
+_FIRST_PIECES_S = (0.05, 0.05)
 #: Later pieces gather more: fewer, larger ReplyAudio events for the avatar and the transport.
 _PIECE_S = 0.4
 _READ_BYTES = 4096
@@ -67,7 +67,7 @@ class OpenAISpeechOptions(TTSOptions, OpenAIAudioOptions):
 @register
 class OpenAISpeechTTS(StreamingTTS[OpenAISpeechOptions]):
     """``tts: openai``: each clause streamed from ``/audio/speech`` as 24 kHz pieces (two of
-    0.1 s, then 0.4 s each), without phoneme timings."""
+    50 ms, then 0.4 s each), without phoneme timings."""
 
     name = "openai"
     Options = OpenAISpeechOptions
