@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -308,3 +309,20 @@ async def test_the_utterance_goes_out_at_its_pauses_and_its_end_sends_only_the_r
     assert b"".join(base64.b64decode(m["audio"]) for m in after_clear) == pcm16(audio)
     before_clear = messages[: kinds.index("input_audio_buffer.clear")]
     assert b"".join(base64.b64decode(m["audio"]) for m in before_clear if "audio" in m) == pcm16(blip)
+
+
+async def test_a_wrong_path_or_a_silent_server_fails_the_load_in_one_line(omni: Callable[..., Any]) -> None:
+    svc = await omni()
+    loop = asyncio.get_running_loop()
+    with pytest.raises(HandlerLoadError, match=r"^DashScope refused the realtime connection to ws://127\.0\.0\.1:\d+/nope: HTTP 404"):
+        await loop.run_in_executor(None, handler(svc, url=svc.ws_url + "/nope", check=True).load)
+    # A server that takes the connection and never answers: the connect timeout fires.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    try:
+        url = f"ws://127.0.0.1:{silent.getsockname()[1]}{PATH}"
+        with pytest.raises(HandlerLoadError, match=r"^cannot reach ws://.*: no Qwen-Omni session within 0\.5 s$"):
+            await loop.run_in_executor(None, handler(svc, url=url, connect_timeout_s=0.5, check=True).load)
+    finally:
+        silent.close()
