@@ -365,6 +365,32 @@ async def test_asr_pause_transcript_reused_or_skipped(svc: LocalService, early: 
     assert len(requests(svc, "/v1/audio/transcriptions")) == 1
 
 
+async def test_asr_chinese_session_hints_language_and_script(svc: LocalService) -> None:
+    """A Chinese session sends ``language: zh`` and, unless the config gives a prompt, a
+    simplified-Chinese sentence as the prompt (the script Whisper models should write)."""
+    from avatarchat.engine.handler import SessionSettings
+    from avatarchat.handlers.asr.chinese import DEFAULT_PROMPT
+
+    said: dict[str, str] = {}
+
+    def transcribe(audio: np.ndarray, language: str) -> str:  # the server's model: not what is tested
+        said["language"] = language
+        return "你好"
+
+    with LocalService(app_with(transcribe=transcribe)) as zh_svc:
+        for prompt, sent in ((None, DEFAULT_PROMPT), ("", None), ("人名：小明", "人名：小明")):
+            asr = asr_for(zh_svc, prompt=prompt)
+            async with Session([asr], SessionInfo("t", SessionSettings(language="zh"))) as session:
+                turn = session.new_turn()
+                session.push(SpeechEnded(turn, utterance("Hello."), speech_end=time.monotonic()))
+                events = await read_until(
+                    session, lambda evs: any(isinstance(e, UserTranscript) and e.final for e in evs), WAIT_S)
+            assert [e.text for e in events if isinstance(e, UserTranscript)] == ["你好"]
+            body = requests(zh_svc, "/v1/audio/transcriptions")[-1]["body"]
+            assert body["language"] == "zh" and body.get("prompt") == sent, body
+    assert said["language"] == "zh"
+
+
 def test_asr_load_checks_the_model(svc: LocalService) -> None:
     """A model the server does not list stops load, naming the ones it has."""
     with pytest.raises(HandlerLoadError, match="has no model 'whisper-9' \\(it lists: .*whisper-1"):

@@ -40,7 +40,7 @@ from pydantic import Field
 from avatarchat.engine.clock import REAL_CLOCK, Clock
 from avatarchat.engine.events import Event, SpeechEnded, SpeechPaused, SpeechSoFar, TimingMark, UserTranscript
 from avatarchat.engine.handler import Handler, HandlerLoadError, SessionInfo, register
-from avatarchat.handlers.asr.chinese import full_width_marks, is_chinese
+from avatarchat.handlers.asr.chinese import DEFAULT_PROMPT, full_width_marks, is_chinese
 from avatarchat.handlers.openai_audio import ClientPerLoop, OpenAIAudioOptions, ServiceError, explain
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,10 @@ class OpenAITranscribeOptions(OpenAIAudioOptions):
     model: str = "gpt-4o-mini-transcribe"
     #: ISO-639-1 code sent with each utterance; None: the session's language.
     language: str | None = None
-    #: Text the model reads as the speech before the utterance (names, spelling); "" none.
-    prompt: str = Field(default="", max_length=1000)
+    #: Text the model reads as the speech before the utterance (names, spelling, script).
+    #: None: a sentence in simplified Chinese for a Chinese session (Whisper models otherwise
+    #: write traditional characters at times), nothing otherwise; "": nothing.
+    prompt: str | None = Field(default=None, max_length=1000)
     #: From sending an utterance to its transcript (upload and connecting included).
     first_result_timeout_s: float = Field(default=10.0, gt=0.0)
     #: Transcribe the speech so far while the user talks (a growing transcript on the
@@ -165,8 +167,9 @@ class OpenAITranscribeASR(Handler[OpenAITranscribeOptions]):
         }
         if language:
             request["language"] = language
-        if o.prompt:
-            request["prompt"] = o.prompt
+        prompt = o.prompt if o.prompt is not None else (DEFAULT_PROMPT if is_chinese(language) else "")
+        if prompt:
+            request["prompt"] = prompt
         if o.stream:
             request["stream"] = True
         client = await self._clients.for_this_loop()
