@@ -367,7 +367,8 @@ async def test_asr_pause_transcript_reused_or_skipped(svc: LocalService, early: 
 
 async def test_asr_chinese_session_hints_language_and_script(svc: LocalService) -> None:
     """A Chinese session sends ``language: zh`` and, unless the config gives a prompt, a
-    simplified-Chinese sentence as the prompt (the script Whisper models should write)."""
+    simplified-Chinese sentence as the prompt (the script Whisper models should write); a
+    transcript in traditional characters comes out simplified, its marks full-width."""
     from avatarchat.engine.handler import SessionSettings
     from avatarchat.handlers.asr.chinese import DEFAULT_PROMPT
 
@@ -375,7 +376,7 @@ async def test_asr_chinese_session_hints_language_and_script(svc: LocalService) 
 
     def transcribe(audio: np.ndarray, language: str) -> str:  # the server's model: not what is tested
         said["language"] = language
-        return "你好"
+        return "你們好,小明"  # traditional, a half-width comma
 
     with LocalService(app_with(transcribe=transcribe)) as zh_svc:
         for prompt, sent in ((None, DEFAULT_PROMPT), ("", None), ("人名：小明", "人名：小明")):
@@ -385,7 +386,8 @@ async def test_asr_chinese_session_hints_language_and_script(svc: LocalService) 
                 session.push(SpeechEnded(turn, utterance("Hello."), speech_end=time.monotonic()))
                 events = await read_until(
                     session, lambda evs: any(isinstance(e, UserTranscript) and e.final for e in evs), WAIT_S)
-            assert [e.text for e in events if isinstance(e, UserTranscript)] == ["你好"]
+            # As asr whisper writes it: simplified (OpenCC), full-width marks.
+            assert [e.text for e in events if isinstance(e, UserTranscript)] == ["你们好，小明"]
             body = requests(zh_svc, "/v1/audio/transcriptions")[-1]["body"]
             assert body["language"] == "zh" and body.get("prompt") == sent, body
     assert said["language"] == "zh"

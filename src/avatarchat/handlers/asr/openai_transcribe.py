@@ -40,7 +40,7 @@ from pydantic import Field
 from avatarchat.engine.clock import REAL_CLOCK, Clock
 from avatarchat.engine.events import Event, SpeechEnded, SpeechPaused, SpeechSoFar, TimingMark, UserTranscript
 from avatarchat.engine.handler import Handler, HandlerLoadError, SessionInfo, register
-from avatarchat.handlers.asr.chinese import DEFAULT_PROMPT, full_width_marks, is_chinese
+from avatarchat.handlers.asr.chinese import DEFAULT_PROMPT, Simplifier, full_width_marks, is_chinese
 from avatarchat.handlers.openai_audio import ClientPerLoop, OpenAIAudioOptions, ServiceError, explain
 
 log = logging.getLogger(__name__)
@@ -111,12 +111,17 @@ class OpenAITranscribeASR(Handler[OpenAITranscribeOptions]):
     def __init__(self, options: OpenAITranscribeOptions) -> None:
         super().__init__(options)
         self._clients: ClientPerLoop | None = None
+        self._simplifier: Simplifier | None = None
 
     def load(self) -> None:
         """Build the client; with ``check``, list the server's models (free) so that a wrong
         key or URL, or a model the server does not have, stops start-up with one line."""
         o = self.options
         self._clients = ClientPerLoop(o, o.first_result_timeout_s)
+        try:
+            self._simplifier = Simplifier()  # Chinese in simplified characters, where OpenCC is
+        except HandlerLoadError:
+            log.info("asr openai: OpenCC is not installed: Chinese transcripts keep the server's script")
         if o.check:
             self._check()
 
@@ -173,7 +178,7 @@ class OpenAITranscribeASR(Handler[OpenAITranscribeOptions]):
         if o.stream:
             request["stream"] = True
         client = await self._clients.for_this_loop()
-        finish = full_width_marks if is_chinese(language) else str
+        finish = self._chinese if is_chinese(language) else str
         events: Any = None
         try:
             # Awaited here, never across a ``yield``: a timeout must cancel this request,
@@ -205,6 +210,11 @@ class OpenAITranscribeASR(Handler[OpenAITranscribeOptions]):
         finally:
             if events is not None:
                 await events.close()
+
+    def _chinese(self, text: str) -> str:
+        """A Chinese transcript in simplified characters (if OpenCC is installed), its marks
+        full-width, as ``asr: whisper`` writes it."""
+        return full_width_marks(self._simplifier(text) if self._simplifier is not None else text)
 
     async def handle(self, ctx: TranscribeContext, event: Event) -> AsyncIterator[Event]:
         heard: list[str] = []
