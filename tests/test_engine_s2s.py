@@ -158,3 +158,25 @@ async def test_a_spoken_question_is_answered_and_speaking_over_the_reply_cuts_it
     ends = {e.turn: e.text for e in events if isinstance(e, ReplyEnd)}
     assert ends[second[0]] == default_answer(STORY)
     assert first not in ends or ends[first] == PARIS  # a reply done before the cut ends whole
+
+
+@pytest.mark.slow
+async def test_a_websocket_client_gets_the_transcript_the_reply_its_audio_and_the_metrics(
+        loaded: tuple[SileroVADHandler, PortraitHandler], omni: tuple[LocalService, OmniScript]) -> None:
+    from tests.ws_harness import running
+
+    vad, _ = loaded
+    svc, _script = omni
+    s2s = QwenOmniS2S(QwenOmniOptions(url=svc.ws_url + PATH, api_key=GOOD_KEY, check=False))
+    async with running(pipeline_of([vad, s2s], SessionSettings())) as app:
+        client = await app.client("ws")
+        assert client.hello["reply_sample_rate"] == 24000  # the s2s model's voice declares it
+        client.speak(speech(QUESTION, rate=client.hello["sample_rate"]))
+        metrics = await client.wait_message(lambda m: m["type"] == "metrics", timeout=60)
+        heard = client.of_type("transcript", metrics["turn"])
+        final = [m["text"] for m in client.of_type("reply", metrics["turn"]) if m["final"]]
+        audio_s = sum(len(s) for _, s in client.audio_chunks) / client.hello["reply_sample_rate"]
+    assert [m["text"] for m in heard if m["final"]] == [QUESTION]
+    assert final == [PARIS]
+    assert audio_s >= 0.9 * sum(len(speech(c)) for c in _clauses(PARIS)) / 24000  # the reply, played out
+    assert metrics["first_audio_after_speech_end_ms"] > 0 and "first_audio_sent_ms" in metrics
