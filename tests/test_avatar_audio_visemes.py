@@ -157,6 +157,20 @@ def test_the_animator_uses_the_classifier_for_chunks_without_timings() -> None:
         Animator(audio_mouth="visemes")
 
 
+def test_the_portrait_option_picks_the_audio_mouth() -> None:
+    from pydantic import ValidationError
+
+    from avatarchat.engine.handler import SessionInfo
+    from avatarchat.handlers.avatar.portrait import PortraitHandler, PortraitOptions
+
+    for mode in ("mfcc", "loudness"):
+        options = PortraitOptions() if mode == "mfcc" else PortraitOptions(audio_mouth=mode)
+        ctx = PortraitHandler(options).create_context(SessionInfo(mode))  # no render: no load needed
+        assert ctx.animator.audio_mouth == mode
+    with pytest.raises(ValidationError, match="audio_mouth"):
+        PortraitOptions(audio_mouth="visemes")
+
+
 # -- real voices ---------------------------------------------------------------------------------
 
 EN = ("Who knew that the moon could look so huge?", "I see three green trees by the sea.",

@@ -14,7 +14,7 @@ import threading
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -63,6 +63,11 @@ class PortraitOptions(HandlerOptions):
     anticipation_ms: float = Field(default=50.0, ge=0.0, le=200.0)
     #: How far the TTS audio runs ahead of its phoneme timings (hibari: ~50 ms).
     timing_lead_ms: float = Field(default=50.0, ge=-200.0, le=200.0)
+    #: The mouth of a reply chunk that comes without phoneme timings (a network voice that
+    #: sends audio only): "mfcc", the MFCC vowel classifier of ``avatar.audio_visemes``
+    #: (which vowel shape opens, from the spectrum; loudness opens the jaw), or "loudness",
+    #: the older mouth from loudness and spectral brightness alone.
+    audio_mouth: Literal["mfcc", "loudness"] = "mfcc"
     #: Also send the mouth curves (AvatarMotion), for clients that animate themselves.
     emit_motion: bool = True
 
@@ -147,7 +152,8 @@ class PortraitHandler(AvatarHandler[PortraitOptions]):
 
     def create_context(self, session: SessionInfo) -> PortraitContext:
         seed = zlib.crc32(session.session_id.encode())
-        animator = Animator(seed, self.options.anticipation_ms / 1000.0, self.options.timing_lead_ms / 1000.0)
+        animator = Animator(seed, self.options.anticipation_ms / 1000.0, self.options.timing_lead_ms / 1000.0,
+                            audio_mouth=self.options.audio_mouth)
         return PortraitContext(session, animator, clock0=session.clock.now())
 
     # -- events ---------------------------------------------------------------------------
