@@ -6,7 +6,9 @@ load falls on all of them alike):
 - TTS: a reply sentence handed to the stage → its first ``ReplyAudio``;
 - ASR: the end of an utterance (``SpeechEnded``, no partials before) → its final transcript;
 - LLM: a question → the reply's first ``ReplyText``;
-- speech to speech: the end of an utterance → the reply's first ``ReplyAudio``.
+- speech to speech: the end of an utterance → the reply's first ``ReplyAudio``, its
+  connection opened when the speech started (``SpeechStarted``, 1 s before), as in a
+  session; beside it the embedded chain (whisper → local LLM → hibari) in one session.
 
 The servers answer with the embedded voice's speech and canned text (``avatarchat.testing.
 services``): the figures are this project's side of the wire plus the delay, not the
@@ -16,16 +18,18 @@ services' own speed, which cannot be measured from here.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from typing import Any
 
 from avatarchat.bench.stats import machine, summarize
 from avatarchat.engine.clock import REAL_CLOCK
-from avatarchat.engine.events import Event, ReplyAudio, ReplyEnd, ReplyText, SpeechEnded, UserTranscript
+from avatarchat.engine.events import Event, ReplyAudio, ReplyEnd, ReplyText, SpeechEnded, SpeechStarted, UserTranscript
 from avatarchat.engine.handler import Handler, SessionInfo, SessionSettings, handlers_for
+from avatarchat.engine.session import Session
 from avatarchat.testing.services.base import GOOD_KEY, LocalService, ServiceCase, speech
 
 #: The modules of ``avatarchat.testing.services`` whose ``bench_cases()`` are measured.
@@ -90,12 +94,20 @@ def _build(stage: str, handler: str, options: dict[str, Any], language: str) -> 
     return built
 
 
+#: Seconds of "speech" between an s2s stage's ``SpeechStarted`` and the utterance's end.
+SPEAKING_S = 1.0
+
+
 async def _first(handler: Handler[Any], events: list[Event], want: Callable[[Event], bool]) -> float:
     """Seconds from handing ``events[-1]`` to the stage (the ones before it go first) until
     it yields an event ``want`` accepts; the rest of its output is drained."""
     info = SessionInfo("bench-services", SessionSettings(language=handler.session_settings.language))
     ctx = await asyncio.get_running_loop().run_in_executor(None, handler.create_context, info)
     try:
+        if handler.stage == "s2s":
+            # As in a session: the user starts speaking, the stage gets ready meanwhile.
+            handler.on_control(ctx, SpeechStarted(1))
+            await asyncio.sleep(SPEAKING_S)
         for event in events[:-1]:
             async for _ in handler.handle(ctx, event):
                 pass
@@ -124,6 +136,22 @@ def _call(measure: str, language: str) -> tuple[list[Event], Callable[[Event], b
     return [end], lambda e: isinstance(e, ReplyAudio)
 
 
+async def _first_of_chain(handlers: list[Handler[Any]], language: str) -> float:
+    """The embedded chain's answer to a spoken question in one session: ``SpeechEnded`` →
+    the reply's first ``ReplyAudio`` (what an s2s stage does in one)."""
+    info = SessionInfo("bench-services-chain", SessionSettings(language=language))
+    (end,), want = _call("first_audio_s2s", language)
+    async with Session(handlers, info) as session:
+        t0 = time.monotonic()
+        session.push(end)
+        async for event in session.events():
+            if want(event):
+                took = time.monotonic() - t0
+                break
+        session.cancel_turn(end.turn)
+    return took
+
+
 async def bench_services(rounds: int, delay_ms: float, only: list[str] | None, progress: Progress) -> dict[str, Any]:
     """Time every case ``rounds`` times against its server (``delay_ms`` each way) and the
     embedded handler of each stage measured (without a network) in the same rounds."""
@@ -131,35 +159,47 @@ async def bench_services(rounds: int, delay_ms: float, only: list[str] | None, p
     if not cases:
         raise ValueError("no service cases to measure" + (f" named {', '.join(only)}" if only else ""))
     loop = asyncio.get_running_loop()
+    runs: list[tuple[str, str, str, Callable[[], Awaitable[float]]]] = []  # name, stage, measure, one call
+    embedded: dict[str, Handler[Any]] = {}
+
+    async def built(stage: str, language: str) -> Handler[Any]:
+        if stage not in embedded:
+            name, options = EMBEDDED[stage]
+            progress(f"loading the embedded {stage} ({name}) …")
+            if stage == "asr" and language != "en":
+                options = {"model": "base", "language": language}
+            embedded[stage] = await loop.run_in_executor(None, _build, stage, name, options, language)
+        return embedded[stage]
+
+    def timed(handler: Handler[Any], measure: str, language: str) -> Callable[[], Awaitable[float]]:
+        return lambda: _first(handler, *_call(measure, language))
+
     with ExitStack() as stack:
-        runs: list[tuple[str, str, Handler[Any], str, str]] = []  # name, stage, handler, measure, language
         for case in cases:
             progress(f"starting {case.name}'s local server and loading its handler …")
             svc = stack.enter_context(LocalService(case.server, delay_ms=delay_ms))
             handler = await loop.run_in_executor(None, _build, case.stage, case.handler, case.options(svc),
                                                  case.language)
-            runs.append((case.name, case.stage, handler, case.measure, case.language))
-        for stage in sorted({c.stage for c in cases} & set(EMBEDDED)):
-            name, options = EMBEDDED[stage]
-            progress(f"loading the embedded {stage} ({name}) …")
+            runs.append((case.name, case.stage, case.measure, timed(handler, case.measure, case.language)))
+        for stage in sorted({c.stage for c in cases}):
             language = next(c.language for c in cases if c.stage == stage)
-            if stage == "asr" and language != "en":
-                options = {"model": "base", "language": language}
-            handler = await loop.run_in_executor(None, _build, stage, name, options, language)
-            measure = {"tts": "first_audio", "asr": "first_transcript", "llm": "first_token"}[stage]
-            runs.append((f"embedded-{name}", stage, handler, measure, language))
+            if stage in EMBEDDED:
+                measure = {"tts": "first_audio", "asr": "first_transcript", "llm": "first_token"}[stage]
+                handler = await built(stage, language)
+                runs.append((f"embedded-{EMBEDDED[stage][0]}", stage, measure, timed(handler, measure, language)))
+            elif stage == "s2s":
+                chain = [await built(s, language) for s in ("asr", "llm", "tts")]
+                runs.append(("embedded-chain", stage, "first_audio_s2s", functools.partial(_first_of_chain, chain, language)))
         times: dict[str, list[float]] = {name: [] for name, *_ in runs}
         for r in range(rounds):
-            for name, _stage, handler, measure, language in runs:
-                events, want = _call(measure, language)
-                times[name].append(await _first(handler, events, want) * 1000)
+            for name, _stage, _measure, call in runs:
+                times[name].append(await call() * 1000)
             progress(f"round {r + 1}/{rounds} done")
-    stages = {name: (stage, measure) for name, stage, _h, measure, _l in runs}
     return {
         "bench": "services",
         "delay_ms_each_way": delay_ms,
         "rounds": rounds,
         "machine": machine(),
-        "results": {name: {"stage": stages[name][0], "measure": stages[name][1], "ms": summarize(v)}
-                    for name, v in times.items()},
+        "results": {name: {"stage": stage, "measure": measure, "ms": summarize(times[name])}
+                    for name, stage, measure, _ in runs},
     }

@@ -57,6 +57,7 @@ State = Literal["listening", "thinking", "speaking"]
 STAGE_WORDS = {
     "vad": "listening",
     "asr": "speech recognition",
+    "s2s": "the speech model",
     "llm": "the language model",
     "tts": "the voice",
     "avatar": "the avatar",
