@@ -161,3 +161,12 @@ def test_write_wav_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
     write_wav(tmp_path / "a.wav", np.zeros(100, np.float32), 16000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]
     assert (tmp_path / "a.wav").stat().st_mode & 0o044  # readable like any other file
+
+
+def test_short_and_long_options_keep_the_turns_kinds_and_order() -> None:
+    # -i once read as typed text: the file's name went to the LLM as the question.
+    from avatarchat.cli.main import build_parser
+
+    args = build_parser().parse_args(["talk", "-i", "q1.wav", "-t", "Hello", "--input", "q2.wav",
+                                      "--text", "Bye", "-o", "out"])
+    assert args.turns == [("audio", "q1.wav"), ("text", "Hello"), ("audio", "q2.wav"), ("text", "Bye")]

@@ -51,7 +51,7 @@ class _Ordered(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, value: Any,
                  option: str | None = None) -> None:
         turns = getattr(ns, "turns", None) or []
-        turns.append(("audio" if option == "--input" else "text", value))
+        turns.append(("audio" if option in ("--input", "-i") else "text", value))
         ns.turns = turns
 
 
