@@ -18,6 +18,7 @@ from avatarchat.engine.handler import Handler
 from avatarchat.testing.conformance.factories import ConformanceFactory, Factories
 # The suite's fixtures and hooks, but not its avatarchat_factories: this file gives its own.
 from avatarchat.testing.conformance.fixtures import (  # noqa: F401
+    asr_handler,
     avatar_handler,
     llm_handler,
     no_leaked_tasks,

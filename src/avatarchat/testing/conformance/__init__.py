@@ -1,4 +1,4 @@
-"""The handler conformance suite: behaviour every LLM, TTS and avatar handler must show.
+"""The handler conformance suite: behaviour every ASR, LLM, TTS and avatar handler must show.
 
 Each case runs every handler registered for its stage (built in or from an
 ``avatarchat.handlers`` entry point), or those chosen with ``--avatarchat-handler``. A
