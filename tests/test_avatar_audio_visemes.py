@@ -133,6 +133,8 @@ def test_the_shipped_templates_load_and_say_how_they_were_made(tmp_path: Path) -
     assert model.templates.shape[0] == len(CLASSES) and model.shapes.shape == (len(CLASSES), 5)
     made = model.made
     assert "audio_visemes_fit" in made["by"] and made["held_out_fifth_class_accuracy"] > made["chance_class_accuracy"]
+    # Licence: nothing fitted on the Mandarin add-on voice (non-commercial data) ships.
+    assert made["voices"] and not any("mandarin" in voice for voice in made["voices"])
     again = AudioVisemeModel.from_json(json.loads(json.dumps(model.to_json())))
     np.testing.assert_allclose(again.projection, model.projection)
     bad = model.to_json() | {"classes": ["A", "B"]}
@@ -200,8 +202,10 @@ def _assert_better_than_loudness(old: dict, new: dict, mine: dict[str, np.ndarra
     assert new["class_agreement_pct"] > old["class_agreement_pct"] + 10
     assert new["round_corr"] > 0.15 and abs(new["jaw_lag_ms"]) <= 40  # loudness: ~0
     # Rounded vowels round the lips more than spread ones, and spread ones stretch them more.
+    # (1.2: templates fitted on hibari and espeak-ng give 1.29 on the English sentences here,
+    # as hibari alone does; the earlier ones, fitted with the Mandarin voice too, gave 1.65.)
     rounded, spread = np.isin(mine["classes"], ["O", "U"]), np.isin(mine["classes"], ["I", "E"])
-    assert mine["round"][rounded].mean() > 1.5 * mine["round"][spread].mean()
+    assert mine["round"][rounded].mean() > 1.2 * mine["round"][spread].mean()
     assert mine["stretch"][spread].mean() > mine["stretch"][rounded].mean()
 
 

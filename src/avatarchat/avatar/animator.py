@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from avatarchat.avatar.audio_visemes import AudioMouth
+from avatarchat.avatar.audio_visemes import AudioMouth, AudioVisemeModel
 from avatarchat.avatar.idle import IdleMotion, smoothstep
 from avatarchat.avatar.lipsync import CHANNELS, MouthCurves, curves_from_audio, curves_from_phonemes
 from avatarchat.avatar.params import FaceParams
@@ -115,21 +115,23 @@ class Animator:
     ``audio_mouth``: what shapes the mouth of a chunk without timings: ``"mfcc"`` (the
     vowel classifier of ``avatar.audio_visemes``, its audio read ``anticipation`` early) or
     ``"loudness"`` (``lipsync.curves_from_audio``: loudness and spectral brightness only).
+    ``audio_model``: the classifier's templates (default: the shipped ones).
     """
 
     def __init__(self, seed: int = 0, anticipation: float = 0.05, timing_lead: float = 0.05,
-                 audio_mouth: str = "mfcc") -> None:
+                 audio_mouth: str = "mfcc", audio_model: AudioVisemeModel | None = None) -> None:
         if audio_mouth not in ("mfcc", "loudness"):
             raise ValueError(f"audio_mouth must be 'mfcc' or 'loudness', not {audio_mouth!r}")
         self.idle = IdleMotion(seed)
         self.anticipation = anticipation
         self.timing_lead = timing_lead
         self.audio_mouth = audio_mouth
+        self.audio_model = audio_model
         self.origin = 0.0
         self._phonemes: list[PhonemeTiming] = []
         self._stressed: list[float] = []
         self._audio: list[_AudioSpan] = []
-        self._heard = AudioMouth(anticipation)
+        self._heard = AudioMouth(anticipation, audio_model)
         self._start: float | None = None  # reply time the mouth starts fading in
         self._close: float | None = None  # reply time the mouth starts closing
         self.speech_end = 0.0
@@ -140,7 +142,7 @@ class Animator:
         """A new reply whose time 0 is ``origin`` on the session clock; forgets the last."""
         self.origin = origin
         self._phonemes, self._stressed, self._audio = [], [], []
-        self._heard = AudioMouth(self.anticipation)
+        self._heard = AudioMouth(self.anticipation, self.audio_model)
         self._start, self._close = None, None
         self.speech_end = 0.0
 

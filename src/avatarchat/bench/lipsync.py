@@ -1,13 +1,14 @@
 """``avatarchat bench lipsync``: the audio-driven mouth against the phoneme-timed one.
 
-The same speech (English by hibari, Chinese by the Mandarin add-on voice; sentences no
-fit of the templates used; ``espeak``: the English by espeak-ng, a voice the templates
-never heard, as a network voice would be) animates the avatar three ways: from its phoneme
-timings (``phonemes``, the reference), and from its audio alone, as a voice without
-timings makes the avatar do: the old loudness mouth (``loudness``, ``curves_from_audio``)
-and the MFCC vowel classifier (``mfcc``, ``avatar.audio_visemes``). Each runs through the
-``Animator`` as the portrait stage drives it (chunks placed on the reply clock, frames in
-batches of 5 as each chunk arrives, the closing tail after the last).
+The same speech (English by hibari, Chinese by the Mandarin add-on voice, ``espeak``: the
+English by espeak-ng; sentences no fit of the templates used) animates the avatar three
+ways: from its phoneme timings (``phonemes``, the reference), and from its audio alone,
+as a voice without timings makes the avatar do: the old loudness mouth (``loudness``,
+``curves_from_audio``) and the MFCC vowel classifier (``mfcc``, ``avatar.audio_visemes``).
+Each runs through the ``Animator`` as the portrait stage drives it (chunks placed on the
+reply clock, frames in batches of 5 as each chunk arrives, the closing tail after the
+last). The templates were fitted on hibari and espeak-ng only (``audio_visemes_fit``):
+the Mandarin voice is one they never heard, as a network voice without timings is.
 
 Reported per language and mouth:
 
@@ -20,6 +21,8 @@ Reported per language and mouth:
   audio: correlation and cross-correlation lag (ms), with no anticipation (the clocks) and
   with the default 50 ms (lips lead by design);
 * cost: thread CPU of ``Animator.mouth`` per batch and per second of audio;
+* other templates (``templates``, e.g. an earlier fit's JSON) as ``mfcc@NAME``, beside the
+  shipped ones, in the same run;
 * ``mfcc`` streamed: the audio in pieces of ``piece_ms`` (as network voices send it), each
   piece's frames made before the next piece exists; its jaw against the whole-clause one,
   with and without anticipation.
@@ -27,9 +30,11 @@ Reported per language and mouth:
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -115,12 +120,14 @@ def chunks(speech: Speech, timed: bool, piece_s: float | None = None) -> list[Re
     return out
 
 
-def animate(speech: Speech, mode: str, anticipation: float, piece_s: float | None = None
-            ) -> tuple[MouthCurves, list[Any], list[float]]:
+def animate(speech: Speech, mode: str, anticipation: float, piece_s: float | None = None,
+            model: AudioVisemeModel | None = None) -> tuple[MouthCurves, list[Any], list[float]]:
     """The reply's mouth (``Animator.motion``) and face parameters, each batch taken when
     the portrait stage would ask for it (after its chunk arrived, before the next), and the
-    thread CPU of each batch's ``Animator.mouth`` (with placing its chunk)."""
-    anim = Animator(0, anticipation, speech.lead, audio_mouth="loudness" if mode == "loudness" else "mfcc")
+    thread CPU of each batch's ``Animator.mouth`` (with placing its chunk). ``model``: the
+    classifier's templates (default: the shipped ones)."""
+    anim = Animator(0, anticipation, speech.lead, audio_mouth="loudness" if mode == "loudness" else "mfcc",
+                    audio_model=model)
     anim.begin(0.0)
     parts: list[MouthCurves] = []
     params: list[Any] = []
@@ -230,39 +237,42 @@ def cost(costs: Sequence[float], audio_s: float) -> dict[str, Any]:
 
 
 def bench_language(speech: Speech, screen: Screen | None, piece_ms: float, rounds: int,
-                   progress: Any) -> dict[str, Any]:
+                   progress: Any, templates: dict[str, AudioVisemeModel] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"voice": speech.voice, "clauses": len(speech.clauses),
                            "audio_s": round(speech.seconds, 2), "timing_lead_ms": speech.lead * 1000}
     ref0, _, _ = animate(speech, "phonemes", 0.0)
-    for mode in MODES:
+    models: dict[str, AudioVisemeModel | None] = {m: None for m in MODES}
+    models.update({f"mfcc@{name}": m for name, m in (templates or {}).items()})
+    for mode, model in models.items():
         progress(f"{speech.language}: {mode}")
         row: dict[str, Any] = {}
-        curves0, params0, _ = animate(speech, mode, 0.0)
-        curves, params, costs = animate(speech, mode, ANTICIPATION)
+        kind = mode.split("@")[0]
+        curves0, params0, _ = animate(speech, kind, 0.0, model=model)
+        curves, params, costs = animate(speech, kind, ANTICIPATION, model=model)
         for _ in range(rounds - 1):
-            costs += animate(speech, mode, ANTICIPATION)[2]
+            costs += animate(speech, kind, ANTICIPATION, model=model)[2]
         if mode != "phonemes":
             row["vs_phonemes"] = versus(ref0, curves0)
         if screen is not None:
             row["av_no_anticipation"] = screen.av(speech, params0)
             row[f"av_anticipation_{ANTICIPATION * 1000:.0f}ms"] = screen.av(speech, params)
         row["cost"] = cost(costs, speech.seconds * rounds)
-        if mode == "mfcc":
-            row["streamed"] = streamed(speech, piece_ms, ref0, curves0, curves)
+        if kind == "mfcc":
+            row["streamed"] = streamed(speech, piece_ms, ref0, curves0, curves, model)
         out[mode] = row
     return out
 
 
 def streamed(speech: Speech, piece_ms: float, ref0: MouthCurves, whole0: MouthCurves,
-             whole: MouthCurves) -> dict[str, Any]:
+             whole: MouthCurves, model: AudioVisemeModel | None = None) -> dict[str, Any]:
     """The classifier's mouth when the audio comes in pieces, each piece's frames made before
     the next piece exists, against the mouth of whole clauses (no anticipation: 36 ms of
     look-ahead per frame; 50 ms: 86 ms, held at a piece's end)."""
     def jaw_corr(a: MouthCurves, b: MouthCurves) -> float:
         return round(float(np.corrcoef(a.channel("jaw"), b.channel("jaw"))[0, 1]), 3)
 
-    pieces0, _, costs = animate(speech, "mfcc", 0.0, piece_ms / 1000.0)
-    pieces, _, _ = animate(speech, "mfcc", ANTICIPATION, piece_ms / 1000.0)
+    pieces0, _, costs = animate(speech, "mfcc", 0.0, piece_ms / 1000.0, model)
+    pieces, _, _ = animate(speech, "mfcc", ANTICIPATION, piece_ms / 1000.0, model)
     return {"piece_ms": piece_ms, "vs_phonemes": versus(ref0, pieces0),
             "jaw_corr_vs_whole_no_anticipation": jaw_corr(whole0, pieces0),
             f"jaw_corr_vs_whole_anticipation_{ANTICIPATION * 1000:.0f}ms": jaw_corr(whole, pieces),
@@ -270,7 +280,7 @@ def streamed(speech: Speech, piece_ms: float, ref0: MouthCurves, whole0: MouthCu
 
 
 def bench_lipsync(languages: Sequence[str], render: bool, piece_ms: float, rounds: int,
-                  progress: Any) -> dict[str, Any]:
+                  progress: Any, templates: dict[str, AudioVisemeModel] | None = None) -> dict[str, Any]:
     from avatarchat import addons
     from avatarchat.handlers.tts.mandarin_files import ADDON
 
@@ -284,9 +294,24 @@ def bench_lipsync(languages: Sequence[str], render: bool, piece_ms: float, round
             continue
         speech = speak(language)
         progress(f"{language}: {speech.seconds:.1f} s of speech in {len(speech.clauses)} clauses")
-        report["languages"][language] = bench_language(speech, screen, piece_ms, rounds, progress)
+        report["languages"][language] = bench_language(speech, screen, piece_ms, rounds, progress, templates)
     report["machine"] = machine()
     return report
+
+
+def load_templates(specs: Sequence[str]) -> dict[str, AudioVisemeModel]:
+    """``NAME=PATH`` pairs (templates JSON as ``audio_visemes_fit`` writes it) by name;
+    ValueError with the reason for a bad one."""
+    out: dict[str, AudioVisemeModel] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name.strip() or not path:
+            raise ValueError(f"--templates wants NAME=PATH, not {spec!r}")
+        try:
+            out[name.strip()] = AudioVisemeModel.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"cannot read templates {path}: {exc}") from None
+    return out
 
 
 def mouths(samples: np.ndarray, rate: int, phonemes: Sequence[PhonemeTiming], lead: float, fps: float,
