@@ -107,7 +107,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     pl = bsub.add_parser("lipsync", help="the audio-driven mouth (old loudness, MFCC vowels) against the "
                                          "phoneme-timed one on the same speech: agreement, A/V lag, cost")
     pl.add_argument("--languages", nargs="+", choices=("en", "zh", "espeak"), default=["en", "zh", "espeak"],
-                    help="voices: hibari, the Mandarin add-on, espeak-ng (unseen by the templates)")
+                    help="voices: hibari, the Mandarin add-on (never in the templates' fit), espeak-ng")
+    pl.add_argument("--templates", nargs="+", default=[], metavar="NAME=PATH",
+                    help="also these templates (a fit's JSON), reported as mfcc@NAME beside the shipped ones")
     pl.add_argument("--no-render", action="store_true", help="curves only: skip the rendered-frames A/V analysis")
     pl.add_argument("--piece-ms", type=float, default=300.0, help="streamed pieces' length (default 300)")
     pl.add_argument("--rounds", type=int, default=3, help="timed passes per mouth for the cost (default 3)")
@@ -235,11 +237,15 @@ def run_e2e(args: argparse.Namespace) -> int:
 
 
 def run_lipsync(args: argparse.Namespace) -> int:
-    from avatarchat.bench.lipsync import bench_lipsync
+    from avatarchat.bench.lipsync import bench_lipsync, load_templates
 
     if not (20.0 <= args.piece_ms <= 5000.0 and 1 <= args.rounds <= 50):
         raise UserError("--piece-ms must be 20..5000 and --rounds 1..50")
-    _emit(bench_lipsync(args.languages, not args.no_render, args.piece_ms, args.rounds, _say), args.json)
+    try:
+        templates = load_templates(args.templates)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    _emit(bench_lipsync(args.languages, not args.no_render, args.piece_ms, args.rounds, _say, templates), args.json)
     return 0
 
 
