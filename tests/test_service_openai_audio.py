@@ -30,7 +30,7 @@ from avatarchat.engine.events import (
 from avatarchat.engine.handler import HandlerLoadError, SessionInfo
 from avatarchat.engine.session import Session
 from avatarchat.handlers.asr.openai_transcribe import OpenAITranscribeASR, OpenAITranscribeOptions
-from avatarchat.handlers.openai_audio import NO_KEY
+from avatarchat.handlers.services.openai_audio import NO_KEY
 from avatarchat.handlers.tts.openai_speech import OpenAISpeechOptions, OpenAISpeechTTS
 from avatarchat.testing.conformance import drain, of_turn, read_until, summary
 from avatarchat.testing.services.base import GOOD_KEY, LocalService, speech

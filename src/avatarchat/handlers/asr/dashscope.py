@@ -1,6 +1,6 @@
 """``asr: dashscope``: DashScope real-time speech recognition (Paraformer real-time, e.g.
 ``paraformer-realtime-v2``; ``fun-asr-realtime``) over its WebSocket inference API, driven
-by the official ``dashscope`` SDK (``handlers.dashscope_ws``).
+by the official ``dashscope`` SDK (``handlers.services.dashscope``).
 
 One recognition task per user turn, connected and started when the user starts speaking
 (``SpeechStarted``, on the control lane; else at the turn's first event): the new samples
@@ -47,7 +47,7 @@ from avatarchat.engine.events import (
 )
 from avatarchat.engine.handler import Handler, HandlerLoadError, HandlerOptions, SessionInfo, register
 from avatarchat.handlers.asr.chinese import is_chinese
-from avatarchat.handlers.dashscope_ws import (
+from avatarchat.handlers.services.dashscope import (
     MAINLAND_URL,
     DashScopeError,
     SdkTask,

@@ -41,7 +41,7 @@ from avatarchat.engine.clock import REAL_CLOCK, Clock
 from avatarchat.engine.events import Event, SpeechEnded, SpeechPaused, SpeechSoFar, TimingMark, UserTranscript
 from avatarchat.engine.handler import Handler, HandlerLoadError, SessionInfo, register
 from avatarchat.handlers.asr.chinese import DEFAULT_PROMPT, Simplifier, full_width_marks, is_chinese
-from avatarchat.handlers.openai_audio import ClientPerLoop, OpenAIAudioOptions, ServiceError, explain
+from avatarchat.handlers.services.openai_audio import ClientPerLoop, OpenAIAudioOptions, ServiceError, explain
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """``tts: cosyvoice``: Alibaba Cloud Bailian's CosyVoice voices through DashScope's WebSocket
-inference API, driven by the official ``dashscope`` SDK (``handlers.dashscope_ws``).
+inference API, driven by the official ``dashscope`` SDK (``handlers.services.dashscope``).
 
 Each clause the reply's text splitter cuts is one synthesis task: ``run-task`` (model,
 voice, 16-bit PCM at 24 kHz, word timestamps), ``continue-task`` with the clause,
@@ -34,7 +34,7 @@ from pydantic import Field, field_validator
 
 from avatarchat.engine.events import Event, PhonemeTiming, ReplyText, UserTranscript
 from avatarchat.engine.handler import HandlerLoadError, register
-from avatarchat.handlers.dashscope_ws import (
+from avatarchat.handlers.services.dashscope import (
     MAINLAND_URL,
     DashScopeError,
     SdkTask,

@@ -32,7 +32,7 @@ from pydantic import Field
 
 from avatarchat.audio.resample import Resampler
 from avatarchat.engine.handler import HandlerLoadError, register
-from avatarchat.handlers.openai_audio import ClientPerLoop, OpenAIAudioOptions, ServiceError, explain
+from avatarchat.handlers.services.openai_audio import ClientPerLoop, OpenAIAudioOptions, ServiceError, explain
 from avatarchat.handlers.tts.base import StreamingTTS, Synthesis, TTSOptions
 
 log = logging.getLogger(__name__)
