@@ -161,6 +161,17 @@ class Animator:
         self.speech_end = max(self.speech_end, chunk.offset + chunk.duration)
         self._close = None  # more speech: a pending close is called off
 
+    def settled(self, chunk: ReplyAudio) -> float:
+        """Reply time before which the mouth is final once ``chunk`` is spoken: its end; for
+        a chunk whose mouth is read from its audio ahead of each frame (no timings,
+        ``audio_mouth="mfcc"``), its end less that reach (``anticipation`` + 36 ms), since the
+        next piece of a streamed clause changes the frames after. Those frames are made
+        when the next chunk comes, or the reply ends (``finish``)."""
+        end = chunk.offset + chunk.duration
+        if chunk.phonemes or self.audio_mouth != "mfcc":
+            return end
+        return max(end - self._heard.reach, chunk.offset)
+
     def finish(self) -> float:
         """No more chunks: the mouth closes after the last one. Returns when it is closed."""
         return self.stop(self.speech_end)

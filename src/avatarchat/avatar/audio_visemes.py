@@ -21,10 +21,16 @@ frames were batched, and the mouth does not flicker between classes. Cost: one F
 window, five windows per frame: ``avatarchat bench lipsync`` measured ~2.5 ms of CPU per
 second of audio at 25 fps (0.4 ms median per batch of 5 frames) on a loaded 2-core box.
 
-Streamed audio: a frame needs its audio ``lead`` + 36 ms ahead; a frame made before the
-next piece has come reads the end of what has (held), which follows the whole-clause mouth
-less closely for the last ~86 ms of each piece (bench: jaw correlation 0.95 with 300 ms
-pieces, 0.82-0.87 with 100 ms ones, against the whole clause's).
+Streamed audio: a frame needs its audio ``lead`` + 36 ms ahead (``AudioMouth.reach``); a
+frame made before the next piece has come reads the end of what has (held), which follows
+the whole-clause mouth less closely for the last ~86 ms of each piece (bench: jaw
+correlation 0.95 with 300 ms pieces, 0.75-0.87 with 100 ms ones, against the whole
+clause's, with 50 ms anticipation). So the portrait stage waits for the next piece (or
+the reply's end) before making those frames (``Animator.settled``): 0.997-0.999 with
+100 ms and 300 ms pieces, English, Chinese and espeak-ng alike (the rest: the speech
+level, the loudest piece's so far). What it costs: those frames are rendered when the
+next piece arrives instead of with theirs; frames play by their pts, so it shows only
+where the next piece comes after the held frames are due on screen.
 """
 
 from __future__ import annotations
@@ -251,6 +257,12 @@ class AudioMouth:
     @property
     def end(self) -> float:
         return max((run.end for run in self._runs), default=0.0)
+
+    @property
+    def reach(self) -> float:
+        """How far past a frame's instant its audio is read (``lead`` + 36 ms): a frame
+        closer than this to the end of the audio received may still change with the next piece."""
+        return self.lead + float(_TAPS.max()) + WINDOW_S / 2
 
     def covers(self, times: np.ndarray) -> np.ndarray:
         """Which of ``times`` fall inside the audio added."""

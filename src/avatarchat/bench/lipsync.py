@@ -24,8 +24,10 @@ Reported per language and mouth:
 * other templates (``templates``, e.g. an earlier fit's JSON) as ``mfcc@NAME``, beside the
   shipped ones, in the same run;
 * ``mfcc`` streamed: the audio in pieces of ``piece_ms`` (as network voices send it), each
-  piece's frames made before the next piece exists; its jaw against the whole-clause one,
-  with and without anticipation.
+  piece's frames made before the next piece exists, but for the last ones whose audio
+  reaches into the next piece (``Animator.settled``: held, as the portrait stage holds
+  them; ``unheld``: made at once, reading the piece's end); its jaw against the
+  whole-clause one, with and without anticipation.
 """
 
 from __future__ import annotations
@@ -121,11 +123,12 @@ def chunks(speech: Speech, timed: bool, piece_s: float | None = None) -> list[Re
 
 
 def animate(speech: Speech, mode: str, anticipation: float, piece_s: float | None = None,
-            model: AudioVisemeModel | None = None) -> tuple[MouthCurves, list[Any], list[float]]:
+            model: AudioVisemeModel | None = None, hold: bool = True) -> tuple[MouthCurves, list[Any], list[float]]:
     """The reply's mouth (``Animator.motion``) and face parameters, each batch taken when
-    the portrait stage would ask for it (after its chunk arrived, before the next), and the
-    thread CPU of each batch's ``Animator.mouth`` (with placing its chunk). ``model``: the
-    classifier's templates (default: the shipped ones)."""
+    the portrait stage would ask for it (after its chunk arrived, before the next; up to
+    ``Animator.settled``, or, not ``hold``, to the chunk's end), and the thread CPU of each
+    batch's ``Animator.mouth`` (with placing its chunk). ``model``: the classifier's
+    templates (default: the shipped ones)."""
     anim = Animator(0, anticipation, speech.lead, audio_mouth="loudness" if mode == "loudness" else "mfcc",
                     audio_model=model)
     anim.begin(0.0)
@@ -137,7 +140,8 @@ def animate(speech: Speech, mode: str, anticipation: float, piece_s: float | Non
         c0 = time.thread_time()
         anim.speak(chunk)
         placed = time.thread_time() - c0
-        todo = frame_times(chunk.offset + chunk.duration - done / FPS, FPS, done / FPS)
+        ready = anim.settled(chunk) if hold else chunk.offset + chunk.duration
+        todo = frame_times(ready - done / FPS, FPS, done / FPS)
         done += len(todo)
         for k in range(0, len(todo), BATCH):
             batch = todo[k: k + BATCH]
@@ -265,17 +269,24 @@ def bench_language(speech: Speech, screen: Screen | None, piece_ms: float, round
 
 def streamed(speech: Speech, piece_ms: float, ref0: MouthCurves, whole0: MouthCurves,
              whole: MouthCurves, model: AudioVisemeModel | None = None) -> dict[str, Any]:
-    """The classifier's mouth when the audio comes in pieces, each piece's frames made before
-    the next piece exists, against the mouth of whole clauses (no anticipation: 36 ms of
-    look-ahead per frame; 50 ms: 86 ms, held at a piece's end)."""
+    """The classifier's mouth when the audio comes in pieces, against the mouth of whole
+    clauses: each piece's frames made before the next piece exists, but for the last
+    ``Animator.settled`` holds back (as the portrait stage does), and ``unheld``: all of them
+    (no anticipation: 36 ms of look-ahead per frame; 50 ms: 86 ms, read as the piece's end).
+    """
     def jaw_corr(a: MouthCurves, b: MouthCurves) -> float:
         return round(float(np.corrcoef(a.channel("jaw"), b.channel("jaw"))[0, 1]), 3)
 
     pieces0, _, costs = animate(speech, "mfcc", 0.0, piece_ms / 1000.0, model)
     pieces, _, _ = animate(speech, "mfcc", ANTICIPATION, piece_ms / 1000.0, model)
+    unheld0, _, _ = animate(speech, "mfcc", 0.0, piece_ms / 1000.0, model, hold=False)
+    unheld, _, _ = animate(speech, "mfcc", ANTICIPATION, piece_ms / 1000.0, model, hold=False)
+    tag = f"anticipation_{ANTICIPATION * 1000:.0f}ms"
     return {"piece_ms": piece_ms, "vs_phonemes": versus(ref0, pieces0),
             "jaw_corr_vs_whole_no_anticipation": jaw_corr(whole0, pieces0),
-            f"jaw_corr_vs_whole_anticipation_{ANTICIPATION * 1000:.0f}ms": jaw_corr(whole, pieces),
+            f"jaw_corr_vs_whole_{tag}": jaw_corr(whole, pieces),
+            "unheld_jaw_corr_vs_whole_no_anticipation": jaw_corr(whole0, unheld0),
+            f"unheld_jaw_corr_vs_whole_{tag}": jaw_corr(whole, unheld),
             "cost": cost(costs, speech.seconds)}
 
 

@@ -2,8 +2,11 @@
 
 Per ``ReplyAudio`` chunk it renders the frames whose times ``k / fps`` on the reply clock
 fall inside the chunk, ``[offset, offset + duration)``, and the chunk goes on to the client
-untouched (so audio and frames share the reply clock). After the last chunk (``ReplyEnd``)
-it renders the mouth closing back to idle (``CLOSE_S``), then passes the ``ReplyEnd`` on.
+untouched (so audio and frames share the reply clock). A chunk without phoneme timings
+under ``audio_mouth="mfcc"`` holds its last ``anticipation`` + 36 ms of frames (their
+mouth reads audio past the chunk's end) until the next chunk or the ``ReplyEnd``. After
+the last chunk (``ReplyEnd``) it renders the mouth closing back to idle (``CLOSE_S``),
+then passes the ``ReplyEnd`` on.
 Frames are rendered faster than real time: the client plays them by their ``pts``.
 """
 
@@ -79,6 +82,7 @@ class _Turn:
     next_index: int = 0  # the next frame index to render (frames are never rendered twice)
     first_frame_sent: bool = False
     cancelled: bool = False
+    held_from: float | None = None  # the last chunk's frames from here on wait for the next
 
 
 @dataclass
@@ -206,7 +210,13 @@ class PortraitHandler(AvatarHandler[PortraitOptions]):
             self._stop_listening(ctx, chunk.turn)
         with ctx.lock:
             ctx.animator.speak(chunk)
-        indices = self._indices(state, chunk.offset, chunk.offset + chunk.duration)
+            # A mouth read from the audio ahead of each frame: the chunk's last frames wait
+            # for the next piece (the next chunk or the ReplyEnd renders them).
+            settled = ctx.animator.settled(chunk)
+        start = chunk.offset if state.held_from is None else min(chunk.offset, state.held_from)
+        end = chunk.offset + chunk.duration
+        state.held_from = settled if settled < end else None
+        indices = self._indices(state, start, settled)
         if self._emits_motion(ctx) and indices:
             yield self._motion(ctx, chunk.turn, indices)
         async for out in self._render(ctx, state, chunk.turn, indices):
