@@ -293,15 +293,15 @@ def main(argv: Sequence[str] = ()) -> int:
     voices = {v: speak(v) for v in TRAIN}
     corpus = [u for v in TRAIN for u in voices[v]]
     model = build(corpus)
-    again = dict(gate=model.gate_db, temperature=model.temperature)
+    gate, temperature = model.gate_db, model.temperature
     held_in = [u for i, u in enumerate(corpus) if i % 5]
     held_out = [u for i, u in enumerate(corpus) if not i % 5]
-    figures = scores(fit(held_in, **again), held_out, "held_out_fifth")
+    figures = scores(fit(held_in, gate, temperature), held_out, "held_out_fifth")
     # A voice the templates never heard: each engine's plain voice, by a fit on the other engine.
     for engine, plain in (("hibari", "hibari"), ("espeak", "espeak-en")):
         others = [u for w in TRAIN if VOICES[w].engine != engine for u in voices[w]]
         if others:
-            figures |= scores(fit(others, **again), voices[plain], f"unseen_{plain.replace('-', '_')}")
+            figures |= scores(fit(others, gate, temperature), voices[plain], f"unseen_{plain.replace('-', '_')}")
     if addons.state(ADDON) == "verified":
         figures |= scores(model, speak("mandarin"), "held_out_voice_mandarin")
     made = {
