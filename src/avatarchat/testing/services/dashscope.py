@@ -37,7 +37,8 @@ What it implements, from Alibaba Cloud Model Studio's public API reference:
 What is not the real service: the voice is the embedded one (hibari; the Mandarin add-on
 for ``zh``) whatever ``voice`` names; word times are the sentence's voiced span shared by
 the words' lengths; recognition is a callable (the embedded whisper by default) run on the
-audio so far every ``partial_s`` and at ``finish-task``, and a sentence ends only there
+audio so far every ``partial_s`` of audio, after a ``GAP_S`` pause in what the client sends,
+and at ``finish-task``, and a sentence ends only there
 (the service also ends one at its own VAD pauses); error codes and messages follow the
 reference's names (InvalidParameter, ModelNotFound, InternalError) but their wording is ours.
 
@@ -391,7 +392,11 @@ class _AsrTask(_Task):
     async def _recognize(self) -> None:
         try:
             while True:
-                await self._more.wait()
+                try:
+                    await asyncio.wait_for(self._more.wait(), GAP_S)
+                    gap = False
+                except TimeoutError:
+                    gap = True  # the client sent nothing for a moment: a pause
                 self._more.clear()
                 n = len(self.buffer) // 2
                 if self.finishing:
@@ -399,7 +404,7 @@ class _AsrTask(_Task):
                         await self._result(n, final=True)
                     self.finished({"duration": round(n / 16000)})
                     return
-                if n - self.heard >= self.partial_samples:
+                if n - self.heard >= self.partial_samples or (gap and n > self.heard):
                     await self._result(n, final=False)
         except TaskFailed as failure:
             self.failed(failure)
@@ -423,6 +428,12 @@ class _AsrTask(_Task):
             "sentence_end": final, "words": words}}, "usage": {"duration": round(n / 16000)} if final else None})
         await self.after_first()
         self._more.set()  # audio may have come while it transcribed
+
+
+#: A result also comes once the client has sent nothing new for this long (the real service
+#: answers at its own pauses; without this, speech ending short of ``partial_s`` would be
+#: heard only at ``finish-task``).
+GAP_S = 0.15
 
 
 @functools.cache
