@@ -5,7 +5,8 @@ What is timed, per call (rounds alternate between the handlers of a stage, so th
 load falls on all of them alike):
 - TTS: a reply sentence handed to the stage → its first ``ReplyAudio`` (a voice that listens
   for the final transcript hears it ``LLM_GAP_S`` before, as in a session);
-- ASR: the end of an utterance (``SpeechEnded``, no partials before) → its final transcript;
+- ASR: the end of an utterance (``SpeechEnded``, no partials before) → its final transcript
+  (a recognizer that listens for ``SpeechStarted`` hears it ``SPEAKING_S`` before);
 - LLM: a question → the reply's first ``ReplyText``;
 - speech to speech: the end of an utterance → the reply's first ``ReplyAudio``, its
   connection opened when the speech started (``SpeechStarted``, 1 s before), as in a
@@ -111,8 +112,9 @@ async def _first(handler: Handler[Any], events: list[Event], want: Callable[[Eve
     info = SessionInfo("bench-services", SessionSettings(language=handler.session_settings.language))
     ctx = await asyncio.get_running_loop().run_in_executor(None, handler.create_context, info)
     try:
-        if handler.stage == "s2s":
-            # As in a session: the user starts speaking, the stage gets ready meanwhile.
+        if handler.stage == "s2s" or SpeechStarted in handler.controls:
+            # As in a session: the user starts speaking, the stage gets ready meanwhile
+            # (a speech model or a streaming recognizer opens its connection).
             handler.on_control(ctx, SpeechStarted(1))
             await asyncio.sleep(SPEAKING_S)
         if handler.stage == "tts" and UserTranscript in handler.controls:
