@@ -178,12 +178,14 @@ class DelayedSender:
         if self._error is not None:
             raise ConnectionResetError(f"the client is gone: {self._error}")
         self._queue.put_nowait((time.monotonic() + self._delay_s, item, via))
-        if self._task is None:
+        if self._task is None or self._task.done():
+            # The task ends when the queue is empty: none is left pending (and collected
+            # unfinished) after its connection ends.
             self._task = asyncio.get_running_loop().create_task(self._deliver())
 
     async def _deliver(self) -> None:
-        while True:
-            due, item, via = await self._queue.get()
+        while not self._queue.empty():
+            due, item, via = self._queue.get_nowait()
             try:
                 wait = due - time.monotonic()
                 if wait > 0:
