@@ -274,3 +274,29 @@ async def test_a_chinese_session_hints_zh_and_its_words_join_without_spaces(svc:
     assert " " not in text
     heard = sum(c in text for c in said[:-1])
     assert heard >= 0.8 * len(said[:-1]), f"said {said}, heard {text}"
+
+
+def _result(words_end_ms: list[float], text: str = "中国的首都是") -> dict[str, Any]:
+    """A ``result-generated`` frame as the service sends it: an intermediate sentence."""
+    words = [{"begin_time": max(0.0, e - 200), "end_time": e, "text": "x", "punctuation": ""} for e in words_end_ms]
+    return {"header": {"event": "result-generated"},
+            "payload": {"output": {"sentence": {"text": text, "end_time": None, "sentence_end": False,
+                                                "words": words}}}}
+
+
+@pytest.mark.parametrize(("sent_ms", "last_word_ms", "stale"), [
+    (2000, 1000, True),    # the result heard half of what was sent: not the pause's words
+    (2000, 1800, False),   # up to the pause (its silence is still being sent)
+    (2000, None, False),   # no word times: the text is taken as it is
+])
+def test_a_result_that_has_not_heard_the_last_words_is_stale(sent_ms: int, last_word_ms: float | None,
+                                                              stale: bool) -> None:
+    # Unit level, on the frames the service sends: the pause path then gives no words
+    # rather than old ones (end of turn would wait the unfinished hangover on "…是").
+    from avatarchat.handlers.asr.dashscope import RATE, _lags, _note, _Stream
+
+    stream = _Stream(1, task=None)  # type: ignore[arg-type]
+    stream.sent = sent_ms * RATE // 1000
+    _note(stream, _result([] if last_word_ms is None else [last_word_ms / 2, last_word_ms]))
+    assert stream.text("") == "中国的首都是"
+    assert _lags(stream) is stale

@@ -101,6 +101,8 @@ class _Stream:
     ready: bool = False  # task-started came
     closed: bool = False
     cancelled: bool = False  # cancel_turn: nothing more of the turn comes out
+    #: Where the newest result's last word ends (ms of the turn's audio); None: no word times.
+    heard_ms: float | None = None
 
     def text(self, joiner: str) -> str:
         return joiner.join(t for t in (*self.finals, self.current) if t).strip()
@@ -195,6 +197,11 @@ class DashScopeASR(Handler[DashScopeASROptions]):
             return  # cancelled while it sent
         joiner = "" if is_chinese(ctx.language) else " "
         text = stream.text(joiner) if stream.error is None else ""
+        if isinstance(event, SpeechPaused) and _lags(stream):
+            # Results of speech long before the pause ("中国的首都是" of "中国的首都是哪里"): end
+            # of turn would judge the wrong words (wait the unfinished hangover) and a reply
+            # started on them would be dropped, a billed request. No words: the voice decides.
+            text = ""
         if isinstance(event, SpeechPaused):
             yield UserTranscript(event.turn, text, final=False, speech_end=event.speech_end)
             yield event  # on to the turn stage, as every ASR passes a pause on
@@ -311,6 +318,15 @@ class DashScopeASR(Handler[DashScopeASROptions]):
         ctx.streams.clear()
 
 
+#: A pause's transcript whose last word ends this long before the audio sent is stale.
+STALE_MS = 500
+
+
+def _lags(stream: _Stream) -> bool:
+    """Whether the newest result has not heard the last words sent (by its word times)."""
+    return stream.heard_ms is not None and stream.heard_ms < stream.sent * 1000 / RATE - STALE_MS
+
+
 def _note(stream: _Stream, frame: Any) -> None:
     """Take one event's result in: an ended sentence joins the finals, an intermediate
     one replaces the sentence being heard."""
@@ -320,6 +336,10 @@ def _note(stream: _Stream, frame: Any) -> None:
     if sentence.get("heartbeat"):
         return
     text = str(sentence.get("text") or "").strip()
+    times = [w.get("end_time") for w in sentence.get("words") or () if isinstance(w, dict)]
+    ends = [float(e) for e in times if isinstance(e, int | float)]
+    if ends:
+        stream.heard_ms = max(ends)
     if sentence.get("sentence_end") or sentence.get("end_time") is not None:
         if text:
             stream.finals.append(text)
