@@ -245,6 +245,35 @@ def speech(text: str, language: str = "en", rate: int = 24000) -> np.ndarray:
     return out
 
 
+_WHISPER_LOCK = threading.Lock()
+_whispers: dict[str, Any] = {}
+
+
+def recognize(audio: np.ndarray, language: str = "en") -> str:
+    """What a local server hears in ``audio`` (16 kHz float32): the embedded whisper
+    (tiny.en for English, base for other languages), each loaded once per process."""
+    from avatarchat.handlers.asr.whisper import WhisperHandler, WhisperOptions
+
+    english = language in ("", "en") or language.startswith("en-")
+    model = "tiny.en" if english else "base"
+    with _WHISPER_LOCK:
+        handler = _whispers.get(model)
+        if handler is None:
+            handler = WhisperHandler(WhisperOptions(model=model, language="en" if english else language))
+            handler.load()
+            _whispers[model] = handler
+    return str(handler.transcribe(audio, "en" if english else language))
+
+
+def warm(languages: tuple[str, ...] = ("en",), recognizer: bool = True) -> None:
+    """Load the voice (and the recognizer) a server answers with now, not in a client's
+    first request (the first turn of a bench would otherwise pay seconds for it)."""
+    for language in languages:
+        speech("Hello." if language == "en" else "你好。", language)
+        if recognizer:
+            recognize(np.zeros(16000, np.float32), language)
+
+
 def pcm16(samples: np.ndarray) -> bytes:
     """float32 [-1, 1] → little-endian signed 16-bit PCM bytes."""
     return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()

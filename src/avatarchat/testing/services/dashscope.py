@@ -61,7 +61,8 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from avatarchat.testing.services.base import GOOD_KEY, LocalService, ServiceCase, from_pcm16, pcm16, speech
+from avatarchat.testing.services.base import warm as base_warm
+from avatarchat.testing.services.base import GOOD_KEY, LocalService, ServiceCase, from_pcm16, pcm16, recognize, speech
 
 PATH = "/api-ws/v1/inference"
 TTS_MODELS = frozenset({"cosyvoice-v1", "cosyvoice-v2", "cosyvoice-v3-flash", "cosyvoice-v3-plus"})
@@ -436,19 +437,8 @@ class _AsrTask(_Task):
 GAP_S = 0.15
 
 
-@functools.cache
-def _whisper(language: str) -> Any:
-    from avatarchat.handlers.asr.whisper import WhisperHandler
-
-    handler = WhisperHandler(WhisperHandler.Options(model="base" if language.startswith("zh") else "tiny.en",
-                                                    language=language))
-    handler.load()
-    return handler
-
-
-def whisper_transcribe(audio: np.ndarray, language: str) -> str:
-    """The default recognizer: the embedded whisper (tiny.en; base for Chinese)."""
-    return str(_whisper("zh" if language.startswith("zh") else "en").transcribe(audio, language))
+#: The default recognizer: the embedded whisper (tiny.en; base for Chinese).
+whisper_transcribe = recognize
 
 
 def bench_cases() -> list[ServiceCase]:
@@ -467,3 +457,8 @@ def bench_cases() -> list[ServiceCase]:
         # then one whisper call on the server, as the embedded whisper's one call beside it.
         ServiceCase("dashscope paraformer", "asr", "dashscope", server(partial_s=1e9), asr, "first_transcript"),
     ]
+
+
+def warm() -> None:
+    """Load the voices and recognizers this server answers with (``local_services``)."""
+    base_warm(("en", "zh"))

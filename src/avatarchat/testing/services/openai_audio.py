@@ -51,7 +51,6 @@ import asyncio
 import io
 import json
 import re
-import threading
 import wave
 from collections.abc import Callable
 from typing import Any
@@ -59,7 +58,8 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from avatarchat.testing.services.base import GOOD_KEY, LocalService, ServiceCase, pcm16, speech
+from avatarchat.testing.services.base import warm as base_warm
+from avatarchat.testing.services.base import GOOD_KEY, LocalService, ServiceCase, pcm16, recognize, speech
 
 TTS_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 ASR_MODELS = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
@@ -83,22 +83,8 @@ def app_with(transcribe: Transcriber | None = None, pace: float = 4.0,
     return lambda svc: OpenAIAudioServer(svc, transcribe, pace, rate).application()
 
 
-_WHISPER_LOCK = threading.Lock()
-_whispers: dict[str, Any] = {}
-
-
-def whisper_transcribe(audio: np.ndarray, language: str) -> str:
-    """The embedded whisper (tiny.en for English, base otherwise), loaded once per process."""
-    from avatarchat.handlers.asr.whisper import WhisperHandler, WhisperOptions
-
-    model = "tiny.en" if language in ("", "en") else "base"
-    with _WHISPER_LOCK:
-        handler = _whispers.get(model)
-        if handler is None:
-            handler = WhisperHandler(WhisperOptions(model=model))  # type: ignore[arg-type]
-            handler.load()
-            _whispers[model] = handler
-    return str(handler.transcribe(audio, language or "en"))
+#: The default recognizer: the embedded whisper (``base.recognize``).
+whisper_transcribe = recognize
 
 
 def error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
@@ -367,3 +353,8 @@ def bench_cases() -> list[ServiceCase]:
                     lambda svc: {"base_url": url(svc), "api_key": GOOD_KEY, "model": "whisper-1"},
                     "first_transcript"),
     ]
+
+
+def warm() -> None:
+    """Load the voice and recognizer this server answers with (``local_services``)."""
+    base_warm(("en",))

@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
+from avatarchat.testing.services.base import warm as base_warm
 from avatarchat.testing.services.base import GOOD_KEY, LocalService, ServiceCase, from_pcm16, pcm16, speech
 
 PATH = "/api-ws/v1/realtime"
@@ -337,3 +338,8 @@ def bench_cases() -> list[ServiceCase]:
         ServiceCase("qwen_omni s2s (qwen3-omni-flash-realtime)", "s2s", "qwen_omni", app,
                     lambda svc: {"url": f"{svc.ws_url}{PATH}", "api_key": GOOD_KEY}, "first_audio_s2s"),
     ]
+
+
+def warm() -> None:
+    """Load the voice and recognizer this server answers with (``local_services``)."""
+    base_warm(("en",))
