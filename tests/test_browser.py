@@ -86,7 +86,7 @@ def test_spoken_question_gets_transcript_reply_video_audio_and_latency(
         assert (s1["video"]["frameWidth"], s1["video"]["frameHeight"]) == (512, 512)
 
         # The reply's text streams into the log, its audio arrives and is audible.
-        wait_for(page, REPLY_DONE, 40)
+        wait_for(page, REPLY_DONE, 90)
         assert log_lines(page, "avatar")[0], "empty reply"
         wait_for(page, "() => avatarchat.segments('remote').length > 0", 20)
         asked = next(m["t"] for m in page.evaluate("avatarchat.messages") if m["msg"]["type"] == "transcript")
@@ -127,7 +127,7 @@ def test_typed_question_gets_a_reply(quiet_browser: Any, server: ServeProcess) -
         page.click("#start")
         wait_for(page, CONNECTED, 20)
         ask_typed(page, "What is the capital of Italy?")
-        wait_for(page, REPLY_DONE, 40)
+        wait_for(page, REPLY_DONE, 90)
         assert log_lines(page, "user") == ["What is the capital of Italy?"]
         assert len(log_lines(page, "avatar")) == 1 and log_lines(page, "avatar")[0]
         # A silent microphone under a playing reply never mutes it.
@@ -219,7 +219,7 @@ def test_two_pages_keep_their_own_conversations(quiet_browser: Any, server: Serv
             ask_typed(page, question)
         replies = []
         for page, question in zip(pages, questions, strict=True):
-            wait_for(page, REPLY_DONE, 60)
+            wait_for(page, REPLY_DONE, 90)
             assert log_lines(page, "user") == [question]
             replies.append(log_lines(page, "avatar"))
             assert len(replies[-1]) == 1 and replies[-1][0]
@@ -260,7 +260,7 @@ def test_denied_microphone_is_explained_and_typing_still_works(pw: Any, server: 
         assert "type below" in banner.inner_text()
         wait_for(page, CONNECTED, 20)
         ask_typed(page, "What colour is the sky?")
-        wait_for(page, REPLY_DONE, 40)
+        wait_for(page, REPLY_DONE, 90)
         assert log_lines(page, "user") == ["What colour is the sky?"]
         assert log_lines(page, "avatar")[0]
         close_pages(server, page)
