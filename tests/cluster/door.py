@@ -57,7 +57,7 @@ class Door:
                 raise Refused(resp.status, body)
             return dict(body)
 
-    async def connect(self, *, video: bool = False) -> tuple[RtcTestClient, dict[str, Any]]:
+    async def connect(self, *, video: bool = True) -> tuple[RtcTestClient, dict[str, Any]]:
         """One aiortc session placed through the door: the client (data channel open) and
         the offer's answer (``session_id``, and the node where the door says it runs).
         The client is closed if connecting fails."""

@@ -8,10 +8,12 @@ id, raylet pid and capacity) and holds them until SIGTERM, SIGINT or its stdin c
 it stops every process it started.
 
 Why not ``ray start``: it turns ``--node-ip-address 127.0.0.1`` into the machine's routable
-address (ray/_private/services.py ``resolve_ip_for_localhost``), so the nodes would talk over
-an address other than loopback. Here every node's address is 127.0.0.1. (Ray's gRPC servers
-still listen on all interfaces: raylet and GCS bind 0.0.0.0 with no option to narrow it;
-nothing in the tests connects to anything but 127.0.0.1.)
+address (ray/_private/services.py ``resolve_ip_for_localhost``), and its servers then listen
+on every interface. Here every node's address is 127.0.0.1, and Ray's GCS, raylets and
+agents listen on 127.0.0.1 only (checked with ``ss -ltnp``). A driver (a front door, ``avatarchat
+cluster status``) given ``127.0.0.1:PORT`` makes the same substitution and cannot connect
+unless its environment holds ``DRIVER_ENV`` (Ray's switch for single-machine clusters, which
+keeps loopback addresses as they are).
 
 ``RayNodes`` runs that program from a test, and stops it, and anything it left, at the end.
 The pytest process itself never imports ray.
@@ -38,6 +40,8 @@ RESOURCE = "avatarchat_session"
 #: Ray's smallest object store (it refuses less); the sessions put nothing in it.
 OBJECT_STORE_BYTES = 80 * 1024 * 1024
 ROOT = Path(__file__).resolve().parents[2]
+#: What a driver of this cluster needs in its environment (see the module docstring).
+DRIVER_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 #: No usage reporting (nothing leaves the machine) and no 30 s drain on SIGTERM at the end
 #: (RAY_TMPDIR, set per cluster, keeps its address file out of the shared /tmp/ray).
 QUIET_RAY = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
@@ -173,17 +177,25 @@ def _raylet_pid(node: Any) -> int:
     return int(node.all_processes["raylet"][0].process.pid)
 
 
+def _set_at_eof(event: threading.Event) -> None:
+    sys.stdin.read()
+    event.set()
+
+
 def _launch(args: argparse.Namespace) -> None:
     # Ray's test utility; imported here, in the launcher process only.
     from ray.cluster_utils import Cluster
 
-    base = {"node_ip_address": "127.0.0.1", "object_store_memory": OBJECT_STORE_BYTES,
+    from avatarchat.cluster.local import SYSTEM_CONFIG
+
+    base: dict[str, Any] = {"node_ip_address": "127.0.0.1", "object_store_memory": OBJECT_STORE_BYTES,
             "min_worker_port": 0, "max_worker_port": 0}
     # The head's dashboard and agent ports default to fixed numbers (8265, 52365): free ones,
     # so that this cluster starts beside any other on the machine.
     cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={
         **base, "num_cpus": 0, "resources": {RESOURCE: 0}, "include_dashboard": False,
         "dashboard_port": _free_port(), "dashboard_agent_listen_port": _free_port(),
+        "_system_config": SYSTEM_CONFIG,  # death detection as `avatarchat cluster local` sets it
         "temp_dir": str(args.dir / "head")})
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -200,7 +212,7 @@ def _launch(args: argparse.Namespace) -> None:
         tmp.write_text(json.dumps(info))
         tmp.rename(args.ready)
         print(json.dumps(info), flush=True)
-        threading.Thread(target=lambda: (sys.stdin.read(), stopping.set()), daemon=True).start()
+        threading.Thread(target=_set_at_eof, args=(stopping,), daemon=True).start()
         stopping.wait()
     finally:
         for node in list(cluster.worker_nodes):
