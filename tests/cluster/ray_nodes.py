@@ -10,10 +10,9 @@ it stops every process it started.
 Why not ``ray start``: it turns ``--node-ip-address 127.0.0.1`` into the machine's routable
 address (ray/_private/services.py ``resolve_ip_for_localhost``), and its servers then listen
 on every interface. Here every node's address is 127.0.0.1, and Ray's GCS, raylets and
-agents listen on 127.0.0.1 only (checked with ``ss -ltnp``). A driver (a front door, ``avatarchat
-cluster status``) given ``127.0.0.1:PORT`` makes the same substitution and cannot connect
-unless its environment holds ``DRIVER_ENV`` (Ray's switch for single-machine clusters, which
-keeps loopback addresses as they are).
+agents listen on 127.0.0.1 only (checked with ``ss -ltnp``). A driver given ``127.0.0.1:PORT`` makes the same
+substitution unless Ray's single-machine switch is set (``avatarchat.cluster.LOOPBACK_ENV``,
+which the front door and ``avatarchat cluster`` set themselves).
 
 ``RayNodes`` runs that program from a test, and stops it, and anything it left, at the end.
 The pytest process itself never imports ray.
@@ -40,8 +39,6 @@ RESOURCE = "avatarchat_session"
 #: Ray's smallest object store (it refuses less); the sessions put nothing in it.
 OBJECT_STORE_BYTES = 80 * 1024 * 1024
 ROOT = Path(__file__).resolve().parents[2]
-#: What a driver of this cluster needs in its environment (see the module docstring).
-DRIVER_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 #: No usage reporting (nothing leaves the machine) and no 30 s drain on SIGTERM at the end
 #: (RAY_TMPDIR, set per cluster, keeps its address file out of the shared /tmp/ray).
 QUIET_RAY = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import yaml
 from avatarchat.bench.harness import ServeProcess
 from avatarchat.bench.load import speak_questions
 from tests.cluster.door import Door, EventStream, Refused
-from tests.cluster.ray_nodes import DRIVER_ENV, RayNodes
+from tests.cluster.ray_nodes import RayNodes
 from tests.configs import greedy_default
 from tests.rtc_client import RtcTestClient
 
@@ -60,7 +59,7 @@ def front_door(ray_nodes: RayNodes, tmp_path_factory: pytest.TempPathFactory) ->
     config["llm"]["max_tokens"] = 24
     config.setdefault("server", {}).update(max_sessions=8, max_sessions_per_client=8)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    with ServeProcess(config=path, extra_args=["--cluster", ray_nodes.address], env=DRIVER_ENV,
+    with ServeProcess(config=path, extra_args=["--cluster", ray_nodes.address],
                       log_path=folder / "door.log") as door:
         rows = wait_status(ray_nodes.address, lambda rows: len(rows) == 2 and all(r["state"] == "ready" for r in rows))
         assert sorted(r["capacity"] for r in rows) == [2, 2]
@@ -73,7 +72,7 @@ def front_door(ray_nodes: RayNodes, tmp_path_factory: pytest.TempPathFactory) ->
 def cli(*args: str, timeout: float = 60.0) -> str:
     """``avatarchat ARGS`` as a user runs it; its stdout (AssertionError with its output if it fails)."""
     done = subprocess.run([sys.executable, "-m", "avatarchat.cli.main", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **DRIVER_ENV})
+                          timeout=timeout)
     assert done.returncode == 0, f"avatarchat {' '.join(args)} -> {done.returncode}:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
