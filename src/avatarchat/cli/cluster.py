@@ -60,10 +60,11 @@ def _status(args: argparse.Namespace) -> int:
     if not rows:
         print("no node advertises avatarchat_session slots")
         return 0
-    print(f"{'NODE':<14}{'IP':<16}{'SLOTS':>6}{'LIVE':>6}{'HELD':>6}  STATE")
+    print(f"{'NODE':<14}{'IP':<16}{'SLOTS':>6}{'LIVE':>6}{'HELD':>6}{'RSS MB':>8}  STATE")
     for r in rows:
         state = r["state"] + (", draining" if r["draining"] else "")
-        print(f"{r['node'][:12]:<14}{str(r['ip']):<16}{r['capacity']:>6}{r['live']:>6}{r['held']:>6}  {state}")
+        rss = "-" if r.get("rss_mb") is None else f"{r['rss_mb']:.0f}"
+        print(f"{r['node'][:12]:<14}{str(r['ip']):<16}{r['capacity']:>6}{r['live']:>6}{r['held']:>6}{rss:>8}  {state}")
     print(f"{sum(r['live'] for r in rows)} live session(s) on {len(rows)} node(s), "
           f"{sum(r['capacity'] for r in rows)} slot(s)")
     return 0
@@ -89,13 +90,16 @@ def _local(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     stop = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous: dict[int, Any] = {}
     try:
         say(f"starting a Ray head and {args.nodes} node(s) of {args.sessions_per_node} session(s) on 127.0.0.1 …")
         try:
             address = cluster.start()
         except ClusterUnavailable as exc:
             raise UserError(str(exc)) from None
+        # After start: Ray's node objects set their own SIGTERM handler (exit at once), and
+        # this one must win so that `stop` runs and reports.
+        previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
         say(f"cluster ready at {address}")
         say(f"  front door: avatarchat serve --cluster {address}   (or --cluster auto)")
         say(f"  status:     avatarchat cluster status --address {address}")

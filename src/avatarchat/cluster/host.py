@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from typing import Any
 
@@ -96,7 +97,8 @@ class NodeHost:
     # -- sessions --------------------------------------------------------------------
 
     async def open_session(self, sdp: str, type_: str, avatar: str, client: str, group: Any) -> dict[str, Any]:
-        """Answer an offer on this node: ``{"sdp", "type", "session_id", "avatar", "node"}``,
+        """Answer an offer on this node: ``{"sdp", "type", "session_id", "avatar", "node",
+        "answer_ms"}`` (``answer_ms``: the node's own time to answer),
         or ``{"refused": "draining" | "loading" | "full" | "offer" | "error", "message"}``.
         ``group`` is the placement group that reserved this slot (see the module docstring)."""
         from avatarchat.server.avatar_http import has_avatar
@@ -111,6 +113,7 @@ class NodeHost:
             kind = "draining" if self.draining else "loading"
             return {"refused": kind, "message": f"node {self.short} is {kind}"}
         video = avatar == "video" and has_avatar(self._pipeline)
+        started = time.perf_counter()
         try:
             peer, answer = await self._manager.open(self._pipeline, sdp, type_, client=client, avatar=avatar,
                                                     video=video)
@@ -128,7 +131,8 @@ class NodeHost:
         self._groups[session_id] = group
         peer.log.info("session %s opened on node %s for %s", session_id, self.short, client)
         asyncio.get_running_loop().create_task(self._release_when_closed(peer, session_id), name=f"release-{peer.id}")
-        return {"sdp": answer, "type": "answer", "session_id": session_id, "avatar": avatar, "node": self.node_id}
+        return {"sdp": answer, "type": "answer", "session_id": session_id, "avatar": avatar, "node": self.node_id,
+                "answer_ms": round((time.perf_counter() - started) * 1000, 1)}
 
     async def _release_when_closed(self, peer: Any, session_id: str) -> None:
         await peer.wait_closed()
@@ -177,12 +181,13 @@ class NodeHost:
         return await self.status()
 
     async def status(self) -> dict[str, Any]:
-        """``{"node", "capacity", "live", "sessions", "held", "draining", "state", "error"}``."""
+        """``{"node", "capacity", "live", "sessions", "held", "draining", "state", "error",
+        "started", "pid", "rss_mb"}`` (``rss_mb``: the host process's resident memory)."""
         live = sorted(self._groups)
         state = "failed" if self._load_error else "ready" if self._manager is not None else "loading"
         return {"node": self.node_id, "capacity": self.capacity, "live": len(live), "sessions": live,
                 "held": len(self._held), "draining": self.draining, "state": state, "error": self._load_error,
-                "started": self.started}
+                "started": self.started, "pid": os.getpid(), "rss_mb": _rss_mb()}
 
     async def metrics(self) -> str:
         """This node's metrics, Prometheus text (``server.metrics``)."""
@@ -236,6 +241,16 @@ class NodeHost:
                 log.info("node %s: removing orphan placement group %s", self.short, info.get("name"))
                 await self._remove(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
         self._unknown_since = {k: v for k, v in self._unknown_since.items() if k in seen}
+
+
+def _rss_mb() -> float | None:
+    """This process's resident memory in MB (Linux), else None."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 1e6, 1)
 
 
 class _NodeField(logging.Filter):

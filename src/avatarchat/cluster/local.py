@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from typing import Any
 
 from avatarchat.cluster import LOOPBACK_ENV, RESOURCE, import_ray
@@ -68,9 +69,15 @@ class LocalCluster:
         return [str(n.node_id) for n in self._nodes]
 
     def kill_node(self, node_id: str) -> None:
-        """Kill that node's raylet (SIGKILL), as a crashed machine would go."""
+        """Kill that node's raylet and every process under it (SIGKILL), as a crashed
+        machine would go (a worker whose raylet dies alone can outlive it for a while)."""
         node = next(n for n in self._nodes if str(n.node_id) == node_id)
+        raylet = node.all_processes["raylet"][0].process.pid
+        under = _descendants({raylet})
         node.kill_raylet()
+        for pid in under:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
     def remove_node(self, node_id: str) -> None:
         """Stop every process of that node."""
@@ -89,11 +96,15 @@ class LocalCluster:
         if ray.is_initialized():
             ray.shutdown()
         address = str(cluster.address)
-        for node in list(cluster.worker_nodes):
+        # Ray's agents and workers are the raylets' children: a raylet that dies leaves them
+        # running. Noted now, ended after the nodes stop if they have not gone with them.
+        started = _descendants({os.getpid()})
+        for node in [*cluster.worker_nodes, cluster.head_node]:
             with contextlib.suppress(Exception):
-                cluster.remove_node(node, allow_graceful=False)
-        with contextlib.suppress(Exception):
-            cluster.remove_node(cluster.head_node, allow_graceful=False)
+                cluster.remove_node(node, allow_graceful=True)
+        for pid in started:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         self._nodes.clear()
         _forget_address(address)
 
@@ -113,3 +124,23 @@ def _forget_address(address: str) -> None:
         with open(path) as f:
             if f.read().strip() == address:
                 os.remove(path)
+
+
+def _descendants(roots: set[int]) -> list[int]:
+    """Every process descended from ``roots`` now (Linux /proc; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
