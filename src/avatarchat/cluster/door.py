@@ -54,7 +54,10 @@ class ClusterDoor:
 
     ``start`` (the app's loader) connects, starts the hosts and waits for one to load;
     ``offer``, ``events``, ``metrics_text`` and ``health`` serve the routes; ``close``
-    disconnects (the hosts and their sessions stay)."""
+    disconnects (the hosts and their sessions stay). Doors of one process share its Ray
+    connection, which the last one to close ends."""
+
+    _drivers = 0  # doors of this process connected to Ray
 
     def __init__(self, address: str, config: Any, *, place_timeout_s: float = PLACE_TIMEOUT_S,
                  discover_every_s: float = 2.0, suspect_s: float = 30.0) -> None:
@@ -87,6 +90,7 @@ class ClusterDoor:
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise ClusterUnavailable(f"cannot reach the Ray cluster at {self.address}: {_line(exc)}") from None
         self._connected = True
+        ClusterDoor._drivers += 1
         await self.discover()
         if not self._hosts:
             raise ClusterUnavailable(f"no node of the cluster advertises the {RESOURCE} resource "
@@ -116,9 +120,10 @@ class ClusterDoor:
             fut.cancel()
         await asyncio.gather(*self._loads.values(), *self._cleanups, return_exceptions=True)
         if self._connected:
-            ray = import_ray()
-            await asyncio.to_thread(ray.shutdown)
             self._connected = False
+            ClusterDoor._drivers -= 1
+            if ClusterDoor._drivers == 0:  # Ray has one driver connection per process
+                await asyncio.to_thread(import_ray().shutdown)
 
     # -- nodes -------------------------------------------------------------------------
 
