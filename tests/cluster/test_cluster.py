@@ -77,6 +77,14 @@ def cli(*args: str, timeout: float = 60.0) -> str:
     return done.stdout
 
 
+def metric(text: str, name: str, node: str) -> float | None:
+    """The value of the sample ``name{node="NODE"...}`` in Prometheus text (None if absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") and f'node="{node}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def status(address: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = json.loads(cli("cluster", "status", "--address", address, "--json"))
     return rows
@@ -174,6 +182,20 @@ async def test_four_sessions_are_placed_two_per_node_each_hears_its_own_question
             for client, (said, _) in zip(clients, turns):
                 # Nothing of another session reached this one: one question, one transcript.
                 assert [m["text"] for m in client.of_type("transcript") if m["final"]] == [said["text"]]
+
+            # The door's /metrics holds every node's own: two live sessions and (once their
+            # replies have played out) two turns each.
+            nodes = [n.node_id[:12] for n in ray_nodes.nodes]
+            deadline = time.monotonic() + 60
+            while True:
+                code, text = await door.get_text("metrics")
+                assert code == 200
+                if all(metric(text, "avatarchat_turns_total", n) == 2 for n in nodes) or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(1.0)
+            for node in nodes:
+                assert metric(text, "avatarchat_turns_total", node) == 2, text
+                assert metric(text, "avatarchat_sessions_active", node) == 2, text
         finally:
             await close_all(clients)
         await wait_free(door, 4)
@@ -188,9 +210,11 @@ async def test_a_drained_node_takes_no_new_session_and_its_live_one_finishes(
             clients.append(first)
             drained = answer["node"]
             other = ray_nodes.other(drained)
-            cli("cluster", "drain", drained[:12], "--address", ray_nodes.address)
-            rows = {r["node"]: r for r in status(ray_nodes.address)}
-            assert rows[drained]["draining"] and rows[drained]["live"] == 1 and not rows[other]["draining"]
+            # In a thread: the clients' connections live on this loop.
+            await asyncio.to_thread(cli, "cluster", "drain", drained[:12], "--address", ray_nodes.address)
+            rows = {r["node"]: r for r in await asyncio.to_thread(status, ray_nodes.address)}
+            assert rows[drained]["draining"] and not rows[other]["draining"], rows
+            assert rows[drained]["sessions"] == [answer["session_id"]], rows
 
             for _ in range(2):  # the other node's two slots
                 client, placed = await door.connect()
@@ -203,7 +227,7 @@ async def test_a_drained_node_takes_no_new_session_and_its_live_one_finishes(
             said, reply = await ask(first, questions[0]["wav"])
             assert "france" in words(said["text"]) and reply["text"].strip()
 
-            cli("cluster", "drain", drained[:12], "--address", ray_nodes.address, "--undo")
+            await asyncio.to_thread(cli, "cluster", "drain", drained[:12], "--address", ray_nodes.address, "--undo")
             client, placed = await door.connect()
             clients.append(client)
             assert placed["node"] == drained
