@@ -7,7 +7,8 @@ In one run, with one config:
 2. Signaling: ``rounds`` offers to each server, alternating, one at a time. Each is timed on
    the client's clock from the POST of the offer to the answer's JSON (what the page waits
    for), then connected (data channel open) and hung up. The door's extra time is Ray's
-   placement (a one-bundle placement group, its table) and the relay to the node's host.
+   placement (a one-bundle placement group, its table) and the relay to the node's host;
+   the door's answer says its own share (``door_ms`` less the node's ``answer_ms``).
 3. Placement: every slot of the cluster offered at once, ``bursts`` times: sessions placed per
    second = slots / (last answer - first offer).
 4. RSS of an idle node: once every session has ended, each node's processes (its raylet and
@@ -100,8 +101,9 @@ class LocalClusterProcess:
         psutil.wait_procs(left, timeout=5)
 
 
-async def _offer_once(http: aiohttp.ClientSession, url: str) -> tuple[float, int]:
-    """One session: offer, answer (timed), connect, hang up. ``(answer ms, 503s retried)``."""
+async def _offer_once(http: aiohttp.ClientSession, url: str) -> tuple[float, int, dict[str, Any]]:
+    """One session: offer, answer (timed), connect, hang up. ``(answer ms, 503s retried,
+    the answer's JSON)``."""
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
     from aiortc.mediastreams import AudioStreamTrack
 
@@ -133,7 +135,7 @@ async def _offer_once(http: aiohttp.ClientSession, url: str) -> tuple[float, int
                 raise RuntimeError(f"offer refused ({resp.status}): {body.get('error')}")
             await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="answer"))
             await asyncio.wait_for(opened.wait(), 30)
-            return ms, retried
+            return ms, retried, body
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pc.close(), 10)
@@ -142,18 +144,25 @@ async def _offer_once(http: aiohttp.ClientSession, url: str) -> tuple[float, int
 async def _signaling(door: str, single: str, rounds: int, progress: Progress) -> dict[str, Any]:
     times: dict[str, list[float]] = {"door": [], "single": []}
     retried = {"door": 0, "single": 0}
+    inside: dict[str, list[float]] = {"node_answer_ms": [], "door_own_ms": []}
     async with aiohttp.ClientSession() as http:
         for i in range(rounds):
             order = (("door", door), ("single", single)) if i % 2 == 0 else (("single", single), ("door", door))
             for name, url in order:
-                ms, again = await _offer_once(http, url)
+                ms, again, body = await _offer_once(http, url)
                 times[name].append(ms)
                 retried[name] += again
+                if name == "door" and isinstance(body.get("door_ms"), int | float) \
+                        and isinstance(body.get("answer_ms"), int | float):
+                    # The door's own share: placing the group and relaying, less the node's answer.
+                    inside["node_answer_ms"].append(float(body["answer_ms"]))
+                    inside["door_own_ms"].append(float(body["door_ms"]) - float(body["answer_ms"]))
                 await asyncio.sleep(0.3)  # the hung-up session's slot goes back
         progress(f"signaling: {rounds} offers to each server")
     door_s, single_s = summarize(times["door"]), summarize(times["single"])
     added = {k: _minus(door_s[k], single_s[k]) for k in ("median", "p90")}
-    return {"door_ms": door_s, "single_ms": single_s, "added_ms": added, "retried_503": retried}
+    return {"door_ms": door_s, "single_ms": single_s, "added_ms": added, "retried_503": retried,
+            **{k: summarize(v) for k, v in inside.items()}}
 
 
 def _minus(a: float | None, b: float | None) -> float | None:
