@@ -4,6 +4,7 @@ per module, stopped at the end with every process it started."""
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Iterator
 
 import psutil
@@ -23,14 +24,16 @@ def require_ray() -> None:
 @pytest.fixture(scope="module")
 def ray_nodes() -> Iterator[RayNodes]:
     """A head with no session capacity and two nodes advertising ``avatarchat_session: 2``,
-    all on 127.0.0.1. At the end it is stopped, and no process it started may outlive it."""
+    all on 127.0.0.1. At the end it is stopped, and no process it started may outlive it;
+    its temp dir (Ray's logs: the nodes' hosts log there) is removed unless
+    AVATARCHAT_KEEP_RAY_LOGS is set."""
     require_ray()
     nodes = RayNodes(nodes=2, sessions=2).start()
     try:
         yield nodes
     finally:
         started = set(nodes.started_pids())
-        nodes.stop()
+        nodes.stop(keep_logs=bool(os.environ.get("AVATARCHAT_KEEP_RAY_LOGS")))
         alive = [p for p in started if _alive(p)]
         assert not alive, f"processes of the Ray cluster outlived it: {alive}"
 

@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -131,7 +132,9 @@ class RayNodes:
         except OSError:
             return "(no log)"
 
-    def stop(self, timeout: float = 20.0) -> None:
+    def stop(self, timeout: float = 20.0, keep_logs: bool = False) -> None:
+        """End the launcher, kill what is left of it, and remove its temp dirs (Ray's logs
+        among them) unless ``keep_logs``."""
         import psutil
 
         self._remember()
@@ -153,6 +156,8 @@ class RayNodes:
                 survivors.append(p)
         psutil.wait_procs(survivors, timeout=5)
         self._pids.clear()
+        if not keep_logs:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> RayNodes:
         return self.start()
