@@ -273,7 +273,9 @@ async def test_killing_a_nodes_raylet_tells_its_sessions_and_the_next_session_la
             await clients[on_live[1]].close()  # a slot on the live node for the next session
             await streams[on_live[1]].wait(lambda e: e["type"] == "closed", 60)
             freed_at = time.monotonic()
-            client, answer, refused = await connect_when_placed(door, 180.0)
+            # The dead node's groups are removed when the door sees it die (Ray would have
+            # moved them onto the live node's free slots): 0.7 s measured, idle; was 37.5 s.
+            client, answer, refused = await connect_when_placed(door, 60.0)
             clients.append(client)
             assert answer["node"] == live
             placed_s = time.monotonic() - freed_at

@@ -70,6 +70,10 @@ class ClusterDoor:
         self._hosts: dict[str, Any] = {}  # node id -> host handle
         self._loads: dict[str, asyncio.Future[Any]] = {}  # node id -> its ready() call
         self._suspect: dict[str, float] = {}  # node id -> when its host was seen dead
+        # node id -> its session groups' ids, from its host's status (every discovery) and
+        # this door's own placements since (id -> when placed): removed at once if it dies
+        self._node_groups: dict[str, set[str]] = {}
+        self._own_groups: dict[str, dict[str, float]] = {}
         self._slots = (0, 0)  # (total, free), refreshed by discovery
         self._placed = 0
         self._failures: dict[str, int] = {}
@@ -132,6 +136,7 @@ class ClusterDoor:
             await asyncio.sleep(self.discover_every_s)
             try:
                 await self.discover()
+                await self._refresh_groups()
             except Exception:
                 log.warning("looking at the cluster's nodes failed", exc_info=True)
 
@@ -145,6 +150,8 @@ class ClusterDoor:
         for node in list(self._hosts):
             stale = node in self._suspect and now - self._suspect[node] > self.suspect_s
             if node not in alive or stale:
+                if node not in alive and node not in self._suspect:
+                    self._schedule_removal(node)  # no event stream saw it die: Ray did
                 self._hosts.pop(node, None)
                 fut = self._loads.pop(node, None)
                 if fut is not None:
@@ -181,28 +188,54 @@ class ClusterDoor:
         node's session groups are removed now (see ``_remove_groups_of``)."""
         if node not in self._suspect:
             log.warning("node %s stopped: no new sessions there", node[:12])
-            task = asyncio.get_running_loop().create_task(self._remove_groups_of(node), name="avatarchat-dead-groups")
-            self._cleanups.add(task)
-            task.add_done_callback(self._cleanups.discard)
+            self._schedule_removal(node)
         self._suspect[node] = time.monotonic()
 
-    async def _remove_groups_of(self, node: str) -> None:
-        """Remove the session groups placed on a dead node. A front door sees a host die (its
-        pending calls fail) seconds before Ray marks the node dead; then Ray would move
-        those detached groups to live nodes, where they would take slots no session uses
-        (until that node's host removes them as orphans)."""
-        from ray.util.placement_group import PlacementGroup, remove_placement_group, placement_group_table
+    def _schedule_removal(self, node: str) -> None:
+        known = self._node_groups.pop(node, set()) | set(self._own_groups.pop(node, {}))
+        task = asyncio.get_running_loop().create_task(self._remove_groups_of(node, known),
+                                                      name="avatarchat-dead-groups")
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def _remove_groups_of(self, node: str, known: set[str]) -> None:
+        """Remove the session groups of a dead node: those its host last reported and this
+        door placed there (``known``), wherever they are now, and any other still on it.
+        Ray moves a dead node's detached groups to live nodes within seconds (here before
+        the door saw the death: one CREATED on the live node, one RESCHEDULING), where they
+        would take slots no session uses until that node's host removes them as orphans."""
+        from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
         ray = import_ray()
         try:
             table = await asyncio.to_thread(placement_group_table)
+            ids = set(known)
             for pg_id, info in table.items():
                 on_node = info.get("bundles_to_node_id", {}).get(0) == node
                 if on_node and str(info.get("name", "")).startswith(GROUP_PREFIX):
-                    group = PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id)))
+                    ids.add(pg_id)
+            for pg_id in ids:
+                if table.get(pg_id, {}).get("state") == "REMOVED":
+                    continue
+                group = PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id)))
+                with contextlib.suppress(Exception):  # already gone
                     await asyncio.to_thread(remove_placement_group, group)
+            log.info("removed %d session group(s) of the dead node %s", len(ids), node[:12])
         except Exception:
             log.warning("removing the groups of node %s failed", node[:12], exc_info=True)
+
+    async def _refresh_groups(self, keep_own_s: float = 30.0) -> None:
+        """Each live host's group ids (its ``status``), so a node's groups are known when it
+        dies; this door's own placements stay known ``keep_own_s`` (until a status has them)."""
+        hosts = dict(self._hosts)
+        results = await asyncio.gather(*(asyncio.wait_for(_awaited(h.status.remote()), 2.0) for h in hosts.values()),
+                                       return_exceptions=True)
+        now = time.monotonic()
+        for node, status in zip(hosts, results):
+            if isinstance(status, dict) and node in self._hosts:
+                self._node_groups[node] = set(status.get("groups", ()))
+                own = self._own_groups.get(node, {})
+                self._own_groups[node] = {g: t for g, t in own.items() if now - t < keep_own_s}
 
     def _node_of(self, prefix: str) -> str | None:
         return next((n for n in self._hosts if n.startswith(prefix)), None)
@@ -231,6 +264,9 @@ class ClusterDoor:
             return web.json_response({"error": answer["message"], "capacity": await self.capacity()}, status=503,
                                      headers={"Retry-After": "5"})
         self._placed += 1
+        group_id = answer.pop("group", None)
+        if group_id:
+            self._own_groups.setdefault(answer["node"], {})[group_id] = time.monotonic()
         answer["door_ms"] = round((time.monotonic() - started) * 1000, 1)
         logging.LoggerAdapter(log, {"session": answer["session_id"]}).info(
             "placed on node %s for %s in %.0f ms (the node answered in %.0f ms)", answer["node"][:12], client,

@@ -11,7 +11,9 @@ slot. The host owns it from then on: it is removed when the session ends, or at 
 offer is refused; while the host drains (or is still loading) it keeps the group instead, so
 that slot stays reserved and Ray places the next session elsewhere. Groups of this node that
 no host knows (their front door died mid-offer, or Ray moved one here from a dead node) are
-removed after ``ORPHAN_AFTER_S``.
+removed after ``ORPHAN_AFTER_S``; a session group Ray is rescheduling (its node died, its
+session with it) is removed by the first host that sees it. The front doors remove a dead
+node's groups sooner, by id (cluster/door.py).
 """
 
 from __future__ import annotations
@@ -181,13 +183,15 @@ class NodeHost:
         return await self.status()
 
     async def status(self) -> dict[str, Any]:
-        """``{"node", "capacity", "live", "sessions", "held", "draining", "state", "error",
-        "started", "pid", "rss_mb"}`` (``rss_mb``: the host process's resident memory)."""
+        """``{"node", "capacity", "live", "sessions", "groups", "held", "draining", "state", "error",
+        "started", "pid", "rss_mb"}`` (``groups``: the ids of the placement groups it holds;
+        ``rss_mb``: the host process's resident memory)."""
         live = sorted(self._groups)
         state = "failed" if self._load_error else "ready" if self._manager is not None else "loading"
+        groups = [g.id.hex() for g in [*self._groups.values(), *self._held]]
         return {"node": self.node_id, "capacity": self.capacity, "live": len(live), "sessions": live,
-                "held": len(self._held), "draining": self.draining, "state": state, "error": self._load_error,
-                "started": self.started, "pid": os.getpid(), "rss_mb": _rss_mb()}
+                "groups": groups, "held": len(self._held), "draining": self.draining, "state": state,
+                "error": self._load_error, "started": self.started, "pid": os.getpid(), "rss_mb": _rss_mb()}
 
     async def metrics(self) -> str:
         """This node's metrics, Prometheus text (``server.metrics``)."""
@@ -230,8 +234,16 @@ class NodeHost:
         known = {g.id.hex() for g in [*self._groups.values(), *self._held]}
         seen: set[str] = set()
         for pg_id, info in table.items():
+            if not str(info.get("name", "")).startswith(GROUP_PREFIX):
+                continue
+            if info.get("state") == "RESCHEDULING":
+                # Its node died, and its session with it: Ray would give it the next free
+                # slot anywhere. Any host may remove it (a second one finds it gone).
+                log.info("node %s: removing placement group %s of a dead node", self.short, info.get("name"))
+                await self._remove(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+                continue
             mine = info.get("bundles_to_node_id", {}).get(0) == self.node_id
-            if not mine or info.get("state") != "CREATED" or not str(info.get("name", "")).startswith(GROUP_PREFIX):
+            if not mine or info.get("state") != "CREATED":
                 continue
             if pg_id in known:
                 continue

@@ -92,6 +92,7 @@ async def place(offer: Offer, host_of: HostLookup, on_dead: OnDead, *, timeout_s
             if refused in ("draining", "loading", "error"):
                 reasons.append(answer.get("message", refused))
                 continue  # the host kept (or removed) the group itself
+            answer["group"] = group.id.hex()  # the door keeps it, to remove it if the node dies
             return answer
         raise PlacementFailed("; ".join(dict.fromkeys(reasons)) or "no node took the session")
     finally:
