@@ -124,10 +124,27 @@ def test_cluster_local_prints_its_address_auto_finds_it_and_sigterm_stops_every_
 
 
 @pytest.mark.parametrize("local_run", [(1, 1)], indirect=True)
-def test_cluster_local_stops_every_process_on_ctrl_c(local_run: LocalRun) -> None:
-    local_run.wait_address()
-    started = local_run.descendants()
-    assert started
-    local_run.proc.send_signal(signal.SIGINT)
-    assert local_run.proc.wait(60) == 0, local_run.output()
-    assert not alive(started), f"still running after Ctrl-C: {alive(started)}"
+def test_two_local_clusters_run_side_by_side_and_ctrl_c_stops_every_process_of_one(local_run: LocalRun) -> None:
+    # A second cluster beside the first: no port of its own is fixed (Ray's dashboard and
+    # agent ports would be), and stopping one leaves the other whole.
+    tmp = Path(tempfile.mkdtemp(prefix="acloc-", dir="/tmp"))
+    other = LocalRun(tmp, 1, 1)
+    try:
+        first, second = local_run.wait_address(), other.wait_address()
+        assert first != second
+        started = local_run.descendants()
+        assert started
+        local_run.proc.send_signal(signal.SIGINT)
+        assert local_run.proc.wait(60) == 0, local_run.output()
+        assert not alive(started), f"still running after Ctrl-C: {alive(started)}"
+
+        rows = json.loads(other.cli("cluster", "status", "--address", "auto", "--json"))
+        assert [r["capacity"] for r in rows] == [1], rows
+        theirs = other.descendants()
+        other.proc.send_signal(signal.SIGINT)
+        assert other.proc.wait(60) == 0, other.output()
+        assert not alive(theirs), f"still running after Ctrl-C: {alive(theirs)}"
+    finally:
+        if other.proc.poll() is None or alive(other.descendants()):
+            other.kill_all()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 from typing import Any
 
 from avatarchat.cluster import LOOPBACK_ENV, RESOURCE, import_ray
@@ -46,8 +47,11 @@ class LocalCluster:
         import_ray()
         from ray.cluster_utils import Cluster
 
+        # The head's dashboard and its agent default to fixed ports (8265, 52365): free ones,
+        # so that two local clusters (two users, a test beside a dev cluster) run side by side.
         self._cluster = Cluster(initialize_head=True, shutdown_at_exit=True, head_node_args={
             "num_cpus": 1, "resources": {RESOURCE: 0}, "node_ip_address": "127.0.0.1", "include_dashboard": False,
+            "dashboard_port": _free_port(), "dashboard_agent_listen_port": _free_port(),
             "_system_config": SYSTEM_CONFIG})
         for _ in range(self.n_nodes):
             self.add_node()
@@ -114,6 +118,13 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS's pick; Ray binds it a moment later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _forget_address(address: str) -> None:
