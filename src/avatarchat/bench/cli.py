@@ -95,6 +95,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     pl.add_argument("--json", type=Path, help="write the JSON here ('-': to stdout, the table to stderr)")
     pl.add_argument("--logs", type=Path, help="copy the server's and the clients' logs into this folder")
     pl.set_defaults(run=run_load)
+    pk = bsub.add_parser("cluster", help="a Ray cluster on this machine (avatarchat cluster local): signaling "
+                                         "time through its front door against a single serve, sessions placed "
+                                         "per second, RSS of an idle node (needs avatarchat[cluster])")
+    pk.add_argument("--nodes", type=int, default=2, help="session nodes (default 2)")
+    pk.add_argument("--sessions-per-node", type=int, default=2, help="slots per node (default 2)")
+    pk.add_argument("--rounds", "-n", type=int, default=20, help="offers to each server (default 20)")
+    pk.add_argument("--bursts", type=int, default=3, help="times every slot is offered at once (default 3)")
+    _common(pk)
+    pk.set_defaults(run=run_cluster)
     pc = bsub.add_parser("sched", help="in-process sessions, some asking at once, some idle at 25 fps: "
                                        "speech end to first reply audio per scheduler (executor, FIFO, priority, nice)")
     pc.add_argument("--talking", type=int, default=2, help="sessions asking at the same moment (default 2)")
@@ -253,6 +262,18 @@ def run_load(args: argparse.Namespace) -> int:
     from avatarchat.bench.load import run_from_args
 
     return run_from_args(args)
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    from avatarchat.bench.cluster import bench_cluster
+
+    if not (1 <= args.nodes <= 8 and 1 <= args.sessions_per_node <= 16 and 1 <= args.rounds <= 500
+            and 1 <= args.bursts <= 50):
+        raise UserError("--nodes must be 1..8, --sessions-per-node 1..16, --rounds 1..500, --bursts 1..50")
+    if args.config:
+        load_config(args.config)  # a bad config fails here, before any process starts
+    _emit(bench_cluster(args.config, args.nodes, args.sessions_per_node, args.rounds, args.bursts, _say), args.json)
+    return 0
 
 
 def run_sched(args: argparse.Namespace) -> int:

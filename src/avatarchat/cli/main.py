@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from avatarchat.cli import avatar, check, models, serve, talk, token
+    from avatarchat.cli import avatar, check, cluster, models, serve, talk, token
     from avatarchat.bench import cli as bench
 
     parser = argparse.ArgumentParser(
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     modules: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore[type-arg]
         talk.add_parser, check.add_check_config_parser, models.add_parser, bench.add_parser,
-        avatar.add_parser, serve.add_parser, token.add_parser,
+        avatar.add_parser, serve.add_parser, token.add_parser, cluster.add_parser,
     ]
     for add in modules:
         add(sub)

@@ -9,6 +9,10 @@ background; open the printed address when it says ``ready``. Flags override the 
 Off this machine, anyone who can reach the port could use the avatar: on any address other
 than loopback ``serve`` refuses to start without ``server.auth.secret`` (then every visitor
 needs a link made by ``avatarchat token``), unless ``--no-auth`` says that is intended.
+
+``--cluster ADDRESS`` (a Ray address, ``auto`` for the local one, e.g. ``avatarchat cluster
+local``) makes this process a front door: it loads no model, places each session on a node of
+the Ray cluster and relays its offer (``avatarchat.cluster``; needs ``avatarchat[cluster]``).
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--max-sessions", type=int, metavar="N", help="sessions at once (default 2)")
     p.add_argument("--no-auth", action="store_true",
                    help="serve a non-loopback address without access tokens (anyone who reaches it may talk)")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="be a front door of a Ray cluster (its address, or auto): sessions run on its nodes")
     p.set_defaults(run=run)
 
 
@@ -61,6 +67,13 @@ def run(args: argparse.Namespace) -> int:
         _say(warning)
     _install_log_format()
     limit_malloc_arenas()
+    if getattr(args, "cluster", None):
+        from avatarchat.cluster.door import ClusterDoor
+
+        door = ClusterDoor(args.cluster, config)
+        _say(f"front door of the Ray cluster at {args.cluster}: the sessions run on its nodes")
+        asyncio.run(serve(settings, door.start, ssl_ctx=ssl_ctx, session=config.session, cluster=door))
+        return 0
     asyncio.run(serve(settings, lambda: Pipeline.load(config, progress=_say), ssl_ctx=ssl_ctx,
                       session=config.session))
     return 0

@@ -16,6 +16,9 @@ Routes (documented for other clients in docs/PROTOCOL.md):
   (the config's ``session.language``)
 - ``GET /healthz``: 503 ``{"status": "loading"}`` until the models are loaded, then 200
 - ``GET /metrics``: Prometheus text
+- ``GET /api/session/<id>/events`` (``serve --cluster`` only): server-sent events of one
+  session (``avatarchat.cluster.door``); in that mode the offer is relayed to a node, and
+  ``/healthz`` and ``/metrics`` speak for the whole cluster
 
 Who may call what (server/auth.py): on a loopback bind only loopback Host names are served
 (DNS rebinding); an API request (``/api/*``, ``/metrics``) whose ``Origin`` is neither the
@@ -97,6 +100,9 @@ class ServerState:
     session: SessionSettings = field(default_factory=SessionSettings)
     #: The avatar as a page draws it (None: no avatar, or one only the server can render).
     client_avatar: ClientAvatar | None = None
+    #: ``serve --cluster``: the front door onto a Ray cluster (avatarchat.cluster.door.ClusterDoor);
+    #: its sessions run on the nodes, so the pipeline here stays None.
+    cluster: Any = None
 
     async def wait_loaded(self) -> Any:
         """The loaded pipeline; raises what the loader raised if loading failed."""
@@ -111,7 +117,11 @@ class ServerState:
         # Never raises: the error is kept for `wait_loaded`, so it is never "unretrieved".
         try:
             self.pipeline = await self.loader()
-            self.client_avatar = await asyncio.get_running_loop().run_in_executor(None, ClientAvatar.loaded, self.pipeline)
+            if self.cluster is not None:
+                self.client_avatar = self.cluster.client_avatar
+            else:
+                self.client_avatar = await asyncio.get_running_loop().run_in_executor(None, ClientAvatar.loaded,
+                                                                                      self.pipeline)
             self.status = "ready"
         except Exception as exc:
             self.load_error, self.status = exc, "failed"
@@ -124,10 +134,13 @@ STATE = web.AppKey("avatarchat_state", ServerState)
 
 def create_app(pipeline_loader: PipelineLoader, settings: ServerSettings, *,
                peer_factory: PeerFactory | None = None, web_root: str | Path | None = None,
-               metrics: Metrics | None = None, session: SessionSettings | None = None) -> web.Application:
+               metrics: Metrics | None = None, session: SessionSettings | None = None,
+               cluster: Any = None) -> web.Application:
     """Build the app. The pipeline loads in the background from app startup; sessions are
     opened by ``peer_factory`` (default ``PeerSession.open``) and all closed at shutdown.
     ``session`` is the config's ``session:`` section (the page is told whether barge-in is on).
+    ``cluster``: a ``ClusterDoor`` (``serve --cluster``): offers go to the cluster's nodes, and
+    ``pipeline_loader`` is its ``start``.
     ValueError (one line) if ``settings.trusted_proxies`` holds something not an address."""
     if peer_factory is None:
         from avatarchat.server.peer import PeerSession
@@ -137,7 +150,7 @@ def create_app(pipeline_loader: PipelineLoader, settings: ServerSettings, *,
     state = ServerState(settings, SessionManager(settings, peer_factory, metrics), metrics, pipeline_loader,
                         Path(web_root) if web_root is not None else WEB_ROOT,
                         trusted_proxies=auth.parse_networks(settings.trusted_proxies),
-                        session=session or SessionSettings())
+                        session=session or SessionSettings(), cluster=cluster)
     # client_max_size makes aiohttp refuse a longer body even without a Content-Length.
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_errors, _access])
     app[STATE] = state
@@ -148,10 +161,14 @@ def create_app(pipeline_loader: PipelineLoader, settings: ServerSettings, *,
     app.router.add_get("/api/ws", _websocket)
     app.router.add_get("/" + RIG_PATH, _avatar_rig)
     app.router.add_get("/" + IMAGE_PATH, _avatar_image)
+    if cluster is not None:
+        app.router.add_get("/api/session/{session_id}/events", _session_events)
     app.router.add_get("/{tail:.*}", _static)
     app.on_startup.append(_start_loading)
     app.on_shutdown.append(_close_sessions)
     app.on_cleanup.append(_stop_loading)
+    if cluster is not None:
+        app.on_cleanup.append(_close_cluster)
     return app
 
 
@@ -166,6 +183,10 @@ async def _close_sessions(app: web.Application) -> None:
         log.info("closed %d session(s)", n)
 
 
+async def _close_cluster(app: web.Application) -> None:
+    await app[STATE].cluster.close()
+
+
 async def _stop_loading(app: web.Application) -> None:
     task = app[STATE].load_task
     if task is not None and not task.done():
@@ -178,6 +199,8 @@ async def _stop_loading(app: web.Application) -> None:
 
 async def _healthz(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    if state.status == "ready" and state.cluster is not None:
+        return web.json_response(state.cluster.health())
     if state.status == "ready":
         body = {"status": "ready", "sessions": len(state.manager), "max_sessions": state.settings.max_sessions}
         return web.json_response(body)
@@ -186,7 +209,8 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    text = request.app[STATE].metrics.render()
+    cluster = request.app[STATE].cluster
+    text = await cluster.metrics_text() if cluster is not None else request.app[STATE].metrics.render()
     return web.Response(body=text.encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
@@ -202,11 +226,14 @@ async def _config(request: web.Request) -> web.Response:
         for server in ice[:len(settings.ice_servers)]:
             server.pop("username", None)
             server.pop("credential", None)
-    return web.json_response({"ice_servers": ice, "max_sessions": settings.max_sessions,
-                              "ice_transport_policy": "relay" if settings.turn.relay_only else "all",
-                              "barge_in": settings.barge_in.client(request.app[STATE].session.barge_in.enabled),
-                              "avatar": avatar.config(settings) if avatar is not None else None,
-                              "language": request.app[STATE].session.language})
+    body = {"ice_servers": ice, "max_sessions": settings.max_sessions,
+            "ice_transport_policy": "relay" if settings.turn.relay_only else "all",
+            "barge_in": settings.barge_in.client(request.app[STATE].session.barge_in.enabled),
+            "avatar": avatar.config(settings) if avatar is not None else None,
+            "language": request.app[STATE].session.language}
+    if request.app[STATE].cluster is not None:
+        body["cluster"] = True  # the page then follows its session's events stream
+    return web.json_response(body)
 
 
 async def _avatar_rig(request: web.Request) -> web.Response:
@@ -247,6 +274,8 @@ async def _offer(request: web.Request) -> web.Response:
     # Only an avatar a page can draw is drawn by one.
     avatar = avatar_output(state.settings.avatar_mode, asked) if state.client_avatar is not None else "video"
     client = auth.client_address(request.remote, request.headers.get("X-Forwarded-For"), state.trusted_proxies or [])
+    if state.cluster is not None:
+        return await state.cluster.offer(sdp, type_, avatar, client)  # type: ignore[no-any-return]
     try:
         peer, answer = await state.manager.open(state.pipeline, sdp, type_, client=client, avatar=avatar,
                                                 video=avatar == "video" and has_avatar(state.pipeline))
@@ -264,6 +293,8 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
     from avatarchat.server.ws import WsSession
 
     state = request.app[STATE]
+    if state.cluster is not None:
+        return _error(501, "the WebSocket transport is not available on a cluster yet: use WebRTC")
     if not web.WebSocketResponse().can_prepare(request).ok:
         return _error(400, "GET /api/ws is a WebSocket: send a WebSocket handshake (Upgrade: websocket)")
     video = request.query.get("video", "none")
@@ -292,6 +323,10 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
     session_log(log, session.id).info("websocket from %s, %s", client, _holder(request))
     await session.serve()
     return session.ws
+
+
+async def _session_events(request: web.Request) -> web.StreamResponse:
+    return await request.app[STATE].cluster.events(request)  # type: ignore[no-any-return]
 
 
 def _not_opened(state: ServerState, exc: Exception, what: str) -> web.Response:

@@ -25,6 +25,11 @@
 //   miclevel.js   the microphone's level bar on the Mute button
 //
 // Tests and `avatarchat bench e2e` read `window.avatarchat` (at the end of this file).
+//
+// On a cluster (`serve --cluster`: /api/config says `cluster: true`) the session runs on one
+// node of many; the page follows its events stream (GET api/session/<id>/events,
+// server-sent events) and, when that node stops, ends the session with the server's message
+// and a button that starts a new one (the front door places it on a live node).
 
 import { AvatarSlot } from "./avatar/client.js";
 import { BargeInGate, settingsFrom } from "./bargein.js";
@@ -110,6 +115,8 @@ const session = {
   pendingText: [], // typed before the data channel opened
   connectTimer: null,
   iceTimer: null,
+  cluster: false, // /api/config said the server is a cluster's front door
+  events: null, // EventSource of the session's events stream (cluster only)
 };
 
 // Who draws the avatar (avatar/client.js); the page's own barge-in closes its mouth.
@@ -284,6 +291,7 @@ async function start() {
     const config = await getJSON("api/config", { auth: true });
     if (!config.ok) throw new UserFacingError(config.body?.error || t("unreachable"));
     followServer(config); // the page may have loaded before the server answered
+    session.cluster = config.body.cluster === true;
     gate.configure(settingsFrom(config.body.barge_in));
     const [, { stream: mic, state: micState }] = await Promise.all([
       avatar.choose(config.body.avatar, ui.glCanvas, fetchAuthorized),
@@ -328,6 +336,7 @@ async function connectWebRTC(rtcConfig, mic, stale) {
   const answer = await postOffer(pc, avatar.ask);
   if (stale()) return;
   session.sessionId = answer.session_id || null;
+  if (session.cluster && session.sessionId) followSessionEvents(session.sessionId);
   await pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
   mark("answered");
   useAvatar(answer.avatar === "client" ? "client" : "video", { pc });
@@ -342,6 +351,59 @@ async function connectWebRTC(rtcConfig, mic, stale) {
     if (TRANSPORT === "auto") fallBack(t("notConnectedIn", { s: CONNECT_TIMEOUT_MS / 1000 }), false);
     else fail(t("failed"));
   }, CONNECT_TIMEOUT_MS);
+}
+
+// Cluster mode: the front door tells the page when the node running its session stops
+// (`{"type": "error", "message"}`); the page ends the session and offers a new one.
+function followSessionEvents(sessionId) {
+  if (!window.EventSource) return;
+  const token = accessToken();
+  const query = token ? `?token=${encodeURIComponent(token)}` : "";
+  const source = new EventSource(`api/session/${encodeURIComponent(sessionId)}/events${query}`);
+  session.events = source;
+  source.addEventListener("message", (ev) => {
+    let msg;
+    try {
+      msg = JSON.parse(ev.data);
+    } catch {
+      return;
+    }
+    if (session.events !== source) return;
+    probe.messages.push({ t: performance.now(), dir: "in", msg: { ...msg, via: "events" } });
+    if (msg.type === "error") {
+      const message = t("serverEnded", { reason: msg.message || t("error") });
+      addLine("error", null, msg.message || t("error"));
+      teardown("failed");
+      showBanner(message);
+      offerReconnect();
+    } else if (msg.type === "closed") {
+      closeSessionEvents();
+    }
+  });
+  // EventSource retries a dropped stream by itself; a refused one (4xx) stays closed.
+}
+
+function closeSessionEvents() {
+  const source = session.events;
+  session.events = null;
+  source?.close();
+}
+
+// A button in the banner that starts a new session (Start does the same).
+function offerReconnect() {
+  let button = document.getElementById("banner-reconnect");
+  if (!button) {
+    button = document.createElement("button");
+    button.id = "banner-reconnect";
+    button.type = "button";
+    button.addEventListener("click", () => {
+      clearBanner();
+      start();
+    });
+    ui.bannerClose.before(button);
+  }
+  setText(button, "start");
+  button.hidden = false;
 }
 
 // WebRTC could not connect: the peer connection goes (the server drops its half when its
@@ -457,6 +519,9 @@ function teardown(state) {
   session.fallback = null;
   session.udpBlocked = false;
   session.fullRetries = 0;
+  closeSessionEvents();
+  const reconnect = document.getElementById("banner-reconnect");
+  if (reconnect) reconnect.hidden = true;
   transport?.close();
   if (mic) mic.getTracks().forEach((t) => t.stop());
   closeEnvelopes();
@@ -541,6 +606,8 @@ window.avatarchat = {
     status: ui.status.textContent,
     retries: session.fullRetries, // WebSockets a full server refused after the fallback
     avatar: avatar.mode, // "client" (drawn in the page) | "video" | null (none)
+    cluster: session.cluster, // the server is a cluster's front door
+    events: session.events ? ["connecting", "open", "closed"][session.events.readyState] : null,
   }),
   messages: probe.messages,
   marks: () => ({ ...probe.marks }),
