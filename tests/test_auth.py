@@ -25,7 +25,7 @@ from avatarchat.config import DEFAULT_CONFIG
 from avatarchat.server.app import STATE
 from avatarchat.server.auth import check_token, client_address, make_token, parse_networks
 from avatarchat.server.settings import ServerSettings
-from tests.test_server_http import OFFER, StandInPeer, running
+from tests.test_server_http import OFFER, running
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef-0123456789abcdef-0123456789"
 OTHER = "another-secret-entirely-0123456789abcdef"

@@ -59,8 +59,8 @@ def test_install_sh_rejects_a_bad_option_before_installing_anything(tmp_path: Pa
     import subprocess
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "install.sh"
-    env = {"PATH": "/usr/bin:/bin", "VENV": str(tmp_path / "never")}  # nothing may be created
+    environ = {"PATH": "/usr/bin:/bin", "VENV": str(tmp_path / "never")}  # nothing may be created
     for args, says in ((["--with"], "--with needs an add-on name"), (["--frobnicate"], "unknown option --frobnicate")):
-        done = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=env, timeout=30)
+        done = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=environ, timeout=30)
         assert done.returncode == 2 and says in done.stderr
     assert not (tmp_path / "never").exists()

@@ -45,7 +45,7 @@ def declared(*extras: str) -> list[Requirement]:
     return [Requirement(r) for r in reqs]
 
 
-@pytest.mark.parametrize("lock, extras", [("run.lock", ("prepare",)), ("test.lock", ("prepare", "test"))])
+@pytest.mark.parametrize("lock, extras", [("run.lock", ("prepare",)), ("test.lock", ("prepare", "test", "cluster"))])
 def test_a_lock_pins_every_declared_dependency_with_hashes(lock: str, extras: tuple[str, ...]) -> None:
     locked = pins(lock)
     for req in declared(*extras):

@@ -17,7 +17,7 @@ import pytest
 
 from avatarchat import addons
 from avatarchat.addons import AddonError
-from avatarchat.engine.events import Event, ReplyEnd, TurnCancelled
+from avatarchat.engine.events import ReplyEnd, TurnCancelled
 from avatarchat.engine.handler import HandlerLoadError, SessionInfo, SessionSettings
 from avatarchat.engine.session import Session
 from avatarchat.handlers.llm import qwen_files
