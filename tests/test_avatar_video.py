@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from avatarchat.bench.lipsync import envelope, lag_ms, mouth_opening
 from avatarchat.engine.events import (
     AvatarFrame,
     AvatarMotion,
@@ -160,40 +161,6 @@ async def test_idle_frames_keep_changing(portrait: PortraitHandler) -> None:
 
 
 # -- the MP4 ------------------------------------------------------------------------------------
-
-
-def mouth_opening(images: list[np.ndarray], asset: object) -> np.ndarray:
-    """Dark pixels (the open mouth's inside) in a box around the lips and the dropped jaw."""
-    import cv2
-
-    lips = asset.points[asset.groups["lips_outer"]]  # type: ignore[attr-defined]
-    (x0, y0), (x1, y1) = lips.min(axis=0), lips.max(axis=0)
-    h = y1 - y0
-    box = (slice(int(y0 - 0.2 * h), int(y1 + 0.8 * h)), slice(int(x0), int(x1)))
-    return np.array([np.count_nonzero(cv2.cvtColor(im[box], cv2.COLOR_RGB2GRAY) < 60) for im in images], float)
-
-
-def envelope(audio: np.ndarray, rate: int, n: int) -> np.ndarray:
-    """RMS of the audio in a one-frame window centred on each frame instant."""
-    hop = rate / FPS
-    out = np.zeros(n)
-    for k in range(n):
-        seg = audio[max(int(k * hop - hop / 2), 0): max(int(k * hop + hop / 2), 0)]
-        out[k] = np.sqrt(np.mean(seg.astype(np.float64) ** 2)) if len(seg) else 0.0
-    return out
-
-
-def lag_ms(mouth: np.ndarray, loud: np.ndarray, max_frames: int = 6) -> float:
-    """Where the cross-correlation peaks (parabola through the top three lags), in ms;
-    negative: the mouth moves before the sound."""
-    m = (mouth - mouth.mean()) / (mouth.std() + 1e-9)
-    a = (loud - loud.mean()) / (loud.std() + 1e-9)
-    lags = np.arange(-max_frames, max_frames + 1)
-    corr = np.array([np.mean(m[max(L, 0): len(m) + min(L, 0)] * a[max(-L, 0): len(a) + min(-L, 0)]) for L in lags])
-    i = int(np.clip(np.argmax(corr), 1, len(lags) - 2))
-    c0, c1, c2 = corr[i - 1: i + 2]
-    frac = 0.5 * (c0 - c2) / (c0 - 2 * c1 + c2) if (c0 - 2 * c1 + c2) != 0 else 0.0
-    return float((lags[i] + frac) * 1000 / FPS)
 
 
 async def mp4_lag(handler: PortraitHandler, chunks: list, path: Path) -> float:

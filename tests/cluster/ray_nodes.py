@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from avatarchat.bench.harness import free_port
 
 RESOURCE = "avatarchat_session"
 #: Ray's smallest object store (it refuses less); the sessions put nothing in it.
@@ -169,12 +170,6 @@ class RayNodes:
 # -- the launcher program --------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _raylet_pid(node: Any) -> int:
     return int(node.all_processes["raylet"][0].process.pid)
 
@@ -196,7 +191,7 @@ def _launch(args: argparse.Namespace) -> None:
     # so that this cluster starts beside any other on the machine.
     cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={
         **base, "num_cpus": 0, "resources": {RESOURCE: 0}, "include_dashboard": False,
-        "dashboard_port": _free_port(), "dashboard_agent_listen_port": _free_port(),
+        "dashboard_port": free_port(), "dashboard_agent_listen_port": free_port(),
         "_system_config": SYSTEM_CONFIG,  # death detection as `avatarchat cluster local` sets it
         "temp_dir": str(args.dir / "head")})
     stopping = threading.Event()

@@ -183,7 +183,7 @@ def versus(ref: MouthCurves, got: MouthCurves) -> dict[str, Any]:
 
 def lag_ms(x: np.ndarray, ref: np.ndarray, max_frames: int = 6) -> float:
     """Where the cross-correlation of ``x`` with ``ref`` peaks (parabola through the top
-    three lags), in ms; negative: ``x`` moves first (tests/test_avatar_video.py's measure)."""
+    three lags), in ms; negative: ``x`` moves first (the A/V tests use it too)."""
     a = (x - x.mean()) / (x.std() + 1e-9)
     b = (ref - ref.mean()) / (ref.std() + 1e-9)
     lags = np.arange(-max_frames, max_frames + 1)
@@ -205,6 +205,18 @@ def envelope(audio: np.ndarray, rate: int, n: int) -> np.ndarray:
     return out
 
 
+def mouth_opening(images: Sequence[np.ndarray], asset: Any) -> np.ndarray:
+    """How open the rendered mouth looks in each image: dark pixels (the open mouth's
+    inside) in a box around the lips and the dropped jaw."""
+    import cv2
+
+    lips = asset.points[asset.groups["lips_outer"]]
+    (x0, y0), (x1, y1) = lips.min(axis=0), lips.max(axis=0)
+    h = y1 - y0
+    box = (slice(int(y0 - 0.2 * h), int(y1 + 0.8 * h)), slice(int(x0), int(x1)))
+    return np.array([np.count_nonzero(cv2.cvtColor(im[box], cv2.COLOR_RGB2GRAY) < 60) for im in images], float)
+
+
 class Screen:
     """The portrait renderer, and how open the rendered mouth looks (the A/V tests' measure:
     dark pixels in a box around the lips and the dropped jaw)."""
@@ -215,19 +227,9 @@ class Screen:
 
         self.asset = load_avatar("default")
         self.renderer = PortraitRenderer(self.asset)
-        lips = self.asset.points[self.asset.groups["lips_outer"]]
-        (x0, y0), (x1, y1) = lips.min(axis=0), lips.max(axis=0)
-        h = y1 - y0
-        self.box = (slice(int(y0 - 0.2 * h), int(y1 + 0.8 * h)), slice(int(x0), int(x1)))
 
     def opening(self, params: Sequence[Any]) -> np.ndarray:
-        import cv2
-
-        out = []
-        for p in params:
-            gray = cv2.cvtColor(self.renderer.render(p)[self.box], cv2.COLOR_RGB2GRAY)
-            out.append(np.count_nonzero(gray < 60))
-        return np.array(out, float)
+        return mouth_opening([self.renderer.render(p) for p in params], self.asset)
 
     def av(self, speech: Speech, params: Sequence[Any]) -> dict[str, float]:
         mouth = self.opening(params)

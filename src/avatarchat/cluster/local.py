@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 from typing import Any
 
+from avatarchat.bench.harness import free_port
 from avatarchat.cluster import LOOPBACK_ENV, RESOURCE, import_ray
 
 #: Death detection on this machine: Ray marks a node dead after 3 missed 1 s health checks
@@ -51,7 +51,7 @@ class LocalCluster:
         # so that two local clusters (two users, a test beside a dev cluster) run side by side.
         self._cluster = Cluster(initialize_head=True, shutdown_at_exit=True, head_node_args={
             "num_cpus": 1, "resources": {RESOURCE: 0}, "node_ip_address": "127.0.0.1", "include_dashboard": False,
-            "dashboard_port": _free_port(), "dashboard_agent_listen_port": _free_port(),
+            "dashboard_port": free_port(), "dashboard_agent_listen_port": free_port(),
             "_system_config": SYSTEM_CONFIG})
         for _ in range(self.n_nodes):
             self.add_node()
@@ -118,13 +118,6 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (the OS's pick; Ray binds it a moment later)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _forget_address(address: str) -> None:
