@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -66,11 +67,9 @@ async def place(offer: Offer, host_of: HostLookup, on_dead: OnDead, *, timeout_s
             name = GROUP_PREFIX + uuid.uuid4().hex[:16]
             group = await asyncio.to_thread(placement_group, [{RESOURCE: 1}], strategy="STRICT_PACK",
                                             lifetime="detached", name=name)
-            try:
-                await asyncio.wait_for(asyncio.ensure_future(group.ready()), timeout_s)
-            except TimeoutError:
+            if not await _placed(group, timeout_s):
                 await _remove(group)
-                raise ClusterFull("no node has a free session slot") from None
+                raise ClusterFull("no node has a free session slot")
             table = await asyncio.to_thread(placement_group_table, group)
             node = table["bundles_to_node_id"][0]
             host = None if node in dead else await host_of(node)
@@ -98,6 +97,31 @@ async def place(offer: Offer, host_of: HostLookup, on_dead: OnDead, *, timeout_s
     finally:
         for group in aside:
             await _remove(group)
+
+
+#: The longest a group may stay pending while the cluster still shows a free slot: Ray's
+#: scheduler being slow on a loaded machine is no full cluster.
+SLOW_LIMIT_S = 15.0
+
+
+async def _placed(group: Any, timeout_s: float) -> bool:
+    """Whether ``group`` was placed: within ``timeout_s``, or later while the cluster still
+    has a free ``RESOURCE`` (up to ``SLOW_LIMIT_S``). False: the cluster is full."""
+    import ray
+
+    waiting = asyncio.ensure_future(group.ready())
+    deadline = time.monotonic() + SLOW_LIMIT_S
+    wait_s = timeout_s
+    while True:
+        done, _ = await asyncio.wait({waiting}, timeout=wait_s)
+        if done:
+            waiting.result()  # a failed placement raises
+            return True
+        free = (await asyncio.to_thread(ray.available_resources)).get(RESOURCE, 0)
+        if free < 1 or time.monotonic() >= deadline:
+            waiting.cancel()
+            return False
+        wait_s = 0.5
 
 
 async def _remove(group: Any) -> None:
