@@ -161,6 +161,22 @@ def test_stop_closes_from_where_it_is() -> None:
     assert anim.idle_params(10.0 + 1.5).jaw == 0.0
 
 
+def test_idle_after_a_closed_reply_is_the_reply_curves_own_face(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the close, idle_params takes a shortcut (pure idle): the same face, to the bit,
+    as sampling the finished reply's curves, and without sampling them."""
+    anim = Animator(seed=5)
+    anim.begin(3.0)
+    anim.speak(_chunk([P("ɑ", 0.0, 0.4), P("m", 0.4, 0.5), P("o", 0.5, 0.9)], 0.9))
+    closed_at = anim.finish()
+    during = [3.0 + t for t in np.arange(0.0, closed_at, 0.02)]
+    after = [3.0 + closed_at + t for t in np.arange(0.0, 8.0, 0.04)]
+    assert any(anim.idle_params(t).jaw > 0.3 for t in during)
+    sampled = [anim.params_at(t - anim.origin) for t in after]
+    monkeypatch.setattr(anim, "params", lambda times: pytest.fail("sampled the closed reply"))
+    assert [anim.idle_params(t) for t in after] == sampled
+    assert any(p.blink > 0.5 for p in sampled) and len({p.yaw for p in sampled}) > 100
+
+
 def test_params_keep_idle_life_while_speaking() -> None:
     anim = Animator(seed=3)
     anim.begin(0.0)

@@ -257,9 +257,13 @@ class Animator:
     def idle_params(self, t_session: float) -> FaceParams:
         """The face at session time ``t_session`` when no reply frames are being shown: the
         idle face, plus a reply's closing mouth if one is still closing."""
-        if self._start is None:
+        t = t_session - self.origin
+        if self._start is None or (self._close is not None and t >= self._close + CLOSE_S):
+            # Once the mouth has closed, the reply adds nothing (its envelope is 0): the
+            # idle face alone, without sampling the reply's curves. A client-drawn face asks
+            # for ~90 idle rows a second per session, forever after its first reply.
             return self.idle.at(t_session)
-        return self.params_at(t_session - self.origin)
+        return self.params_at(t)
 
     def _closure(self, phonemes: Sequence[PhonemeTiming], times: np.ndarray) -> np.ndarray:
         """0..1 per time: how far a bilabial (p, b, m) forces the lips shut. Dominance

@@ -157,6 +157,8 @@ class Playout:
         self._gain = 1.0  # reply volume now (barge-in ducks it) …
         self._gain_target = 1.0  # … and where it is ramping to
         self._tail = np.zeros(0, np.float32)  # a stopped reply's fade-out, still to send
+        self._silence = np.zeros(self.frame, np.int16)
+        self._silence.flags.writeable = False  # handed out again and again
         #: Between a reply's first audio arriving and its first sample, at least.
         self.start_margin_s = START_MARGIN_S
         self._on_frames: Callable[[float], None] | None = None
@@ -302,8 +304,10 @@ class Playout:
         """The ``frame`` s16 samples of absolute audio frame ``index`` (silence when idle)."""
         sample = index * self.frame
         self._next_sample = sample + self.frame
-        out = np.zeros(self.frame, np.float32)
         head = self._queue[0] if self._queue else None
+        if (head is None or head.start is None) and not len(self._tail) and self._gain == self._gain_target:
+            return self._silence  # between replies, 50 times a second: nothing to mix
+        out = np.zeros(self.frame, np.float32)
         if head is not None and head.start is not None and sample + self.frame > head.start:
             self._fill(head, sample, out)
             self._maybe_finish(head, sample + self.frame)
@@ -516,6 +520,15 @@ class AvatarAudioTrack(MediaStreamTrack):
         self._next = 0
 
     async def recv(self) -> av.AudioFrame:
+        n, samples = await self.next_samples()
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = self._playout.rate
+        frame.pts = n * self._playout.frame
+        frame.time_base = Fraction(1, self._playout.rate)
+        return frame
+
+    async def next_samples(self) -> tuple[int, np.ndarray]:
+        """The next frame's index and its s16 samples, when it is due."""
         if self.readyState != "live":
             raise MediaStreamError
         self._clock.start()
@@ -529,8 +542,4 @@ class AvatarAudioTrack(MediaStreamTrack):
         if self._on_sent is not None:
             self._on_sent(samples, self._clock.clock.now())
         self._next = n + 1
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = playout.rate
-        frame.pts = n * playout.frame
-        frame.time_base = Fraction(1, playout.rate)
-        return frame
+        return n, samples

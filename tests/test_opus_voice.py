@@ -1,0 +1,92 @@
+"""The voice encoded here (server/opus.py): silence repeats the settled packet instead of
+encoding; the stream is what encoding every frame gives, up to the next reply's rate
+control (the same voice within 50 dB)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import av
+import numpy as np
+
+from avatarchat.server.opus import SETTLE_FRAMES, OpusVoiceTrack, opus_encoder
+from avatarchat.server.tracks import AUDIO_FRAME, AUDIO_RATE
+
+
+def _script() -> list[np.ndarray]:
+    """Idle, a reply (a gliding tone with a soft start and end), idle, a second reply, idle."""
+    def reply(seconds: float, f0: float) -> list[np.ndarray]:
+        n = int(seconds * AUDIO_RATE) // AUDIO_FRAME * AUDIO_FRAME
+        t = np.arange(n) / AUDIO_RATE
+        x = np.sin(2 * np.pi * (f0 + 80 * t) * t) * np.hanning(n) * 12000
+        return list(x.astype(np.int16).reshape(-1, AUDIO_FRAME))
+
+    quiet = [np.zeros(AUDIO_FRAME, np.int16)]
+    return quiet * 40 + reply(0.5, 180) + quiet * 60 + reply(0.3, 240) + quiet * 25
+
+
+class _Source:
+    """Stands in for AvatarAudioTrack: scripted frames, no clock."""
+
+    def __init__(self, frames: list[np.ndarray]) -> None:
+        self.frames, self.n = frames, 0
+
+    async def next_samples(self) -> tuple[int, np.ndarray]:
+        n, self.n = self.n, self.n + 1
+        return n, self.frames[n]
+
+    async def recv(self) -> av.AudioFrame:
+        n, samples = await self.next_samples()
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = AUDIO_RATE, n * AUDIO_FRAME
+        return frame
+
+    def stop(self) -> None:
+        pass
+
+
+def _decode(packets: list[bytes]) -> np.ndarray:
+    decoder = av.CodecContext.create("libopus", "r")
+    assert isinstance(decoder, av.AudioCodecContext)
+    decoder.sample_rate, decoder.layout, decoder.format = AUDIO_RATE, "mono", "s16"
+    return np.concatenate([f.to_ndarray().reshape(-1) for p in packets for f in decoder.decode(av.Packet(p))])
+
+
+async def test_silence_repeats_the_settled_packet_and_the_stream_is_what_encoding_all_gives() -> None:
+    frames = _script()
+    track = OpusVoiceTrack(_Source(frames))  # type: ignore[arg-type]
+    sent: list[Any] = [await track.recv() for _ in frames]
+
+    reference = opus_encoder()
+    expected = []
+    for n, samples in enumerate(frames):
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = AUDIO_RATE, n * AUDIO_FRAME
+        expected.append(b"".join(bytes(p) for p in reference.encode(frame)))
+
+    got = [bytes(p) for p in sent]
+    second = 40 + 25 + 60  # the second reply's first frame
+    assert got[:second] == expected[:second]  # the first reply, and every silence, exactly
+    assert [p.pts for p in sent] == [n * AUDIO_FRAME for n in range(len(frames))]
+    # Only the frames with sound and the first SETTLE_FRAMES of each silence were encoded.
+    silent_stretches = 3
+    loud = sum(bool(f.any()) for f in frames)
+    assert track.encoded == loud + silent_stretches * SETTLE_FRAMES
+    # What the browser decodes: silence where the script is silent, and the second reply
+    # (whose rate control saw fewer silent frames) the same voice as encoding every frame.
+    heard, reference_heard = _decode(got).astype(np.float64), _decode(expected).astype(np.float64)
+    assert np.abs(heard[: 40 * AUDIO_FRAME]).max() == 0
+    assert np.abs(heard[90 * AUDIO_FRAME: 120 * AUDIO_FRAME]).max() == 0
+    reply = slice(second * AUDIO_FRAME, (second + 15) * AUDIO_FRAME)
+    error = heard[reply] - reference_heard[reply]
+    assert np.abs(reference_heard[reply]).max() > 5000
+    assert 10 * np.log10((reference_heard[reply] ** 2).sum() / max((error ** 2).sum(), 1.0)) > 50
+
+
+async def test_without_opus_the_frames_go_to_aiortc_to_encode() -> None:
+    frames = _script()[38:44]
+    track = OpusVoiceTrack(_Source(frames))  # type: ignore[arg-type]
+    track.opus = False  # the answer settled on another codec
+    got = [await track.recv() for _ in frames]
+    assert all(isinstance(f, av.AudioFrame) for f in got)
+    assert np.array_equal(got[-1].to_ndarray()[0], frames[-1]) and track.encoded == 0
