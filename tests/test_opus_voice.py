@@ -4,12 +4,12 @@ control (the same voice within 50 dB)."""
 
 from __future__ import annotations
 
-from typing import Any
 
 import av
 import numpy as np
+from aiortc.mediastreams import MediaStreamTrack
 
-from avatarchat.server.opus import SETTLE_FRAMES, OpusVoiceTrack, opus_encoder
+from avatarchat.server.opus import SETTLE_FRAMES, SILENT_LEVEL, OpusVoice, audio_level, opus_encoder
 from avatarchat.server.tracks import AUDIO_FRAME, AUDIO_RATE
 
 
@@ -25,10 +25,13 @@ def _script() -> list[np.ndarray]:
     return quiet * 40 + reply(0.5, 180) + quiet * 60 + reply(0.3, 240) + quiet * 25
 
 
-class _Source:
+class _Source(MediaStreamTrack):
     """Stands in for AvatarAudioTrack: scripted frames, no clock."""
 
+    kind = "audio"
+
     def __init__(self, frames: list[np.ndarray]) -> None:
+        super().__init__()
         self.frames, self.n = frames, 0
 
     async def next_samples(self) -> tuple[int, np.ndarray]:
@@ -41,8 +44,6 @@ class _Source:
         frame.sample_rate, frame.pts = AUDIO_RATE, n * AUDIO_FRAME
         return frame
 
-    def stop(self) -> None:
-        pass
 
 
 def _decode(packets: list[bytes]) -> np.ndarray:
@@ -54,8 +55,8 @@ def _decode(packets: list[bytes]) -> np.ndarray:
 
 async def test_silence_repeats_the_settled_packet_and_the_stream_is_what_encoding_all_gives() -> None:
     frames = _script()
-    track = OpusVoiceTrack(_Source(frames))  # type: ignore[arg-type]
-    sent: list[Any] = [await track.recv() for _ in frames]
+    voice = OpusVoice(_Source(frames))  # type: ignore[arg-type]
+    sent = [await voice.next_packet() for _ in frames]
 
     reference = opus_encoder()
     expected = []
@@ -64,14 +65,15 @@ async def test_silence_repeats_the_settled_packet_and_the_stream_is_what_encodin
         frame.sample_rate, frame.pts = AUDIO_RATE, n * AUDIO_FRAME
         expected.append(b"".join(bytes(p) for p in reference.encode(frame)))
 
-    got = [bytes(p) for p in sent]
+    got = [payload for payload, _, _ in sent]
     second = 40 + 25 + 60  # the second reply's first frame
     assert got[:second] == expected[:second]  # the first reply, and every silence, exactly
-    assert [p.pts for p in sent] == [n * AUDIO_FRAME for n in range(len(frames))]
+    assert [ts for _, ts, _ in sent] == [n * AUDIO_FRAME for n in range(len(frames))]
+    assert [level for _, _, level in sent] == [audio_level(f) for f in frames]
     # Only the frames with sound and the first SETTLE_FRAMES of each silence were encoded.
     silent_stretches = 3
     loud = sum(bool(f.any()) for f in frames)
-    assert track.encoded == loud + silent_stretches * SETTLE_FRAMES
+    assert voice.encoded == loud + silent_stretches * SETTLE_FRAMES
     # What the browser decodes: silence where the script is silent, and the second reply
     # (whose rate control saw fewer silent frames) the same voice as encoding every frame.
     heard, reference_heard = _decode(got).astype(np.float64), _decode(expected).astype(np.float64)
@@ -83,10 +85,42 @@ async def test_silence_repeats_the_settled_packet_and_the_stream_is_what_encodin
     assert 10 * np.log10((reference_heard[reply] ** 2).sum() / max((error ** 2).sum(), 1.0)) > 50
 
 
-async def test_without_opus_the_frames_go_to_aiortc_to_encode() -> None:
+def test_audio_level_is_rfc_6464s() -> None:
+    from aiortc.rtp import compute_audio_level_dbov  # what aiortc sends for a frame it encodes
+
+    rng = np.random.default_rng(1)
+    for scale in (0, 1, 30, 1000, 12000, 32767):
+        samples = (rng.uniform(-1, 1, AUDIO_FRAME) * scale).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        assert audio_level(samples) == -compute_audio_level_dbov(frame)
+    assert audio_level(np.zeros(AUDIO_FRAME, np.int16)) == SILENT_LEVEL
+
+
+async def test_an_aiortc_sender_sends_the_packets_with_their_level() -> None:
+    from aiortc import RTCPeerConnection
+    from aiortc.rtcrtpsender import RTCEncodedFrame
+
+    from avatarchat.server.opus import send_from
+
     frames = _script()[38:44]
-    track = OpusVoiceTrack(_Source(frames))  # type: ignore[arg-type]
-    track.opus = False  # the answer settled on another codec
-    got = [await track.recv() for _ in frames]
-    assert all(isinstance(f, av.AudioFrame) for f in got)
-    assert np.array_equal(got[-1].to_ndarray()[0], frames[-1]) and track.encoded == 0
+    source = _Source(frames)
+    pc = RTCPeerConnection()
+    try:
+        sender = pc.addTrack(source)
+        assert send_from(sender, OpusVoice(source))  # type: ignore[arg-type]
+        got = [await sender._next_encoded_frame(None) for _ in frames]
+    finally:
+        await pc.close()
+    assert all(isinstance(f, RTCEncodedFrame) and len(f.payloads) == 1 for f in got)
+    assert [f.timestamp for f in got] == [i * AUDIO_FRAME for i in range(len(frames))]
+    assert [-f.audio_level for f in got] == [audio_level(f) for f in frames]
+    assert got[0].audio_level == -SILENT_LEVEL and got[-1].audio_level > -60
+
+
+def test_another_sender_is_left_to_encode() -> None:
+    from avatarchat.server.opus import send_from
+
+    class Elsewhere:  # an aiortc without the step
+        track = None
+
+    assert not send_from(Elsewhere(), OpusVoice(_Source([])))  # type: ignore[arg-type]

@@ -1,36 +1,46 @@
 """The avatar's voice over WebRTC, Opus-encoded here rather than by aiortc.
 
-aiortc encodes every outgoing audio frame the same way: a new ``AudioFrame``, its level
-measured in Python, a mono-to-stereo resample, and a hop to the default executor for the
-encoder, 50 times a second per session, whether the avatar speaks or not. Between replies
-(most of a session's life) the frames are digital silence, and an Opus encoder fed silence
-settles within a frame or two on one 3-byte packet that it then repeats bit for bit. So
-this track encodes on the loop (~0.1 ms a frame) and, once the silence has lasted
-``SETTLE_FRAMES``, sends that packet again instead of encoding: the browser receives what
-the encoder would have produced for the silence. The encoder's rate control then saw fewer
-silent frames, so the next reply's packets differ a little from encoding every frame; they
-decode to the same voice within ~59 dB (tests/test_opus_voice.py). RTP timestamps stay
-``n * 960`` (media time, as before), so the page's clock of what it hears is unchanged.
+aiortc encodes every outgoing audio frame the same way, 50 times a second per session,
+whether the avatar speaks or not: the frame's level measured by a Python loop over its
+960 samples (RFC 6464's header extension), a mono-to-stereo resample, and a hop to the
+default executor for the encoder. Between replies (most of a session's life) the frames
+are digital silence, and an Opus encoder fed silence settles within a frame or two on one
+3-byte packet that it then repeats bit for bit. So the voice is encoded here, on the loop
+(~0.1 ms a frame), its level taken with numpy, and once a silence has lasted
+``SETTLE_FRAMES`` the settled packet is sent again instead of encoding: the browser gets
+what the encoder would have produced for the silence. The encoder's rate control then saw
+fewer silent frames, so the next reply's packets differ a little from encoding every frame;
+they decode to the same voice within ~59 dB (tests/test_opus_voice.py). RTP timestamps
+stay ``n * 960`` (media time, as before), so the page's clock of what it hears is unchanged.
 
-Cost measured with ``bench load`` (docs/PERFORMANCE.md, issue 11): what an idle
-client-drawn session costs the server.
+aiortc 1.16 (pinned with av) takes pre-encoded packets from a track but then sends them
+without the audio level, which pages read (``getSynchronizationSources().audioLevel``). So
+the peer's audio sender is given a ``_next_encoded_frame`` of its own (``send_from``), the
+one step of aiortc's send loop that fetches and encodes a frame. An aiortc without that
+step is left to encode the track's frames itself, with a warning.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from fractions import Fraction
+from typing import Any
 
 import av
 import numpy as np
-from aiortc.mediastreams import MediaStreamTrack
 
 from avatarchat.server.tracks import AUDIO_RATE, AvatarAudioTrack
+
+log = logging.getLogger(__name__)
 
 #: Silent frames encoded before the encoder's output is taken as settled (it settles in 1-2).
 SETTLE_FRAMES = 10
 #: Mono speech needs no more (aiortc sends a stereo 96 kb/s stream of the same mono voice).
 BIT_RATE = 64000
 TIME_BASE = Fraction(1, AUDIO_RATE)
+#: RFC 6464: level in -dBov, 0 (loudest) to 127 (silence).
+SILENT_LEVEL = 127
 
 
 def opus_encoder() -> av.AudioCodecContext:
@@ -46,43 +56,37 @@ def opus_encoder() -> av.AudioCodecContext:
     return codec
 
 
-class OpusVoiceTrack(MediaStreamTrack):
-    """``source``'s frames as Opus packets (aiortc sends a track's packets as they are).
-    Where the answer settled on another codec (a client without Opus), set ``opus`` false:
-    the track then hands aiortc the frames to encode, as ``source`` would."""
+def audio_level(samples: np.ndarray) -> int:
+    """RFC 6464's level of s16 ``samples``: -dBov rounded, 0..127 (127: silence)."""
+    x = samples.astype(np.float64)
+    rms = math.sqrt(float(np.dot(x, x)) / max(len(x), 1)) / 32767.0
+    if rms <= 0.0:
+        return SILENT_LEVEL
+    return min(SILENT_LEVEL, max(0, round(-20.0 * math.log10(rms))))
 
-    kind = "audio"
+
+class OpusVoice:
+    """``source``'s frames as Opus packets: ``next_packet`` gives each frame's payload,
+    RTP timestamp (``n * 960``) and RFC 6464 level when the frame is due."""
 
     def __init__(self, source: AvatarAudioTrack) -> None:
-        super().__init__()
-        self._source = source
+        self.source = source
         self._encoder = opus_encoder()
         self._silent_run = 0  # consecutive all-zero frames, encoded or not
         self._settled: bytes | None = None  # the encoder's packet for silence, once settled
         self.encoded = 0  # frames that went through the encoder (the rest were repeats)
-        self.opus = True
 
-    def stop(self) -> None:
-        super().stop()
-        self._source.stop()
-
-    async def recv(self) -> av.Packet | av.AudioFrame:
-        if not self.opus:
-            return await self._source.recv()
-        n, samples = await self._source.next_samples()
+    async def next_packet(self) -> tuple[bytes, int, int]:
+        n, samples = await self.source.next_samples()
         silent = not samples.any()
         self._silent_run = self._silent_run + 1 if silent else 0
         if silent and self._settled is not None:
-            data = self._settled
-        else:
-            self._settled = None
-            data = self._encode(n, samples)
-            if self._silent_run >= SETTLE_FRAMES:
-                self._settled = data
-        packet = av.Packet(data)
-        packet.pts = n * len(samples)
-        packet.time_base = TIME_BASE
-        return packet
+            return self._settled, n * len(samples), SILENT_LEVEL
+        self._settled = None
+        data = self._encode(n, samples)
+        if self._silent_run >= SETTLE_FRAMES:
+            self._settled = data
+        return data, n * len(samples), audio_level(samples)
 
     def _encode(self, n: int, samples: np.ndarray) -> bytes:
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
@@ -93,3 +97,27 @@ class OpusVoiceTrack(MediaStreamTrack):
         self.encoded += 1
         # libopus gives one packet per 20 ms frame, with no delay to flush.
         return b"".join(bytes(p) for p in packets)
+
+
+def send_from(sender: Any, voice: OpusVoice) -> bool:
+    """Make aiortc's audio ``sender`` (of ``voice.source``) send ``voice``'s packets, with
+    their audio level. Returns False where this aiortc has no such step: the sender then
+    encodes the track's frames itself, as before."""
+    try:
+        from aiortc.rtcrtpsender import RTCEncodedFrame
+    except ImportError:
+        RTCEncodedFrame = None  # noqa: N806
+    step = getattr(sender, "_next_encoded_frame", None)
+    if RTCEncodedFrame is None or step is None or getattr(sender, "track", None) is not voice.source:
+        log.warning("this aiortc cannot take pre-encoded voice with its level; aiortc encodes it")
+        return False
+
+    async def next_encoded_frame(codec: Any) -> Any:
+        payload, timestamp, level = await voice.next_packet()
+        if not getattr(sender, "_enabled", True):
+            return None  # as aiortc: a disabled sender reads the track and drops the frame
+        # aiortc writes the extension as -level (its levels are in dBov, <= 0).
+        return RTCEncodedFrame([payload], timestamp, -level)
+
+    sender._next_encoded_frame = next_encoded_frame
+    return True

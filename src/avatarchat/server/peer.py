@@ -46,7 +46,7 @@ from avatarchat.server.ice import (
     wants_loopback,
 )
 from avatarchat.server.jitter import AIORTC_AUDIO_PREFETCH, set_audio_prefetch
-from avatarchat.server.opus import OpusVoiceTrack
+from avatarchat.server.opus import OpusVoice, send_from
 from avatarchat.server.sctpguard import SctpGuard
 from avatarchat.server.face import face_sender
 from avatarchat.server.settings import AvatarOutput, ServerSettings
@@ -177,17 +177,17 @@ class PeerSession:
         await pc.setLocalDescription(await pc.createAnswer())
         answer = pc.localDescription.sdp
         self.video_codec = negotiated_codec(answer, "video")
-        for track in self._tracks:
-            if isinstance(track, OpusVoiceTrack):
-                track.opus = (negotiated_codec(answer, "audio") or "").lower() == "opus"
+        if (negotiated_codec(answer, "audio") or "").lower() == "opus":
+            for sender in pc.getSenders():
+                if isinstance(sender.track, AvatarAudioTrack):
+                    send_from(sender, OpusVoice(sender.track))
         return answer
 
     def _add_tracks(self) -> None:
         """The avatar's tracks go in before the offer is applied: the video transceiver's
         codec preference only counts if it exists when aiortc intersects the codecs."""
         conversation = self._client.conversation
-        voice = AvatarAudioTrack(self._clock, self._playout, None if self._echo is None else self._echo.played)
-        audio = OpusVoiceTrack(voice)
+        audio = AvatarAudioTrack(self._clock, self._playout, None if self._echo is None else self._echo.played)
         self._tracks.append(audio)
         self._pc.addTrack(audio)
         if self.avatar == "client":
