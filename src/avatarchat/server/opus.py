@@ -29,6 +29,7 @@ from typing import Any
 
 import av
 import numpy as np
+from aiortc import rtcrtpsender
 
 from avatarchat.server.tracks import AUDIO_RATE, AvatarAudioTrack
 
@@ -103,12 +104,9 @@ def send_from(sender: Any, voice: OpusVoice) -> bool:
     """Make aiortc's audio ``sender`` (of ``voice.source``) send ``voice``'s packets, with
     their audio level. Returns False where this aiortc has no such step: the sender then
     encodes the track's frames itself, as before."""
-    try:
-        from aiortc.rtcrtpsender import RTCEncodedFrame
-    except ImportError:
-        RTCEncodedFrame = None  # noqa: N806
+    encoded_frame: Any = getattr(rtcrtpsender, "RTCEncodedFrame", None)
     step = getattr(sender, "_next_encoded_frame", None)
-    if RTCEncodedFrame is None or step is None or getattr(sender, "track", None) is not voice.source:
+    if encoded_frame is None or step is None or getattr(sender, "track", None) is not voice.source:
         log.warning("this aiortc cannot take pre-encoded voice with its level; aiortc encodes it")
         return False
 
@@ -117,7 +115,7 @@ def send_from(sender: Any, voice: OpusVoice) -> bool:
         if not getattr(sender, "_enabled", True):
             return None  # as aiortc: a disabled sender reads the track and drops the frame
         # aiortc writes the extension as -level (its levels are in dBov, <= 0).
-        return RTCEncodedFrame([payload], timestamp, -level)
+        return encoded_frame([payload], timestamp, -level)
 
     sender._next_encoded_frame = next_encoded_frame
     return True
