@@ -47,9 +47,12 @@ class _Sines:
         self.phases = rng.uniform(0.0, 2.0 * math.pi, size=n)
         weights = rng.uniform(0.5, 1.0, size=n)
         self.amps = peak * weights / weights.sum()
+        # Plain floats: a client-drawn face asks for ~90 rows a second per session, and
+        # numpy's per-call overhead on three numbers was most of an idle row's cost.
+        self._terms = tuple(zip(self.amps.tolist(), (2.0 * math.pi * self.freqs).tolist(), self.phases.tolist()))
 
     def __call__(self, t: float) -> float:
-        return float(np.dot(self.amps, np.sin(2.0 * math.pi * self.freqs * t + self.phases)))
+        return sum(a * math.sin(w * t + p) for a, w, p in self._terms)
 
 
 class IdleMotion:
@@ -109,7 +112,10 @@ class IdleMotion:
     def head(self, t: float, speaking: float = 0.0) -> tuple[float, float, float]:
         """(yaw, pitch, roll) in degrees; ``speaking`` 0..1 scales in the livelier motion."""
         s = min(max(speaking, 0.0), 1.0)
-        yaw, pitch, roll = (h(t) + s * k(t) for h, k in zip(self._head, self._talk))
+        if s == 0.0:
+            yaw, pitch, roll = (h(t) for h in self._head)
+        else:
+            yaw, pitch, roll = (h(t) + s * k(t) for h, k in zip(self._head, self._talk))
         return yaw, pitch, 0.6 * roll  # tilting reads as stronger than turning
 
     def at(self, t: float, speaking: float = 0.0) -> FaceParams:
