@@ -287,6 +287,37 @@ def test_the_page_draws_the_avatar_over_webrtc_and_the_mouth_moves_with_a_reply(
         close_pages(server, page)
 
 
+def test_between_replies_the_voice_sends_dtx_and_the_face_stays_alive(
+        quiet_browser: Any, server: ServeProcess) -> None:
+    """Between replies the server sends one DTX packet every 200 ms (server/opus.py), not 50
+    silent packets a second: the page's clock of what it hears (read from the packets it
+    plays) still runs with the wall clock, the idle face still moves, and the speaker plays
+    no more concealment than it did (the decoder is told the gap is DTX, not loss)."""
+    page = open_client_page(quiet_browser, server)
+    try:
+        ask(page, "Hello.")
+        wait_for(page, "() => (avatarchat.faceFrames(0)?.drawn ?? []).some((x) => x > 0.2)", 60)
+        wait_listening(page)
+        time.sleep(1.0)  # the silence settles, then DTX
+        probe = "async () => [avatarchat.now(), avatarchat.avatar().heard, (await avatarchat.stats()).audio]"
+        t0, h0, a0 = page.evaluate(probe)
+        since = float(page.evaluate("avatarchat.now()"))
+        time.sleep(4.0)
+        t1, h1, a1 = page.evaluate(probe)
+        seconds = (t1 - t0) / 1000
+        rate = (a1["packetsReceived"] - a0["packetsReceived"]) / seconds
+        concealed = (a1["concealedSamples"] - a0["concealedSamples"]) / max(1, a1["totalSamplesReceived"] - a0["totalSamplesReceived"])
+        frames = page.evaluate(f"avatarchat.faceFrames({since})")
+        print(f"\nbetween replies: {rate:.1f} voice packets/s, heard clock {h1 - h0:.2f} s in {seconds:.2f} s, "
+              f"concealed {concealed:.1%} of samples, {len(frames['t'])} frames drawn")
+        assert rate < 10, f"{rate:.1f} packets a second between replies (DTX sends 5)"
+        assert abs((h1 - h0) - seconds) < 0.35, (h1 - h0, seconds)  # the clock did not stand
+        assert len({round(x, 4) for x in frames["h"]}) > 0.8 * len(frames["h"]) > 40  # new rows, frame by frame
+        assert concealed < 0.05, f"{concealed:.1%} of the idle voice concealed"
+    finally:
+        close_pages(server, page)
+
+
 def test_lip_sync_over_webrtc_measured_in_the_page(quiet_browser: Any, server: ServeProcess) -> None:
     page = open_client_page(quiet_browser, server)
     try:

@@ -42,6 +42,10 @@ BIT_RATE = 64000
 TIME_BASE = Fraction(1, AUDIO_RATE)
 #: RFC 6464: level in -dBov, 0 (loudest) to 127 (silence).
 SILENT_LEVEL = 127
+#: Between replies (``dtx``) one DTX packet goes out every this many frames (200 ms), none
+#: in between: the page's clock of what it hears reads the played packets' RTP timestamps
+#: and holds still after 300 ms without one (web/avatar/face.js).
+DTX_EVERY = 10
 
 
 def opus_encoder() -> av.AudioCodecContext:
@@ -70,19 +74,24 @@ class OpusVoice:
     """``source``'s frames as Opus packets: ``next_packet`` gives each frame's payload,
     RTP timestamp (``n * 960``) and RFC 6464 level when the frame is due."""
 
-    def __init__(self, source: AvatarAudioTrack) -> None:
+    def __init__(self, source: AvatarAudioTrack, *, dtx: bool = False) -> None:
         self.source = source
+        self.dtx = dtx
         self._encoder = opus_encoder()
         self._silent_run = 0  # consecutive all-zero frames, encoded or not
         self._settled: bytes | None = None  # the encoder's packet for silence, once settled
         self.encoded = 0  # frames that went through the encoder (the rest were repeats)
 
     async def next_packet(self) -> tuple[bytes, int, int]:
+        if self.dtx and self._settled is not None and not self.source.replying:
+            await self.source.wait_idle(DTX_EVERY - 1)
         n, samples = await self.source.next_samples()
         silent = not samples.any()
         self._silent_run = self._silent_run + 1 if silent else 0
         if silent and self._settled is not None:
-            return self._settled, n * len(samples), SILENT_LEVEL
+            # With DTX, the packet's TOC byte alone: a frame of 0 bytes, which decoders
+            # (and the browser's jitter buffer) take as discontinuous transmission.
+            return self._settled[:1] if self.dtx else self._settled, n * len(samples), SILENT_LEVEL
         self._settled = None
         data = self._encode(n, samples)
         if self._silent_run >= SETTLE_FRAMES:

@@ -180,7 +180,7 @@ class PeerSession:
         if (negotiated_codec(answer, "audio") or "").lower() == "opus":
             for sender in pc.getSenders():
                 if isinstance(sender.track, AvatarAudioTrack):
-                    send_from(sender, OpusVoice(sender.track))
+                    send_from(sender, OpusVoice(sender.track, dtx=self.settings.voice_dtx))
         return answer
 
     def _add_tracks(self) -> None:

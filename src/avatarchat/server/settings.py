@@ -157,6 +157,9 @@ class ServerSettings(HandlerOptions):
     #: The mic's receive buffer releases a packet once this many newer ones arrived. aiortc
     #: uses 4 (80 ms of delay on all the user says); the order is kept either way.
     mic_prefetch_packets: int = Field(default=1, ge=1, le=8)
+    #: Between replies the avatar's voice sends one Opus DTX packet every 200 ms instead of
+    #: 50 silent packets a second (server/opus.py): most of what an idle session costs.
+    voice_dtx: bool = True
     #: Largest HTTP request body accepted (the SDP offer), bytes.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     barge_in: BargeInSettings = Field(default_factory=BargeInSettings)

@@ -159,6 +159,9 @@ class Playout:
         self._tail = np.zeros(0, np.float32)  # a stopped reply's fade-out, still to send
         self._silence = np.zeros(self.frame, np.int16)
         self._silence.flags.writeable = False  # handed out again and again
+        #: Set whenever reply audio or a frame arrives: a sender that sends nothing between
+        #: replies (the WebSocket's, the WebRTC voice's DTX) waits on it.
+        self.arrived = asyncio.Event()
         #: Between a reply's first audio arriving and its first sample, at least.
         self.start_margin_s = START_MARGIN_S
         self._on_frames: Callable[[float], None] | None = None
@@ -190,6 +193,7 @@ class Playout:
         reply.write(reply.resampler.process(chunk.samples))
         reply.fed += len(chunk.samples)
         self._schedule_head()
+        self.arrived.set()
 
     def add_frame(self, frame: AvatarFrame | AvatarPose) -> None:
         """Queue an avatar frame (or a pose, for a client that draws the avatar) to show at
@@ -252,6 +256,11 @@ class Playout:
         if reply is not None:
             return reply.heard_s
         return self._played.get(turn, 0.0)
+
+    @property
+    def busy(self) -> bool:
+        """A reply is queued or playing, or a cleared one's fade-out is still to go."""
+        return bool(self._queue) or self.fading
 
     @property
     def turns(self) -> list[int]:
@@ -526,6 +535,27 @@ class AvatarAudioTrack(MediaStreamTrack):
         frame.pts = n * self._playout.frame
         frame.time_base = Fraction(1, self._playout.rate)
         return frame
+
+    @property
+    def replying(self) -> bool:
+        """A reply is queued or playing (or a cut one still fading out)."""
+        return self._playout.busy
+
+    async def wait_idle(self, frames: int) -> None:
+        """Between replies: let up to ``frames`` frames go unsent, returning early when a
+        reply arrives. The next frame handed out is then the one due now (no catch-up)."""
+        playout = self._playout
+        playout.arrived.clear()
+        if not playout.busy:
+            self._clock.start()
+            sleeper = asyncio.ensure_future(self._clock.sleep_until((self._next + frames) * FRAME_S))
+            waiter = asyncio.ensure_future(playout.arrived.wait())
+            try:
+                await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                waiter.cancel()
+        self._next = max(self._next, math.floor(self._clock.now() / FRAME_S))
 
     async def next_samples(self) -> tuple[int, np.ndarray]:
         """The next frame's index and its s16 samples, when it is due."""

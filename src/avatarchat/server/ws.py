@@ -147,20 +147,10 @@ class WsPlayout(Playout):
 
     def __init__(self, clock: MediaClock, rate: int) -> None:
         super().__init__(clock, rate=rate)
-        self.arrived = asyncio.Event()
-
-    def add_audio(self, chunk: ReplyAudio) -> None:
-        super().add_audio(chunk)
-        self.arrived.set()
 
     def add_frame(self, frame: AvatarFrame | AvatarPose) -> None:
         super().add_frame(frame)
         self.arrived.set()
-
-    @property
-    def busy(self) -> bool:
-        """A reply is queued or playing, or a cleared one's fade-out is still to go."""
-        return bool(self.turns) or self.fading
 
 
 class WsSession:

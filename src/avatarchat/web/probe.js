@@ -234,6 +234,7 @@ function inboundAudio(r, codecs) {
     insertedSamplesForDeceleration: r.insertedSamplesForDeceleration ?? 0,
     removedSamplesForAcceleration: r.removedSamplesForAcceleration ?? 0,
     audioLevel: r.audioLevel ?? null,
+    packetsReceived: r.packetsReceived ?? 0,
     packetsLost: r.packetsLost ?? 0,
     jitterBufferDelay: r.jitterBufferDelay ?? null,
     jitterBufferTargetDelay: r.jitterBufferTargetDelay ?? null,
