@@ -41,7 +41,7 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from avatarchat.engine.clock import REAL_CLOCK, Clock
-from avatarchat.engine.events import AvatarFrame, AvatarMotion, AvatarPose, Event, ReplyAudio
+from avatarchat.engine.events import AvatarFrame, AvatarMotion, AvatarPose, Event
 from avatarchat.engine.pipeline import Pipeline
 from avatarchat.server import protocol
 from avatarchat.server.channel import ClientMessage, MessageGate
