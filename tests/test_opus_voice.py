@@ -124,3 +124,50 @@ def test_another_sender_is_left_to_encode() -> None:
         track = None
 
     assert not send_from(Elsewhere(), OpusVoice(_Source([])))  # type: ignore[arg-type]
+
+
+async def test_dtx_sends_a_toc_byte_every_200_ms_and_wakes_the_moment_a_reply_arrives() -> None:
+    import asyncio
+
+    from avatarchat.engine.events import ReplyAudio
+    from avatarchat.server.opus import DTX_EVERY
+    from avatarchat.server.tracks import FRAME_S, AvatarAudioTrack, MediaClock, Playout
+    from avatarchat.testing import FakeClock
+
+    clock = FakeClock()
+    media = MediaClock(clock)
+    playout = Playout(media)
+    track = AvatarAudioTrack(media, playout)
+    voice = OpusVoice(track, dtx=True)
+    sent: list[tuple[float, bytes, int, int]] = []
+
+    async def pump() -> None:
+        while True:
+            payload, ts, level = await voice.next_packet()
+            sent.append((clock.now() - media.t0, payload, ts, level))
+
+    task = asyncio.create_task(pump())
+    try:
+        await clock.advance(2.0)
+        tasks_waiting = len(asyncio.all_tasks())
+        dtx = [s for s in sent if len(s[1]) == 1]
+        # SETTLE_FRAMES encoded silent frames, then one TOC byte every DTX_EVERY frames.
+        assert len(sent) - len(dtx) == SETTLE_FRAMES
+        assert [s[2] for s in dtx] == [(SETTLE_FRAMES + i * DTX_EVERY) * AUDIO_FRAME for i in range(len(dtx))]
+        assert len(dtx) == (2.0 / FRAME_S - SETTLE_FRAMES) // DTX_EVERY + 1
+        assert dtx[0][1] == sent[SETTLE_FRAMES - 1][1][:1] and all(s[3] == SILENT_LEVEL for s in dtx)
+        assert tasks_waiting == len(asyncio.all_tasks())  # the wait holds no task of its own
+
+        # A reply arrives 50 ms into a wait: its sound goes out at once, at the media time due.
+        await clock.advance(0.05)
+        arrived = clock.now() - media.t0
+        tone = (np.sin(np.arange(4800) * 0.06) * 0.4).astype(np.float32)
+        playout.add_audio(ReplyAudio(7, tone, 48000, 0.0, "hi", ()))
+        await clock.advance(0.1)
+        loud = [s for s in sent if s[3] < SILENT_LEVEL]
+        assert loud, "the reply was not sent"
+        assert loud[0][0] - arrived <= 2 * FRAME_S
+        assert loud[0][2] == round(loud[0][0] / FRAME_S) * AUDIO_FRAME
+    finally:
+        task.cancel()
+        track.stop()

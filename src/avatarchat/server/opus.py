@@ -13,6 +13,13 @@ fewer silent frames, so the next reply's packets differ a little from encoding e
 they decode to the same voice within ~59 dB (tests/test_opus_voice.py). RTP timestamps
 stay ``n * 960`` (media time, as before), so the page's clock of what it hears is unchanged.
 
+With ``dtx`` (``server.voice_dtx``, on by default) a settled silence between replies is not
+sent at all: one DTX packet (the settled packet's TOC byte alone, a frame of 0 bytes) every
+``DTX_EVERY`` frames, and nothing in between, until reply audio arrives, which wakes the
+sender at once (``AvatarAudioTrack.wait_idle``: a future and a timer, no task). The browser
+takes the gaps as DTX, not loss: it conceals nothing, and its clock of the voice (the played
+packets' RTP timestamps) keeps running (tests/test_client_avatar_browser.py).
+
 aiortc 1.16 (pinned with av) takes pre-encoded packets from a track but then sends them
 without the audio level, which pages read (``getSynchronizationSources().audioLevel``). So
 the peer's audio sender is given a ``_next_encoded_frame`` of its own (``send_from``), the
@@ -81,9 +88,10 @@ class OpusVoice:
         self._silent_run = 0  # consecutive all-zero frames, encoded or not
         self._settled: bytes | None = None  # the encoder's packet for silence, once settled
         self.encoded = 0  # frames that went through the encoder (the rest were repeats)
+        self._dtx_sent = False  # the last packet was a DTX packet
 
     async def next_packet(self) -> tuple[bytes, int, int]:
-        if self.dtx and self._settled is not None and not self.source.replying:
+        if self._dtx_sent and not self.source.replying:
             await self.source.wait_idle(DTX_EVERY - 1)
         n, samples = await self.source.next_samples()
         silent = not samples.any()
@@ -91,8 +99,10 @@ class OpusVoice:
         if silent and self._settled is not None:
             # With DTX, the packet's TOC byte alone: a frame of 0 bytes, which decoders
             # (and the browser's jitter buffer) take as discontinuous transmission.
+            self._dtx_sent = self.dtx
             return self._settled[:1] if self.dtx else self._settled, n * len(samples), SILENT_LEVEL
         self._settled = None
+        self._dtx_sent = False
         data = self._encode(n, samples)
         if self._silent_run >= SETTLE_FRAMES:
             self._settled = data

@@ -162,6 +162,7 @@ class Playout:
         #: Set whenever reply audio or a frame arrives: a sender that sends nothing between
         #: replies (the WebSocket's, the WebRTC voice's DTX) waits on it.
         self.arrived = asyncio.Event()
+        self._wake: Callable[[], None] | None = None  # the WebRTC voice's DTX wait, if any
         #: Between a reply's first audio arriving and its first sample, at least.
         self.start_margin_s = START_MARGIN_S
         self._on_frames: Callable[[float], None] | None = None
@@ -194,6 +195,8 @@ class Playout:
         reply.fed += len(chunk.samples)
         self._schedule_head()
         self.arrived.set()
+        if self._wake is not None:
+            self._wake()
 
     def add_frame(self, frame: AvatarFrame | AvatarPose) -> None:
         """Queue an avatar frame (or a pose, for a client that draws the avatar) to show at
@@ -261,6 +264,10 @@ class Playout:
     def busy(self) -> bool:
         """A reply is queued or playing, or a cleared one's fade-out is still to go."""
         return bool(self._queue) or self.fading
+
+    def wake_on_audio(self, fn: Callable[[], None] | None) -> None:
+        """Call ``fn`` (on the loop) when reply audio arrives; None stops it."""
+        self._wake = fn
 
     @property
     def turns(self) -> list[int]:
@@ -545,17 +552,24 @@ class AvatarAudioTrack(MediaStreamTrack):
         """Between replies: let up to ``frames`` frames go unsent, returning early when a
         reply arrives. The next frame handed out is then the one due now (no catch-up)."""
         playout = self._playout
-        playout.arrived.clear()
         if not playout.busy:
-            self._clock.start()
-            sleeper = asyncio.ensure_future(self._clock.sleep_until((self._next + frames) * FRAME_S))
-            waiter = asyncio.ensure_future(playout.arrived.wait())
+            # One future and one timer, no tasks: this waits most of an idle session's life.
+            woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def wake() -> None:
+                if not woken.done():
+                    woken.set_result(None)
+
+            t0 = self._clock.start()
+            timer = self._clock.clock.call_at(t0 + (self._next + frames) * FRAME_S, wake)
+            playout.wake_on_audio(wake)
             try:
-                await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
+                await woken
             finally:
-                sleeper.cancel()
-                waiter.cancel()
-        self._next = max(self._next, math.floor(self._clock.now() / FRAME_S))
+                timer.cancel()
+                playout.wake_on_audio(None)
+        # (A frame due exactly now must not read as the one before: float time.)
+        self._next = max(self._next, math.floor(self._clock.now() / FRAME_S + 1e-6))
 
     async def next_samples(self) -> tuple[int, np.ndarray]:
         """The next frame's index and its s16 samples, when it is due."""
