@@ -147,8 +147,10 @@ async def test_speech_while_a_reply_is_prepared_drops_it_instead_of_talking_over
     peer = server.peers[0]
     barge = peer.turntaking.history[0]
     assert barge.cut == (typed["turn"],) and barge.turn == said["turn"] and barge.why == "speech"
-    # Decided by the speech, long before its final transcript could have superseded the reply.
-    assert cut["_at"] < said["_at"] and cut["_at"] - onset < 1.0, cut["_at"] - onset  # ~0.45 s idle
+    # Decided by the speech, before its final transcript could have superseded the reply.
+    # ~0.45 s on an idle machine; 1.14 s once under stress-ng (CI-like run): the bound is
+    # wall-clock, so it only catches a decision that waited for the transcript (~2 s).
+    assert cut["_at"] < said["_at"] and cut["_at"] - onset < 1.6, cut["_at"] - onset
     played = peer.playout.played_seconds(typed["turn"])
     print(f"\nspeech while a reply is prepared: dropped {1000 * (cut['_at'] - onset):.0f} ms after the "
           f"onset, {played:.2f} s of it played, heard {cut['text']!r}")
