@@ -108,7 +108,6 @@ class Resampler:
             self._buf_start = keep_from
         return out
 
-
     def _decimate(self, n_end: int) -> np.ndarray:
         """``_emit``'s outputs for a whole-number ratio (48 → 16 kHz: the microphone, 50
         times a second per session): one row of taps, so the windows are a strided view of
