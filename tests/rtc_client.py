@@ -34,6 +34,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from avatarchat.audio.io import load_audio
+from avatarchat.bench.load_client import send_dtx
 from avatarchat.server.ice import gather_with_loopback, ice_gatherers, is_loopback
 from avatarchat.server.tracks import first_channel
 
@@ -54,6 +55,8 @@ class ScriptedMic(MediaStreamTrack):
         self._n = 0
         self._echo_gain: float | None = None
         self._echo = np.zeros(0, np.float32)
+        #: Digitally silent frames in a row, the newest included (for ``send_dtx``).
+        self.silent_frames = 0
 
     def start_echo(self, gain_db: float, delay_s: float) -> None:
         """From now on, mix what ``hear`` is given into what the mic sends, ``gain_db``
@@ -91,6 +94,7 @@ class ScriptedMic(MediaStreamTrack):
         echo, self._echo = self._echo[:FRAME], self._echo[FRAME:]
         mix[: len(echo)] += echo
         pcm = (np.clip(mix, -1, 1) * 32767).astype(np.int16)
+        self.silent_frames = 0 if pcm.any() else self.silent_frames + 1
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate, frame.pts, frame.time_base = RATE, self._n * FRAME, Fraction(1, RATE)
         self._n += 1
@@ -115,8 +119,11 @@ class RtcTestClient:
     ``audio`` (mono float32 chunks with their arrival times, ``audio_chunks``).
     """
 
-    def __init__(self, *, loopback_only: bool = True, video: bool = True, data_channel: bool = True) -> None:
+    def __init__(self, *, loopback_only: bool = True, video: bool = True, data_channel: bool = True,
+                 dtx: bool = False) -> None:
         self.loopback_only = loopback_only
+        #: Send Opus DTX when the answer asks for it, as a browser does (``send_dtx``).
+        self.dtx = dtx
         self.mic = ScriptedMic()
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.messages: list[dict[str, Any]] = []
@@ -138,7 +145,7 @@ class RtcTestClient:
         """Offer (mic + receive audio, receive video, ``events`` channel), post it with
         ``offer_fn``, apply the answer, and wait until the data channel is open."""
         pc = self.pc
-        pc.addTrack(self.mic)
+        mic_sender = pc.addTrack(self.mic)
         if self._want_video:
             pc.addTransceiver("video", direction="recvonly")
         if self._want_channel:
@@ -153,6 +160,8 @@ class RtcTestClient:
         self.offer_sdp = strip_non_loopback(sdp) if self.loopback_only else sdp
         self.answer_sdp = await offer_fn(self.offer_sdp, "offer")
         await pc.setRemoteDescription(RTCSessionDescription(sdp=self.answer_sdp, type="answer"))
+        if self.dtx and "usedtx=1" in self.answer_sdp:
+            assert send_dtx(mic_sender, self.mic)
         if self._want_channel:
             await asyncio.wait_for(self._opened.wait(), timeout)
 

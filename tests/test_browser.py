@@ -84,6 +84,10 @@ def test_spoken_question_gets_transcript_reply_video_audio_and_latency(
         assert fps >= 5, f"decoded {fps:.1f} fps"
         assert s1["rvfc"]["frames"] > s0["rvfc"]["frames"]
         assert (s1["video"]["frameWidth"], s1["video"]["frameHeight"]) == (512, 512)
+        # The user is silent meanwhile, and the answer asked for DTX on the mic
+        # (server.mic_dtx): Chromium sends a few packets a second instead of 50.
+        mic_rate = (s1["mic"]["packetsSent"] - s0["mic"]["packetsSent"]) / (t1 - t0)
+        assert mic_rate < 15, f"{mic_rate:.1f} mic packets a second while the user is silent"
 
         # The reply's text streams into the log, its audio arrives and is audible.
         wait_for(page, REPLY_DONE, 90)
@@ -101,6 +105,11 @@ def test_spoken_question_gets_transcript_reply_video_audio_and_latency(
         figures = page.locator("#metrics [data-key]").all_inner_texts()
         assert any(re.search(r"\d+(\.\d)? ms", f) for f in figures), figures
         assert page.locator("#metrics [data-key='first_audio_after_speech_end_ms']").count() == 1
+        # The turn ended on time although the mic went quiet: the server put the silence back
+        # (server/micgaps.py; without it the VAD would hear 0.1 s of silence a second).
+        metrics = next(m["msg"] for m in page.evaluate("avatarchat.messages") if m["msg"]["type"] == "metrics")
+        print(f"\nmic {mic_rate:.1f} packets/s while silent; speech end -> decision {metrics['vad_hangover_ms']} ms")
+        assert metrics["vad_hangover_ms"] < 1500, metrics
 
         # The page as a user sees it: the avatar's video is not blank.
         shot = tmp_path / "spoken.png"

@@ -19,6 +19,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from avatarchat.engine.pipeline import Pipeline
+from avatarchat.server.jitter import InOrderAudio
 from avatarchat.server.peer import OfferError, PeerSession
 from avatarchat.server.protocol import MAX_MESSAGE_BYTES
 from avatarchat.server.settings import ServerSettings
@@ -44,7 +45,9 @@ async def test_spoken_question_gets_transcript_reply_video_and_audio(server: Ser
     assert re.search(r"a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 ", client.answer_sdp), "no loopback candidate"
     assert server.peers[0].video_codec == "VP8"
     mic = next(t.receiver for t in server.peers[0]._pc.getTransceivers() if t.kind == "audio")
-    assert getattr(mic, "_RTCRtpReceiver__jitter_buffer")._prefetch == ServerSettings().mic_prefetch_packets == 1
+    assert ServerSettings().mic_prefetch_packets == 0
+    assert isinstance(getattr(mic, "_RTCRtpReceiver__jitter_buffer"), InOrderAudio)
+    assert "usedtx=1" in client.answer_sdp  # server.mic_dtx
     await client.wait_video(1)
 
     client.speak(SAMPLES / "question.wav")

@@ -72,7 +72,7 @@ def typed(base: dict[str, Any]) -> list[ConfigCase]:
         ("turn", {"urls": "turn:x"}), ("turn", {"ttl_s": 1}), ("ice_servers", [{"urls": []}]),
         ("ice_servers", "stun:x"), ("video_codec", "av1"), ("trusted_proxies", "10.0.0.1"),
         ("allowed_origins", {"a": 1}), ("barge_in", {"client_grace_ms": 1}), ("echo_guard", "maybe"),
-        ("mic_prefetch_packets", 0), ("max_body_bytes", 1), ("self_signed", "maybe"), ("host", ["::"]),
+        ("mic_prefetch_packets", -1), ("max_body_bytes", 1), ("self_signed", "maybe"), ("host", ["::"]),
     ]
     for key, value in server:
         out.append(ConfigCase(f"server.{key} = {value!r:.30}", _dump({**base, "server": {key: value}})))

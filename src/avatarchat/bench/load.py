@@ -225,7 +225,8 @@ def run_scenario(server: ServeProcess, spec: dict[str, Any], baseline_s: float, 
 def _progress_line(label: str, spec: dict[str, Any], ev: dict[str, Any], progress: Progress) -> None:
     name = ev["event"]
     if name == "connected":
-        progress(f"{label}: {spec['sessions']} connected (server answered {ev['answered']}); warming up")
+        progress(f"{label}: {spec['sessions']} connected (server answered {ev['answered']}, "
+                 f"mic DTX asked of {ev.get('mic_dtx', 0)}); warming up")
     elif name == "warmup_wave":
         progress(f"{label}: warm-up (not counted) {_v2v_line(ev['turns'])}")
     elif name == "warmup":
@@ -265,6 +266,7 @@ def _figures(spec: dict[str, Any], baseline: float | None, marks: dict[str, tupl
     wall = marks.get("result", (0.0, None))[0] - marks.get("connected", (0.0, None))[0]
     return {
         "answered_modes": sorted({str(s["answered_mode"]) for s in sessions}),
+        "mic_dtx": sum(bool(s.get("mic_dtx")) for s in sessions),
         "voice_to_voice_ms": summarize(t["voice_to_voice_ms"] for t in turns if not t["failed"]),
         "server_first_audio_after_speech_end_ms": summarize(
             t["server_first_audio_after_speech_end_ms"] for t in turns if not t["failed"]),

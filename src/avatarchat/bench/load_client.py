@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable
 from fractions import Fraction
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import aiohttp
 import av
@@ -48,6 +48,10 @@ FRAME = 960  # 20 ms
 RECEIVE_BUFFER = 4 * 1024 * 1024
 #: RMS over this (about -40 dBFS) counts as audible, as in ``bench e2e``.
 AUDIBLE_RMS = 0.01
+#: Opus DTX as Chromium sends it when the answer asks (``usedtx=1``; measured between
+#: questions: 4-6 packets a second): after ``DTX_AFTER`` silent frames, one in ``DTX_EVERY``.
+DTX_AFTER = 10
+DTX_EVERY = 10
 
 
 class Question(BaseModel):
@@ -93,6 +97,8 @@ class Mic(MediaStreamTrack):
         self._marks: list[tuple[int, asyncio.Future[float]]] = []  # (queue offset, when sent)
         self._t0: float | None = None
         self._n = 0
+        #: Digitally silent frames in a row, the newest included.
+        self.silent_frames = 0
 
     def play(self, samples: np.ndarray, mark: int) -> asyncio.Future[float]:
         """Queue ``samples`` (mono float32, 48 kHz) now; the future gets the send time of ``mark``."""
@@ -120,10 +126,35 @@ class Mic(MediaStreamTrack):
         self._marks = pending
         pcm = np.zeros(FRAME, np.int16)
         pcm[: len(chunk)] = (np.clip(chunk, -1, 1) * 32767).astype(np.int16)
+        self.silent_frames = 0 if pcm.any() else self.silent_frames + 1
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate, frame.pts, frame.time_base = RATE, self._n * FRAME, Fraction(1, RATE)
         self._n += 1
         return frame
+
+
+class SilenceCounter(Protocol):
+    #: Digitally silent frames in a row, up to the one its ``recv`` gave last.
+    silent_frames: int
+
+
+def send_dtx(sender: Any, mic: SilenceCounter) -> bool:
+    """Make aiortc's ``sender`` of ``mic`` keep quiet as a browser's Opus DTX does: of a
+    silence longer than ``DTX_AFTER`` frames, one frame in ``DTX_EVERY`` goes out (its RTP
+    timestamp tells the gap). False where this aiortc has no such step."""
+    step = getattr(sender, "_next_encoded_frame", None)
+    if step is None:
+        return False
+
+    async def next_encoded_frame(codec: Any) -> Any:
+        while True:
+            frame = await step(codec)
+            run = mic.silent_frames
+            if frame is None or run <= DTX_AFTER or (run - DTX_AFTER) % DTX_EVERY == 0:
+                return frame
+
+    sender._next_encoded_frame = next_encoded_frame
+    return True
 
 
 def speech_end(samples: np.ndarray) -> int:
@@ -153,12 +184,13 @@ class LoadSession:
         self._open = asyncio.Event()
         self._channel: Any = None
         self.states: list[tuple[float, str]] = []  # the peer connection's state changes
+        self.dtx = False  # the mic sends Opus DTX (the server asked for it)
 
     async def connect(self, http: aiohttp.ClientSession, url: str, timeout: float) -> None:
         """Offer (mic, receive video, ``events``), post it, and wait for the channel and the
         first face (a video frame, or a face message in client mode)."""
         pc = self.pc
-        pc.addTrack(self.mic)
+        mic_sender = pc.addTrack(self.mic)
         pc.addTransceiver("video", direction="recvonly")  # as the page offers, in both modes
         self._channel = pc.createDataChannel("events")
         self._channel.on("open", self._open.set)
@@ -176,6 +208,8 @@ class LoadSession:
                 raise RuntimeError(f"session {self.index}: offer refused ({resp.status}): {answer.get('error')}")
         self.answered_mode = answer.get("avatar", "video")  # a server without client mode says nothing
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        # The server asks for DTX as the answer's Opus parameter, and a browser honours it.
+        self.dtx = "usedtx=1" in answer["sdp"] and send_dtx(mic_sender, self.mic)
         await asyncio.wait_for(self._open.wait(), timeout)
         await self.until(lambda: self.video_times or self.face, timeout)
 
@@ -359,7 +393,7 @@ async def run_scenario(spec: ClientSpec) -> None:
         async with aiohttp.ClientSession() as http:
             for s in sessions:  # one at a time: connecting is not what is measured
                 await s.connect(http, spec.url, spec.connect_timeout_s)
-        emit("connected", answered=[s.answered_mode for s in sessions])
+        emit("connected", answered=[s.answered_mode for s in sessions], mic_dtx=sum(s.dtx for s in sessions))
         warmups: list[dict[str, Any]] = []
         for start in range(0, spec.sessions, k):  # not counted: each session's first turn
             wave = sessions[start:start + k]
@@ -387,7 +421,7 @@ async def run_scenario(spec: ClientSpec) -> None:
             turns += done
             emit("round_end", round=r, turns=done)
             await asyncio.sleep(spec.gap_s)
-        per_session = [{"session": s.index, "answered_mode": s.answered_mode, "talk": s.rates(windows),
+        per_session = [{"session": s.index, "answered_mode": s.answered_mode, "mic_dtx": s.dtx, "talk": s.rates(windows),
                         "idle": s.rates(idle), "connection": [(round(t, 3), st) for t, st in s.states],
                         "errors": [m.get("message") for m in s.messages if m.get("type") == "error"]}
                        for s in sessions]

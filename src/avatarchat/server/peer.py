@@ -45,7 +45,9 @@ from avatarchat.server.ice import (
     prefer_video_codec,
     wants_loopback,
 )
-from avatarchat.server.jitter import AIORTC_AUDIO_PREFETCH, set_audio_prefetch
+from avatarchat.server.jitter import set_audio_buffer
+from avatarchat.server.micgaps import RATE as MIC_GAPS_RATE
+from avatarchat.server.micgaps import MicGaps, ask_for_mic_dtx
 from avatarchat.server.opus import OpusVoice, send_from
 from avatarchat.server.sctpguard import SctpGuard
 from avatarchat.server.face import face_sender
@@ -126,6 +128,7 @@ class PeerSession:
         self._echo = EchoGuard() if settings.echo_guard else None
         self._guard: SctpGuard | None = None
         self._face_started = False
+        self._mic_gaps: MicGaps | None = None  # with DTX asked of the mic (server.mic_dtx)
 
     # -- opening ---------------------------------------------------------------------
 
@@ -169,8 +172,8 @@ class PeerSession:
         if not any(t.kind == "audio" and t.receiver.track is not None for t in pc.getTransceivers()):
             raise OfferError("the offer has no audio: the page must send the microphone")
         for transceiver in pc.getTransceivers():
-            if transceiver.kind == "audio" and self.settings.mic_prefetch_packets != AIORTC_AUDIO_PREFETCH:
-                set_audio_prefetch(transceiver.receiver, self.settings.mic_prefetch_packets)
+            if transceiver.kind == "audio":
+                set_audio_buffer(transceiver.receiver, self.settings.mic_prefetch_packets)
         if pc.sctp is not None:  # before the answer: it advertises the guard's message size
             self._guard = SctpGuard(pc.sctp, SCTP_MAX_MESSAGE_BYTES, self._events.oversize, self.log)
         await gather_with_loopback(pc, loopback=wants_loopback(sdp))
@@ -181,6 +184,9 @@ class PeerSession:
             for sender in pc.getSenders():
                 if isinstance(sender.track, AvatarAudioTrack):
                     send_from(sender, OpusVoice(sender.track, dtx=self.settings.voice_dtx))
+            if self.settings.mic_dtx:
+                self._mic_gaps = MicGaps()
+                answer = ask_for_mic_dtx(answer)
         return answer
 
     def _add_tracks(self) -> None:
@@ -296,27 +302,43 @@ class PeerSession:
 
     async def _read_mic(self, track: MediaStreamTrack) -> None:
         """Mic frames (48 kHz s16, usually stereo interleaved) → one channel, float32 →
-        the engine. Closes the peer when no frame arrives in time."""
-        timeout = self.settings.connect_timeout_s
+        the engine, with the silences of DTX put back (``server.micgaps``). Closes the peer
+        when no frame arrives in time."""
+        loop = asyncio.get_running_loop()
+        patience = self.settings.connect_timeout_s
+        heard = loop.time()
         while True:
+            gaps = self._mic_gaps  # set with the answer, which may come after this task starts
+            wake = gaps.wake_at() if gaps is not None else None
+            give_up = heard + patience
             try:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
                 # races a frame's arrival, and teardown then waited its full 5 s.
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout_at(give_up if wake is None else min(wake, give_up)):
                     # aiortc types recv() as any frame or packet; an audio track gives AudioFrames.
                     frame = cast(av.AudioFrame, await track.recv())
             except MediaStreamError:
                 return
             except TimeoutError:
-                self._close_soon(f"no audio from the client for {timeout:g} s")
+                now = loop.time()
+                if now < give_up:
+                    assert gaps is not None
+                    if (silence := gaps.fill(now)) is not None:
+                        self._push_mic(silence, MIC_GAPS_RATE, now)
+                    continue
+                self._close_soon(f"no audio from the client for {patience:g} s")
                 return
-            timeout = self.disconnect_timeout_s
+            heard, patience = loop.time(), self.disconnect_timeout_s
             self.connected = True
-            mono = first_channel(frame)
-            samples = mono.astype(np.float32) / 32768.0
-            if self._echo is not None:  # the avatar's own voice coming back must not barge in
-                samples = self._echo.process(samples, frame.sample_rate, time.monotonic())
-            self._client.push_mic(samples, frame.sample_rate)
+            samples = first_channel(frame).astype(np.float32) / 32768.0
+            if gaps is not None and frame.pts is not None and frame.sample_rate == MIC_GAPS_RATE:
+                samples = gaps.frame(int(frame.pts), samples, heard)
+            self._push_mic(samples, frame.sample_rate, heard)
+
+    def _push_mic(self, samples: np.ndarray, rate: int, now: float) -> None:
+        if self._echo is not None:  # the avatar's own voice coming back must not barge in
+            samples = self._echo.process(samples, rate, now)
+        self._client.push_mic(samples, rate)
 
     @staticmethod
     async def _drain(track: MediaStreamTrack) -> None:

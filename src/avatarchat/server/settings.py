@@ -155,12 +155,18 @@ class ServerSettings(HandlerOptions):
     certfile: str | None = None
     keyfile: str | None = None
     self_signed: bool = False
-    #: The mic's receive buffer releases a packet once this many newer ones arrived. aiortc
-    #: uses 4 (80 ms of delay on all the user says); the order is kept either way.
-    mic_prefetch_packets: int = Field(default=1, ge=1, le=8)
+    #: The mic's receive buffer (server/jitter.py): 0 releases each packet as soon as those
+    #: before it are out; N > 0 is aiortc's own buffer, releasing a packet once N newer ones
+    #: arrived (aiortc: 4, 80 ms of delay on all the user says; it also falls 280 ms behind
+    #: for good after one lost packet).
+    mic_prefetch_packets: int = Field(default=0, ge=0, le=8)
     #: Between replies the avatar's voice sends one Opus DTX packet every 200 ms instead of
     #: 50 silent packets a second (server/opus.py): most of what an idle session costs.
     voice_dtx: bool = True
+    #: Ask the browser for Opus DTX on the microphone: ~5 packets a second instead of 50
+    #: while the user says nothing; the server puts the silence back on the wall clock, so
+    #: turns end on time (server/micgaps.py).
+    mic_dtx: bool = True
     #: Largest HTTP request body accepted (the SDP offer), bytes.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     barge_in: BargeInSettings = Field(default_factory=BargeInSettings)
