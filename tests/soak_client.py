@@ -24,12 +24,24 @@ QUESTIONS = ["Say hello.", "What is the capital of France?", "Name a colour.", "
 
 
 async def one_turn(client: RtcTestClient, i: int) -> dict[str, Any]:
-    """Type question ``i`` and wait for its final reply (see the module docstring)."""
+    """Type question ``i`` and wait for its final reply (see the module docstring). A wait
+    that times out first prints what the turn received, for the test's failure output."""
+    mark = len(client.messages)
+    try:
+        return await _one_turn(client, i, mark)
+    except TimeoutError:
+        seen = [{k: m[k] for k in ("type", "turn", "final", "interrupted", "state", "reason") if k in m}
+                for m in client.messages[mark:] if m.get("type") != "face"]
+        print(f"soak turn {i} ({QUESTIONS[i % len(QUESTIONS)]!r}) timed out; it received: {seen}",
+              file=sys.stderr, flush=True)
+        raise
+
+
+async def _one_turn(client: RtcTestClient, i: int, mark: int) -> dict[str, Any]:
     # The client records all it receives, for other tests' assertions: dropped here, so a
     # long run does not grow by its recordings.
     client.audio_chunks.clear()
     client.video_times.clear()
-    mark = len(client.messages)
     client.send({"type": "text", "text": QUESTIONS[i % len(QUESTIONS)]})
     said = await client.wait_message(lambda m: m["type"] == "transcript", 60, start=mark)
     turn = said["turn"]
