@@ -10,7 +10,9 @@ from aiortc.sdp import SessionDescription
 from avatarchat.server.micgaps import (
     FILL_S,
     FRAME,
+    GRACE_S,
     HOLD_S,
+    LATE_S,
     QUIET_FRAMES,
     RATE,
     STALL_S,
@@ -116,6 +118,23 @@ def test_silence_given_for_a_late_frame_is_taken_from_the_next_gap() -> None:
     assert s.delivered == (k0 + 8) * FRAME  # back on the sender's timeline
 
 
+def test_a_late_wake_up_of_our_own_gives_frames_on_their_way_a_grace() -> None:
+    s = Stream()
+    s.send(0, LOUD)
+    for k in range(1, 1 + QUIET_FRAMES):
+        s.send(k, QUIET)
+    k0 = QUIET_FRAMES
+    due = s.gaps.wake_at()
+    assert due is not None and abs(due - ((k0 + 1) * T + HOLD_S)) < 1e-9
+    stalled = due + LATE_S + 0.1  # the loop was busy 150 ms
+    assert s.tick(stalled) is None
+    wake = s.gaps.wake_at()
+    assert wake is not None and abs(wake - (stalled + GRACE_S)) < 1e-9
+    for k in range(k0 + 1, k0 + 9):  # the frames were only held up: they come, no silence added
+        assert len(s.send(k, QUIET, lag=stalled - k * T)) == FRAME
+    assert s.delivered == (k0 + 9) * FRAME and s.gaps.filled_from_clock == 0
+
+
 def test_an_idle_session_never_wakes_and_the_clock_stops_after_a_while() -> None:
     s = Stream()
     for k in range(100):
@@ -125,7 +144,9 @@ def test_an_idle_session_never_wakes_and_the_clock_stops_after_a_while() -> None
     for k in range(101, 101 + QUIET_FRAMES):
         s.send(k, QUIET)
     assert s.gaps.wake_at() is not None
-    assert s.tick(100 * T + FILL_S + 1.0) is not None
+    late = 100 * T + FILL_S + 1.0
+    assert s.tick(late) is None  # woken this late: our own stall, frames get a grace first
+    assert s.tick(late + GRACE_S) is not None
     assert s.gaps.wake_at() is None
     assert s.delivered <= (100 * T + FILL_S) * RATE + FRAME
 

@@ -48,9 +48,10 @@ FRAME = 960  # 20 ms
 RECEIVE_BUFFER = 4 * 1024 * 1024
 #: RMS over this (about -40 dBFS) counts as audible, as in ``bench e2e``.
 AUDIBLE_RMS = 0.01
-#: Opus DTX as Chromium sends it when the answer asks (``usedtx=1``; measured between
-#: questions: 4-6 packets a second): after ``DTX_AFTER`` silent frames, one in ``DTX_EVERY``.
-DTX_AFTER = 10
+#: Opus DTX as Chromium sends it when the answer asks (``usedtx=1``; measured: it stops
+#: ~380 ms after the speech, then 4-6 packets a second): after ``DTX_AFTER`` silent frames,
+#: one in ``DTX_EVERY``.
+DTX_AFTER = 19
 DTX_EVERY = 10
 
 

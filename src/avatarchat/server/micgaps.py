@@ -14,11 +14,15 @@ them back, from two sources:
 * the RTP timestamps: a frame that comes after a gap is preceded by the silence the gap
   held (DTX, or a lost packet), so the stream keeps the sender's timeline;
 * the wall clock: when no frame has come for a frame's time plus ``HOLD_S``, after
-  ``QUIET_FRAMES`` quiet ones, the silence is taken as DTX and given to the engine as it
-  passes, frame by frame, so a turn ends on time. After a loud frame the wait is
-  ``STALL_S`` (a stalled network mid-word is not silence), and ``FILL_S`` after the last
-  loud frame the wall clock stops: an idle session wakes for nothing, and the timestamps
-  of the sparse DTX packets keep its stream in time.
+  ``QUIET_FRAMES`` quiet ones (a browser sends ~380 ms of them before its DTX starts), the
+  silence is taken as DTX and given to the engine as it passes, frame by frame, so a turn
+  ends on time. After fewer quiet frames the wait is ``STALL_S``: a network that stalls
+  mid-word or in a short pause is not silence, and silence put into a pause lengthens it.
+  ``FILL_S`` after the last loud frame the wall clock stops: an idle session wakes for
+  nothing, and the timestamps of the sparse DTX packets keep its stream in time.
+* not for a stall of our own: a wake-up that comes ``LATE_S`` after it was due (the event
+  loop was busy, and frames may be on their way from aiortc's decoder thread) gives them
+  ``GRACE_S`` to come first.
 
 Silence given from the wall clock that the next frame's timestamp says was not owed (the
 frame was only late) is not taken back: the stream then runs that much ahead of the RTP
@@ -36,13 +40,17 @@ FRAME = 960
 RATE = 48_000
 #: A frame whose every sample is below this (-34 dBFS) is quiet (speech peaks far above).
 QUIET_PEAK = 0.02
-#: Quiet frames in a row after which a missing frame is taken as DTX (the encoder sends
-#: 200 ms of inactive frames before it stops).
-QUIET_FRAMES = 5
+#: Quiet frames in a row after which a missing frame is taken as DTX (Chromium sends
+#: 15-19 of them, 300-380 ms, after the speech before it stops).
+QUIET_FRAMES = 10
 #: After quiet frames: silence is given once a frame is this late.
 HOLD_S = 0.01
-#: After a loud frame.
-STALL_S = 0.1
+#: After a loud frame, or fewer quiet ones.
+STALL_S = 0.15
+#: A wake-up this late was our own stall ...
+LATE_S = 0.05
+#: ... and frames get this long to arrive before silence is given for them.
+GRACE_S = 0.03
 #: The wall clock gives silence for this long after the last loud frame, then waits for
 #: frames (longer than any hangover of the default end-of-turn rules).
 FILL_S = 5.0
@@ -65,6 +73,7 @@ class MicGaps:
         self._arrived = 0.0  # when the newest frame came
         self._quiet = 0  # quiet frames in a row, up to the newest
         self._loud_at = -math.inf  # when the last frame that was not quiet came
+        self._not_before = -math.inf  # no silence from the clock before this (a stall's grace)
         #: Silence given so far, from timestamps and from the wall clock (samples).
         self.filled_from_timestamps = 0
         self.filled_from_clock = 0
@@ -84,7 +93,7 @@ class MicGaps:
         if self._ts is None or start + n > self._ts:
             self._ts, self._raw = start + n, (timestamp + n) % _WRAP
         self._delivered += max(owed, 0) + n
-        self._arrived = now
+        self._arrived, self._not_before = now, -math.inf
         if float(np.abs(samples).max(initial=0.0)) < QUIET_PEAK:
             self._quiet += 1
         else:
@@ -106,10 +115,14 @@ class MicGaps:
             return None
         hold = HOLD_S if self._quiet >= QUIET_FRAMES else STALL_S
         at = self._arrived + hold + self._due() * FRAME / RATE
-        return at if at - self._loud_at <= FILL_S else None
+        return max(at, self._not_before) if at - self._loud_at <= FILL_S else None
 
     def fill(self, now: float) -> np.ndarray | None:
         """The silence owed by ``now``, whole frames, or None."""
+        due = self.wake_at()
+        if due is not None and now - due > LATE_S:
+            self._not_before = now + GRACE_S  # our own stall: frames may be on their way
+            return None
         frames = 0
         while (at := self.wake_at()) is not None and at <= now and frames < 1000:
             self._delivered += FRAME
