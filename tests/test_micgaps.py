@@ -44,6 +44,13 @@ class Stream:
             self.out.append(chunk)
         return chunk
 
+    def word_then_quiet(self) -> int:
+        """A loud frame, then ``QUIET_FRAMES`` quiet ones: the index of the last."""
+        self.send(0, LOUD)
+        for k in range(1, 1 + QUIET_FRAMES):
+            self.send(k, QUIET)
+        return QUIET_FRAMES
+
     @property
     def delivered(self) -> int:
         return sum(len(c) for c in self.out)
@@ -102,10 +109,7 @@ def test_dtx_silence_is_given_as_it_passes_and_squares_with_the_next_timestamp()
 
 def test_silence_given_for_a_late_frame_is_taken_from_the_next_gap() -> None:
     s = Stream()
-    s.send(0, LOUD)
-    for k in range(1, 1 + QUIET_FRAMES):
-        s.send(k, QUIET)
-    k0 = QUIET_FRAMES
+    k0 = s.word_then_quiet()
     # Frame k0+1 is 30 ms late: the clock gives two frames meanwhile.
     assert s.tick((k0 + 1) * T + 0.03) is not None
     lead = s.delivered - (k0 + 1) * FRAME
@@ -120,10 +124,7 @@ def test_silence_given_for_a_late_frame_is_taken_from_the_next_gap() -> None:
 
 def test_a_late_wake_up_of_our_own_gives_frames_on_their_way_a_grace() -> None:
     s = Stream()
-    s.send(0, LOUD)
-    for k in range(1, 1 + QUIET_FRAMES):
-        s.send(k, QUIET)
-    k0 = QUIET_FRAMES
+    k0 = s.word_then_quiet()
     due = s.gaps.wake_at()
     assert due is not None and abs(due - ((k0 + 1) * T + HOLD_S)) < 1e-9
     stalled = due + LATE_S + 0.1  # the loop was busy 150 ms
