@@ -104,7 +104,7 @@ class MicGaps:
         return np.concatenate([np.zeros(owed, np.float32), np.asarray(samples, np.float32)])
 
     def _due(self) -> int:
-        """Frames of silence the wall clock would give before the next (none after ``FILL_S``)."""
+        """Whole frames from the newest frame's end to the end of the next frame of silence."""
         assert self._ts is not None
         return -(-(self._delivered + FRAME - (self._ts + self._offset)) // FRAME)
 
