@@ -1,8 +1,8 @@
 """A reply's first sound where the page draws the avatar (server/tracks.py, server/face.py),
 in virtual time: nothing rendered on the server has to be ready when the voice starts, so
-the playout starts it with the next audio frame, and the face sender passes the reply's
-first poses on at once instead of at its next tick (the rows must reach the page before
-the voice they go with).
+the playout starts it in the frame due now (or the next, if that one has gone), and the
+face sender passes the reply's first poses on at once instead of at its next tick (the rows
+must reach the page before the voice they go with).
 
 The rig of tests/test_face.py: a real portrait handler making poses, the fake LLM and
 voice, the real ``Playout`` and ``FaceSender`` on a ``FakeClock``.
@@ -44,6 +44,25 @@ async def test_the_first_sample_waits_for_a_rendered_frame_only_where_the_server
     # Server video: the frame due 25-45 ms later; client drawing: the next frame (frame 11).
     assert expected == (12 if not client_draws else 11)
     assert np.any(playout.audio_frame(11) != 0) == client_draws
+
+
+@pytest.mark.parametrize("client_draws", [False, True])
+async def test_a_voice_idle_in_dtx_starts_the_reply_in_the_frame_due_now(client_draws: bool) -> None:
+    clock = FakeClock()
+    media = MediaClock(clock)
+    playout = Playout(media)
+    if client_draws:
+        playout.client_draws(lambda t: None)
+    media.start()
+    for n in range(3):  # then the voice went quiet (DTX): frames 3..9 were never handed out
+        playout.audio_frame(n)
+    await clock.advance(0.203)  # 3 ms into audio frame 10
+    playout.add_audio(_chunk())
+    # Client drawing: frame 10, due 3 ms ago and not sent, carries the first sound (it goes
+    # at once); server video: the frame after the margin for the first rendered frame.
+    first = 10 if client_draws else math.ceil((0.203 + START_MARGIN_S) / FRAME_S)
+    assert playout.sounding(first) and not playout.sounding(first - 1)
+    assert np.any(playout.audio_frame(first) != 0)
 
 
 async def test_a_replys_first_poses_reach_the_page_before_the_next_tick(rig: Rig) -> None:  # noqa: F811

@@ -12,11 +12,12 @@ the engine's marks compare directly.
 
 ``Playout`` owns what plays, and is the engine's ``ReplySink`` (engine/sink.py). A reply
 is placed on the audio sample timeline when its first audio arrives (at the next 20 ms
-boundary after ``now + START_MARGIN_S``, or after ``now`` where the page draws the avatar
-from rows sent ahead: ``Playout.client_draws``); its frames play at ``reply_start + pts``. TTS
-audio is resampled to the playout's rate as it arrives. If the reply's audio runs dry
-before its end (the TTS fell behind) the reply's start moves later by the gap, so audio and
-frames stay in step and no word is lost; the user hears a short pause.
+boundary after ``now + START_MARGIN_S``, or where the page draws the avatar from rows sent
+ahead, in the frame due now if it has not gone yet: ``Playout.client_draws``); its frames
+play at ``reply_start + pts``. TTS audio is resampled to the playout's rate as it arrives.
+If the reply's audio runs dry before its end (the TTS fell behind) the reply's start moves
+later by the gap, so audio and frames stay in step and no word is lost; the user hears a
+short pause.
 """
 
 from __future__ import annotations
@@ -170,7 +171,8 @@ class Playout:
     def client_draws(self, on_frames: Callable[[float], None] | None) -> None:
         """The client draws the avatar from rows sent ahead of time (server/face.py), not
         from frames rendered here: no frame has to be ready when the sound starts, so a
-        reply's first sample goes out with the next audio frame (not ~25-45 ms later), and
+        reply's first sample goes out at once in the frame due now where that has not gone
+        yet (a voice idle in DTX), else in the next (not ~25-45 ms later), and
         ``on_frames(t)`` hears of frames (poses) of the reply on the schedule as they
         arrive, ``t`` the media time of the earliest, so the sender can pass on those due
         soon at once. ``None`` takes the hook back (the margin stays)."""
@@ -296,8 +298,14 @@ class Playout:
         head = self._queue[0]
         if head.start is not None or not (head.written or head.ended):
             return
-        first = math.ceil((self.clock.now() + self.start_margin_s) / FRAME_S) * self.frame
-        head.start = max(first, self._next_sample)
+        now = self.clock.now()
+        if self.start_margin_s:
+            first = math.ceil((now + self.start_margin_s) / FRAME_S)
+        else:
+            # Nothing to render first: the frame due now carries the first sound, if it has
+            # not gone yet (a voice idle in DTX hands it out at once), not the next one.
+            first = math.floor(now / FRAME_S + 1e-6)
+        head.start = max(first * self.frame, self._next_sample)
         if head.frames and self._on_frames is not None:  # a queued reply's frames came first
             self._on_frames(head.start / self.rate + head.frames[0][0])
 
