@@ -6,6 +6,7 @@ from __future__ import annotations
 
 
 import av
+import pytest
 import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 
@@ -168,6 +169,57 @@ async def test_dtx_sends_a_toc_byte_every_200_ms_and_wakes_the_moment_a_reply_ar
         assert loud, "the reply was not sent"
         assert loud[0][0] - arrived <= 2 * FRAME_S
         assert loud[0][2] == round(loud[0][0] / FRAME_S) * AUDIO_FRAME
+    finally:
+        task.cancel()
+        track.stop()
+
+
+async def test_a_burst_sends_a_replys_first_audio_at_once_on_a_media_clock_moved_on() -> None:
+    import asyncio
+
+    from avatarchat.engine.events import ReplyAudio
+    from avatarchat.server.tracks import FRAME_S, AvatarAudioTrack, MediaClock, Playout
+    from avatarchat.testing import FakeClock
+
+    clock = FakeClock()
+    media = MediaClock(clock)
+    playout = Playout(media)
+    playout.client_draws(lambda t: None)
+    playout.burst_s = 0.1
+    track = AvatarAudioTrack(media, playout)
+    voice = OpusVoice(track, dtx=True)
+    sent: list[tuple[float, int, int]] = []  # (engine time, RTP timestamp, level)
+
+    async def pump() -> None:
+        while True:
+            _payload, ts, level = await voice.next_packet()
+            sent.append((clock.now(), ts, level))
+
+    def reply(turn: int) -> ReplyAudio:
+        tone = (np.sin(np.arange(24000) * 0.06) * 0.4).astype(np.float32)  # 0.5 s
+        return ReplyAudio(turn, tone, 48000, 0.0, "hi", ())
+
+    task = asyncio.create_task(pump())
+    try:
+        await clock.advance(0.0)
+        t0 = media.t0
+        for turn, lead in ((1, 0.1), (2, 0.2)):  # each reply after an idle voice moves on 100 ms
+            await clock.advance(2.013)  # idle in DTX
+            arrived, before = clock.now(), len(sent)
+            playout.add_audio(reply(turn))
+            playout.end(turn)
+            await clock.advance(0.0)
+            burst = [s for s in sent[before:] if s[0] == arrived]
+            # The next 100 ms of frames at once (and the frame due now, if it had not gone),
+            # every one the reply's.
+            assert round(0.1 / FRAME_S) <= len(burst) <= round(0.1 / FRAME_S) + 1
+            assert all(level < SILENT_LEVEL for _, _, level in burst)
+            stamps = [ts for _, ts, _ in sent[before:]]
+            assert stamps == sorted(set(stamps))  # RTP timestamps never go back or repeat
+            assert media.t0 == pytest.approx(t0 - lead)
+            await clock.advance(0.1)
+            # Then in real time again: one frame every 20 ms.
+            assert len([s for s in sent if arrived < s[0] <= arrived + 0.1 + 1e-9]) == 5
     finally:
         task.cancel()
         track.stop()

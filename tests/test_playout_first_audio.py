@@ -81,3 +81,24 @@ async def test_a_replys_first_poses_reach_the_page_before_the_next_tick(rig: Rig
     # No tick has come since (they are 80 ms apart): the rows sent are already the reply's.
     for k in due:
         assert rig.page.rows[k] == pytest.approx(rig.playout.pose_ahead(k / FPS), abs=1e-3)
+
+
+async def test_a_burst_replys_rows_from_before_now_reach_the_page(rig: Rig) -> None:  # noqa: F811
+    rig.playout.burst_s = 0.1  # the reply's first 100 ms go out at once: media time moves on
+    await rig.clock.advance(1.04)
+    rig.conversation.say("Hi!")
+    for _ in range(3000):
+        await rig.clock.advance(0.001)
+        start = rig.playout.head_start_frame()
+        if start is not None and rig.playout.pose_ahead(start * FRAME_S) is not None:
+            break
+    else:
+        pytest.fail("the reply never reached the playout")
+    await rig.clock.advance(0.0)
+    now = rig.media.now()
+    assert now - start * FRAME_S >= 0.1 - 1e-9  # the reply starts in media time's past
+    # Rows of media time already past when the reply came are the reply's, not the idle face.
+    past = range(math.ceil(start * FRAME_S * FPS), math.floor(now * FPS))
+    assert len(past) >= 2
+    for k in past:
+        assert rig.page.rows[k] == pytest.approx(rig.playout.pose_ahead(k / FPS), abs=1e-3)

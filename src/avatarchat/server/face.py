@@ -61,6 +61,7 @@ class FaceSender:
         self._sent: dict[int, tuple[float, ...]] = {}
         self._running = False
         self._poke: asyncio.Handle | None = None
+        self._since: float | None = None  # media time of rows due before now, still to send
 
     async def run(self) -> None:
         now = self.media.now()
@@ -80,6 +81,9 @@ class FaceSender:
     def _frames_arrived(self, t: float) -> None:
         """A reply's poses from media time ``t`` on reached the playout: those due before
         the next tick go out at the loop's next turn (one tick for a burst of them)."""
+        if self._running and t < self.media.now():
+            # A reply that starts in the past of media time (its burst): its rows from then.
+            self._since = t if self._since is None else min(self._since, t)
         if self._poke is None and self._running and t <= self.media.now() + LEAD_S:
             self._poke = asyncio.get_running_loop().call_soon(self._poked)
 
@@ -92,7 +96,8 @@ class FaceSender:
         """Bring the rows of ``[now, now + LEAD_S]`` up to date on the client."""
         now = self.media.now()
         self.playout.show(now)  # what is on screen now: tells the listener of a reply's first frame
-        first = math.floor(now * self.fps)
+        since, self._since = self._since, None
+        first = math.floor(min(now, now if since is None else since) * self.fps)
         last = math.floor((now + LEAD_S) * self.fps)
         for k in [k for k in self._sent if k < first]:
             del self._sent[k]

@@ -184,6 +184,8 @@ class PeerSession:
             for sender in pc.getSenders():
                 if isinstance(sender.track, AvatarAudioTrack):
                     send_from(sender, OpusVoice(sender.track, dtx=self.settings.voice_dtx))
+            if self.avatar == "client":  # no video to keep in step with the voice
+                self._playout.burst_s = self.settings.voice_burst_ms / 1000
             if self.settings.mic_dtx:
                 self._mic_gaps = MicGaps()
                 answer = ask_for_mic_dtx(answer)

@@ -49,6 +49,9 @@ VIDEO_CLOCK = 90000
 #: avatar frame (rendered right after the chunk, ~15 ms) to be there when the sound starts.
 #: A page that draws the avatar itself needs none (``Playout.client_draws``).
 START_MARGIN_S = 0.025
+#: A reply bursts (``Playout.burst_s``) only after this much silence: by then the voice is
+#: idle in DTX (server/opus.py: SETTLE_FRAMES), and the page's jitter buffer plays comfort noise.
+BURST_AFTER_S = 0.2
 #: A track called this late (a stalled loop, a slow encoder) jumps ahead instead of
 #: sending a burst of stale frames.
 MAX_LAG_S = 0.2
@@ -92,6 +95,11 @@ class MediaClock:
     async def sleep_until(self, t: float) -> None:
         """Return once media time ``t`` has come."""
         await self.clock.sleep_until(self.start() + t)
+
+    def advance(self, dt: float) -> None:
+        """Move media time ``dt`` seconds on at once: what was due until then goes now (see
+        ``Playout.burst_s``). Media time only ever moves on; the engine's clock is untouched."""
+        self._t0 = self.start() - dt
 
 
 @dataclass
@@ -166,6 +174,15 @@ class Playout:
         self._wake: Callable[[], None] | None = None  # the WebRTC voice's DTX wait, if any
         #: Between a reply's first audio arriving and its first sample, at least.
         self.start_margin_s = START_MARGIN_S
+        #: Where no frame is rendered first (``client_draws``): a reply that starts while the
+        #: voice is idle moves media time on by this much, so its first ``burst_s`` of audio
+        #: go out at once. A browser's jitter buffer, idle in DTX, plays a packet when its
+        #: place on the old timeline comes, or at once when the packets waiting exceed its
+        #: target by some 50 ms; either way it then holds a cushion and conceals less.
+        #: Moving the clock on (not sending the first packets late) keeps every packet as
+        #: early as the last, so the buffer's delay estimate does not grow.
+        self.burst_s = 0.0
+        self._sounded_until = -self.rate  # sample after the last frame that held reply audio
         self._on_frames: Callable[[float], None] | None = None
 
     def client_draws(self, on_frames: Callable[[float], None] | None) -> None:
@@ -305,9 +322,16 @@ class Playout:
             # Nothing to render first: the frame due now carries the first sound, if it has
             # not gone yet (a voice idle in DTX hands it out at once), not the next one.
             first = math.floor(now / FRAME_S + 1e-6)
+            if self.burst_s and first * self.frame - self._sounded_until >= BURST_AFTER_S * self.rate:
+                self.clock.advance(self.burst_s)
         head.start = max(first * self.frame, self._next_sample)
         if head.frames and self._on_frames is not None:  # a queued reply's frames came first
             self._on_frames(head.start / self.rate + head.frames[0][0])
+
+    def head_start_frame(self) -> int | None:
+        """The audio frame the head reply starts in, once it is scheduled."""
+        head = self._queue[0] if self._queue else None
+        return None if head is None or head.start is None else head.start // self.frame
 
     # -- output (transport side) -------------------------------------------------------
 
@@ -331,6 +355,7 @@ class Playout:
         head = self._queue[0] if self._queue else None
         if (head is None or head.start is None) and not len(self._tail) and self._gain == self._gain_target:
             return self._silence  # between replies, 50 times a second: nothing to mix
+        self._sounded_until = sample + self.frame
         out = np.zeros(self.frame, np.float32)
         if head is not None and head.start is not None and sample + self.frame > head.start:
             self._fill(head, sample, out)
@@ -577,7 +602,12 @@ class AvatarAudioTrack(MediaStreamTrack):
                 timer.cancel()
                 playout.wake_on_audio(None)
         # (A frame due exactly now must not read as the one before: float time.)
-        self._next = max(self._next, math.floor(self._clock.now() / FRAME_S + 1e-6))
+        now = math.floor(self._clock.now() / FRAME_S + 1e-6)
+        # A reply placed before now (its burst: ``Playout.burst_s``) is sent from its start.
+        start = self._playout.head_start_frame()
+        if start is not None and now - start <= MAX_LAG_S / FRAME_S:
+            now = min(now, start)
+        self._next = max(self._next, now)
 
     async def next_samples(self) -> tuple[int, np.ndarray]:
         """The next frame's index and its s16 samples, when it is due."""
