@@ -82,6 +82,10 @@ async def _questions(tts: Any, inputs: list[Path], turns: int) -> list[tuple[str
     return [clips[i % len(clips)] for i in range(turns)]
 
 
+#: After a turn's reply has ended, how long its end-of-turn marks may still take to come out.
+_MARKS_WAIT_S = 2.0
+
+
 async def _voice_turn(session: Session, audio: np.ndarray, rate: int) -> tuple[TurnResult, float]:
     """Stream one question as live audio; return the turn's result and when its reply ended."""
     chunk = int(rate * CHUNK_S)
@@ -101,7 +105,7 @@ async def _voice_turn(session: Session, audio: np.ndarray, rate: int) -> tuple[T
     result: TurnResult | None = None
     end_at = 0.0
     try:
-        async with asyncio.timeout(120):
+        async with asyncio.timeout(120) as deadline:
             async for ev in session.events():
                 if isinstance(ev, SpeechStarted) and result is None:
                     result = TurnResult(ev.turn)
@@ -110,9 +114,16 @@ async def _voice_turn(session: Session, audio: np.ndarray, rate: int) -> tuple[T
                 result.add(ev)
                 if isinstance(ev, ReplyText) and "first_delta" not in result.marks:
                     result.marks["first_delta"] = time.monotonic()
-                if isinstance(ev, ReplyEnd | TurnCancelled):
+                if isinstance(ev, ReplyEnd | TurnCancelled) and not end_at:
                     end_at = time.monotonic()
+                    # A reply started at the pause may be whole when the turn is decided, and
+                    # come out before the VAD's marks have crossed the stages: wait for them.
+                    deadline.reschedule(asyncio.get_running_loop().time() + _MARKS_WAIT_S)
+                if end_at and (isinstance(ev, TurnCancelled) or "vad_end" in result.marks):
                     break
+    except TimeoutError:
+        if not end_at:
+            raise
     finally:
         done.set()
         feeder.cancel()
