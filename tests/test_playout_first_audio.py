@@ -26,14 +26,20 @@ def _chunk(turn: int = 1) -> ReplyAudio:
     return ReplyAudio(turn, np.full(4800, 0.1, np.float32), 48000, 0.0, "Hi.")
 
 
-@pytest.mark.parametrize("client_draws", [False, True])
-async def test_the_first_sample_waits_for_a_rendered_frame_only_where_the_server_renders(client_draws: bool) -> None:
+def _playout(client_draws: bool) -> tuple[FakeClock, Playout]:
+    """A playout on a started media clock, for a page that draws the avatar or not."""
     clock = FakeClock()
     media = MediaClock(clock)
     playout = Playout(media)
     if client_draws:
         playout.client_draws(lambda t: None)
     media.start()
+    return clock, playout
+
+
+@pytest.mark.parametrize("client_draws", [False, True])
+async def test_the_first_sample_waits_for_a_rendered_frame_only_where_the_server_renders(client_draws: bool) -> None:
+    clock, playout = _playout(client_draws)
     await clock.advance(0.203)  # 3 ms into audio frame 10
     for n in range(11):  # frames 0..10 were handed out on time
         playout.audio_frame(n)
@@ -48,12 +54,7 @@ async def test_the_first_sample_waits_for_a_rendered_frame_only_where_the_server
 
 @pytest.mark.parametrize("client_draws", [False, True])
 async def test_a_voice_idle_in_dtx_starts_the_reply_in_the_frame_due_now(client_draws: bool) -> None:
-    clock = FakeClock()
-    media = MediaClock(clock)
-    playout = Playout(media)
-    if client_draws:
-        playout.client_draws(lambda t: None)
-    media.start()
+    clock, playout = _playout(client_draws)
     for n in range(3):  # then the voice went quiet (DTX): frames 3..9 were never handed out
         playout.audio_frame(n)
     await clock.advance(0.203)  # 3 ms into audio frame 10
