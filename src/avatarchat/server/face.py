@@ -97,7 +97,7 @@ class FaceSender:
         now = self.media.now()
         self.playout.show(now)  # what is on screen now: tells the listener of a reply's first frame
         since, self._since = self._since, None
-        first = math.floor(min(now, now if since is None else since) * self.fps)
+        first = math.floor((now if since is None else min(now, since)) * self.fps)
         last = math.floor((now + LEAD_S) * self.fps)
         for k in [k for k in self._sent if k < first]:
             del self._sent[k]

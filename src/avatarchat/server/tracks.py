@@ -602,12 +602,12 @@ class AvatarAudioTrack(MediaStreamTrack):
                 timer.cancel()
                 playout.wake_on_audio(None)
         # (A frame due exactly now must not read as the one before: float time.)
-        now = math.floor(self._clock.now() / FRAME_S + 1e-6)
+        due = math.floor(self._clock.now() / FRAME_S + 1e-6)
         # A reply placed before now (its burst: ``Playout.burst_s``) is sent from its start.
         start = self._playout.head_start_frame()
-        if start is not None and now - start <= MAX_LAG_S / FRAME_S:
-            now = min(now, start)
-        self._next = max(self._next, now)
+        if start is not None and due - start <= MAX_LAG_S / FRAME_S:
+            due = min(due, start)
+        self._next = max(self._next, due)
 
     async def next_samples(self) -> tuple[int, np.ndarray]:
         """The next frame's index and its s16 samples, when it is due."""
