@@ -241,6 +241,29 @@ async def test_base_is_joined_once_into_the_cache(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("beside", [True, False])
+async def test_a_pause_goes_on_to_the_turn_stage_before_its_words_only_beside(
+    fox_24k: np.ndarray, beside: bool
+) -> None:
+    # Beside: Smart Turn gets the pause while whisper transcribes it (on the other core);
+    # otherwise only once the words are out, so it never takes whisper's cores.
+    handler = WhisperHandler(WhisperOptions(threads=1, turn_beside=beside))
+    handler.load()
+    audio = resample(fox_24k, 24_000, RATE)
+    events = await run_session([handler], [SpeechPaused(5, audio=audio, speech_end=10.0)])
+    kinds = [type(e) for e in events if not isinstance(e, TimingMark)]
+    assert kinds == ([SpeechPaused, UserTranscript] if beside else [UserTranscript, SpeechPaused])
+
+
+def test_whisper_runs_beside_the_turn_model_when_it_leaves_a_core_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert WhisperHandler(WhisperOptions(threads=1)).turn_beside
+    assert not WhisperHandler(WhisperOptions(threads=2)).turn_beside
+    assert WhisperHandler(WhisperOptions(threads=2, turn_beside=True)).turn_beside
+    assert not WhisperHandler(WhisperOptions(threads=1, turn_beside=False)).turn_beside
+
+
+@pytest.mark.slow
 async def test_a_pause_transcript_is_reused_when_nothing_more_was_said(
     whisper: WhisperHandler, fox_24k: np.ndarray
 ) -> None:

@@ -136,6 +136,9 @@ def test_metrics_split_the_wait_at_the_decision_and_say_whether_the_reply_was_sp
     outcomes = {1: (1, 2)}
     report = TurnReporter(sent.append, counters, lambda turn: outcomes.get(turn, (0, 0)))
     report.on_event(TimingMark(1, "speech_end", at=10.0))
+    report.on_event(TimingMark(1, "asr_early_start", at=10.05))
+    report.on_event(TimingMark(1, "asr_early_final", at=10.2))
+    report.on_event(TimingMark(1, "llm_start", at=10.25))
     report.on_event(TimingMark(1, "vad_end", at=10.3))
     report.on_event(UserTranscript(1, "What time is it?"))
     report.on_event(ReplyEnd(1, "Noon."))
@@ -143,6 +146,8 @@ def test_metrics_split_the_wait_at_the_decision_and_say_whether_the_reply_was_sp
     report.finished(1)
     metrics = next(m for m in sent if m["type"] == "metrics")
     assert metrics["vad_hangover_ms"] == 300.0
+    # The pause heard, and the words' wait for the LLM (a prefill still running).
+    assert (metrics["pause_to_asr_ms"], metrics["asr_early_ms"], metrics["asr_to_llm_ms"]) == (50.0, 150.0, 50.0)
     assert metrics["decision_to_first_audio_sent_ms"] == 20.0 and metrics["first_audio_sent_ms"] == 320.0
     assert (metrics["speculated"], metrics["speculations_dropped"]) == (1, 2)
     # The counts are not latencies: the server's histograms never see them.

@@ -33,7 +33,8 @@ MIN_PAUSE_MS = 300.0
 
 #: The server's per-turn timings (the "metrics" message) reported beside the page's own.
 SERVER_METRICS = ("first_audio_after_speech_end_ms", "first_audio_sent_ms", "first_frame_sent_ms",
-                  "vad_hangover_ms", "decision_to_first_audio_sent_ms", "asr_early_ms", "asr_ms",
+                  "vad_hangover_ms", "decision_to_first_audio_sent_ms", "pause_to_asr_ms", "asr_early_ms",
+                  "asr_to_llm_ms", "asr_ms",
                   "llm_first_token_ms", "tts_first_audio_ms", "avatar_first_frame_ms")
 
 Segment = dict[str, float]

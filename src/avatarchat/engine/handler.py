@@ -46,9 +46,9 @@ from avatarchat.engine.events import NO_TURN, Event
 
 STAGES = ("vad", "asr", "turn", "s2s", "llm", "tts", "avatar")
 #: Stages a config may leave out (no avatar: a voice-only pipeline; no ``turn``: the end of
-#: a turn is judged from the words alone). The ``turn`` stage hears each pause after the ASR
-#: has transcribed it (the ASR passes the ``SpeechPaused`` on), so the two never compete for
-#: the cores and the words are never late for a model's sake.
+#: a turn is judged from the words alone). The ``turn`` stage hears each pause from the ASR,
+#: which passes the ``SpeechPaused`` on before transcribing it where it leaves a core free
+#: (whisper's ``turn_beside``), else after, so the two never compete for one core.
 OPTIONAL_STAGES = frozenset({"turn", "avatar"})
 #: A speech-to-speech model (``s2s``: the user's audio in, reply text and speech out) takes
 #: the place of these three stages: a config has either ``s2s`` or all of them.

@@ -23,7 +23,11 @@ from avatarchat.engine.session import Session
 #: (name in the report, from mark, to mark): each a stage's share of the latency.
 TIMING_SPANS: tuple[tuple[str, str, str], ...] = (
     ("vad_hangover_ms", "speech_end", "vad_end"),
+    # The pause heard (one VAD window, plus any whisper call still busy in the lane).
+    ("pause_to_asr_ms", "speech_end", "asr_early_start"),
     ("asr_early_ms", "asr_early_start", "asr_early_final"),
+    # The pause's words waiting for the LLM (a partial transcript's prefill still running).
+    ("asr_to_llm_ms", "asr_early_final", "llm_start"),
     ("asr_ms", "asr_start", "asr_final"),
     ("llm_first_token_ms", "llm_start", "llm_first_token"),
     ("tts_first_audio_ms", "llm_first_token", "tts_first_audio"),

@@ -105,7 +105,7 @@ def load_model(threads: int = 1, model: ModelFile = SMART_TURN_MODEL) -> SmartTu
 
 @register
 class SmartTurnHandler(Handler[SmartTurnOptions]):
-    """``turn: smart_turn``: SpeechPaused in (from the ASR, once it has transcribed the pause); EndOfTurnGuess out.
+    """``turn: smart_turn``: SpeechPaused in (from the ASR); EndOfTurnGuess out.
 
     A pause with no usable audio (empty, or not finite: never from the VAD) gets no guess:
     end of turn, which waits for one, then leaves that pause to the VAD's own ``end_ms``."""
