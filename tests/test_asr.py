@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-import threading
 import time
 from importlib.util import find_spec
 
@@ -24,7 +22,6 @@ from avatarchat.engine.events import (
     now,
 )
 from avatarchat.engine.handler import HandlerLoadError, SessionInfo
-from avatarchat.engine.scheduling import current_scheduler
 from avatarchat.engine.session import Session
 from avatarchat.handlers.asr.whisper import (
     WhisperHandler,
@@ -198,7 +195,7 @@ def test_a_looping_short_window_falls_back_to_the_full_window(
     whisper: WhisperHandler, fox_24k: np.ndarray, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A fake stands in for the short pass: real loops come from whisper only now and then.
-    monkeypatch.setattr(whisper, "_short_window", lambda audio, language, stop=None: "the quick brown " * 6)
+    monkeypatch.setattr(whisper, "_short_window", lambda audio, language: "the quick brown " * 6)
     with caplog.at_level("INFO"):
         text = whisper.transcribe(resample(fox_24k, 24_000, RATE), "en")
     assert words(text) == words(FOX)
@@ -256,38 +253,6 @@ async def test_a_pause_goes_on_to_the_turn_stage_before_its_words_only_beside(
     events = await run_session([handler], [SpeechPaused(5, audio=audio, speech_end=10.0)])
     kinds = [type(e) for e in events if not isinstance(e, TimingMark)]
     assert kinds == ([SpeechPaused, UserTranscript] if beside else [UserTranscript, SpeechPaused])
-
-
-@pytest.mark.slow
-async def test_the_pause_stops_a_partial_transcript_whisper_is_still_making(
-    whisper: WhisperHandler, fox_24k: np.ndarray
-) -> None:
-    audio = resample(fox_24k, 24_000, RATE)
-    stop = threading.Event()
-    stop.set()
-    assert whisper.transcribe(audio, "en", stop) == ""  # the encoder only: nothing decoded
-    assert whisper.superseded(SpeechSoFar(3, audio, voiced_until=0.0), SpeechPaused(3, audio=audio, speech_end=1.0))
-    assert not whisper.superseded(SpeechSoFar(3, audio, voiced_until=0.0), SpeechPaused(4, audio=audio, speech_end=1.0))
-    assert not whisper.superseded(SpeechPaused(3, audio=audio, speech_end=1.0), SpeechEnded(3, audio=audio, speech_end=1.0))
-
-    out: list[Event] = []
-    async with Session([whisper], SessionInfo("t")) as session:
-        session.push(SpeechSoFar(3, audio, voiced_until=now()))
-        lane = current_scheduler()
-        for _ in range(500):  # until whisper works on the partial (a condition, not a timing)
-            if lane.running("asr"):
-                break
-            await asyncio.sleep(0.01)
-        assert lane.running("asr") == 1
-        session.push(SpeechPaused(3, audio=audio, speech_end=10.0))
-        session.push(TimingMark(NO_TURN, "eof"))
-        async for event in session.events():
-            if isinstance(event, TimingMark) and event.name == "eof":
-                break
-            out.append(event)
-    transcripts = [e for e in out if isinstance(e, UserTranscript)]
-    # Only the pause's words: the partial was dropped, not shown late.
-    assert [t.speech_end for t in transcripts] == [10.0] and words(transcripts[0].text) == words(FOX)
 
 
 def test_whisper_runs_beside_the_turn_model_when_it_leaves_a_core_free(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,8 +17,6 @@ from avatarchat.engine.events import (
     ReplyAudio,
     ReplyEnd,
     ReplyText,
-    SpeechPaused,
-    SpeechSoFar,
     TimingMark,
     TurnCancelled,
     UserAudio,
@@ -77,51 +75,6 @@ class FailingAfter(Handler[HandlerOptions]):
             for _ in range(self.n + 1):
                 yield await anext(outputs)
             raise RuntimeError("the model went away")
-
-
-class EndlessPartials(Handler[HandlerOptions]):
-    """An ASR whose partial transcripts never finish on their own; a pause's words come at once."""
-
-    name = "endless"
-    stage = "asr"
-    accepts = (SpeechSoFar, SpeechPaused)
-
-    def __init__(self) -> None:
-        super().__init__(HandlerOptions())
-        self.started = asyncio.Event()
-        self.stopped = 0
-
-    async def handle(self, ctx: object, event: Event) -> AsyncIterator[Event]:
-        if isinstance(event, SpeechSoFar):
-            self.started.set()
-            try:
-                await asyncio.Event().wait()
-            except asyncio.CancelledError:
-                self.stopped += 1
-                raise
-        assert isinstance(event, SpeechPaused)
-        yield UserTranscript(event.turn, f"words of {event.turn}", final=False, speech_end=event.speech_end)
-
-    def superseded(self, working: Event, newer: Event) -> bool:
-        return isinstance(working, SpeechSoFar) and isinstance(newer, SpeechPaused) and newer.turn == working.turn
-
-
-async def test_a_newer_event_stops_the_work_it_makes_worthless_and_only_that() -> None:
-    asr = EndlessPartials()
-    audio = np.zeros(160, np.float32)
-    async with Session([asr], SessionInfo("s")) as session:
-        session.push(SpeechSoFar(1, audio, voiced_until=0.0))
-        await asyncio.wait_for(asr.started.wait(), 5)
-        session.push(SpeechPaused(2, audio=audio, speech_end=1.0))  # another turn's: no bearing
-        for _ in range(5):
-            await asyncio.sleep(0)
-        assert asr.stopped == 0
-        session.push(SpeechPaused(1, audio=audio, speech_end=1.0))
-        events = session.events()
-        out = [await asyncio.wait_for(anext(events), 5) for _ in range(2)]
-    # The partial was stopped, never finished; the stage went on, in order.
-    assert asr.stopped == 1
-    assert [e.text for e in out if isinstance(e, UserTranscript)] == ["words of 2", "words of 1"]
 
 
 async def test_events_flow_in_order_through_the_stages() -> None:

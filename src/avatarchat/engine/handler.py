@@ -12,9 +12,7 @@ model, ``s2s``, in place of ASR + LLM + TTS). Its life:
 4. ``handle(ctx, event)`` for each event whose type is in ``accepts``: an async generator
    of output events. Events not accepted pass on untouched; accepted ones pass on only if
    their type is also in ``forwards``. Blocking model calls go to ``run_blocking``. The engine
-   may cancel the generator at any ``await`` when the turn is interrupted, or when a newer
-   event reaching the stage makes its work worthless (``superseded``: whisper's partial
-   transcript once the pause is heard).
+   may cancel the generator at any ``await`` when the turn is interrupted.
 5. ``on_control(ctx, event)`` for each control event whose type is in ``controls`` (an
    interruption, an end-of-turn hint, a cut reply): delivered by the engine's control lane
    from the stage's own task, ahead of queued data, even while ``handle`` is busy. Sync and
@@ -187,13 +185,6 @@ class Handler(ABC, Generic[OptionsT]):
 
     def cancel_turn(self, ctx: Any, turn: int) -> None:
         """Forget anything buffered for ``turn``."""
-
-    def superseded(self, working: Event, newer: Event) -> bool:
-        """Whether the work on ``working`` is worth nothing once ``newer`` has reached this
-        stage (a partial transcript once the pause is heard): the engine then stops that
-        work, as ``Session.cancel_turn`` stops a turn's, and the stage goes on to ``newer``.
-        Default: never (the work of most stages is not provisional)."""
-        return False
 
     def close_context(self, ctx: Any) -> None:
         """Release per-session resources."""

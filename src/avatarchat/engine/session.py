@@ -85,10 +85,6 @@ class _Stage:
     steer: asyncio.Task[None] | None = None
     #: The turn of the event the worker is handling (NO_TURN between events).
     busy_turn: int = NO_TURN
-    #: The event the worker is handling (None between events).
-    busy: Event | None = None
-    #: The stage after this one (None for the last).
-    next: _Stage | None = None
     #: ``cancel_turn`` cancelled the worker to stop ``busy_turn``: it goes on afterwards.
     stopping: bool = False
 
@@ -130,8 +126,6 @@ class Session:
             # 45-65 ms), which would stall every other session's loop.
             ctx = await run_blocking(handler.create_context, self.info)
             stage = _Stage(handler, ctx, inbox, outbox, asyncio.Queue())
-            if self._stages:
-                self._stages[-1].next = stage
             stage.worker = asyncio.create_task(self._work(stage), name=f"stage-{handler.stage}")
             stage.steer = asyncio.create_task(self._steer(stage), name=f"control-{handler.stage}")
             self._stages.append(stage)
@@ -172,8 +166,6 @@ class Session:
         if self._closed:
             raise RuntimeError("session is closed")
         self._input.put_nowait(event)
-        if self._stages:
-            self._supersede(self._stages[0], event)
 
     def say(self, text: str) -> int:
         """Start a turn from typed text (skips VAD and ASR); returns its id."""
@@ -363,20 +355,20 @@ class Session:
                 continue
             accepted = isinstance(event, handler.accepts) and not self._answered(event)
             if not accepted or isinstance(event, handler.forwards):
-                self._deliver(stage, event)  # on the lane already, if it is a control event
+                stage.outbox.put_nowait(event)  # on the lane already, if it is a control event
             if not accepted:
                 continue
             self._drain_control(stage)
             if self._is_dead(event):
                 continue
-            stage.busy_turn, stage.busy = event.turn, event
+            stage.busy_turn = event.turn
             try:
                 await self._handle(stage, event)
             except asyncio.CancelledError:
                 if not stage.stopping or self._closed:
                     raise
             finally:
-                stage.busy_turn, stage.busy = NO_TURN, None
+                stage.busy_turn = NO_TURN
             if self._closed:
                 return
             if stage.stopping:
@@ -426,32 +418,11 @@ class Session:
         """``event`` leaves ``stage``: down the pipeline, and on the lane if it is control."""
         if self._is_dead(event):
             return
-        self._deliver(stage, event)
+        stage.outbox.put_nowait(event)
         if isinstance(event, CONTROL):
             self._broadcast(event)
         elif self._listeners:
             self._tell(event)
-
-    def _deliver(self, stage: _Stage, event: Event) -> None:
-        """``event`` on to the stage after ``stage`` (or out of the session)."""
-        stage.outbox.put_nowait(event)
-        if stage.next is not None:
-            self._supersede(stage.next, event)
-
-    def _supersede(self, stage: _Stage, newer: Event) -> None:
-        """Stop ``stage``'s work on an event that ``newer``, now in its inbox, makes worthless
-        (``Handler.superseded``): the pause's transcript need not wait for a partial one."""
-        working = stage.busy
-        if working is None or stage.stopping or stage.worker is None or stage.worker is asyncio.current_task():
-            return
-        try:
-            stale = stage.handler.superseded(working, newer)
-        except Exception:
-            log.exception("%s.superseded failed", stage.handler.name)
-            return
-        if stale:
-            stage.stopping = True
-            stage.worker.cancel()
 
     def _failed(self, stage: _Stage, event: Event, exc: Exception) -> None:
         """The error path: log under an id, tell the consumer, end the turn, say the fallback."""

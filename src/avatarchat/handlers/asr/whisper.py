@@ -26,7 +26,6 @@ the 12 s window, 3.0 % and ~1080 ms in the full one (bench asr, loaded 2-core ma
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
@@ -339,13 +338,6 @@ class WhisperHandler(Handler[WhisperOptions]):
                         "run: avatarchat models add whisper-base")
         return full_width_marks(text)
 
-    def superseded(self, working: Event, newer: Event) -> bool:
-        """A partial transcript is worth nothing once its turn's pause or end has come: the
-        pause's own transcript follows, and must not wait for it (bench e2e: a question
-        that ended just after a partial began waited up to 212 ms for whisper)."""
-        return isinstance(working, SpeechSoFar) and isinstance(newer, SpeechPaused | SpeechEnded) \
-            and newer.turn == working.turn
-
     @property
     def turn_beside(self) -> bool:
         """Whether a pause goes on to the ``turn`` stage before whisper transcribes it."""
@@ -365,11 +357,8 @@ class WhisperHandler(Handler[WhisperOptions]):
             return WhisperContext("en", session.clock)
         return WhisperContext(whisper_language(self.options.language or session.settings.language), session.clock)
 
-    def transcribe(self, audio: np.ndarray, language: str, stop: threading.Event | None = None) -> str:
-        """Blocking: the text of one 16 kHz mono utterance ("" when nothing is said).
-
-        ``stop`` set while it runs: "" after the encoder, without decoding (a partial
-        transcript nobody waits for any more)."""
+    def transcribe(self, audio: np.ndarray, language: str) -> str:
+        """Blocking: the text of one 16 kHz mono utterance ("" when nothing is said)."""
         if self._model is None:
             raise RuntimeError("WhisperHandler.load() was not called")
         audio = np.ascontiguousarray(audio, np.float32).reshape(-1)
@@ -378,9 +367,7 @@ class WhisperHandler(Handler[WhisperOptions]):
         duration = len(audio) / RATE
         with self._lock:
             if duration + _TAIL_S <= self.options.window_s:
-                text = self._short_window(audio, language, stop)
-                if stop is not None and stop.is_set():
-                    return ""
+                text = self._short_window(audio, language)
                 if not looks_like_a_loop(text, duration):
                     return self._finish(text, language)
                 self.fallbacks += 1
@@ -419,7 +406,7 @@ class WhisperHandler(Handler[WhisperOptions]):
             self._decoders[language] = cached
         return cached
 
-    def _short_window(self, audio: np.ndarray, language: str, stop: threading.Event | None = None) -> str:
+    def _short_window(self, audio: np.ndarray, language: str) -> str:
         """The utterance encoded in a ``window_s`` window and decoded greedily; "" when
         Whisper judges it speechless by its own test (no-speech probability over 0.6 and a
         low average log-probability)."""
@@ -428,8 +415,6 @@ class WhisperHandler(Handler[WhisperOptions]):
         model = self._model
         features = window_features(model.feature_extractor, audio, self.options.window_s)
         encoded = model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])))
-        if stop is not None and stop.is_set():
-            return ""
         tokenizer, prompt, suppressed = self._decoding(language)
         result = model.model.generate(
             encoded,
@@ -454,15 +439,9 @@ class WhisperHandler(Handler[WhisperOptions]):
             # A growing transcript for the page. One that waited behind a slow call is
             # stale: a newer one, or the pause, is already on its way.
             if ctx.clock.now() - event.voiced_until < _STALE_PARTIAL_S:
-                # Only the page shows it: any session's turn-critical call goes first. The
-                # pause stops it (``superseded``): it then frees the lane after the encoder.
-                stop = threading.Event()
-                try:
-                    text = await run_model(self.transcribe, event.audio, ctx.language, stop, lane="asr",
-                                           priority=Priority.BACKGROUND)
-                except asyncio.CancelledError:
-                    stop.set()
-                    raise
+                # Only the page shows it: any session's turn-critical call goes first.
+                text = await run_model(self.transcribe, event.audio, ctx.language, lane="asr",
+                                       priority=Priority.BACKGROUND)
                 if text:
                     yield UserTranscript(event.turn, text, final=False)
             return
