@@ -5,13 +5,13 @@ mid-sentence and shorten it for a complete question.
 The VAD hands the utterance to the ASR after a short pause (``SpeechPaused``), and the ASR
 passes it on to the ``turn`` stage (beside its transcription where a core is free, else
 after); the ASR's transcript of it (``final=False``, with the pause's ``speech_end``) and
-the audio model's ``EndOfTurnGuess``, in either order, reach ``EndOfTurn`` on the session's control lane, and an
-``EndOfTurnHint`` goes back on the lane to the VAD. The session wires it from
-``session.end_of_turn``. The trade-off: a short hangover answers sooner but cuts people
-who pause to think; a long one never cuts them but makes every answer wait. Judging the
-words lets complete questions end early and "I want to go to, um," wait; the voice catches
-what the words cannot tell: Whisper writes "I was thinking about the weather today." for a
-phrase the speaker's pitch says is not the end."""
+the audio model's ``EndOfTurnGuess``, in either order, reach ``EndOfTurn`` on the
+session's control lane, and an ``EndOfTurnHint`` goes back on the lane to the VAD. The
+session wires it from ``session.end_of_turn``. The trade-off: a short hangover answers
+sooner but cuts people who pause to think; a long one never cuts them but makes every
+answer wait. Judging the words lets complete questions end early and "I want to go to, um,"
+wait; the voice catches what the words cannot tell: Whisper writes "I was thinking about
+the weather today." for a phrase the speaker's pitch says is not the end."""
 
 from __future__ import annotations
 

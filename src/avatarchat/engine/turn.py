@@ -26,7 +26,8 @@ TIMING_SPANS: tuple[tuple[str, str, str], ...] = (
     # The pause heard (one VAD window, plus any whisper call still busy in the lane).
     ("pause_to_asr_ms", "speech_end", "asr_early_start"),
     ("asr_early_ms", "asr_early_start", "asr_early_final"),
-    # The pause's words waiting for the LLM (a partial transcript's prefill still running).
+    # The pause's words waiting for the LLM: with speculation, a partial transcript's
+    # prefill still running; without, the hangover too (the LLM answers the final).
     ("asr_to_llm_ms", "asr_early_final", "llm_start"),
     ("asr_ms", "asr_start", "asr_final"),
     ("llm_first_token_ms", "llm_start", "llm_first_token"),
