@@ -27,13 +27,15 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from avatarchat.addons import PreparedFile, models_dir
 from avatarchat.engine.handler import HandlerLoadError, HandlerOptions, register
 from avatarchat.handlers.llm.base import ChatContext, ChatLLM, Message
-from avatarchat.addons import PreparedFile
+from avatarchat.handlers.llm.gguf_q8 import q8_0_file
 from avatarchat.handlers.llm.qwen_files import QWEN25_05B_FILE, QWEN25_15B_FILE
 from avatarchat.models import ModelFile
 
@@ -48,6 +50,9 @@ SMOLLM2_135M = ModelFile(
     licence="Apache-2.0",
     pinned_version="0.1.2",
 )
+#: SMOLLM2_135M re-encoded as Q8_0 (``gguf_q8``): where, and its pinned sha256.
+SMOLLM2_Q8_0 = ("smollm2-135m", "SmolLM2-135M-Instruct.Q8_0.gguf",
+                "4a197789e71f16d2a0c228684e98def3218e2e324488a5414d46605bf849023d")
 
 ModelName = Literal["smollm2-135m", "qwen2.5-0.5b", "qwen2.5-1.5b"]
 MODEL_FILES: dict[str, ModelFile | PreparedFile] = {
@@ -111,6 +116,10 @@ class LocalLLMOptions(HandlerOptions):
     parallel: int = Field(default=2, ge=1, le=16)
     #: Constrain the reply to one paragraph without ``*`` or ``#`` (``PLAIN_TEXT_GRAMMAR``).
     plain_text: bool = False
+    #: Run SmolLM2 re-encoded from the shipped Q4_1 to Q8_0 (made once per venv, sha256
+    #: pinned): llama.cpp reads prompts ~35 % and writes ~15 % faster on one CPU thread.
+    #: Ignored for the Qwen models (Q4_K_M already has fast kernels).
+    q8_0: bool = True
 
     @model_validator(mode="after")
     def _model_defaults(self) -> LocalLLMOptions:
@@ -141,7 +150,7 @@ class LocalLLM(ChatLLM[LocalLLMOptions]):
     def load(self) -> None:
         """Verify the GGUF's sha256, start llama.cpp, warm the configured system prompt
         (blocking: ~1 s for SmolLM2; the 491 MB Qwen 0.5B's hash adds ~1 s once per process)."""
-        path = MODEL_FILES[self.options.model].locate()
+        path = self._model_path()
         try:
             import xllamacpp
         except ImportError as exc:
@@ -172,6 +181,14 @@ class LocalLLM(ChatLLM[LocalLLMOptions]):
             raise HandlerLoadError(f"llama.cpp could not load {path}: {exc}") from exc
         self._executor = ThreadPoolExecutor(max_workers=o.parallel, thread_name_prefix="llm-local")
         self._warm_up()
+
+    def _model_path(self) -> Path:
+        """The GGUF to run, verified: SmolLM2 in Q8_0 (made on first use) unless ``q8_0``
+        is off, any other model as it was added."""
+        if self.options.model == "smollm2-135m" and self.options.q8_0:
+            folder, filename, sha256 = SMOLLM2_Q8_0
+            return q8_0_file(SMOLLM2_135M, models_dir() / folder, filename, sha256)
+        return MODEL_FILES[self.options.model].locate()
 
     def _warm_up(self) -> None:
         # Fills one slot's KV cache with the configured persona, so a session pays only for

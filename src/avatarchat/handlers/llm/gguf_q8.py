@@ -1,0 +1,222 @@
+"""SmolLM2's GGUF re-encoded from Q4_1 to Q8_0, once per venv, for llama.cpp's faster CPU path.
+
+The package ships SmolLM2-135M-Instruct in Q4_1. llama.cpp has no fast CPU kernels for
+Q4_1, so on one thread it reads a prompt at 5.5 ms a token and writes 95 tokens a second;
+the same weights in Q8_0 read at 3.6 ms and write 110 (idle 2-core machine, docs/
+PERFORMANCE.md). Every Q4_1 value is ``d * q + m`` with ``q`` in 0..15; Q8_0 keeps it to
+within 1/254 of its block's largest value, a twentieth of Q4_1's own step. Greedy replies
+open with the same words; later words may part (llama.cpp also rounds the activations
+differently for Q8_0), and ``bench quality`` found 11 of 20 answers right against 8.
+The file made here is byte for byte the one llama.cpp's own Python package (``gguf``)
+writes when asked to quantize the dequantized Q4_1 tensors to Q8_0.
+
+Only the tensor data changes: the header's key/value section is copied byte for byte and
+the tensor table is rewritten with the new types and offsets. The result is deterministic,
+so its sha256 is pinned like any shipped file's and checked at load. It is written under a
+temporary name and renamed into place: a crash never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from avatarchat.engine.handler import HandlerLoadError
+from avatarchat.models import ModelFile, verify
+
+log = logging.getLogger(__name__)
+
+_MAGIC = b"GGUF"
+_Q4_1, _Q8_0 = 3, 8
+_BLOCK = 32  # values per block, both types
+_Q4_1_BYTES, _Q8_0_BYTES = 20, 34  # f16 d, f16 m, 16 nibble bytes | f16 d, 32 int8
+_ALIGNMENT_KEY = "general.alignment"
+# Fixed-size GGUF value types (the type id -> bytes); 8 is a string, 9 an array.
+_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY, _UINT32 = 8, 9, 4
+
+
+class GGUFError(HandlerLoadError):
+    """The file is not a GGUF this module can re-encode; the message says why."""
+
+
+@dataclass
+class _Tensor:
+    name: bytes
+    dims: list[int]
+    kind: int
+    offset: int  # from the start of the data section
+
+    def count(self) -> int:
+        n = 1
+        for d in self.dims:
+            n *= d
+        return n
+
+
+def _read(f: BinaryIO, fmt: str) -> tuple[int, ...]:
+    size = struct.calcsize(fmt)
+    raw = f.read(size)
+    if len(raw) != size:
+        raise GGUFError("the GGUF file ends inside its header")
+    return struct.unpack(fmt, raw)
+
+
+def _string(f: BinaryIO) -> bytes:
+    (n,) = _read(f, "<Q")
+    if n > 1 << 20:
+        raise GGUFError(f"a GGUF string of {n} bytes: not a GGUF header")
+    return f.read(n)
+
+
+def _skip_value(f: BinaryIO, kind: int) -> None:
+    if kind == _STRING:
+        _string(f)
+    elif kind == _ARRAY:
+        item, n = _read(f, "<IQ")
+        if item in _SIZES:
+            f.seek(_SIZES[item] * n, 1)
+        else:
+            for _ in range(n):
+                _skip_value(f, item)
+    elif kind in _SIZES:
+        f.seek(_SIZES[kind], 1)
+    else:
+        raise GGUFError(f"unknown GGUF value type {kind}")
+
+
+def _header(f: BinaryIO) -> tuple[bytes, list[_Tensor], int, int]:
+    """(the raw key/value section, the tensors, the alignment, the data section's start)."""
+    magic, version, n_tensors, n_kv = _read(f, "<4sIQQ")
+    if magic != _MAGIC or version not in (2, 3):
+        raise GGUFError(f"not a GGUF v2/v3 file (magic {magic!r}, version {version})")
+    start = f.tell()
+    alignment = 32
+    for _ in range(n_kv):
+        key = _string(f)
+        (kind,) = _read(f, "<I")
+        if key == _ALIGNMENT_KEY.encode() and kind == _UINT32:
+            (alignment,) = _read(f, "<I")
+        else:
+            _skip_value(f, kind)
+    end = f.tell()
+    f.seek(start)
+    kv = f.read(end - start)
+    tensors = []
+    for _ in range(n_tensors):
+        name = _string(f)
+        (n_dims,) = _read(f, "<I")
+        dims = list(_read(f, f"<{n_dims}Q"))
+        kind, offset = _read(f, "<IQ")
+        tensors.append(_Tensor(name, dims, kind, offset))
+    return kv, tensors, alignment, _align(f.tell(), alignment)
+
+
+def _align(n: int, alignment: int) -> int:
+    return (n + alignment - 1) // alignment * alignment
+
+
+def _nbytes(tensor: _Tensor, sizes: dict[int, int]) -> int | None:
+    """Bytes of a Q4_1/Q8_0 tensor's data; None for another type (copied as it is)."""
+    per_block = sizes.get(tensor.kind)
+    return None if per_block is None else tensor.count() // _BLOCK * per_block
+
+
+def q4_1_to_q8_0(raw: bytes) -> bytes:
+    """Q4_1 blocks re-encoded as Q8_0 blocks: the values ``d * q + m`` rounded to the
+    nearest step of ``max|x| / 127`` (half away from zero, as llama.cpp rounds)."""
+    blocks = np.frombuffer(raw, np.uint8).reshape(-1, _Q4_1_BYTES)
+    d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)
+    m = blocks[:, 2:4].copy().view(np.float16).astype(np.float32)
+    qs = blocks[:, 4:]
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32)  # low nibbles: values 0-15
+    x = d * q + m
+    scale = np.abs(x).max(axis=1, keepdims=True) / 127.0
+    inverse = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
+    v = x * inverse
+    ints = (np.sign(v) * np.floor(np.abs(v) + 0.5)).astype(np.int8)
+    out = np.empty((len(blocks), _Q8_0_BYTES), np.uint8)
+    out[:, 0:2] = scale.astype(np.float16).view(np.uint8)
+    out[:, 2:] = ints.view(np.uint8)
+    return out.tobytes()
+
+
+def reencode(source: Path, target: Path) -> int:
+    """Write ``source`` with its Q4_1 tensors as Q8_0 to ``target``; returns how many
+    tensors changed. Raises ``GGUFError`` for a file it cannot read."""
+    with open(source, "rb") as f:
+        kv, tensors, alignment, data_start = _header(f)
+        if any(t.count() % _BLOCK for t in tensors if t.kind == _Q4_1):
+            raise GGUFError(f"{source}: a Q4_1 tensor's size is not a multiple of {_BLOCK}")
+        sizes_in = {_Q4_1: _Q4_1_BYTES, _Q8_0: _Q8_0_BYTES}
+        ends = sorted(t.offset for t in tensors) + [source.stat().st_size - data_start]
+        lengths = {t.offset: ends[ends.index(t.offset) + 1] - t.offset for t in tensors}
+        out_tensors, offset = [], 0
+        for t in tensors:
+            kind = _Q8_0 if t.kind == _Q4_1 else t.kind
+            out_tensors.append(_Tensor(t.name, t.dims, kind, offset))
+            size = _nbytes(_Tensor(t.name, t.dims, kind, 0), sizes_in) or lengths[t.offset]
+            offset = _align(offset + size, alignment)
+        with open(target, "wb") as out:
+            out.write(struct.pack("<4sIQQ", _MAGIC, 3, len(tensors), _count_kv(source)))
+            out.write(kv)
+            for t in out_tensors:
+                out.write(struct.pack("<Q", len(t.name)) + t.name)
+                out.write(struct.pack(f"<I{len(t.dims)}Q", len(t.dims), *t.dims))
+                out.write(struct.pack("<IQ", t.kind, t.offset))
+            out.write(b"\0" * (_align(out.tell(), alignment) - out.tell()))
+            base = out.tell()
+            for t, new in zip(tensors, out_tensors, strict=True):
+                f.seek(data_start + t.offset)
+                size = _nbytes(t, sizes_in) or lengths[t.offset]
+                raw = f.read(size)
+                if len(raw) != size:
+                    raise GGUFError(f"{source}: tensor {t.name.decode(errors='replace')} is cut short")
+                out.write(b"\0" * (base + new.offset - out.tell()))
+                out.write(q4_1_to_q8_0(raw) if t.kind == _Q4_1 else raw)
+    return sum(t.kind == _Q4_1 for t in tensors)
+
+
+def _count_kv(path: Path) -> int:
+    with open(path, "rb") as f:
+        return _read(f, "<4sIQQ")[3]
+
+
+def q8_0_file(source: ModelFile, folder: Path, filename: str, sha256: str) -> Path:
+    """The Q8_0 copy of ``source`` in ``folder``, made on first use and verified.
+
+    ``source`` is verified first; a damaged copy is made again. Where ``folder`` cannot be
+    written (a read-only install), the shipped file itself, with a warning: slower, not
+    broken."""
+    target = folder / filename
+    hint = f"delete {target} to have it made again"
+    if target.exists():
+        try:
+            verify(target, sha256, f"{filename} (Q8_0 of {source.distribution})", hint)
+            return target
+        except HandlerLoadError:
+            log.warning("%s does not match its sha256; making it again", target)
+    origin = source.locate()
+    log.info("llm local: re-encoding %s as Q8_0 for llama.cpp's faster CPU path (once)", origin.name)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{filename}.", delete=False) as tmp:
+            work = Path(tmp.name)
+    except OSError as exc:
+        log.warning("llm local: cannot write the Q8_0 model to %s (%s); running the shipped %s, "
+                    "which llama.cpp reads ~35 %% slower", folder, exc, origin.name)
+        return origin
+    try:
+        reencode(origin, work)
+        verify(work, sha256, f"{filename} (Q8_0 of {source.distribution}, just made)",
+               "the re-encoding differs from the pinned one; set llm.q8_0: false")
+        work.replace(target)
+    finally:
+        work.unlink(missing_ok=True)
+    return target
