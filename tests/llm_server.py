@@ -14,14 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from avatarchat.bench.harness import free_port
 from avatarchat.handlers.llm.local import SMOLLM2_135M
 
-
-def free_port() -> int:
-    """A loopback port nothing listens on right now (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["free_port", "port_open", "serve_llm"]
 
 
 def port_open(port: int) -> bool:

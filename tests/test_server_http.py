@@ -25,6 +25,7 @@ import pytest
 import yaml
 from aiohttp import web
 
+from avatarchat.bench.harness import free_port
 from avatarchat.cli.main import main
 from avatarchat.cli.serve import serve, settings_from_args, tls_context
 from avatarchat.server.app import STATE, create_app
@@ -377,12 +378,6 @@ async def test_shutdown_closes_every_session_and_leaves_no_task() -> None:
 
 
 # -- the serve command ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_serve_over_https_with_a_self_signed_certificate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
