@@ -5,8 +5,9 @@ Q4_1, so on one thread it reads a prompt at 5.5 ms a token and writes 95 tokens 
 the same weights in Q8_0 read at 3.6 ms and write 110 (idle 2-core machine, docs/
 PERFORMANCE.md). Every Q4_1 value is ``d * q + m`` with ``q`` in 0..15; Q8_0 keeps it to
 within 1/254 of its block's largest value, a twentieth of Q4_1's own step. Greedy replies
-open with the same words; later words may part (llama.cpp also rounds the activations
-differently for Q8_0), and ``bench quality`` found 11 of 20 answers right against 8.
+open alike (10 of 10 questions share their first two words); later words may part, as
+llama.cpp also rounds the activations differently for Q8_0. ``bench quality``: 11 of 20
+answers right against 8.
 The file made here is byte for byte the one llama.cpp's own Python package (``gguf``)
 writes when asked to quantize the dequantized Q4_1 tensors to Q8_0.
 
