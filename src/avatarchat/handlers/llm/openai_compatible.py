@@ -4,7 +4,8 @@ Ollama, llama.cpp's ``llama-server``, vLLM, LM Studio or a hosted API (Qwen on B
 DashScope through its compatible mode: ``configs/bailian.yaml``). ``load`` only builds the
 client, so start-up works with the server down (``check: true`` asks a hosted API for one
 token at start-up instead, so a wrong key stops ``serve`` with one line); a turn that cannot
-reach it fails with an error naming the URL, and the next turn tries again.
+reach it fails with an error naming the URL, and the next turn tries again. A request the
+server drops unanswered on a kept-alive connection goes again at once, on a new one.
 
 A turn never hangs on the server: connecting is bounded by ``connect_timeout_s``, the first
 word by ``first_token_timeout_s``, each later silence of the stream by ``timeout_s``. A
@@ -16,6 +17,7 @@ Nothing here logs or repeats the ``api_key``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -28,6 +30,8 @@ from avatarchat.engine.handler import (
     run_blocking,
 )
 from avatarchat.handlers.llm.base import ChatContext, ChatLLM, Message
+
+log = logging.getLogger(__name__)
 
 
 class LLMServerError(RuntimeError):
@@ -163,21 +167,29 @@ class OpenAICompatibleLLM(ChatLLM[OpenAICompatibleOptions]):
                 await response.close()
 
     async def _request(self, messages: list[Message]) -> Any:
-        """Send the request; the streamed response once its headers are in."""
+        """Send the request; the streamed response once its headers are in. Sent once more,
+        at once, when the server dropped a kept-alive connection under it (``_dropped``)."""
         o = self.options
-        try:
-            client = await self._client_for_this_loop()
-            return await client.chat.completions.create(
-                model=o.model,
-                messages=messages,
-                temperature=o.temperature,
-                top_p=o.top_p,
-                max_tokens=o.max_tokens,
-                stream=True,
-                extra_body=o.extra_body or None,
-            )
-        except self._openai.OpenAIError as exc:
-            raise self._explain(exc) from exc
+        for attempt in (1, 2):
+            try:
+                client = await self._client_for_this_loop()
+                return await client.chat.completions.create(
+                    model=o.model,
+                    messages=messages,
+                    temperature=o.temperature,
+                    top_p=o.top_p,
+                    max_tokens=o.max_tokens,
+                    stream=True,
+                    extra_body=o.extra_body or None,
+                )
+            except self._openai.APIConnectionError as exc:
+                if attempt == 2 or isinstance(exc, self._openai.APITimeoutError) or not _dropped(exc):
+                    raise self._explain(exc) from exc
+                log.info("llm %s: %s closed a kept-alive connection as the request went out; "
+                         "sending it again", self.name, o.api_url)
+            except self._openai.OpenAIError as exc:
+                raise self._explain(exc) from exc
+        raise AssertionError("unreachable")
 
     async def _next_text(self, ctx: ChatContext, chunks: AsyncIterator[Any] | None) -> str | None:
         """The next non-empty text delta of the stream (None at its end); notes the
@@ -220,3 +232,20 @@ class OpenAICompatibleLLM(ChatLLM[OpenAICompatibleOptions]):
             return LLMServerError(f"the LLM server at {url} failed: {exc}")
         # Bytes that are no SSE, JSON that does not parse or has the wrong shape.
         return LLMServerError(f"the LLM server at {url} sent a stream that cannot be read ({type(exc).__name__})")
+
+
+#: What the HTTP stack raises when a server closes a pooled connection just as a request
+#: goes out on it (llama.cpp's server and Ollama drop idle keep-alive connections after a
+#: few seconds): no response came, so the request never reached a model.
+_DROPPED_CONNECTION = frozenset({"RemoteProtocolError", "ReadError", "WriteError"})
+
+
+def _dropped(exc: BaseException) -> bool:
+    """Whether ``exc`` (an ``APIConnectionError``) comes from a connection the server closed
+    under the request, rather than one that could not be made (a server that is down)."""
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, (ConnectionResetError, BrokenPipeError)) or type(cause).__name__ in _DROPPED_CONNECTION:
+            return True
+        cause = cause.__cause__
+    return False
