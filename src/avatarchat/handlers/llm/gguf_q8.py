@@ -92,8 +92,16 @@ def _skip_value(f: BinaryIO, kind: int) -> None:
         raise GGUFError(f"unknown GGUF value type {kind}")
 
 
-def _header(f: BinaryIO) -> tuple[bytes, list[_Tensor], int, int]:
-    """(the raw key/value section, the tensors, the alignment, the data section's start)."""
+@dataclass
+class _Header:
+    kv_count: int
+    kv: bytes  # the key/value section, raw
+    tensors: list[_Tensor]
+    alignment: int
+    data_start: int
+
+
+def _header(f: BinaryIO) -> _Header:
     magic, version, n_tensors, n_kv = _read(f, "<4sIQQ")
     if magic != _MAGIC or version not in (2, 3):
         raise GGUFError(f"not a GGUF v2/v3 file (magic {magic!r}, version {version})")
@@ -116,17 +124,18 @@ def _header(f: BinaryIO) -> tuple[bytes, list[_Tensor], int, int]:
         dims = list(_read(f, f"<{n_dims}Q"))
         kind, offset = _read(f, "<IQ")
         tensors.append(_Tensor(name, dims, kind, offset))
-    return kv, tensors, alignment, _align(f.tell(), alignment)
+    return _Header(n_kv, kv, tensors, alignment, _align(f.tell(), alignment))
 
 
 def _align(n: int, alignment: int) -> int:
     return (n + alignment - 1) // alignment * alignment
 
 
-def _nbytes(tensor: _Tensor, sizes: dict[int, int]) -> int | None:
-    """Bytes of a Q4_1/Q8_0 tensor's data; None for another type (copied as it is)."""
-    per_block = sizes.get(tensor.kind)
-    return None if per_block is None else tensor.count() // _BLOCK * per_block
+def _spans(tensors: list[_Tensor], data_size: int) -> list[int]:
+    """Bytes from each tensor's offset to the next one's (or the file's end): its data and
+    the alignment padding after it."""
+    ends = sorted({t.offset for t in tensors} | {data_size})
+    return [ends[ends.index(t.offset) + 1] - t.offset for t in tensors]
 
 
 def q4_1_to_q8_0(raw: bytes) -> bytes:
@@ -152,41 +161,32 @@ def reencode(source: Path, target: Path) -> int:
     """Write ``source`` with its Q4_1 tensors as Q8_0 to ``target``; returns how many
     tensors changed. Raises ``GGUFError`` for a file it cannot read."""
     with open(source, "rb") as f:
-        kv, tensors, alignment, data_start = _header(f)
-        if any(t.count() % _BLOCK for t in tensors if t.kind == _Q4_1):
+        head = _header(f)
+        if any(t.count() % _BLOCK for t in head.tensors if t.kind == _Q4_1):
             raise GGUFError(f"{source}: a Q4_1 tensor's size is not a multiple of {_BLOCK}")
-        sizes_in = {_Q4_1: _Q4_1_BYTES, _Q8_0: _Q8_0_BYTES}
-        ends = sorted(t.offset for t in tensors) + [source.stat().st_size - data_start]
-        lengths = {t.offset: ends[ends.index(t.offset) + 1] - t.offset for t in tensors}
+        spans = _spans(head.tensors, source.stat().st_size - head.data_start)
         out_tensors, offset = [], 0
-        for t in tensors:
-            kind = _Q8_0 if t.kind == _Q4_1 else t.kind
+        for t, span in zip(head.tensors, spans, strict=True):
+            kind, size = (_Q8_0, t.count() // _BLOCK * _Q8_0_BYTES) if t.kind == _Q4_1 else (t.kind, span)
             out_tensors.append(_Tensor(t.name, t.dims, kind, offset))
-            size = _nbytes(_Tensor(t.name, t.dims, kind, 0), sizes_in) or lengths[t.offset]
-            offset = _align(offset + size, alignment)
+            offset = _align(offset + size, head.alignment)
         with open(target, "wb") as out:
-            out.write(struct.pack("<4sIQQ", _MAGIC, 3, len(tensors), _count_kv(source)))
-            out.write(kv)
+            out.write(struct.pack("<4sIQQ", _MAGIC, 3, len(head.tensors), head.kv_count))
+            out.write(head.kv)
             for t in out_tensors:
                 out.write(struct.pack("<Q", len(t.name)) + t.name)
                 out.write(struct.pack(f"<I{len(t.dims)}Q", len(t.dims), *t.dims))
                 out.write(struct.pack("<IQ", t.kind, t.offset))
-            out.write(b"\0" * (_align(out.tell(), alignment) - out.tell()))
+            out.write(b"\0" * (_align(out.tell(), head.alignment) - out.tell()))
             base = out.tell()
-            for t, new in zip(tensors, out_tensors, strict=True):
-                f.seek(data_start + t.offset)
-                size = _nbytes(t, sizes_in) or lengths[t.offset]
-                raw = f.read(size)
-                if len(raw) != size:
+            for t, span, new in zip(head.tensors, spans, out_tensors, strict=True):
+                f.seek(head.data_start + t.offset)
+                raw = f.read(span)
+                if len(raw) != span:
                     raise GGUFError(f"{source}: tensor {t.name.decode(errors='replace')} is cut short")
                 out.write(b"\0" * (base + new.offset - out.tell()))
-                out.write(q4_1_to_q8_0(raw) if t.kind == _Q4_1 else raw)
-    return sum(t.kind == _Q4_1 for t in tensors)
-
-
-def _count_kv(path: Path) -> int:
-    with open(path, "rb") as f:
-        return _read(f, "<4sIQQ")[3]
+                out.write(q4_1_to_q8_0(raw[: t.count() // _BLOCK * _Q4_1_BYTES]) if t.kind == _Q4_1 else raw)
+    return sum(t.kind == _Q4_1 for t in head.tensors)
 
 
 def q8_0_file(source: ModelFile, folder: Path, filename: str, sha256: str) -> Path:
