@@ -3,6 +3,7 @@ file, and llama.cpp's replies on it. Real model, real llama.cpp."""
 
 from __future__ import annotations
 
+import io
 import logging
 import struct
 from pathlib import Path
@@ -84,10 +85,10 @@ def test_a_file_that_is_no_gguf_is_refused_clearly(tmp_path: Path) -> None:
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGML" + b"\0" * 64)
     with pytest.raises(GGUFError, match="not a GGUF"):
-        reencode(bad, tmp_path / "out.gguf")
+        reencode(bad, io.BytesIO())
     bad.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 1, 1))  # a key/value promised, none there
     with pytest.raises(GGUFError, match="ends inside its header"):
-        reencode(bad, tmp_path / "out.gguf")
+        reencode(bad, io.BytesIO())
 
 
 def test_an_unwritable_folder_runs_the_shipped_file_and_says_so(

@@ -14,20 +14,23 @@ writes when asked to quantize the dequantized Q4_1 tensors to Q8_0.
 Only the tensor data changes: the header's key/value section is copied byte for byte and
 the tensor table is rewritten with the new types and offsets. The result is deterministic,
 so its sha256 is pinned like any shipped file's and checked at load. It is written under a
-temporary name and renamed into place: a crash never leaves a half-written model.
+temporary name (``audio.io.atomic_write``) and renamed into place only once its sha256 is
+right: a crash never leaves a half-written model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
+from avatarchat.audio.io import atomic_write
 from avatarchat.engine.handler import HandlerLoadError
 from avatarchat.models import ModelFile, verify
 
@@ -55,10 +58,7 @@ class _Tensor:
     offset: int  # from the start of the data section
 
     def count(self) -> int:
-        n = 1
-        for d in self.dims:
-            n *= d
-        return n
+        return math.prod(self.dims)
 
 
 def _read(f: BinaryIO, fmt: str) -> tuple[int, ...]:
@@ -157,9 +157,18 @@ def q4_1_to_q8_0(raw: bytes) -> bytes:
     return out.tobytes()
 
 
-def reencode(source: Path, target: Path) -> int:
-    """Write ``source`` with its Q4_1 tensors as Q8_0 to ``target``; returns how many
-    tensors changed. Raises ``GGUFError`` for a file it cannot read."""
+def reencode(source: Path, out: BinaryIO) -> str:
+    """Write ``source`` with its Q4_1 tensors as Q8_0 to ``out``; returns the sha256 of what
+    it wrote. Raises ``GGUFError`` for a file it cannot read."""
+    digest = hashlib.sha256()
+    written = 0
+
+    def put(data: bytes) -> None:
+        nonlocal written
+        out.write(data)
+        digest.update(data)
+        written += len(data)
+
     with open(source, "rb") as f:
         head = _header(f)
         if any(t.count() % _BLOCK for t in head.tensors if t.kind == _Q4_1):
@@ -170,54 +179,52 @@ def reencode(source: Path, target: Path) -> int:
             kind, size = (_Q8_0, t.count() // _BLOCK * _Q8_0_BYTES) if t.kind == _Q4_1 else (t.kind, span)
             out_tensors.append(_Tensor(t.name, t.dims, kind, offset))
             offset = _align(offset + size, head.alignment)
-        with open(target, "wb") as out:
-            out.write(struct.pack("<4sIQQ", _MAGIC, 3, len(head.tensors), head.kv_count))
-            out.write(head.kv)
-            for t in out_tensors:
-                out.write(struct.pack("<Q", len(t.name)) + t.name)
-                out.write(struct.pack(f"<I{len(t.dims)}Q", len(t.dims), *t.dims))
-                out.write(struct.pack("<IQ", t.kind, t.offset))
-            out.write(b"\0" * (_align(out.tell(), head.alignment) - out.tell()))
-            base = out.tell()
-            for t, span, new in zip(head.tensors, spans, out_tensors, strict=True):
-                f.seek(head.data_start + t.offset)
-                raw = f.read(span)
-                if len(raw) != span:
-                    raise GGUFError(f"{source}: tensor {t.name.decode(errors='replace')} is cut short")
-                out.write(b"\0" * (base + new.offset - out.tell()))
-                out.write(q4_1_to_q8_0(raw[: t.count() // _BLOCK * _Q4_1_BYTES]) if t.kind == _Q4_1 else raw)
-    return sum(t.kind == _Q4_1 for t in head.tensors)
+        put(struct.pack("<4sIQQ", _MAGIC, 3, len(head.tensors), head.kv_count))
+        put(head.kv)
+        for t in out_tensors:
+            put(struct.pack("<Q", len(t.name)) + t.name)
+            put(struct.pack(f"<I{len(t.dims)}Q", len(t.dims), *t.dims))
+            put(struct.pack("<IQ", t.kind, t.offset))
+        put(b"\0" * (_align(written, head.alignment) - written))
+        base = written
+        for t, span, new in zip(head.tensors, spans, out_tensors, strict=True):
+            f.seek(head.data_start + t.offset)
+            raw = f.read(span)
+            if len(raw) != span:
+                raise GGUFError(f"{source}: tensor {t.name.decode(errors='replace')} is cut short")
+            put(b"\0" * (base + new.offset - written))
+            put(q4_1_to_q8_0(raw[: t.count() // _BLOCK * _Q4_1_BYTES]) if t.kind == _Q4_1 else raw)
+    return digest.hexdigest()
 
 
 def q8_0_file(source: ModelFile, folder: Path, filename: str, sha256: str) -> Path:
     """The Q8_0 copy of ``source`` in ``folder``, made on first use and verified.
 
-    ``source`` is verified first; a damaged copy is made again. Where ``folder`` cannot be
-    written (a read-only install), the shipped file itself, with a warning: slower, not
-    broken."""
+    ``source`` is verified first; a damaged copy is made again. The copy is checked against
+    ``sha256`` as it is written and renamed into place only if it matches. Where ``folder``
+    cannot be written (a read-only install, a full disk), the shipped file itself, with a
+    warning: slower, not broken."""
     target = folder / filename
-    hint = f"delete {target} to have it made again"
+    name = f"{filename} (Q8_0 of {source.distribution})"
     if target.exists():
         try:
-            verify(target, sha256, f"{filename} (Q8_0 of {source.distribution})", hint)
+            verify(target, sha256, name, f"delete {target} to have it made again")
             return target
         except HandlerLoadError:
             log.warning("%s does not match its sha256; making it again", target)
     origin = source.locate()
     log.info("llm local: re-encoding %s as Q8_0 for llama.cpp's faster CPU path (once)", origin.name)
+
+    def write(out: BinaryIO) -> None:
+        made = reencode(origin, out)
+        if made != sha256:
+            raise HandlerLoadError(f"{name}: the re-encoding has sha256 {made[:16]}…, expected "
+                                   f"{sha256[:16]}…; set llm.q8_0: false")
+
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{filename}.", delete=False) as tmp:
-            work = Path(tmp.name)
+        atomic_write(target, write)
     except OSError as exc:
         log.warning("llm local: cannot write the Q8_0 model to %s (%s); running the shipped %s, "
                     "which llama.cpp reads ~35 %% slower", folder, exc, origin.name)
         return origin
-    try:
-        reencode(origin, work)
-        verify(work, sha256, f"{filename} (Q8_0 of {source.distribution}, just made)",
-               "the re-encoding differs from the pinned one; set llm.q8_0: false")
-        work.replace(target)
-    finally:
-        work.unlink(missing_ok=True)
     return target
