@@ -21,6 +21,7 @@ from collections.abc import Callable
 from avatarchat.engine.endofturn_zh import asks_zh, looks_unfinished_zh
 from avatarchat.engine.events import EndOfTurnGuess, EndOfTurnHint, Event, UserTranscript
 from avatarchat.engine.handler import EndOfTurnSettings
+from avatarchat.engine.patience import PauseHabit
 
 #: Last words after which no sentence ends, whatever the punctuation: conjunctions,
 #: articles, possessives, fillers ("... the park and." is a speaker who paused).
@@ -110,10 +111,11 @@ class EndOfTurn:
     pause, whichever comes second (the guess, ~60 ms after the words: the reply started on
     the words meanwhile, ``engine.speculation``); ``hangover_ms`` weighs them. A pause whose
     guess never comes (the model failed on it, logged by the session) keeps the VAD's own
-    ``end_ms``: slow, not wrong.
+    ``end_ms``: slow, not wrong. A pause judged finished waits at least ``PauseHabit``'s
+    floor: longer for a user who has gone on after such pauses (``patience_margin_ms``).
     """
 
-    WATCHES: tuple[type[Event], ...] = (UserTranscript, EndOfTurnGuess)
+    WATCHES: tuple[type[Event], ...] = tuple(dict.fromkeys((UserTranscript, EndOfTurnGuess, *PauseHabit.WATCHES)))
 
     def __init__(self, signal: Callable[[Event], None], settings: EndOfTurnSettings, *, voice: bool = False,
                  language: str = "en") -> None:
@@ -126,14 +128,17 @@ class EndOfTurn:
         self._words: tuple[bool | None] | None = None  # (verdict,) once the transcript came
         self._asks = False  # the words end a question no voice outweighs (``asks``)
         self._guess: float | None = None
+        # Never longer than a pause that stops mid-sentence waits.
+        self.habit = PauseHabit(settings.patience_margin_ms, cap_ms=settings.unfinished_ms)
 
     def on_event(self, event: Event) -> None:
-        """A transcript or an audio guess on the control lane (``Session.listen``)."""
+        """A transcript, an audio guess or the VAD's word of speech (``Session.listen``)."""
+        if isinstance(event, PauseHabit.WATCHES):
+            self.habit.on_event(event)
         if isinstance(event, EndOfTurnGuess):
             self._at(event.turn, event.speech_end)
             self._guess = event.complete
-        else:
-            assert isinstance(event, UserTranscript)
+        elif isinstance(event, UserTranscript):
             # Only a pause's transcript: it knows which silence it was made in, and the VAD
             # drops a hint whose silence has since been broken by more speech.
             if event.final or event.speech_end is None:
@@ -141,6 +146,8 @@ class EndOfTurn:
             self._at(event.turn, event.speech_end)
             self._words = (looks_unfinished(event.text, self.language),)
             self._asks = asks(event.text, self.language)
+        else:
+            return
         if self._words is None or (self.voice and self._guess is None and not self._asks):
             return
         assert self._pause is not None
@@ -150,6 +157,9 @@ class EndOfTurn:
                               threshold=s.audio_threshold)
         turn, speech_end = self._pause
         self._pause = None  # judged: a late duplicate must not send a second hint
+        if 0 < silence < s.unfinished_ms:  # sounds finished: yet the user may go on
+            self.habit.judged(turn, speech_end, silence)
+            silence = max(silence, self.habit.floor_ms())
         if silence > 0:
             self.signal(EndOfTurnHint(turn, speech_end, silence))
 

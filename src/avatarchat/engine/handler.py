@@ -90,6 +90,11 @@ class EndOfTurnSettings(HandlerOptions):
     doubtful_ms: int = Field(default=0, ge=0, le=10000)
     #: The audio model's probability at or above which the voice says "finished".
     audio_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    #: After the user goes on past a pause that sounded finished (and so ended, or would
+    #: have ended, their turn), later pauses that sound finished wait that pause plus this
+    #: margin, at most ``unfinished_ms``, until a few such pauses pass with no comeback
+    #: (``engine.patience``). 0: never.
+    patience_margin_ms: int = Field(default=0, ge=0, le=5000)
     #: Start the reply (LLM, voice, avatar) on the pause's transcript before the turn is
     #: decided; it is played if the turn ends with those words, dropped unheard if not.
     speculate: bool = False
