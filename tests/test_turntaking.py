@@ -283,6 +283,9 @@ def test_backchannel_words() -> None:
     assert not has_words("Mm-hmm.") and not has_words("Uh-huh, okay.") and not has_words(" ")
     assert not has_words("Thank you.")
     assert has_words("Wait.") and has_words("What is the capital of France?")
+    # Chinese: a run of Han characters is words unless it is only acknowledgements.
+    assert has_words("等一下") and has_words("你好") and has_words("不对，是北京。")
+    assert not has_words("嗯嗯，好的。") and not has_words("对对对") and not has_words("谢谢！")
 
 
 # --- the playout's side: ducking, and a stop that does not click ------------------------------

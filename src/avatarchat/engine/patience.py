@@ -25,12 +25,11 @@ A session whose user never pauses mid-sentence is never slowed.
 from __future__ import annotations
 
 import logging
-import re
 from collections import deque
 from dataclasses import dataclass
 
 from avatarchat.engine.events import Event, SpeechEnded, SpeechOngoing, SpeechStarted, UserTranscript
-from avatarchat.engine.turntaking import BACKCHANNELS
+from avatarchat.engine.turntaking import has_words
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,6 @@ MEMORY = 6
 #: Voice a comeback lasts at least: the echo of the reply that the browser's canceller lets
 #: through on a busy machine comes in bursts of 80-200 ms, and whisper reads words into it.
 COMEBACK_VOICE_S = 0.25
-_WORD = re.compile(r"\w+")
 
 
 @dataclass(frozen=True)
@@ -58,11 +56,6 @@ class _Comeback:
     at: float  # its onset
     gap: float  # the silence before it
     voiced: bool = False  # it lasted COMEBACK_VOICE_S
-
-
-def _has_words(text: str) -> bool:
-    """Words that take the turn: not only a backchannel ("mm-hm") or noise (any script)."""
-    return any(w not in BACKCHANNELS for w in _WORD.findall(text.lower()))
 
 
 class PauseHabit:
@@ -107,7 +100,7 @@ class PauseHabit:
             self._started(event)
         elif isinstance(event, UserTranscript) and c is not None and event.turn == c.turn:
             self._comeback = None
-            self._record(c.gap if c.voiced and _has_words(event.text) else None)
+            self._record(c.gap if c.voiced and has_words(event.text) else None)
 
     def _voice_again(self, event: SpeechOngoing) -> None:
         p = self._open

@@ -91,9 +91,24 @@ class Floor(Protocol):
         """Drop the user's ``turn`` unanswered (a backchannel, noise)."""
 
 
+#: Chinese acknowledgements, longest first (a run of Han characters is one "word" to a
+#: regex; what is left of it once these are taken out says something).
+BACKCHANNELS_ZH = tuple(sorted("嗯嗯 嗯 啊 哦 噢 呃 唔 好的 好 对对 对 是的 是 行 谢谢 明白 知道了".split(), key=len, reverse=True))
+_HAN = re.compile(r"[\u3400-\u9fff]+")
+
+
 def has_words(text: str) -> bool:
-    """Whether ``text`` says something that takes the turn: any word not a backchannel."""
-    return any(w not in BACKCHANNELS for w in re.findall(r"[a-z0-9']+", text.lower()))
+    """Whether ``text`` says something that takes the turn: any word not a backchannel, in
+    English or Chinese ("等一下" does; "嗯嗯，好的" does not)."""
+    low = text.lower()
+    if any(w not in BACKCHANNELS for w in re.findall(r"[a-z0-9']+", low)):
+        return True
+    for run in _HAN.findall(low):
+        for b in BACKCHANNELS_ZH:
+            run = run.replace(b, "")
+        if run:
+            return True
+    return False
 
 
 @dataclass
