@@ -29,6 +29,7 @@ import pytest
 
 from avatarchat.bench.harness import ServeProcess, free_port
 from tests.browser import wait_sessions
+from tests.pulse import PulseLoop
 
 pytestmark = pytest.mark.slow
 
@@ -47,10 +48,6 @@ PREFS: dict[str, Any] = {
     "media.navigator.audio.fake_frequency": 0,  # the fake mic's tone, silenced (0 Hz)
     "media.autoplay.default": 0,
     "media.autoplay.blocking_policy": 0,
-    # Audio output through cubeb's mock backend, which runs in real time without a sound
-    # device: with none (no /dev/snd, no PulseAudio), Firefox's AudioContext stays
-    # "suspended" forever and the page's envelopes (web/probe.js) read silence.
-    "media.cubeb.force_mock_context": True,
     # ICE on loopback. Firefox drops 127.0.0.1 unless `ice.loopback`; and a page that neither
     # captures a real device nor holds a microphone *permission* gathers only the address of
     # the default route (fake capture does not count), which a loopback-only machine does not
@@ -142,16 +139,30 @@ class Firefox:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.client: Any = None
+        self.pulse: PulseLoop | None = None
+
+    #: Prefs of this kind of Firefox on top of PREFS (user.js: Marionette cannot set them later).
+    EXTRA_PREFS: dict[str, Any] = {}
 
     def start(self) -> Firefox:
+        # Audio plays into a private PulseAudio's null sink: with no sound server (no
+        # /dev/snd, and none autospawned for root) Firefox finds no backend, its AudioContext
+        # and WebRTC playout stay "suspended", and the page's envelopes read silence. (Firefox
+        # 140 has no pref for a fake output: media.cubeb.force_null_context keeps it suspended.)
+        if shutil.which("pulseaudio") is None:
+            raise RuntimeError("pulseaudio is missing: Firefox plays the page's audio into a private "
+                               "PulseAudio daemon (scripts/test.sh installs it with apt)")
+        self.pulse = PulseLoop(self.dir / "pulse", echo_db=-60.0)
+        (self.dir / "pulse").mkdir()
+        self.pulse.start()
         self.profile.mkdir()
-        prefs = {**PREFS, "marionette.port": self.port}
+        prefs = {**PREFS, **self.EXTRA_PREFS, "marionette.port": self.port}
         (self.profile / "user.js").write_text(
             "".join(f"user_pref({json.dumps(k)}, {json.dumps(v)});\n" for k, v in prefs.items()))
         # MOZ_DISABLE_NONLOCAL_CONNECTIONS: Firefox refuses any connection off this machine,
         # and (as for Mozilla's own test runs) honours services.settings.server above.
         env = {**os.environ, "MOZ_CRASHREPORTER_DISABLE": "1", "MOZ_HEADLESS": "1",
-               "MOZ_DISABLE_NONLOCAL_CONNECTIONS": "1"}
+               "MOZ_DISABLE_NONLOCAL_CONNECTIONS": "1", **self.pulse.env}
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [str(FIREFOX), "-headless", "-marionette", "-no-remote", "-profile", str(self.profile)],
@@ -259,6 +270,9 @@ class Firefox:
                     break
         left = self.processes()
         self.proc = None
+        pulse, self.pulse = self.pulse, None
+        if pulse is not None:
+            pulse.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
         assert not left, f"Firefox processes were left running: {left}"
 

@@ -9,9 +9,6 @@ page falls back to the WebSocket and says so.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +17,7 @@ import pytest
 from avatarchat.bench.harness import ServeProcess
 from tests.browser import wait_sessions
 from tests.configs import greedy_default
-from tests.test_firefox import FIREFOX, PREFS, Firefox, assert_not_blank, log_lines, require_firefox
+from tests.test_firefox import Firefox, assert_not_blank, log_lines, require_firefox
 
 pytestmark = pytest.mark.slow
 
@@ -95,18 +92,7 @@ class FirefoxWithoutUdp(Firefox):
     it sends no UDP at all. (Marionette cannot set prefs at run time without chrome access,
     so the pref goes into user.js before Firefox starts.)"""
 
-    def start(self) -> FirefoxWithoutUdp:
-        prefs = {**PREFS, "marionette.port": self.port, "media.peerconnection.ice.proxy_only": True}
-        self.profile.mkdir()
-        (self.profile / "user.js").write_text(
-            "".join(f"user_pref({json.dumps(k)}, {json.dumps(v)});\n" for k, v in prefs.items()))
-        env = {**os.environ, "MOZ_CRASHREPORTER_DISABLE": "1", "MOZ_HEADLESS": "1",
-               "MOZ_DISABLE_NONLOCAL_CONNECTIONS": "1"}
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [str(FIREFOX), "-headless", "-marionette", "-no-remote", "-profile", str(self.profile)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-        return self
+    EXTRA_PREFS = {"media.peerconnection.ice.proxy_only": True}
 
 
 def test_firefox_without_udp_falls_back_to_websocket_and_says_so(
