@@ -4,7 +4,7 @@ little longer than that one did.
 
 Neither the words nor the voice can tell "How far is the Moon?" said whole from the same
 words followed by a breath and "... from the Earth": whisper writes a question mark, Smart
-Turn hears a finished question (0.96 against 0.99, ``bench turn``). A listener who answers
+Turn hears a finished question (0.96 against 0.99 whole: ``bench e2e --pauses``). A listener who answers
 in 250 ms answers inside such a pause. People adapt instead: once cut off, they wait longer
 for that speaker. ``PauseHabit`` does the same, per session, from what it sees on the control
 lane:
