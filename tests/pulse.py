@@ -19,7 +19,7 @@ def pulse_volume(db: float) -> int:
 
 class PulseLoop:
     """A user-mode PulseAudio daemon whose default microphone hears its default speaker
-    ``echo_db`` down. ``env`` points a client (Chromium) at it."""
+    ``echo_db`` down. ``env`` points a client (Chromium, Firefox) at it."""
 
     def __init__(self, root: Path, echo_db: float) -> None:
         self.root = root

@@ -15,6 +15,11 @@ from collections.abc import Callable
 from typing import Protocol
 
 
+#: Two clock readings of the same captured instant differ by less than this (the VAD dates
+#: a pause's ``speech_end`` and what follows from one anchor; floats round on the way).
+SAME_INSTANT_S = 0.002
+
+
 class Cancellable(Protocol):
     def cancel(self) -> None: ...
 

@@ -28,6 +28,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 
+from avatarchat.engine.clock import SAME_INSTANT_S
 from avatarchat.engine.events import Event, SpeechEnded, SpeechOngoing, SpeechStarted, UserTranscript
 from avatarchat.engine.turntaking import has_words
 
@@ -81,7 +82,7 @@ class PauseHabit:
 
     def judged(self, turn: int, speech_end: float, base_ms: int) -> None:
         """End of turn judged the pause after ``speech_end`` finished, asking ``base_ms``."""
-        if self._voice is not None and self._voice[0] == turn and self._voice[1] > speech_end + 0.002:
+        if self._voice is not None and self._voice[0] == turn and self._voice[1] > speech_end + SAME_INSTANT_S:
             return  # judged after the user went on: when is unknown, and it was soon
         self._open = _Pause(turn, speech_end, base_ms)
 
@@ -94,7 +95,7 @@ class PauseHabit:
             self._voice_again(event)
         elif isinstance(event, SpeechEnded):
             p, self._open = self._open, None
-            if p is not None and p.turn == event.turn and abs(event.speech_end - p.speech_end) < 0.002:
+            if p is not None and p.turn == event.turn and abs(event.speech_end - p.speech_end) < SAME_INSTANT_S:
                 self._ended = p
         elif isinstance(event, SpeechStarted):
             self._started(event)
@@ -104,7 +105,7 @@ class PauseHabit:
 
     def _voice_again(self, event: SpeechOngoing) -> None:
         p = self._open
-        if p is None or p.turn != event.turn or event.voiced_until <= p.speech_end + 0.002:
+        if p is None or p.turn != event.turn or event.voiced_until <= p.speech_end + SAME_INSTANT_S:
             return
         self._open = None
         gap = event.voiced_until - p.speech_end

@@ -26,6 +26,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from avatarchat.engine.clock import SAME_INSTANT_S
 from avatarchat.engine.endofturn import looks_unfinished
 from avatarchat.engine.events import (
     Event,
@@ -44,8 +45,6 @@ log = logging.getLogger(__name__)
 SPECULATION_DROPPED = "speculation dropped"
 #: How many user turns' outcomes a speculator remembers (for their metrics, sent once played).
 _KEEP_OUTCOMES = 32
-#: Two clock readings of the same captured instant (the VAD dates both from one anchor).
-_SAME_INSTANT_S = 0.002
 
 
 @dataclass
@@ -207,9 +206,9 @@ class Speculator:
             self._drop("a new turn")
         elif event.turn != a.turn:
             return
-        elif isinstance(event, SpeechOngoing) and event.voiced_until > a.speech_end + _SAME_INSTANT_S:
+        elif isinstance(event, SpeechOngoing) and event.voiced_until > a.speech_end + SAME_INSTANT_S:
             self._drop("the user went on")
-        elif isinstance(event, SpeechEnded) and abs(event.speech_end - a.speech_end) > _SAME_INSTANT_S:
+        elif isinstance(event, SpeechEnded) and abs(event.speech_end - a.speech_end) > SAME_INSTANT_S:
             self._drop("a later end")
 
     def _pause(self, event: UserTranscript, speech_end: float) -> None:
@@ -218,7 +217,7 @@ class Speculator:
         text = event.text.strip()
         if not text or looks_unfinished(text, self.language) is True:
             return
-        if self._voiced is not None and self._voiced[0] == event.turn and self._voiced[1] > speech_end + _SAME_INSTANT_S:
+        if self._voiced is not None and self._voiced[0] == event.turn and self._voiced[1] > speech_end + SAME_INSTANT_S:
             return  # a transcript that came after the user went on: its pause is over
         spec = self.host.speculate(event.turn, text)
         self.started += 1

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from avatarchat.engine.clock import SAME_INSTANT_S
 from avatarchat.engine.events import (
     EndOfTurnGuess,
     EndOfTurnHint,
@@ -135,7 +136,7 @@ class ScriptedVAD(Handler[ScriptedVADOptions]):
         assert isinstance(event, EndOfTurnHint)
         u = ctx.current
         # Only for the silence the transcript was made in: voice since makes it stale.
-        if u is None or u.turn != event.turn or u.done or abs(ctx.t0 + u.end - event.speech_end) > 0.002:
+        if u is None or u.turn != event.turn or u.done or abs(ctx.t0 + u.end - event.speech_end) > SAME_INSTANT_S:
             return []
         u.hangover_s = event.silence_ms / 1000
         return self._hear(ctx, ctx.info.clock.now() - ctx.t0)

@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import Field
 
 from avatarchat.audio.resample import Resampler
+from avatarchat.engine.clock import SAME_INSTANT_S
 from avatarchat.engine.events import (
     NO_TURN,
     EndOfTurnHint,
@@ -414,7 +415,7 @@ class SileroVADHandler(Handler[SileroOptions]):
         if hint.turn != ctx.turn or det.silent_since is None or det.cancelled:
             return []
         # Only for the silence the transcript was made in: new speech since makes it stale.
-        if abs(ctx.time_of(det.silent_since) - hint.speech_end) > 0.002:
+        if abs(ctx.time_of(det.silent_since) - hint.speech_end) > SAME_INSTANT_S:
             return []
         decision = det.hint(hint.silence_ms * (RATE // 1000))
         if decision is None:
